@@ -1,0 +1,500 @@
+//! Core micro-benchmarks: ebb against peer caches, in one run so that ratios are comparable.
+//!
+//! Run with `cargo bench -p ebb-peers --bench core`, then summarise with
+//! `cargo run -p ebb-peers --release -- report`.
+//!
+//! Implementations compared in every group:
+//! - `ebb`: `ebb::Cache<u64, u64>`, 300 s TTL (30 s in `build_insert_get_drop`).
+//! - `dashmap_no_ttl`: a raw `DashMap<u64, u64>`; no expiry at all, an upper bound.
+//! - `exact_limit`: a raw `DashMap<u64, (u64, tokio::time::Instant)>` holding a deadline;
+//!   every get reads `Instant::now()` once and returns the value only before the deadline,
+//!   every insert computes `now + ttl`. The least any exact-read TTL cache on DashMap can do.
+//! - `moka_future`: `moka::future::Cache` 0.12 with the same TTL; its async calls are awaited
+//!   inside one `block_on` per measured loop, never one per operation.
+//! - `quick_cache_no_ttl`: `quick_cache::sync::Cache`, sized never to evict; it has no TTL.
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant as StdInstant};
+
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use dashmap::DashMap;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use tokio::runtime::Runtime;
+use tokio::time::Instant;
+
+const TTL: Duration = Duration::from_secs(300);
+const SHORT_TTL: Duration = Duration::from_secs(30);
+
+const EBB: &str = "ebb";
+const DASHMAP: &str = "dashmap_no_ttl";
+const EXACT: &str = "exact_limit";
+const MOKA: &str = "moka_future";
+const QUICK: &str = "quick_cache_no_ttl";
+
+/// Keys in the `read_heavy` key space.
+const KEYS: u64 = 100_000;
+/// Length of the pre-generated `read_heavy` operation sequence.
+const OPS: usize = 1 << 20;
+/// Flag bit marking an insert in a packed operation (keys fit in the low 17 bits).
+const INSERT_BIT: u32 = 1 << 31;
+
+/// A multi-thread runtime with 2 workers and timers, the kind ebb's expiry task runs on.
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn ebb_cache(rt: &Runtime, ttl: Duration) -> ebb::Cache<u64, u64> {
+    ebb::Cache::builder()
+        .time_to_live(ttl)
+        .build_on(rt.handle())
+}
+
+fn moka_cache(ttl: Duration) -> moka::future::Cache<u64, u64> {
+    moka::future::Cache::builder().time_to_live(ttl).build()
+}
+
+fn quick_cache(capacity: usize) -> quick_cache::sync::Cache<u64, u64> {
+    quick_cache::sync::Cache::new(capacity)
+}
+
+/// The exact-read limit: a deadline stored beside the value, checked on every read.
+struct ExactLimit {
+    map: DashMap<u64, (u64, Instant)>,
+    ttl: Duration,
+}
+
+impl ExactLimit {
+    fn new(ttl: Duration) -> Self {
+        ExactLimit {
+            map: DashMap::new(),
+            ttl,
+        }
+    }
+
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        let deadline = Instant::now() + self.ttl;
+        self.map.insert(key, (value, deadline));
+    }
+
+    #[inline]
+    fn get(&self, key: &u64) -> Option<u64> {
+        let now = Instant::now();
+        let entry = self.map.get(key)?;
+        let (value, deadline) = *entry;
+        (now < deadline).then_some(value)
+    }
+}
+
+fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+}
+
+/// Group 1: one key present; get it, single thread.
+fn get_hit(c: &mut Criterion) {
+    let rt = runtime();
+    let key = 42u64;
+    let mut group = c.benchmark_group("get_hit");
+    configure(&mut group);
+    group.throughput(Throughput::Elements(1));
+
+    let ebb = ebb_cache(&rt, TTL);
+    ebb.insert(key, 7);
+    assert_eq!(ebb.get(&key), Some(7));
+    group.bench_function(EBB, |b| b.iter(|| black_box(ebb.get(black_box(&key)))));
+
+    let raw = DashMap::new();
+    raw.insert(key, 7u64);
+    group.bench_function(DASHMAP, |b| {
+        b.iter(|| black_box(raw.get(black_box(&key)).map(|e| *e)))
+    });
+
+    let exact = ExactLimit::new(TTL);
+    exact.insert(key, 7);
+    assert_eq!(exact.get(&key), Some(7));
+    group.bench_function(EXACT, |b| b.iter(|| black_box(exact.get(black_box(&key)))));
+
+    let moka = moka_cache(TTL);
+    pollster::block_on(moka.insert(key, 7));
+    assert_eq!(pollster::block_on(moka.get(&key)), Some(7));
+    group.bench_function(MOKA, |b| {
+        b.iter_custom(|iters| {
+            pollster::block_on(async {
+                let start = StdInstant::now();
+                for _ in 0..iters {
+                    black_box(moka.get(black_box(&key)).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    let quick = quick_cache(1024);
+    quick.insert(key, 7);
+    assert_eq!(quick.get(&key), Some(7));
+    group.bench_function(QUICK, |b| b.iter(|| black_box(quick.get(black_box(&key)))));
+
+    group.finish();
+    drop(ebb);
+}
+
+/// Group 2: overwrite one existing key, single thread.
+fn insert_overwrite(c: &mut Criterion) {
+    let rt = runtime();
+    let key = 42u64;
+    let mut group = c.benchmark_group("insert_overwrite");
+    configure(&mut group);
+    group.throughput(Throughput::Elements(1));
+
+    let ebb = ebb_cache(&rt, TTL);
+    ebb.insert(key, 0);
+    let mut v = 0u64;
+    group.bench_function(EBB, |b| {
+        b.iter(|| {
+            v = v.wrapping_add(1);
+            ebb.insert(black_box(key), black_box(v));
+        })
+    });
+    assert!(ebb.get(&key).is_some());
+
+    let raw = DashMap::new();
+    raw.insert(key, 0u64);
+    group.bench_function(DASHMAP, |b| {
+        b.iter(|| {
+            v = v.wrapping_add(1);
+            black_box(raw.insert(black_box(key), black_box(v)));
+        })
+    });
+
+    let exact = ExactLimit::new(TTL);
+    exact.insert(key, 0);
+    group.bench_function(EXACT, |b| {
+        b.iter(|| {
+            v = v.wrapping_add(1);
+            exact.insert(black_box(key), black_box(v));
+        })
+    });
+
+    let moka = moka_cache(TTL);
+    pollster::block_on(moka.insert(key, 0));
+    group.bench_function(MOKA, |b| {
+        b.iter_custom(|iters| {
+            pollster::block_on(async {
+                let start = StdInstant::now();
+                for _ in 0..iters {
+                    v = v.wrapping_add(1);
+                    moka.insert(black_box(key), black_box(v)).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    let quick = quick_cache(1024);
+    quick.insert(key, 0);
+    group.bench_function(QUICK, |b| {
+        b.iter(|| {
+            v = v.wrapping_add(1);
+            quick.insert(black_box(key), black_box(v));
+        })
+    });
+
+    group.finish();
+    drop(ebb);
+}
+
+/// Group 3: per iteration: build a cache (30 s TTL), insert one entry, get it, drop the cache.
+/// Runs on a 2-worker multi-thread runtime; ebb's expiry task is spawned there and ends
+/// when the cache is dropped.
+fn build_insert_get_drop(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("build_insert_get_drop");
+    configure(&mut group);
+    group.throughput(Throughput::Elements(1));
+
+    group.bench_function(EBB, |b| {
+        b.iter(|| {
+            let cache = ebb_cache(&rt, SHORT_TTL);
+            cache.insert(black_box(1), black_box(2));
+            black_box(cache.get(black_box(&1)));
+            drop(cache);
+        })
+    });
+
+    group.bench_function(DASHMAP, |b| {
+        b.iter(|| {
+            let map = DashMap::new();
+            map.insert(black_box(1u64), black_box(2u64));
+            black_box(map.get(black_box(&1)).map(|e| *e));
+            drop(map);
+        })
+    });
+
+    group.bench_function(EXACT, |b| {
+        b.iter(|| {
+            let map = ExactLimit::new(SHORT_TTL);
+            map.insert(black_box(1), black_box(2));
+            black_box(map.get(black_box(&1)));
+            drop(map);
+        })
+    });
+
+    group.bench_function(MOKA, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = StdInstant::now();
+                for _ in 0..iters {
+                    let cache = moka_cache(SHORT_TTL);
+                    cache.insert(black_box(1), black_box(2)).await;
+                    black_box(cache.get(black_box(&1)).await);
+                    drop(cache);
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    group.bench_function(QUICK, |b| {
+        b.iter(|| {
+            let cache = quick_cache(16);
+            cache.insert(black_box(1), black_box(2));
+            black_box(cache.get(black_box(&1)));
+            drop(cache);
+        })
+    });
+
+    group.finish();
+}
+
+/// The `read_heavy` operation sequence: Zipf(s = 1.0) keys over `KEYS`, 10% inserts,
+/// packed as `key | INSERT_BIT`. Fixed seed, so every implementation sees the same ops.
+fn zipf_ops() -> Arc<[u32]> {
+    let mut rng = StdRng::seed_from_u64(0x00eb_b5ee_d000_0001);
+    let zipf = Zipf::new(KEYS as f64, 1.0).expect("valid Zipf parameters");
+    (0..OPS)
+        .map(|_| {
+            // Rank 1 is the most popular key; ranks are 1..=KEYS.
+            let key = (zipf.sample(&mut rng) as u64 - 1).min(KEYS - 1) as u32;
+            if rng.random_ratio(1, 10) {
+                key | INSERT_BIT
+            } else {
+                key
+            }
+        })
+        .collect()
+}
+
+/// The operations one implementation must offer to `read_heavy`.
+trait ReadHeavy: Sync {
+    fn insert(&self, key: u64, value: u64);
+    fn get(&self, key: u64) -> Option<u64>;
+}
+
+impl ReadHeavy for ebb::Cache<u64, u64> {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        ebb::Cache::insert(self, key, value)
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        ebb::Cache::get(self, &key)
+    }
+}
+
+impl ReadHeavy for DashMap<u64, u64> {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        DashMap::insert(self, key, value);
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        DashMap::get(self, &key).map(|e| *e)
+    }
+}
+
+impl ReadHeavy for ExactLimit {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        ExactLimit::insert(self, key, value)
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        ExactLimit::get(self, &key)
+    }
+}
+
+impl ReadHeavy for quick_cache::sync::Cache<u64, u64> {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        quick_cache::sync::Cache::insert(self, key, value)
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        quick_cache::sync::Cache::get(self, &key)
+    }
+}
+
+/// One thread's share of `read_heavy`: `n` ops from `offset`, wrapping around the sequence.
+/// Returns a checksum of the values read so that nothing is optimised away.
+#[inline]
+fn walk_sync<C: ReadHeavy>(cache: &C, ops: &[u32], offset: usize, n: u64) -> u64 {
+    let mut sum = 0u64;
+    let mut i = offset;
+    for _ in 0..n {
+        let op = ops[i];
+        let key = u64::from(op & !INSERT_BIT);
+        if op & INSERT_BIT != 0 {
+            cache.insert(key, key);
+        } else if let Some(v) = cache.get(black_box(key)) {
+            sum = sum.wrapping_add(v);
+        }
+        i += 1;
+        if i == ops.len() {
+            i = 0;
+        }
+    }
+    sum
+}
+
+async fn walk_moka(
+    cache: &moka::future::Cache<u64, u64>,
+    ops: &[u32],
+    offset: usize,
+    n: u64,
+) -> u64 {
+    let mut sum = 0u64;
+    let mut i = offset;
+    for _ in 0..n {
+        let op = ops[i];
+        let key = u64::from(op & !INSERT_BIT);
+        if op & INSERT_BIT != 0 {
+            cache.insert(key, key).await;
+        } else if let Some(v) = cache.get(&black_box(key)).await {
+            sum = sum.wrapping_add(v);
+        }
+        i += 1;
+        if i == ops.len() {
+            i = 0;
+        }
+    }
+    sum
+}
+
+/// Run `iters` ops split over 2 OS threads started together at a barrier; the elapsed
+/// time is from the earliest start to the latest finish.
+fn two_threads<F>(iters: u64, ops: &Arc<[u32]>, work: F) -> Duration
+where
+    F: Fn(&[u32], usize, u64) -> u64 + Sync,
+{
+    let barrier = Barrier::new(2);
+    let shares = [iters.div_ceil(2), iters / 2];
+    let offsets = [0, OPS / 2];
+    let spans = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let (barrier, work, ops) = (&barrier, &work, &ops[..]);
+                s.spawn(move || {
+                    barrier.wait();
+                    let start = StdInstant::now();
+                    black_box(work(ops, offsets[t], shares[t]));
+                    (start, StdInstant::now())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("read_heavy worker panicked"))
+            .collect::<Vec<_>>()
+    });
+    let start = spans.iter().map(|s| s.0).min().expect("two spans");
+    let end = spans.iter().map(|s| s.1).max().expect("two spans");
+    end - start
+}
+
+/// Group 4: two OS threads, Zipf(1.0) keys over 100,000 pre-populated keys,
+/// 90% get / 10% insert.
+/// Criterion's `iters` is the total op count; each thread does half.
+fn read_heavy(c: &mut Criterion) {
+    let rt = runtime();
+    let ops = zipf_ops();
+    let mut group = c.benchmark_group("read_heavy");
+    configure(&mut group);
+    group.throughput(Throughput::Elements(1));
+
+    {
+        let cache = ebb_cache(&rt, TTL);
+        (0..KEYS).for_each(|k| cache.insert(k, k));
+        assert_eq!(cache.entry_count(), KEYS);
+        group.bench_function(EBB, |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, &ops, |o, off, n| walk_sync(&cache, o, off, n))
+            })
+        });
+    }
+    {
+        let map = DashMap::new();
+        (0..KEYS).for_each(|k| {
+            map.insert(k, k);
+        });
+        group.bench_function(DASHMAP, |b| {
+            b.iter_custom(|iters| two_threads(iters, &ops, |o, off, n| walk_sync(&map, o, off, n)))
+        });
+    }
+    {
+        let exact = ExactLimit::new(TTL);
+        (0..KEYS).for_each(|k| exact.insert(k, k));
+        group.bench_function(EXACT, |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, &ops, |o, off, n| walk_sync(&exact, o, off, n))
+            })
+        });
+    }
+    {
+        let moka = moka_cache(TTL);
+        pollster::block_on(async {
+            for k in 0..KEYS {
+                moka.insert(k, k).await;
+            }
+        });
+        pollster::block_on(moka.run_pending_tasks());
+        group.bench_function(MOKA, |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, &ops, |o, off, n| {
+                    pollster::block_on(walk_moka(&moka, o, off, n))
+                })
+            })
+        });
+    }
+    {
+        let quick = quick_cache(2 * KEYS as usize);
+        (0..KEYS).for_each(|k| quick.insert(k, k));
+        assert_eq!(quick.len() as u64, KEYS);
+        group.bench_function(QUICK, |b| {
+            b.iter_custom(|iters| {
+                two_threads(iters, &ops, |o, off, n| walk_sync(&quick, o, off, n))
+            })
+        });
+    }
+
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    get_hit,
+    insert_overwrite,
+    build_insert_get_drop,
+    read_heavy
+);
+criterion_main!(benches);

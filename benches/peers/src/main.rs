@@ -1,0 +1,189 @@
+//! `ebb-peers report [TARGET_DIR]`: turn criterion's results for the `core` bench into
+//! Markdown ratio tables.
+//!
+//! Reads `TARGET_DIR/criterion/<group>/<implementation>/new/estimates.json` (the mean point
+//! estimate, in ns per iteration) and `benchmark.json` (the throughput per iteration).
+//! TARGET_DIR defaults to `$CARGO_TARGET_DIR`, then `target`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+/// Groups of the `core` bench, in the order they run.
+const GROUPS: [&str; 4] = [
+    "get_hit",
+    "insert_overwrite",
+    "build_insert_get_drop",
+    "read_heavy",
+];
+
+/// Implementations, in the order they are listed; others found on disk follow.
+const IMPLS: [&str; 5] = [
+    "ebb",
+    "exact_limit",
+    "dashmap_no_ttl",
+    "moka_future",
+    "quick_cache_no_ttl",
+];
+
+const USAGE: &str =
+    "usage: ebb-peers report [TARGET_DIR]   (default: $CARGO_TARGET_DIR, then `target`)";
+
+/// One implementation's result in one group.
+struct Row {
+    /// Mean time per element, in nanoseconds.
+    ns_per_op: f64,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("report") => {
+            let dir = args
+                .get(1)
+                .cloned()
+                .or_else(|| std::env::var("CARGO_TARGET_DIR").ok())
+                .unwrap_or_else(|| "target".to_string());
+            match report(&PathBuf::from(dir).join("criterion")) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ebb-peers: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The result in `dir` (`<group>/<implementation>`), if criterion left one there.
+fn read_row(dir: &Path) -> Result<Option<Row>, String> {
+    let estimates = dir.join("new").join("estimates.json");
+    if !estimates.is_file() {
+        return Ok(None);
+    }
+    let mean = read_json(&estimates)?
+        .pointer("/mean/point_estimate")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| format!("{}: no mean.point_estimate", estimates.display()))?;
+    // Elements (or bytes) per iteration; 1 when the bench declared no throughput.
+    let per_iter = read_json(&dir.join("new").join("benchmark.json"))
+        .ok()
+        .and_then(|b| {
+            let t = b.get("throughput")?;
+            t.get("Elements")
+                .or_else(|| t.get("Bytes"))
+                .and_then(Value::as_f64)
+        })
+        .filter(|n| *n > 0.0)
+        .unwrap_or(1.0);
+    Ok(Some(Row {
+        ns_per_op: mean / per_iter,
+    }))
+}
+
+fn sub_dirs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n != "report")
+        .collect();
+    names.sort();
+    names
+}
+
+fn report(root: &Path) -> Result<String, String> {
+    if !root.is_dir() {
+        return Err(format!(
+            "{} not found: run `cargo bench -p ebb-peers --bench core` first, with the same target dir",
+            root.display()
+        ));
+    }
+    let mut groups: Vec<String> = GROUPS.iter().map(|g| g.to_string()).collect();
+    groups.extend(
+        sub_dirs(root)
+            .into_iter()
+            .filter(|g| !GROUPS.contains(&g.as_str())),
+    );
+
+    let mut out = String::new();
+    for group in &groups {
+        let dir = root.join(group);
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut names: Vec<String> = IMPLS.iter().map(|i| i.to_string()).collect();
+        names.extend(
+            sub_dirs(&dir)
+                .into_iter()
+                .filter(|i| !IMPLS.contains(&i.as_str())),
+        );
+        let mut rows = BTreeMap::new();
+        let mut order = Vec::new();
+        for name in names {
+            if let Some(row) = read_row(&dir.join(&name))? {
+                order.push(name.clone());
+                rows.insert(name, row);
+            }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        out.push_str(&table(group, &order, &rows));
+    }
+    if out.is_empty() {
+        return Err(format!("no criterion results under {}", root.display()));
+    }
+    out.push_str(
+        "Ratios are within this one run. \"time ÷ ebb\" > 1 means that implementation is slower \
+         than ebb; < 1 means faster. `_no_ttl` peers do no expiry at all.\n",
+    );
+    Ok(out)
+}
+
+fn table(group: &str, order: &[String], rows: &BTreeMap<String, Row>) -> String {
+    let ebb = rows.get("ebb").map(|r| r.ns_per_op);
+    let mut s = format!("### {group}\n\n");
+    s.push_str("| implementation | mean ns/op | Mops/s | time ÷ ebb |\n");
+    s.push_str("|---|---:|---:|---:|\n");
+    for name in order {
+        let r = &rows[name];
+        let ratio = ebb.map_or_else(|| "n/a".to_string(), |e| format!("{:.2}", r.ns_per_op / e));
+        s.push_str(&format!(
+            "| {name} | {:.1} | {:.2} | {ratio} |\n",
+            r.ns_per_op,
+            1e3 / r.ns_per_op
+        ));
+    }
+    s.push('\n');
+    if let Some(e) = ebb {
+        let mut ratios = Vec::new();
+        for (peer, label) in [("exact_limit", "exact-limit"), ("moka_future", "moka")] {
+            if let Some(p) = rows.get(peer) {
+                // Throughput ratio: ebb's ops/s over the peer's ops/s.
+                ratios.push(format!("ebb/{label} throughput = {:.2}", p.ns_per_op / e));
+            }
+        }
+        if group == "read_heavy" && !ratios.is_empty() {
+            s.push_str(&format!("{}\n\n", ratios.join("; ")));
+        }
+    }
+    s
+}

@@ -1,0 +1,249 @@
+//! The [`Cache`] handle: a cheap `Clone` over one shared store, and its public methods.
+//!
+//! Invariants:
+//! - A `Cache` is one `Arc<Shared>`. The expiry task holds only a `Weak` of it (and upgrades it
+//!   while it works), so user handles alone decide how long the cache lives.
+//! - `Shared` owns the `DropGuard` of the task's `CancellationToken`: when the last strong
+//!   reference goes, the token is cancelled and the task exits.
+//! - Values replaced or removed are dropped after the shard lock is released.
+
+use std::borrow::Borrow;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::builder::{BuildError, CacheBuilder};
+use crate::clock::{Clock, NEVER};
+use crate::handoff::Signals;
+use crate::store::Store;
+use crate::{driver, jitter};
+
+/// What every handle shares: the store and the cache's settings.
+pub(crate) struct Shared<K, V, S> {
+    pub(crate) store: Store<K, V, S>,
+    pub(crate) name: Arc<str>,
+    time_to_live: Option<Duration>,
+    jitter: f64,
+    /// Cancels the expiry task when the last handle is dropped.
+    _stop: DropGuard,
+}
+
+/// A concurrent in-memory cache with per-cache and per-entry TTL, whose one expiry task
+/// removes expired entries on time and ends when the last handle is dropped.
+///
+/// `Cache` is a cheap handle: clone it into every task or request handler that needs it. All
+/// methods are plain (non-`async`), take one shard lock at most, and never block on I/O.
+/// Reads return a clone of the value, so wrap large values in an `Arc`.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let cache: ebb::Cache<&str, u32> = ebb::Cache::builder()
+///     .time_to_live(Duration::from_secs(60))
+///     .build();
+///
+/// cache.insert("a", 1);
+/// cache.insert_with_ttl("b", 2, Duration::from_secs(5));
+/// assert_eq!(cache.get("a"), Some(1));
+///
+/// tokio::time::sleep(Duration::from_secs(5)).await;
+/// assert_eq!(cache.get("b"), None); // expired at its own deadline
+/// assert_eq!(cache.get("a"), Some(1));
+/// # }
+/// ```
+pub struct Cache<K, V, S = RandomState> {
+    shared: Arc<Shared<K, V, S>>,
+}
+
+impl<K, V, S> Clone for Cache<K, V, S> {
+    fn clone(&self) -> Self {
+        Cache {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for Cache<K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher + Clone,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("name", &&*self.shared.name)
+            .field("entries", &self.shared.store.map.len())
+            .field("time_to_live", &self.shared.time_to_live)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Cache<K, V> {
+    /// A [`CacheBuilder`] with the default settings.
+    pub fn builder() -> CacheBuilder<K, V> {
+        CacheBuilder::new()
+    }
+}
+
+impl<K, V, S> Cache<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    pub(crate) fn start(
+        builder: CacheBuilder<K, V, S>,
+        handle: &Handle,
+    ) -> Result<Self, BuildError> {
+        builder.validate()?;
+        let _runtime = handle.enter();
+        let interval = driver::interval(builder.tick)?;
+        let clock = Clock::new(builder.tick);
+        let shards = (std::thread::available_parallelism().map_or(1, usize::from) * 4)
+            .next_power_of_two()
+            .max(2);
+        let signals = Arc::new(Signals::default());
+        let token = CancellationToken::new();
+        let name: Arc<str> = builder.name.as_deref().unwrap_or("ebb").into();
+        let shared = Arc::new(Shared {
+            store: Store::new(
+                clock,
+                builder.initial_capacity,
+                shards,
+                builder.hasher,
+                Arc::clone(&signals),
+            ),
+            name,
+            time_to_live: builder.time_to_live,
+            jitter: builder.jitter,
+            _stop: token.clone().drop_guard(),
+        });
+        driver::spawn(handle, &shared, signals, token, interval);
+        Ok(Cache { shared })
+    }
+
+    /// Insert `value` for `key`, replacing any previous value. It expires after the cache's
+    /// `time_to_live` (spread by `expiry_jitter`), or never if none is set.
+    #[inline]
+    pub fn insert(&self, key: K, value: V) {
+        let deadline = match self.shared.time_to_live {
+            None => NEVER,
+            Some(ttl) => {
+                let clock = &self.shared.store.clock;
+                clock.deadline_after(clock.now(), jitter::spread(ttl, self.shared.jitter))
+            }
+        };
+        drop(self.shared.store.insert(key, value, deadline));
+    }
+
+    /// Insert `value` for `key` with its own TTL, exactly as given (never jittered). It
+    /// overrides the cache's `time_to_live` for this entry.
+    ///
+    /// A zero `ttl` stores nothing and removes any previous value for `key`. A `ttl` at or
+    /// past [`horizon`](Self::horizon) (for example `Duration::MAX`) never expires.
+    pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+        if ttl.is_zero() {
+            self.remove(&key);
+            return;
+        }
+        let clock = &self.shared.store.clock;
+        let deadline = clock.deadline_after(clock.now(), ttl);
+        drop(self.shared.store.insert(key, value, deadline));
+    }
+
+    /// A clone of the value for `key`, unless it is absent or expired.
+    ///
+    /// Exact: from its deadline on, an entry is never returned, even if the expiry task has
+    /// not removed it yet. Takes one shard read lock and, for an entry with a deadline, reads
+    /// the clock once.
+    #[inline]
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shared.store.get(key)
+    }
+
+    /// Whether `get(key)` would return a value, without cloning it.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shared.store.contains_key(key)
+    }
+
+    /// Remove `key` and return its value, if it was present and not expired.
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shared.store.remove(key)
+    }
+
+    /// The number of entries held.
+    ///
+    /// An expired entry is counted until the expiry task removes it, at most one tick after
+    /// its deadline while the runtime runs; entries hidden by
+    /// [`invalidate_all`](Self::invalidate_all) until the task has swept them. Takes each
+    /// shard's read lock in turn.
+    pub fn entry_count(&self) -> u64 {
+        self.shared.store.map.len() as u64
+    }
+
+    /// Hide every entry at once, in O(1); the expiry task then removes them in batches.
+    pub fn invalidate_all(&self) {
+        self.shared.store.invalidate_all();
+    }
+
+    /// The name given to the builder, or `"ebb"`.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The default TTL, if one was set.
+    pub fn time_to_live(&self) -> Option<Duration> {
+        self.shared.time_to_live
+    }
+
+    /// The TTL from which entries never expire: 2^36 - 1 ticks, capped at about 73 years.
+    /// At the default 1 s tick that cap applies; at a 1 ms tick it is about 795 days.
+    pub fn horizon(&self) -> Duration {
+        self.shared.store.clock.horizon()
+    }
+
+    /// A snapshot of the expiry task's bookkeeping, for tests of ebb itself.
+    #[doc(hidden)]
+    pub fn __internals(&self) -> Internals {
+        let store = &self.shared.store;
+        Internals {
+            timers: store.signals.timers.load(Ordering::Acquire),
+            records: store.handoff.len(),
+            wakeups: store.signals.wakeups.load(Ordering::Acquire),
+            task_closed: store.signals.closed.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// The expiry task's bookkeeping, for tests of ebb itself; not part of the stable API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Internals {
+    /// Wheel nodes the task held after its last wake.
+    pub timers: usize,
+    /// Hand-off records queued for the task now.
+    pub records: usize,
+    /// Times the task has woken up.
+    pub wakeups: u64,
+    /// Whether the task has stopped.
+    pub task_closed: bool,
+}

@@ -1,0 +1,364 @@
+//! The expiry task: one per cache. It drains the writers' hand-off records into its wheel,
+//! sweeps what `invalidate_all` hid, and removes entries whose deadline has passed.
+//!
+//! Each time it wakes the task upgrades its `Weak` to the store, works, publishes the tick it
+//! wants to wake at next, and lets go of the store before it sleeps on three things: the
+//! cancellation token (the last handle was dropped), the hand-off `Notify`, and a
+//! `tokio::time::Interval` reset to the wheel's next expiration.
+//!
+//! Invariants:
+//! - **One task, no strong reference while asleep**: it holds the store only while working,
+//!   so dropping the last handle frees everything at once when the task sleeps, or when the
+//!   current batch ends when it works.
+//! - **Removal re-checks under the shard lock**: a node that fires removes its entry only if the
+//!   entry still points at that node and is expired (or invalidated) *now*; a later deadline is
+//!   re-filed, a missing entry or another node means the node was orphaned.
+//! - **Idle costs nothing**: with no node in the wheel the interval is not polled at all; with
+//!   nodes it is reset to the next occupied slot, so a far deadline costs a handful of wake-ups.
+//!   `MissedTickBehavior::Delay`: after a stall the task runs once, not in a burst.
+//! - **Bounded batches**: it yields after every [`BATCH`] records, nodes or removals.
+//! - **Closed once stopped**: however it stops (cancelled, runtime shut down), the hand-off is
+//!   closed so that writers stop queueing records no one will read.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use tokio::runtime::Handle;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace, Instrument};
+
+use crate::builder::BuildError;
+use crate::cache::Shared;
+use crate::clock::{Clock, NEVER};
+use crate::handoff::{Records, Signals};
+use crate::store::{Store, PENDING, UNFILED};
+use crate::wheel::{TimerId, Wheel};
+
+/// The most records, removals or fired nodes handled between two yields.
+const BATCH: usize = 1024;
+
+/// A spare hand-off map larger than this is not kept for reuse.
+const SPARE_CAPACITY: usize = 4096;
+
+/// The task's interval, created by the building thread inside the runtime so that a runtime
+/// without timers is reported to the builder rather than killing the task.
+pub(crate) fn interval(tick: std::time::Duration) -> Result<Interval, BuildError> {
+    std::panic::catch_unwind(|| {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        interval
+    })
+    .map_err(|_| BuildError::TimersDisabled)
+}
+
+pub(crate) fn spawn<K, V, S>(
+    handle: &Handle,
+    shared: &Arc<Shared<K, V, S>>,
+    signals: Arc<Signals>,
+    token: CancellationToken,
+    interval: Interval,
+) where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    let span = tracing::debug_span!("ebb", cache = %shared.name);
+    let driver = Driver {
+        shared: Arc::downgrade(shared),
+        clock: shared.store.clock,
+        signals,
+        token,
+        interval,
+        wheel: Wheel::new(),
+        spare: None,
+        swept: shared.store.generation(),
+        work: Work::default(),
+    };
+    drop(handle.spawn(driver.run().instrument(span)));
+}
+
+/// What one wake did, for the trace line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Work {
+    filed: usize,
+    fired: usize,
+    expired: usize,
+    swept: usize,
+}
+
+/// Whether the task goes on after a piece of work.
+enum Flow {
+    Continue,
+    /// No handle is left: stop now.
+    Stop,
+}
+
+struct Driver<K, V, S> {
+    shared: Weak<Shared<K, V, S>>,
+    clock: Clock,
+    signals: Arc<Signals>,
+    token: CancellationToken,
+    interval: Interval,
+    wheel: Wheel<K>,
+    spare: Option<Records<K, S>>,
+    /// The `invalidate_all` generation swept last.
+    swept: u32,
+    work: Work,
+}
+
+/// Closes the hand-off however the task ends, including when the runtime drops it.
+struct Exit<K: Hash + Eq, V, S: BuildHasher + Clone> {
+    shared: Weak<Shared<K, V, S>>,
+    signals: Arc<Signals>,
+}
+
+impl<K: Hash + Eq, V, S: BuildHasher + Clone> Drop for Exit<K, V, S> {
+    fn drop(&mut self) {
+        match self.shared.upgrade() {
+            Some(shared) => shared.store.handoff.close(&self.signals),
+            None => self.signals.closed.store(true, Ordering::SeqCst),
+        }
+        debug!("expiry task stopped");
+    }
+}
+
+impl<K, V, S> Driver<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    async fn run(mut self) {
+        debug!("expiry task started");
+        let _exit = Exit {
+            shared: self.shared.clone(),
+            signals: Arc::clone(&self.signals),
+        };
+        loop {
+            let Some(shared) = self.shared.upgrade() else {
+                break;
+            };
+            let next = match self.work(&shared).await {
+                Flow::Continue => self.wheel.next_expiration(),
+                Flow::Stop => break,
+            };
+            drop(shared);
+            if let Some(tick) = next {
+                self.interval.reset_at(self.clock.instant_of_tick(tick));
+            }
+            let notified = self.signals.notify.notified();
+            tokio::select! {
+                biased;
+                _ = self.token.cancelled() => break,
+                _ = notified => {}
+                _ = self.interval.tick(), if next.is_some() => {}
+            }
+            self.signals.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Everything there is to do now; returns once the wheel's next expiration is published
+    /// and no record or sweep is left behind it.
+    async fn work(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
+        let store = &shared.store;
+        loop {
+            if let Flow::Stop = self.drain(shared).await {
+                return Flow::Stop;
+            }
+            if store.generation() != self.swept {
+                if let Flow::Stop = self.sweep(shared).await {
+                    return Flow::Stop;
+                }
+            }
+            if let Flow::Stop = self.advance(shared).await {
+                return Flow::Stop;
+            }
+            self.signals
+                .timers
+                .store(self.wheel.len(), Ordering::Release);
+            let next = self.wheel.next_expiration().unwrap_or(u64::MAX);
+            // Publish before looking for records: a writer either sees this value (and
+            // notifies) or queued its record before we look (see handoff.rs).
+            self.signals.next_wake.store(next, Ordering::SeqCst);
+            if !store.handoff.has_records() && store.generation() == self.swept {
+                break;
+            }
+        }
+        let work = std::mem::take(&mut self.work);
+        if work.filed + work.fired + work.swept > 0 {
+            trace!(
+                filed = work.filed,
+                fired = work.fired,
+                expired = work.expired,
+                swept = work.swept,
+                timers = self.wheel.len(),
+                "expiry tick"
+            );
+        }
+        Flow::Continue
+    }
+
+    /// Yield to the runtime between batches; stop if no user handle is left.
+    async fn pause(&self, shared: &Arc<Shared<K, V, S>>) -> Flow {
+        tokio::task::yield_now().await;
+        if Arc::strong_count(shared) == 1 || self.token.is_cancelled() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// File every queued record in the wheel.
+    async fn drain(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
+        let store = &shared.store;
+        for stripe in 0..store.handoff.stripe_count() {
+            let spare = self.spare.take().unwrap_or_else(|| store.handoff.empty());
+            let mut records = store.handoff.take(stripe, spare);
+            let mut done = 0;
+            for (key, orphan) in records.drain() {
+                self.file(store, key, orphan);
+                done += 1;
+                if done % BATCH == 0 {
+                    if let Flow::Stop = self.pause(shared).await {
+                        return Flow::Stop;
+                    }
+                }
+            }
+            self.work.filed += done;
+            if records.capacity() <= SPARE_CAPACITY {
+                self.spare = Some(records);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// File `key` at the deadline its entry holds now, reusing `orphan` if a writer left one.
+    fn file(&mut self, store: &Store<K, V, S>, key: K, orphan: Option<TimerId>) {
+        let generation = store.generation();
+        let Some(mut entry) = store.map.get_mut(&key) else {
+            // Removed since: its node, if any, is free.
+            if let Some(node) = orphan {
+                self.wheel.remove(node);
+            }
+            return;
+        };
+        if entry.timer != PENDING || entry.deadline == NEVER || entry.generation != generation {
+            // Filed by an earlier record, or nothing to file (the sweep takes invalidated ones).
+            if entry.timer == PENDING {
+                entry.timer = UNFILED;
+            }
+            if let Some(node) = orphan {
+                debug_assert_ne!(Some(node), entry.node(), "a record orphaned a live node");
+                self.wheel.remove(node);
+            }
+            return;
+        }
+        let when = self.clock.tick_of(entry.deadline);
+        entry.timer = match orphan {
+            Some(node) => {
+                self.wheel.reschedule(node, when);
+                node
+            }
+            None => self.wheel.insert(when, key),
+        };
+    }
+
+    /// Remove every entry hidden by `invalidate_all`, in batches.
+    async fn sweep(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
+        let store = &shared.store;
+        let target = store.generation();
+        // One read-only pass collects the keys; removal then goes in batches.
+        let stale: Vec<K> = store
+            .map
+            .iter()
+            .filter(|entry| entry.generation != target)
+            .map(|entry| entry.key().clone())
+            .collect();
+        for (done, key) in stale.iter().enumerate() {
+            let now = store.generation();
+            if let Some((_, entry)) = store.map.remove_if(key, |_, e| e.generation != now) {
+                if let Some(node) = entry.node() {
+                    self.wheel.remove(node);
+                }
+                self.work.swept += 1;
+            }
+            if (done + 1) % BATCH == 0 {
+                if let Flow::Stop = self.pause(shared).await {
+                    return Flow::Stop;
+                }
+            }
+        }
+        self.swept = target;
+        Flow::Continue
+    }
+
+    /// Fire every node due by now.
+    async fn advance(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
+        let store = &shared.store;
+        let now = store.clock.now();
+        let now_tick = store.clock.tick_floor(now);
+        let mut done = 0;
+        while let Some(node) = self.wheel.poll(now_tick) {
+            self.fire(store, node, now);
+            done += 1;
+            if done % BATCH == 0 {
+                if let Flow::Stop = self.pause(shared).await {
+                    return Flow::Stop;
+                }
+            }
+        }
+        self.work.fired += done;
+        Flow::Continue
+    }
+
+    /// Decide, under the key's shard lock, what a fired node means.
+    fn fire(&mut self, store: &Store<K, V, S>, node: TimerId, now: u64) {
+        enum Action {
+            /// No entry holds this node: a writer orphaned it.
+            Stale,
+            /// The entry expired (or was invalidated) and is removed.
+            Expired,
+            /// The entry has no deadline any more.
+            Unfile,
+            /// The entry's deadline moved later.
+            Refile(u64),
+        }
+        let generation = store.generation();
+        let clock = self.clock;
+        let mut action = Action::Stale;
+        let removed = store.map.remove_if_mut(self.wheel.get(node), |_, entry| {
+            if entry.timer != node {
+                return false;
+            }
+            if !entry.is_live(generation, || now) {
+                action = Action::Expired;
+                return true;
+            }
+            if entry.deadline == NEVER {
+                entry.timer = UNFILED;
+                action = Action::Unfile;
+            } else {
+                action = Action::Refile(clock.tick_of(entry.deadline));
+            }
+            false
+        });
+        match action {
+            Action::Stale => {
+                store.handoff.forget_orphan(self.wheel.get(node), node);
+                self.wheel.remove(node);
+            }
+            Action::Expired => {
+                self.work.expired += 1;
+                self.wheel.remove(node);
+            }
+            Action::Unfile => {
+                self.wheel.remove(node);
+            }
+            Action::Refile(when) => self.wheel.reschedule(node, when),
+        }
+        // The expired value is dropped here, outside the shard lock.
+        drop(removed);
+    }
+}

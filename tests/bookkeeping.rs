@@ -1,0 +1,163 @@
+//! Bounded bookkeeping, idle wake-ups and yielding, observed through the task's counters.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{advance, settle};
+use ebb::Cache;
+
+const SEC: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_empty_cache_does_not_wake() {
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
+    settle().await;
+    let before = c.__internals().wakeups;
+    for _ in 0..60 {
+        advance(60 * SEC).await;
+    }
+    assert!(
+        c.__internals().wakeups - before <= 2,
+        "{:?}",
+        c.__internals()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_far_entry_costs_a_handful_of_wakeups() {
+    let c: Cache<u64, u64> = Cache::builder().tick(MS).build();
+    settle().await;
+    c.insert_with_ttl(1, 1, 3600 * SEC);
+    settle().await;
+    let before = c.__internals().wakeups;
+    // Let the runtime's auto-advance jump from timer to timer.
+    tokio::time::sleep(3600 * SEC + 10 * MS).await;
+    settle().await;
+    assert_eq!(c.entry_count(), 0);
+    let woke = c.__internals().wakeups - before;
+    assert!(
+        woke <= 300,
+        "{woke} wake-ups for one 1 h entry at a 1 ms tick"
+    );
+    assert!(woke >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_million_overwrites_of_one_key_leave_one_timer() {
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(300 * SEC).tick(MS).build();
+    for i in 0..1_000_000u64 {
+        if i % 10_000 == 0 {
+            advance(MS).await; // deadlines move later as time passes
+        }
+        if i % 3 == 0 {
+            // an earlier deadline than the current one: needs a hand-off
+            c.insert_with_ttl(7, i, 200 * SEC);
+        } else {
+            c.insert(7, i);
+        }
+        if i % 1000 == 0 {
+            assert!(c.__internals().records <= 1, "{:?}", c.__internals());
+        }
+    }
+    advance(MS).await;
+    // The last overwrite may still wait in the hand-off: records for deadlines later than
+    // the task's next wake are drained at that wake, not sooner.
+    let internals = c.__internals();
+    assert_eq!(internals.timers, 1, "{internals:?}");
+    assert!(internals.records <= 1, "{internals:?}");
+    assert_eq!(c.entry_count(), 1);
+    // The entry still expires at its latest deadline, and nothing is left behind.
+    advance(300 * SEC).await;
+    assert_eq!(c.entry_count(), 0);
+    assert_eq!((c.__internals().timers, c.__internals().records), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn insert_remove_churn_leaves_one_timer_per_live_key() {
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(300 * SEC).tick(MS).build();
+    for i in 0..1_000_000u64 {
+        let k = i % 1000;
+        c.insert(k, i);
+        if i % 5 != 0 {
+            c.remove(&k);
+        }
+        if i % 100_000 == 0 {
+            advance(MS).await;
+        }
+    }
+    assert!(c.__internals().records <= 1000, "{:?}", c.__internals());
+    advance(MS).await;
+    // At most one wheel node and one hand-off record per key ever written.
+    let internals = c.__internals();
+    assert!(internals.timers <= 1000, "{internals:?}");
+    assert!(internals.records <= 1000, "{internals:?}");
+    assert_eq!(c.entry_count(), 200);
+    // Once the deadlines pass, everything is gone: no dead node outlives one drain.
+    advance(301 * SEC).await;
+    assert_eq!(c.entry_count(), 0);
+    assert_eq!((c.__internals().timers, c.__internals().records), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn churn_over_distinct_keys_keeps_the_hand_off_bounded() {
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(300 * SEC).tick(MS).build();
+    settle().await;
+    let mut max_records = 0;
+    for k in 0..1_000_000u64 {
+        c.insert(k, k);
+        c.remove(&k);
+        if k % 1024 == 0 {
+            settle().await; // the runtime gets to run the task now and then
+            max_records = max_records.max(c.__internals().records);
+        }
+    }
+    // Full stripes wake the task: records for removed keys do not pile up for a TTL.
+    assert!(
+        max_records <= 64 * 1024,
+        "{max_records} records queued at once"
+    );
+    settle().await;
+    assert_eq!(c.entry_count(), 0);
+    assert!(c.__internals().timers <= 64 * 1024, "{:?}", c.__internals());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_million_expiring_at_once_do_not_starve_other_tasks() {
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
+    for k in 0..1_000_000 {
+        c.insert(k, k);
+    }
+    let polls = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&polls);
+    let other = tokio::spawn(async move {
+        loop {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio::time::advance(SEC + MS).await;
+    // Watch the removal from another task on the same (only) thread.
+    let mut seen_partial = 0;
+    let start = polls.load(Ordering::Relaxed);
+    loop {
+        let n = c.entry_count();
+        if n == 0 {
+            break;
+        }
+        if n < 1_000_000 {
+            seen_partial += 1;
+        }
+        tokio::task::yield_now().await;
+    }
+    other.abort();
+    let other_polls = polls.load(Ordering::Relaxed) - start;
+    assert!(
+        seen_partial >= 100,
+        "observed removal in progress {seen_partial} times"
+    );
+    assert!(other_polls >= 100, "the other task ran {other_polls} times");
+}
