@@ -12,7 +12,7 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -23,6 +23,17 @@ use crate::clock::{Clock, NEVER};
 use crate::handoff::Signals;
 use crate::store::Store;
 use crate::{driver, jitter};
+
+/// Shards of the map and stripes of the hand-off: four per core, as DashMap chooses. Asking
+/// the OS for the core count costs tens of microseconds, so it is asked once.
+fn shard_count() -> usize {
+    static SHARDS: OnceLock<usize> = OnceLock::new();
+    *SHARDS.get_or_init(|| {
+        (std::thread::available_parallelism().map_or(1, usize::from) * 4)
+            .next_power_of_two()
+            .max(2)
+    })
+}
 
 /// What every handle shares: the store and the cache's settings.
 pub(crate) struct Shared<K, V, S> {
@@ -106,9 +117,7 @@ where
         let _runtime = handle.enter();
         let interval = driver::interval(builder.tick)?;
         let clock = Clock::new(builder.tick);
-        let shards = (std::thread::available_parallelism().map_or(1, usize::from) * 4)
-            .next_power_of_two()
-            .max(2);
+        let shards = shard_count();
         let signals = Arc::new(Signals::default());
         let token = CancellationToken::new();
         let name: Arc<str> = builder.name.as_deref().unwrap_or("ebb").into();

@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //!
-//! There are [`LEVELS`] = 6 levels of 64 slots. A slot at level `l` covers `64^l` ticks, so a
+//! There are `LEVELS` = 6 levels of 64 slots. A slot at level `l` covers `64^l` ticks, so a
 //! whole level covers `64^(l + 1)` ticks and the wheel as a whole sees `64^6 = 2^36` ticks
 //! ahead of its current tick, `elapsed`. Reading a tick as base-64 digits, digit `l`
 //! (bits `6l .. 6l + 6`) is the slot index at level `l`.
@@ -38,9 +38,9 @@
 //!
 //! Every node on the due list has `when <= elapsed`.
 //!
-//! Two consequences make the wheel cheap to run. First, every slot start at level `l` is
-//! below the next multiple of `64^(l + 1)` after `elapsed`, and every slot start at level
-//! `l + 1` is at or above it, so the earliest non-empty slot is simply the first occupied
+//! Two consequences make the wheel cheap to run. First, for `l` below the top, every slot
+//! start at level `l` is below the next multiple of `64^(l + 1)` after `elapsed`, and every
+//! slot start at level `l + 1` is at or above it, so the earliest non-empty slot is simply the first occupied
 //! slot after `elapsed`'s digit at the lowest non-empty level: found with one rotation and
 //! one `trailing_zeros` per level, without looking at any node. Second, a slot's start is a
 //! lower bound for every deadline in it, which is what [`Wheel::next_expiration`] returns
@@ -55,8 +55,8 @@
 //! new `elapsed`: a node with `when <= now` goes to the due list, any other goes to the
 //! level where it now belongs. Re-filing a node out of a below-top slot always lands it
 //! strictly lower (the slot's start is `<= now < when < start + 64^l`, so `now` and `when`
-//! now agree on digit `l` too), or on the due list. So each node cascades at most six
-//! times in its life, and one `poll` costs O(1) per slot it empties, plus O(1) per node it
+//! now agree on digit `l` too), or on the due list. So a node is taken out of a slot at
+//! most six times per filing (far deadlines aside, below), and one `poll` costs O(1) per slot it empties, plus O(1) per node it
 //! returns or moves down, plus O(levels).
 //!
 //! Moving `elapsed` to `now` keeps the invariant for the slots left behind: their starts
@@ -82,7 +82,9 @@
 //! # Never early
 //!
 //! `poll(now)` returns a node only from the due list, and a node is put there only when
-//! `when <= elapsed <= now`. Nodes still in slots have `when >= start > elapsed`.
+//! `when <= elapsed`, while `poll` first raises `elapsed` to `now` and never beyond (a `now`
+//! behind `elapsed` counts as `elapsed`). Nodes still in slots have
+//! `when >= start > elapsed`, so none of them can be mistaken for due.
 
 use std::mem;
 
@@ -735,7 +737,9 @@ mod tests {
             for id in drain(&mut wheel, now) {
                 wheel.remove(id);
             }
-            assert!(wheel.next_expiration().map_or(true, |n| n > now));
+            if let Some(next) = wheel.next_expiration() {
+                assert!(next > now);
+            }
         }
         assert_eq!(now, HORIZON * 3);
         assert!(wheel.is_empty());
@@ -866,8 +870,10 @@ mod tests {
                 break;
             }
         }
+        println!("1 h at 1 ms: {wakeups} wake-ups");
         assert!(wakeups <= 50, "{wakeups} wake-ups");
-        assert!(wheel.slots_visited() <= 6);
+        // One timer: each wake-up empties exactly the one slot holding it.
+        assert_eq!(wheel.slots_visited(), wakeups);
     }
 
     // ---- model-based property test ----
@@ -906,8 +912,8 @@ mod tests {
             3 => 0..10_000u64,
             6 => select(special_offsets(5)),
             1 => HORIZON..HORIZON * 300,
-            // Rare: straight towards the end of time.
-            1 => Just(u64::MAX / 64),
+            // Rare: towards the end of time (a few of these reach it).
+            1 => Just(u64::MAX / 4),
         ]
     }
 

@@ -112,7 +112,7 @@ fn sub_dirs(dir: &Path) -> Vec<String> {
 fn report(root: &Path) -> Result<String, String> {
     if !root.is_dir() {
         return Err(format!(
-            "{} not found: run `cargo bench -p ebb-peers --bench core` first, with the same target dir",
+            "{} not found: run `cargo bench -p ebb-peers --bench core` first",
             root.display()
         ));
     }
@@ -161,15 +161,15 @@ fn report(root: &Path) -> Result<String, String> {
 fn table(group: &str, order: &[String], rows: &BTreeMap<String, Row>) -> String {
     let ebb = rows.get("ebb").map(|r| r.ns_per_op);
     let mut s = format!("### {group}\n\n");
-    s.push_str("| implementation | mean ns/op | Mops/s | time ÷ ebb |\n");
+    s.push_str("| implementation | mean ns/op | ops/s | time ÷ ebb |\n");
     s.push_str("|---|---:|---:|---:|\n");
     for name in order {
         let r = &rows[name];
-        let ratio = ebb.map_or_else(|| "n/a".to_string(), |e| format!("{:.2}", r.ns_per_op / e));
+        let ratio = ebb.map_or_else(|| "n/a".to_string(), |e| ratio(r.ns_per_op / e));
         s.push_str(&format!(
-            "| {name} | {:.1} | {:.2} | {ratio} |\n",
+            "| {name} | {:.1} | {} | {ratio} |\n",
             r.ns_per_op,
-            1e3 / r.ns_per_op
+            rate(1e9 / r.ns_per_op),
         ));
     }
     s.push('\n');
@@ -186,4 +186,24 @@ fn table(group: &str, order: &[String], rows: &BTreeMap<String, Row>) -> String 
         }
     }
     s
+}
+
+/// A ratio with two decimals, or three significant digits when it is small.
+fn ratio(x: f64) -> String {
+    if x >= 0.1 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
+/// Operations per second, as `21.6M` or `31.6k`.
+fn rate(per_sec: f64) -> String {
+    if per_sec >= 1e6 {
+        format!("{:.2}M", per_sec / 1e6)
+    } else if per_sec >= 1e3 {
+        format!("{:.1}k", per_sec / 1e3)
+    } else {
+        format!("{per_sec:.0}")
+    }
 }
