@@ -147,8 +147,9 @@ pub(crate) struct Wheel<T> {
     len: usize,
     /// The wheel's current tick.
     elapsed: u64,
-    /// List head of every slot, `NIL` when empty.
-    heads: [[u32; SLOTS]; LEVELS],
+    /// List head of every slot, `NIL` when empty; indexed `[level][slot]`. Left unallocated
+    /// until the first node is linked into a slot, so that an idle cache's task stays small.
+    heads: Vec<[u32; SLOTS]>,
     /// Bit `s` of `occupied[l]` is set iff slot `(l, s)` is non-empty.
     occupied: [u64; LEVELS],
     /// Head of the due list.
@@ -167,7 +168,7 @@ impl<T> Wheel<T> {
             free_head: NIL,
             len: 0,
             elapsed: 0,
-            heads: [[NIL; SLOTS]; LEVELS],
+            heads: Vec::new(),
             occupied: [0; LEVELS],
             due_head: NIL,
             slots_visited: 0,
@@ -395,6 +396,9 @@ impl<T> Wheel<T> {
         let loc = self.loc_for(self.node(id).when);
         let head = match loc {
             Loc::Slot { level, slot } => {
+                if self.heads.is_empty() {
+                    self.heads = vec![[NIL; SLOTS]; LEVELS];
+                }
                 self.occupied[level as usize] |= 1u64 << slot;
                 &mut self.heads[level as usize][slot as usize]
             }
@@ -464,7 +468,7 @@ impl<T> Wheel<T> {
         let mut linked = 0;
         for level in 0..LEVELS {
             for slot in 0..SLOTS {
-                let head = self.heads[level][slot];
+                let head = self.heads.get(level).map_or(NIL, |heads| heads[slot]);
                 let bit = self.occupied[level] >> slot & 1 == 1;
                 assert_eq!(bit, head != NIL, "occupancy bit of ({level}, {slot})");
                 let start = self.slot_start(level, slot);
