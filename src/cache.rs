@@ -138,18 +138,37 @@ where
         Ok(Cache { shared })
     }
 
-    /// Insert `value` for `key`, replacing any previous value. It expires after the cache's
-    /// `time_to_live` (spread by `expiry_jitter`), or never if none is set.
+    pub(crate) fn store(&self) -> &Store<K, V, S> {
+        &self.shared.store
+    }
+
+    /// The deadline of an entry written now with the cache's TTL, jitter applied.
     #[inline]
-    pub fn insert(&self, key: K, value: V) {
-        let deadline = match self.shared.time_to_live {
+    pub(crate) fn default_deadline(&self) -> u64 {
+        match self.shared.time_to_live {
             None => NEVER,
             Some(ttl) => {
                 let clock = &self.shared.store.clock;
                 clock.deadline_after(clock.now(), jitter::spread(ttl, self.shared.jitter))
             }
-        };
-        drop(self.shared.store.insert(key, value, deadline));
+        }
+    }
+
+    /// The deadline of an entry written now with its own `ttl`; `None` for zero.
+    pub(crate) fn deadline_for_ttl(&self, ttl: Duration) -> Option<u64> {
+        let clock = &self.shared.store.clock;
+        (!ttl.is_zero()).then(|| clock.deadline_after(clock.now(), ttl))
+    }
+
+    /// Insert `value` for `key`, replacing any previous value. It expires after the cache's
+    /// `time_to_live` (spread by `expiry_jitter`), or never if none is set.
+    #[inline]
+    pub fn insert(&self, key: K, value: V) {
+        drop(
+            self.shared
+                .store
+                .insert(key, value, self.default_deadline()),
+        );
     }
 
     /// Insert `value` for `key` with its own TTL, exactly as given (never jittered). It
@@ -158,13 +177,10 @@ where
     /// A zero `ttl` stores nothing and removes any previous value for `key`. A `ttl` at or
     /// past [`horizon`](Self::horizon) (for example `Duration::MAX`) never expires.
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
-        if ttl.is_zero() {
-            self.remove(&key);
-            return;
+        match self.deadline_for_ttl(ttl) {
+            Some(deadline) => drop(self.shared.store.insert(key, value, deadline)),
+            None => drop(self.remove(&key)),
         }
-        let clock = &self.shared.store.clock;
-        let deadline = clock.deadline_after(clock.now(), ttl);
-        drop(self.shared.store.insert(key, value, deadline));
     }
 
     /// A clone of the value for `key`, unless it is absent or expired.
@@ -237,6 +253,7 @@ where
         Internals {
             timers: store.signals.timers.load(Ordering::Acquire),
             records: store.handoff.len(),
+            loads: store.flights.len(),
             wakeups: store.signals.wakeups.load(Ordering::Acquire),
             task_closed: store.signals.closed.load(Ordering::Acquire),
         }
@@ -251,6 +268,8 @@ pub struct Internals {
     pub timers: usize,
     /// Hand-off records queued for the task now.
     pub records: usize,
+    /// Loads in flight now.
+    pub loads: usize,
     /// Times the task has woken up.
     pub wakeups: u64,
     /// Whether the task has stopped.

@@ -61,7 +61,7 @@ pub(crate) fn spawn<K, V, S>(
     interval: Interval,
 ) where
     K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
     let span = tracing::debug_span!("ebb", cache = %shared.name);
@@ -127,7 +127,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Drop for Exit<K, V, S> {
 impl<K, V, S> Driver<K, V, S>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
     async fn run(mut self) {

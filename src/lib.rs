@@ -76,7 +76,9 @@ mod clock;
 mod driver;
 mod handoff;
 mod jitter;
+mod load;
 mod store;
+mod sync;
 mod wheel;
 
 pub use builder::{BuildError, CacheBuilder, DEFAULT_TICK, MAX_TICK, MIN_TICK};

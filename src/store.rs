@@ -30,6 +30,8 @@ use dashmap::{DashMap, Entry as Slot};
 
 use crate::clock::{Clock, NEVER};
 use crate::handoff::{Handoff, Signals};
+use crate::load::{Flight, Flights};
+use crate::sync::Arc as SyncArc;
 use crate::wheel::TimerId;
 
 /// `timer` value: the task does not track this entry.
@@ -67,6 +69,7 @@ impl<V> Entry<V> {
 pub(crate) struct Store<K, V, S> {
     pub(crate) map: DashMap<K, Entry<V>, S>,
     pub(crate) handoff: Handoff<K, S>,
+    pub(crate) flights: Flights<K, V, S>,
     pub(crate) signals: Arc<Signals>,
     pub(crate) clock: Clock,
     generation: AtomicU32,
@@ -75,6 +78,7 @@ pub(crate) struct Store<K, V, S> {
 impl<K, V, S> Store<K, V, S>
 where
     K: Hash + Eq + Clone,
+    V: Clone,
     S: BuildHasher + Clone,
 {
     pub(crate) fn new(
@@ -90,7 +94,8 @@ where
                 hasher.clone(),
                 shards,
             ),
-            handoff: Handoff::new(shards, hasher),
+            handoff: Handoff::new(shards, hasher.clone()),
+            flights: Flights::new(shards, hasher),
             signals,
             clock,
             generation: AtomicU32::new(0),
@@ -135,9 +140,45 @@ where
     /// caller to drop (or report) once the shard lock is released.
     #[inline]
     pub(crate) fn insert(&self, key: K, value: V, deadline: u64) -> Option<Entry<V>> {
-        let generation = self.generation();
+        let slot = self.map.entry(key);
+        self.flights.supersede(slot.key());
+        self.write(slot, value, deadline, self.generation())
+    }
+
+    /// Store the value a load produced, unless a write or `invalidate_all` landed while it
+    /// loaded (see `load.rs`), or `deadline` is `None` (a zero TTL: returned, not stored).
+    pub(crate) fn finish_load(
+        &self,
+        key: K,
+        flight: &SyncArc<Flight<V>>,
+        value: V,
+        deadline: Option<u64>,
+        generation: u32,
+    ) {
+        let slot = self.map.entry(key);
+        // Unregistered under the shard lock: a writer either marked the flight before this
+        // point, or finds no flight and writes after us.
+        self.flights.unregister(slot.key(), flight);
+        let replaced = match deadline {
+            Some(deadline) if !flight.is_superseded() && self.generation() == generation => {
+                self.write(slot, value, deadline, generation)
+            }
+            _ => None,
+        };
+        drop(replaced);
+    }
+
+    /// Write an entry into `slot`, held under its shard lock, telling the task about a new or
+    /// earlier deadline.
+    fn write(
+        &self,
+        slot: Slot<'_, K, Entry<V>>,
+        value: V,
+        deadline: u64,
+        generation: u32,
+    ) -> Option<Entry<V>> {
         let due = self.clock.tick_of(deadline);
-        match self.map.entry(key) {
+        match slot {
             Slot::Vacant(slot) => {
                 let timer = if deadline == NEVER {
                     UNFILED
@@ -189,17 +230,39 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let generation = self.generation();
-        let (_key, entry) = self.map.remove_if(key, |key, entry| {
-            // Under the shard lock, so the task sees either the entry or the orphan record.
-            if let Some(node) = entry.node() {
-                self.handoff
-                    .push(&self.signals, key.clone(), Some(node), u64::MAX);
-            }
-            true
-        })?;
+        let removed = match self.flights.registered_key(key) {
+            // A load is in flight: take the shard lock even if the key is absent, so that the
+            // load cannot store its value after this remove (see load.rs).
+            Some(key) => match self.map.entry(key) {
+                Slot::Occupied(slot) => {
+                    self.flights.supersede(slot.key());
+                    self.orphan(slot.key(), slot.get());
+                    Some(slot.remove_entry())
+                }
+                Slot::Vacant(slot) => {
+                    self.flights.supersede(slot.key());
+                    None
+                }
+            },
+            None => self.map.remove_if(key, |key, entry| {
+                self.flights.supersede(key);
+                self.orphan(key, entry);
+                true
+            }),
+        };
+        let (_key, entry) = removed?;
         entry
             .is_live(generation, || self.clock.now())
             .then_some(entry.value)
+    }
+
+    /// Tell the task that `entry`, being removed under its shard lock, leaves its wheel node
+    /// behind: the task then sees either the entry or this record (see handoff.rs).
+    fn orphan(&self, key: &K, entry: &Entry<V>) {
+        if let Some(node) = entry.node() {
+            self.handoff
+                .push(&self.signals, key.clone(), Some(node), u64::MAX);
+        }
     }
 
     /// Make every entry written so far invisible, at once; the task sweeps them later.

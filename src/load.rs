@@ -1,0 +1,555 @@
+//! Single-flight loading: [`Cache::get_with`] and its family.
+//!
+//! For a key that is missing or expired, the first caller *leads*: it registers a [`Flight`]
+//! for the key and runs its own loader; every caller that arrives while the flight is
+//! registered *waits* for it and gets a clone of its outcome. The registry is a few striped
+//! maps `key -> Arc<Flight>`, separate from the store, holding only loads in progress.
+//!
+//! Invariants:
+//! - **One leader per flight.** A flight is registered and looked up under its stripe lock, so
+//!   two callers can never both lead the same key at once; each flight is led exactly once.
+//! - **Every flight is settled.** The leader ends its flight with the value, the error, or
+//!   nothing; if the leader's future is dropped (cancelled, or unwound by a panic in its
+//!   loader) a guard settles it as abandoned. Settling removes the flight from the registry,
+//!   then wakes every waiter; an abandoned flight's waiters start over, and one of them leads
+//!   with its own loader. Nobody waits on a flight that cannot end.
+//! - **Writes win over loads.** A writer (`insert`, `remove`) that finds a flight registered
+//!   for its key marks it superseded, under the key's shard lock; the leader stores its value
+//!   only if, under that same shard lock, the flight is not superseded and no
+//!   `invalidate_all` happened since the load began. The leader registers *before* it looks at
+//!   the store one last time, so a write just before registration is seen by that look and a
+//!   write after it sees the flight.
+//! - **Nothing is left behind.** A flight leaves the registry when it is settled: a million
+//!   loaded keys leave no records.
+//! - No loader runs under any lock, and no lock is held across an `.await`.
+
+use std::any::Any;
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::{lock, Arc, Mutex};
+
+/// An error shared by every caller of one failed load; the concrete type is recovered by the
+/// caller that asked for it.
+pub(crate) type SharedError = std::sync::Arc<dyn Any + Send + Sync>;
+
+/// How a flight ended.
+pub(crate) enum Outcome<V> {
+    /// The loader produced a value.
+    Value(V),
+    /// The loader failed (`try_get_with`).
+    Error(SharedError),
+    /// The loader produced nothing (`optionally_get_with`).
+    Nothing,
+    /// The leader went away without an outcome: start over.
+    Abandoned,
+}
+
+impl<V: Clone> Clone for Outcome<V> {
+    fn clone(&self) -> Self {
+        match self {
+            Outcome::Value(v) => Outcome::Value(v.clone()),
+            Outcome::Error(e) => Outcome::Error(e.clone()),
+            Outcome::Nothing => Outcome::Nothing,
+            Outcome::Abandoned => Outcome::Abandoned,
+        }
+    }
+}
+
+/// One load in progress for one key.
+pub(crate) struct Flight<V> {
+    outcome: Mutex<Option<Outcome<V>>>,
+    superseded: AtomicBool,
+    done: tokio::sync::Notify,
+    /// How loom models wait: a condition variable loom can see (it cannot see `done`).
+    #[cfg(loom)]
+    settled: loom::sync::Condvar,
+}
+
+impl<V: Clone> Flight<V> {
+    fn new() -> Self {
+        Flight {
+            outcome: Mutex::new(None),
+            superseded: AtomicBool::new(false),
+            done: tokio::sync::Notify::new(),
+            #[cfg(loom)]
+            settled: loom::sync::Condvar::new(),
+        }
+    }
+
+    /// The outcome, once the flight is settled.
+    pub(crate) fn outcome(&self) -> Option<Outcome<V>> {
+        lock(&self.outcome).clone()
+    }
+
+    /// Whether a write for the key landed while the flight was registered. Read under the
+    /// key's shard lock, which is also where writers set it.
+    pub(crate) fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Relaxed)
+    }
+
+    fn settle(&self, outcome: Outcome<V>) {
+        *lock(&self.outcome) = Some(outcome);
+        self.done.notify_waiters();
+        #[cfg(loom)]
+        self.settled.notify_all();
+    }
+
+    /// Block until the flight is settled: the loom models' stand-in for [`Flight::wait`].
+    #[cfg(all(loom, test))]
+    fn wait_blocking(&self) -> Outcome<V> {
+        let mut outcome = lock(&self.outcome);
+        loop {
+            if let Some(outcome) = outcome.as_ref() {
+                return outcome.clone();
+            }
+            outcome = self.settled.wait(outcome).unwrap();
+        }
+    }
+
+    /// Wait until the flight is settled.
+    async fn wait(&self) -> Outcome<V> {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a settle after it wakes us.
+            notified.as_mut().enable();
+            if let Some(outcome) = self.outcome() {
+                return outcome;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What a caller is to do for a key.
+pub(crate) enum Role<V> {
+    /// Run the loader, then end the flight.
+    Lead(Arc<Flight<V>>),
+    /// Wait for another caller's flight.
+    Wait(Arc<Flight<V>>),
+}
+
+/// One stripe of the registry.
+type Stripe<K, V, S> = Mutex<HashMap<K, Arc<Flight<V>>, S>>;
+
+/// The registry of flights.
+pub(crate) struct Flights<K, V, S> {
+    stripes: Box<[Stripe<K, V, S>]>,
+    hasher: S,
+    /// Flights registered now; lets writers skip the registry while nothing loads.
+    active: AtomicUsize,
+}
+
+impl<K, V, S> Flights<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    pub(crate) fn new(stripes: usize, hasher: S) -> Self {
+        debug_assert!(stripes.is_power_of_two());
+        Flights {
+            stripes: (0..stripes)
+                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+                .collect(),
+            hasher,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    fn stripe<Q: Hash + ?Sized>(&self, key: &Q) -> &Stripe<K, V, S> {
+        let hash = self.hasher.hash_one(key) >> 32;
+        &self.stripes[hash as usize & (self.stripes.len() - 1)]
+    }
+
+    /// Join the key's flight, or register a new one and lead it.
+    pub(crate) fn join_or_lead(&self, key: &K) -> Role<V> {
+        let mut stripe = lock(self.stripe(key));
+        if let Some(flight) = stripe.get(key) {
+            return Role::Wait(Arc::clone(flight));
+        }
+        let flight = Arc::new(Flight::new());
+        self.active.fetch_add(1, Ordering::SeqCst);
+        stripe.insert(key.clone(), Arc::clone(&flight));
+        Role::Lead(flight)
+    }
+
+    /// Mark the key's flight, if any, superseded. Called by writers under the key's shard
+    /// lock, before their write.
+    #[inline]
+    pub(crate) fn supersede(&self, key: &K) {
+        if self.active.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if let Some(flight) = lock(self.stripe(key)).get(key) {
+            flight.superseded.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The registered key equal to `key`, if a flight is registered for it.
+    pub(crate) fn registered_key<Q>(&self, key: &Q) -> Option<K>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if self.active.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let stripe = lock(self.stripe(key));
+        stripe.get_key_value(key).map(|(k, _)| k.clone())
+    }
+
+    /// Unregister `flight` (if it is still the key's) without settling it: the caller settles
+    /// it once its store decision is made.
+    pub(crate) fn unregister(&self, key: &K, flight: &Arc<Flight<V>>) {
+        let mut stripe = lock(self.stripe(key));
+        if stripe.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            stripe.remove(key);
+            self.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Unregister and settle `flight`.
+    pub(crate) fn end(&self, key: &K, flight: &Arc<Flight<V>>, outcome: Outcome<V>) {
+        self.unregister(key, flight);
+        flight.settle(outcome);
+    }
+
+    /// Flights registered now (test-only visibility).
+    pub(crate) fn len(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+}
+
+/// Settles the flight as abandoned unless the leader ended it: runs when the leader's future
+/// is dropped mid-load or its loader panics.
+struct Lead<'a, K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    flights: &'a Flights<K, V, S>,
+    key: &'a K,
+    flight: Arc<Flight<V>>,
+    ended: bool,
+}
+
+impl<K, V, S> Drop for Lead<'_, K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    fn drop(&mut self) {
+        if !self.ended {
+            self.flights.end(self.key, &self.flight, Outcome::Abandoned);
+        }
+    }
+}
+
+/// What a loader produced, before it is shared.
+pub(crate) enum Loaded<V> {
+    /// A value, with the loader's own TTL if it gave one.
+    Value(V, Option<Duration>),
+    Error(SharedError),
+    Nothing,
+}
+
+impl<K, V, S> Cache<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    /// The value for `key`, loading it with `init` if it is missing or expired.
+    ///
+    /// Single-flight: of all concurrent callers for one key, one runs its `init`; the others
+    /// wait for that load and get a clone of its value. Different keys load in parallel. The
+    /// value is stored with the cache's `time_to_live` (see
+    /// [`get_with_expiry`](Self::get_with_expiry) for a loader-chosen TTL), unless an
+    /// `insert`, `remove` or `invalidate_all` touched the key while it loaded: then the write
+    /// wins, and the loaded value is only returned.
+    ///
+    /// Cancellation and panics: if the caller running the loader is dropped (a timeout, a
+    /// client that hung up) or its loader panics (the panic goes to that caller), the waiting
+    /// callers start over and one of them runs *its own* `init`. Nobody waits forever.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: ebb::Cache<u32, String> = ebb::Cache::builder().build();
+    /// let name = cache.get_with(7, async { "loaded once".to_string() }).await;
+    /// assert_eq!(name, "loaded once");
+    /// // A hit: the loader is not run.
+    /// let again = cache.get_with(7, async { unreachable!() }).await;
+    /// assert_eq!(again, "loaded once");
+    /// # }
+    /// ```
+    pub async fn get_with(&self, key: K, init: impl Future<Output = V>) -> V {
+        let init = async { Loaded::Value(init.await, None) };
+        match self.single_flight(key, init, |_| false).await {
+            Outcome::Value(v) => v,
+            _ => unreachable!("get_with accepts values only"),
+        }
+    }
+
+    /// Like [`get_with`](Self::get_with), with a loader that also chooses the entry's TTL:
+    /// `Some(ttl)` stores it for exactly `ttl` (zero: returned but not stored), `None` uses
+    /// the cache's `time_to_live`. For tokens that expire at their own time, or responses
+    /// with their own max-age.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let tokens: ebb::Cache<&str, String> = ebb::Cache::builder().build();
+    /// let token = tokens
+    ///     .get_with_expiry("api", async { ("t0k3n".to_string(), Some(Duration::from_secs(60))) })
+    ///     .await;
+    /// assert_eq!(token, "t0k3n");
+    /// tokio::time::sleep(Duration::from_secs(60)).await;
+    /// assert_eq!(tokens.get("api"), None);
+    /// # }
+    /// ```
+    pub async fn get_with_expiry(
+        &self,
+        key: K,
+        init: impl Future<Output = (V, Option<Duration>)>,
+    ) -> V {
+        let init = async {
+            let (value, ttl) = init.await;
+            Loaded::Value(value, ttl)
+        };
+        match self.single_flight(key, init, |_| false).await {
+            Outcome::Value(v) => v,
+            _ => unreachable!("get_with_expiry accepts values only"),
+        }
+    }
+
+    /// The value for `key`, or the result of loading it with a fallible `init`.
+    ///
+    /// Single-flight like [`get_with`](Self::get_with). An error is not cached: every caller
+    /// that shared the failed load gets the same `Arc<E>`, and the next call loads again. A
+    /// caller waiting on a load started with a different error type, or by a method that
+    /// cannot fail, that ends without a value runs its own `init`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: ebb::Cache<u32, u64> = ebb::Cache::builder().build();
+    /// let err = cache.try_get_with(1, async { "db down".parse::<u64>() }).await;
+    /// assert!(err.is_err());
+    /// let ok = cache.try_get_with(1, async { "42".parse::<u64>() }).await;
+    /// assert_eq!(ok.unwrap(), 42);
+    /// # }
+    /// ```
+    pub async fn try_get_with<E>(
+        &self,
+        key: K,
+        init: impl Future<Output = Result<V, E>>,
+    ) -> Result<V, std::sync::Arc<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        let init = async {
+            match init.await {
+                Ok(value) => Loaded::Value(value, None),
+                Err(e) => Loaded::Error(std::sync::Arc::new(e)),
+            }
+        };
+        let mine = |o: &Outcome<V>| matches!(o, Outcome::Error(e) if e.is::<E>());
+        match self.single_flight(key, init, mine).await {
+            Outcome::Value(v) => Ok(v),
+            Outcome::Error(e) => Err(e.downcast::<E>().expect("checked by `mine`")),
+            _ => unreachable!("try_get_with accepts values and its own errors"),
+        }
+    }
+
+    /// The value for `key`, or the result of loading it with an `init` that may find nothing
+    /// (`None` is returned and not cached).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: ebb::Cache<u32, String> = ebb::Cache::builder().build();
+    /// assert_eq!(cache.optionally_get_with(1, async { None }).await, None);
+    /// assert!(cache.get(&1).is_none());
+    /// # }
+    /// ```
+    pub async fn optionally_get_with(
+        &self,
+        key: K,
+        init: impl Future<Output = Option<V>>,
+    ) -> Option<V> {
+        let init = async {
+            match init.await {
+                Some(value) => Loaded::Value(value, None),
+                None => Loaded::Nothing,
+            }
+        };
+        match self
+            .single_flight(key, init, |o| matches!(o, Outcome::Nothing))
+            .await
+        {
+            Outcome::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The engine: a hit, another caller's outcome this caller accepts (`accepts`, besides
+    /// values), or this caller's own load.
+    async fn single_flight(
+        &self,
+        key: K,
+        init: impl Future<Output = Loaded<V>>,
+        accepts: impl Fn(&Outcome<V>) -> bool,
+    ) -> Outcome<V> {
+        let store = self.store();
+        if let Some(value) = store.get(&key) {
+            return Outcome::Value(value);
+        }
+        loop {
+            let flight = match store.flights.join_or_lead(&key) {
+                Role::Wait(flight) => match flight.wait().await {
+                    outcome @ Outcome::Value(_) => return outcome,
+                    outcome if accepts(&outcome) => return outcome,
+                    // Abandoned, or an outcome of another kind: the flight is gone, so the
+                    // next round leads or joins a new one.
+                    _ => continue,
+                },
+                Role::Lead(flight) => flight,
+            };
+            let mut lead = Lead {
+                flights: &store.flights,
+                key: &key,
+                flight,
+                ended: false,
+            };
+            // Registered first, looked last: a write before registration shows here.
+            if let Some(value) = store.get(&key) {
+                lead.ended = true;
+                store
+                    .flights
+                    .end(&key, &lead.flight, Outcome::Value(value.clone()));
+                return Outcome::Value(value);
+            }
+            let generation = store.generation();
+            let loaded = init.await;
+            lead.ended = true;
+            let flight = Arc::clone(&lead.flight);
+            drop(lead);
+            let outcome = match loaded {
+                Loaded::Value(value, ttl) => {
+                    let deadline = match ttl {
+                        Some(ttl) => self.deadline_for_ttl(ttl),
+                        None => Some(self.default_deadline()),
+                    };
+                    store.finish_load(key.clone(), &flight, value.clone(), deadline, generation);
+                    Outcome::Value(value)
+                }
+                Loaded::Error(e) => Outcome::Error(e),
+                Loaded::Nothing => Outcome::Nothing,
+            };
+            store.flights.end(&key, &flight, outcome.clone());
+            return outcome;
+        }
+    }
+}
+
+/// Loom model of the flight registry: leaders, waiters, a cancelled leader, completion.
+/// Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_flights {
+    use super::*;
+    use loom::thread;
+    use std::hash::BuildHasherDefault;
+
+    type Registry = Flights<u8, u32, BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+
+    /// One caller of `get_with` for key 1, as the async code drives the registry: a hit in the
+    /// store (`stored`, 0 for absent), or lead (look at the store once more, load, store, end;
+    /// or be cancelled mid-load) or wait until settled, starting over when the flight it waited
+    /// on was abandoned.
+    fn caller(
+        registry: &Registry,
+        stored: &AtomicUsize,
+        loading: &AtomicUsize,
+        loads: &AtomicUsize,
+        cancelled: bool,
+    ) -> Option<u32> {
+        let hit = |stored: &AtomicUsize| match stored.load(Ordering::SeqCst) {
+            0 => None,
+            v => Some(v as u32),
+        };
+        if let Some(v) = hit(stored) {
+            return Some(v);
+        }
+        loop {
+            match registry.join_or_lead(&1) {
+                Role::Lead(flight) => {
+                    if let Some(v) = hit(stored) {
+                        registry.end(&1, &flight, Outcome::Value(v));
+                        return Some(v);
+                    }
+                    let others = loading.fetch_add(1, Ordering::SeqCst);
+                    assert_eq!(others, 0, "two loads of one key at once");
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    loading.fetch_sub(1, Ordering::SeqCst);
+                    if cancelled {
+                        // What the `Lead` guard does when the leader's future is dropped.
+                        registry.end(&1, &flight, Outcome::Abandoned);
+                        return None;
+                    }
+                    stored.store(7, Ordering::SeqCst);
+                    registry.end(&1, &flight, Outcome::Value(7));
+                    return Some(7);
+                }
+                Role::Wait(flight) => match flight.wait_blocking() {
+                    Outcome::Value(v) => return Some(v),
+                    Outcome::Abandoned => continue,
+                    _ => unreachable!("only values and abandonment in this model"),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn loom_single_flight_leader_waiters_cancellation() {
+        loom::model(|| {
+            let registry = Arc::new(Registry::new(2, Default::default()));
+            let stored = Arc::new(AtomicUsize::new(0));
+            let loading = Arc::new(AtomicUsize::new(0));
+            let loads = Arc::new(AtomicUsize::new(0));
+            let spawn = |cancelled| {
+                let (registry, stored, loading, loads) = (
+                    Arc::clone(&registry),
+                    Arc::clone(&stored),
+                    Arc::clone(&loading),
+                    Arc::clone(&loads),
+                );
+                thread::spawn(move || caller(&registry, &stored, &loading, &loads, cancelled))
+            };
+            let cancelled = spawn(true);
+            let waiter = spawn(false);
+            let here = caller(&registry, &stored, &loading, &loads, false);
+            let cancelled = cancelled.join().unwrap();
+            let waiter = waiter.join().unwrap();
+            // Every caller that was not cancelled got the value; nobody was left waiting.
+            assert_eq!((here, waiter), (Some(7), Some(7)));
+            assert!(cancelled.is_none() || cancelled == Some(7));
+            // The loader ran once, plus once more only if the cancelled caller led first.
+            let expected = if cancelled.is_none() { 2 } else { 1 };
+            assert!(loads.load(Ordering::SeqCst) <= expected);
+            // Nothing left behind.
+            assert_eq!(registry.len(), 0);
+            assert!(registry.registered_key(&1).is_none());
+        });
+    }
+}
