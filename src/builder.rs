@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 
+use tokio::sync::mpsc::Sender;
+
 use crate::cache::Cache;
+use crate::listener::{Notifier, Removal, RemovalCause};
 
 /// The shortest tick ebb accepts.
 pub const MIN_TICK: Duration = Duration::from_millis(1);
@@ -34,6 +37,10 @@ pub enum BuildError {
     ZeroTimeToLive,
     /// `expiry_jitter` is not a number in `0.0..1.0`.
     InvalidJitter(f64),
+    /// `time_to_idle` is zero.
+    ZeroTimeToIdle,
+    /// `stats_interval` is zero.
+    ZeroStatsInterval,
 }
 
 impl fmt::Display for BuildError {
@@ -59,6 +66,14 @@ impl fmt::Display for BuildError {
             BuildError::InvalidJitter(j) => write!(
                 f,
                 "ebb: expiry_jitter {j} is not a fraction in 0.0..1.0 (0.05 spreads deadlines by ±5%)"
+            ),
+            BuildError::ZeroTimeToIdle => f.write_str(
+                "ebb: a time_to_idle of zero would expire every entry at once: give a positive \
+                 duration, or leave time_to_idle unset",
+            ),
+            BuildError::ZeroStatsInterval => f.write_str(
+                "ebb: a stats_interval of zero would log without pause: give a positive \
+                 duration, such as 60 s",
             ),
         }
     }
@@ -90,6 +105,10 @@ pub struct CacheBuilder<K, V, S = RandomState> {
     pub(crate) tick: Duration,
     pub(crate) jitter: f64,
     pub(crate) initial_capacity: usize,
+    pub(crate) time_to_idle: Option<Duration>,
+    pub(crate) record_stats: bool,
+    pub(crate) stats_interval: Option<Duration>,
+    pub(crate) notifier: Notifier<K, V>,
     pub(crate) hasher: S,
     marker: PhantomData<fn(K, V)>,
 }
@@ -102,6 +121,10 @@ impl<K, V, S: fmt::Debug> fmt::Debug for CacheBuilder<K, V, S> {
             .field("tick", &self.tick)
             .field("expiry_jitter", &self.jitter)
             .field("initial_capacity", &self.initial_capacity)
+            .field("time_to_idle", &self.time_to_idle)
+            .field("record_stats", &self.record_stats)
+            .field("stats_interval", &self.stats_interval)
+            .field("notifier", &self.notifier)
             .field("hasher", &self.hasher)
             .finish()
     }
@@ -115,6 +138,10 @@ impl<K, V> Default for CacheBuilder<K, V> {
             tick: DEFAULT_TICK,
             jitter: 0.0,
             initial_capacity: 0,
+            time_to_idle: None,
+            record_stats: false,
+            stats_interval: None,
+            notifier: Notifier::default(),
             hasher: RandomState::new(),
             marker: PhantomData,
         }
@@ -184,9 +211,124 @@ where
             tick: self.tick,
             jitter: self.jitter,
             initial_capacity: self.initial_capacity,
+            time_to_idle: self.time_to_idle,
+            record_stats: self.record_stats,
+            stats_interval: self.stats_interval,
+            notifier: self.notifier,
             hasher,
             marker: PhantomData,
         }
+    }
+
+    /// Expire an entry also when it has not been read or written for `idle`. With a TTL (the
+    /// cache's or the entry's own), whichever deadline comes first wins. A read extends the
+    /// idle deadline only when that moves it by more than 1/16 of the tick (or of `idle`, if
+    /// shorter), so an entry may expire up to that much before `idle` of true idleness;
+    /// hits on a hot entry cost no write. Zero is a [`BuildError::ZeroTimeToIdle`]; a value
+    /// at or past the horizon disables it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let sessions: ebb::Cache<u32, &str> = ebb::Cache::builder()
+    ///     .time_to_idle(Duration::from_secs(10))
+    ///     .build();
+    /// sessions.insert(1, "alice");
+    /// tokio::time::sleep(Duration::from_secs(8)).await;
+    /// assert!(sessions.get(&1).is_some()); // read: idle again from now
+    /// tokio::time::sleep(Duration::from_secs(8)).await;
+    /// assert!(sessions.get(&1).is_some());
+    /// tokio::time::sleep(Duration::from_secs(10)).await;
+    /// assert!(sessions.get(&1).is_none()); // idle for 10 s
+    /// # }
+    /// ```
+    pub fn time_to_idle(mut self, idle: Duration) -> Self {
+        self.time_to_idle = Some(idle);
+        self
+    }
+
+    /// Call `listener(key, value, cause)` for every entry that leaves the cache, exactly once,
+    /// never under a lock. See [`RemovalCause`] for the causes, and which thread reports each.
+    ///
+    /// The listener runs on the expiry task (for expiry and `invalidate_all`) or on the
+    /// thread that removed or replaced the entry, so keep it short: for slow or async work,
+    /// use [`eviction_channel`](Self::eviction_channel). A panic in it is caught and logged.
+    /// To call back into the cache, capture a [`WeakCache`](crate::WeakCache) (from
+    /// [`Cache::downgrade`](crate::Cache::downgrade)): a `Cache` clone captured by its own
+    /// listener would keep the cache, and its task, alive forever. Entries still held when
+    /// the last handle is dropped are not reported.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let removed = Arc::new(AtomicUsize::new(0));
+    /// let seen = Arc::clone(&removed);
+    /// let cache: ebb::Cache<u32, u32> = ebb::Cache::builder()
+    ///     .eviction_listener(move |_key, _value, cause| {
+    ///         assert_eq!(cause, ebb::RemovalCause::Explicit);
+    ///         seen.fetch_add(1, Ordering::Relaxed);
+    ///     })
+    ///     .build();
+    /// cache.insert(1, 1);
+    /// cache.remove(&1);
+    /// assert_eq!(removed.load(Ordering::Relaxed), 1);
+    /// # }
+    /// ```
+    pub fn eviction_listener(
+        mut self,
+        listener: impl Fn(K, V, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.notifier.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// Send a [`Removal`](crate::Removal) for every entry that leaves the cache to `sender`,
+    /// for a consumer that drains the channel in its own task (async work included).
+    ///
+    /// The cache never waits on the channel: when it is full, the notification is dropped
+    /// and counted in [`CacheStats::notifications_dropped`](crate::CacheStats); when the
+    /// receiver is gone, notifications are discarded. Size the channel for your bursts (an
+    /// `invalidate_all` reports every entry). Works alongside
+    /// [`eviction_listener`](Self::eviction_listener).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    /// let cache: ebb::Cache<u32, String> = ebb::Cache::builder().eviction_channel(tx).build();
+    /// cache.insert(1, "one".into());
+    /// cache.insert(1, "uno".into());
+    /// let removal = rx.recv().await.unwrap();
+    /// assert_eq!((removal.key, removal.value.as_str()), (1, "one"));
+    /// assert_eq!(removal.cause, ebb::RemovalCause::Replaced);
+    /// # }
+    /// ```
+    pub fn eviction_channel(mut self, sender: Sender<Removal<K, V>>) -> Self {
+        self.notifier.channel = Some(sender);
+        self
+    }
+
+    /// Count hits, misses, writes, removals by cause and loads for
+    /// [`Cache::stats`](crate::Cache::stats). Off by default: counting costs a relaxed atomic
+    /// add on a per-thread stripe per operation.
+    pub fn record_stats(mut self) -> Self {
+        self.record_stats = true;
+        self
+    }
+
+    /// Every `interval`, have the expiry task log one `tracing::info!` line for the cache if
+    /// it had any lookups since the last one, in the spirit of go-zero's
+    /// `cache(NAME) - qpm: N, hit_ratio: P%, elements: E, hit: H, miss: M` (also as
+    /// structured fields). Implies [`record_stats`](Self::record_stats). This is the one
+    /// reason an otherwise idle cache wakes up. Zero is a
+    /// [`BuildError::ZeroStatsInterval`].
+    pub fn stats_interval(mut self, interval: Duration) -> Self {
+        self.stats_interval = Some(interval);
+        self.record_stats = true;
+        self
     }
 
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
@@ -198,6 +340,12 @@ where
         }
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(BuildError::InvalidJitter(self.jitter));
+        }
+        if self.time_to_idle == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroTimeToIdle);
+        }
+        if self.stats_interval == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroStatsInterval);
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -21,7 +21,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::builder::{BuildError, CacheBuilder};
 use crate::clock::{Clock, NEVER};
 use crate::handoff::Signals;
-use crate::store::Store;
+use crate::stats::{CacheStats, Counters};
+use crate::store::{Settings, Store};
 use crate::{driver, jitter};
 
 /// Shards of the map and stripes of the hand-off: four per core, as DashMap chooses. Asking
@@ -38,7 +39,6 @@ fn shard_count() -> usize {
 /// What every handle shares: the store and the cache's settings.
 pub(crate) struct Shared<K, V, S> {
     pub(crate) store: Store<K, V, S>,
-    pub(crate) name: Arc<str>,
     time_to_live: Option<Duration>,
     jitter: f64,
     /// Cancels the expiry task when the last handle is dropped.
@@ -89,7 +89,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
-            .field("name", &&*self.shared.name)
+            .field("name", &&*self.shared.store.name)
             .field("entries", &self.shared.store.map.len())
             .field("time_to_live", &self.shared.time_to_live)
             .finish_non_exhaustive()
@@ -120,21 +120,37 @@ where
         let shards = shard_count();
         let signals = Arc::new(Signals::default());
         let token = CancellationToken::new();
-        let name: Arc<str> = builder.name.as_deref().unwrap_or("ebb").into();
+        let idle = builder
+            .time_to_idle
+            .filter(|idle| *idle < clock.horizon())
+            .map_or(0, |idle| idle.as_nanos() as u64);
+        let settings = Settings {
+            name: builder.name.as_deref().unwrap_or("ebb").into(),
+            clock,
+            idle,
+            counters: builder.record_stats.then(Counters::new),
+            notifier: builder.notifier,
+        };
         let shared = Arc::new(Shared {
             store: Store::new(
-                clock,
+                settings,
                 builder.initial_capacity,
                 shards,
                 builder.hasher,
                 Arc::clone(&signals),
             ),
-            name,
             time_to_live: builder.time_to_live,
             jitter: builder.jitter,
             _stop: token.clone().drop_guard(),
         });
-        driver::spawn(handle, &shared, signals, token, interval);
+        driver::spawn(
+            handle,
+            &shared,
+            signals,
+            token,
+            interval,
+            builder.stats_interval,
+        );
         Ok(Cache { shared })
     }
 
@@ -164,11 +180,9 @@ where
     /// `time_to_live` (spread by `expiry_jitter`), or never if none is set.
     #[inline]
     pub fn insert(&self, key: K, value: V) {
-        drop(
-            self.shared
-                .store
-                .insert(key, value, self.default_deadline()),
-        );
+        self.shared
+            .store
+            .insert(key, value, self.default_deadline());
     }
 
     /// Insert `value` for `key` with its own TTL, exactly as given (never jittered). It
@@ -178,7 +192,7 @@ where
     /// past [`horizon`](Self::horizon) (for example `Duration::MAX`) never expires.
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
         match self.deadline_for_ttl(ttl) {
-            Some(deadline) => drop(self.shared.store.insert(key, value, deadline)),
+            Some(deadline) => self.shared.store.insert(key, value, deadline),
             None => drop(self.remove(&key)),
         }
     }
@@ -232,7 +246,47 @@ where
 
     /// The name given to the builder, or `"ebb"`.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        &self.shared.store.name
+    }
+
+    /// A snapshot of the cache's statistics. Counters other than `entry_count` and the expiry
+    /// lag need [`record_stats`](CacheBuilder::record_stats).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: ebb::Cache<u32, u32> = ebb::Cache::builder().record_stats().build();
+    /// cache.insert(1, 1);
+    /// cache.get(&1);
+    /// cache.get(&2);
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.hits, stats.misses, stats.inserts), (1, 1, 1));
+    /// assert_eq!(stats.hit_ratio(), 0.5);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> CacheStats {
+        let store = &self.shared.store;
+        CacheStats::read(store.counters(), &store.lag, self.entry_count())
+    }
+
+    /// A handle that does not keep the cache alive: for listeners and loaders that call back
+    /// into their own cache.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: ebb::Cache<u32, u32> = ebb::Cache::builder().build();
+    /// let weak = cache.downgrade();
+    /// weak.upgrade().unwrap().insert(1, 1);
+    /// assert_eq!(cache.get(&1), Some(1));
+    /// drop(cache);
+    /// assert!(weak.upgrade().is_none());
+    /// # }
+    /// ```
+    pub fn downgrade(&self) -> WeakCache<K, V, S> {
+        WeakCache {
+            shared: Arc::downgrade(&self.shared),
+        }
     }
 
     /// The default TTL, if one was set.
@@ -257,6 +311,34 @@ where
             wakeups: store.signals.wakeups.load(Ordering::Acquire),
             task_closed: store.signals.closed.load(Ordering::Acquire),
         }
+    }
+}
+
+/// A handle to a [`Cache`] that does not keep it alive; see [`Cache::downgrade`].
+pub struct WeakCache<K, V, S = RandomState> {
+    shared: Weak<Shared<K, V, S>>,
+}
+
+impl<K, V, S> Clone for WeakCache<K, V, S> {
+    fn clone(&self) -> Self {
+        WeakCache {
+            shared: Weak::clone(&self.shared),
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for WeakCache<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakCache")
+            .field("alive", &(self.shared.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl<K, V, S> WeakCache<K, V, S> {
+    /// The cache, if a strong handle still exists somewhere.
+    pub fn upgrade(&self) -> Option<Cache<K, V, S>> {
+        self.shared.upgrade().map(|shared| Cache { shared })
     }
 }
 

@@ -49,6 +49,11 @@ impl Clock {
         Duration::from_nanos(self.horizon_nanos)
     }
 
+    /// The tick's length in nanoseconds.
+    pub(crate) fn tick_nanos(&self) -> u64 {
+        self.tick_nanos
+    }
+
     /// Nanoseconds since the epoch.
     #[inline]
     pub(crate) fn now(&self) -> u64 {

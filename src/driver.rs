@@ -23,17 +23,20 @@
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, trace, Instrument};
+use tracing::{debug, info, trace, Instrument};
 
 use crate::builder::BuildError;
 use crate::cache::Shared;
 use crate::clock::{Clock, NEVER};
 use crate::handoff::{Records, Signals};
-use crate::store::{Store, PENDING, UNFILED};
+use crate::listener::RemovalCause;
+use crate::stats::Counter;
+use crate::store::{Retired, Store, PENDING, UNFILED};
 use crate::wheel::{TimerId, Wheel};
 
 /// The most records, removals or fired nodes handled between two yields.
@@ -59,12 +62,23 @@ pub(crate) fn spawn<K, V, S>(
     signals: Arc<Signals>,
     token: CancellationToken,
     interval: Interval,
+    stats_interval: Option<Duration>,
 ) where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    let span = tracing::debug_span!("ebb", cache = %shared.name);
+    let span = tracing::debug_span!("ebb", cache = %shared.store.name);
+    let stats_line = stats_interval.map(|period| {
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        every.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        StatsLine {
+            every,
+            period,
+            hits: 0,
+            misses: 0,
+        }
+    });
     let driver = Driver {
         shared: Arc::downgrade(shared),
         clock: shared.store.clock,
@@ -75,6 +89,7 @@ pub(crate) fn spawn<K, V, S>(
         spare: None,
         swept: shared.store.generation(),
         work: Work::default(),
+        stats_line,
     };
     drop(handle.spawn(driver.run().instrument(span)));
 }
@@ -86,6 +101,52 @@ struct Work {
     fired: usize,
     expired: usize,
     swept: usize,
+}
+
+/// The periodic statistics line: its interval and the counts at the last line.
+struct StatsLine {
+    every: Interval,
+    period: Duration,
+    hits: u64,
+    misses: u64,
+}
+
+impl StatsLine {
+    /// Log the line for the lookups since the last one, if there were any.
+    fn emit(
+        &mut self,
+        store: &Store<impl Hash + Eq + Clone, impl Clone, impl BuildHasher + Clone>,
+    ) {
+        let Some(counters) = store.counters() else {
+            return;
+        };
+        let (hits, misses) = (counters.sum(Counter::Hit), counters.sum(Counter::Miss));
+        let (hit, miss) = (hits - self.hits, misses - self.misses);
+        (self.hits, self.misses) = (hits, misses);
+        if hit + miss == 0 {
+            return;
+        }
+        let qpm = ((hit + miss) as f64 * 60.0 / self.period.as_secs_f64()).round() as u64;
+        let hit_ratio = hit as f64 * 100.0 / (hit + miss) as f64;
+        let elements = store.map.len();
+        info!(
+            qpm,
+            hit_ratio,
+            elements,
+            hit,
+            miss,
+            "cache({}) - qpm: {qpm}, hit_ratio: {hit_ratio:.1}%, elements: {elements}, hit: {hit}, miss: {miss}",
+            store.name
+        );
+    }
+}
+
+/// Waits for the next statistics line, or forever if there is none.
+async fn next_line(line: &mut Option<StatsLine>) {
+    match line {
+        Some(line) => drop(line.every.tick().await),
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether the task goes on after a piece of work.
@@ -106,6 +167,7 @@ struct Driver<K, V, S> {
     /// The `invalidate_all` generation swept last.
     swept: u32,
     work: Work,
+    stats_line: Option<StatsLine>,
 }
 
 /// Closes the hand-off however the task ends, including when the runtime drops it.
@@ -149,13 +211,20 @@ where
                 self.interval.reset_at(self.clock.instant_of_tick(tick));
             }
             let notified = self.signals.notify.notified();
+            let mut line_due = false;
             tokio::select! {
                 biased;
                 _ = self.token.cancelled() => break,
                 _ = notified => {}
                 _ = self.interval.tick(), if next.is_some() => {}
+                _ = next_line(&mut self.stats_line) => line_due = true,
             }
             self.signals.wakeups.fetch_add(1, Ordering::Relaxed);
+            if line_due {
+                if let (Some(line), Some(shared)) = (&mut self.stats_line, self.shared.upgrade()) {
+                    line.emit(&shared.store);
+                }
+            }
         }
     }
 
@@ -244,7 +313,7 @@ where
             }
             return;
         };
-        if entry.timer != PENDING || entry.deadline == NEVER || entry.generation != generation {
+        if entry.timer != PENDING || entry.deadline() == NEVER || entry.generation != generation {
             // Filed by an earlier record, or nothing to file (the sweep takes invalidated ones).
             if entry.timer == PENDING {
                 entry.timer = UNFILED;
@@ -255,7 +324,7 @@ where
             }
             return;
         }
-        let when = self.clock.tick_of(entry.deadline);
+        let when = self.clock.tick_of(entry.deadline());
         entry.timer = match orphan {
             Some(node) => {
                 self.wheel.reschedule(node, when);
@@ -278,11 +347,17 @@ where
             .collect();
         for (done, key) in stale.iter().enumerate() {
             let now = store.generation();
-            if let Some((_, entry)) = store.map.remove_if(key, |_, e| e.generation != now) {
+            if let Some((key, entry)) = store.map.remove_if(key, |_, e| e.generation != now) {
                 if let Some(node) = entry.node() {
                     self.wheel.remove(node);
                 }
                 self.work.swept += 1;
+                let key = store.wants_keys().then_some(key);
+                store.retire(Retired {
+                    key,
+                    entry,
+                    cause: RemovalCause::Explicit,
+                });
             }
             if (done + 1) % BATCH == 0 {
                 if let Flow::Stop = self.pause(shared).await {
@@ -319,7 +394,7 @@ where
             /// No entry holds this node: a writer orphaned it.
             Stale,
             /// The entry expired (or was invalidated) and is removed.
-            Expired,
+            Remove,
             /// The entry has no deadline any more.
             Unfile,
             /// The entry's deadline moved later.
@@ -333,14 +408,15 @@ where
                 return false;
             }
             if !entry.is_live(generation, || now) {
-                action = Action::Expired;
+                action = Action::Remove;
                 return true;
             }
-            if entry.deadline == NEVER {
+            let deadline = entry.deadline();
+            if deadline == NEVER {
                 entry.timer = UNFILED;
                 action = Action::Unfile;
             } else {
-                action = Action::Refile(clock.tick_of(entry.deadline));
+                action = Action::Refile(clock.tick_of(deadline));
             }
             false
         });
@@ -349,16 +425,22 @@ where
                 store.handoff.forget_orphan(self.wheel.get(node), node);
                 self.wheel.remove(node);
             }
-            Action::Expired => {
-                self.work.expired += 1;
-                self.wheel.remove(node);
-            }
-            Action::Unfile => {
+            Action::Remove | Action::Unfile => {
                 self.wheel.remove(node);
             }
             Action::Refile(when) => self.wheel.reschedule(node, when),
         }
-        // The expired value is dropped here, outside the shard lock.
-        drop(removed);
+        // Reported here, outside the shard lock and with the wheel no longer borrowed.
+        if let Some((key, entry)) = removed {
+            let cause = if entry.generation == generation {
+                store.lag.record(now.saturating_sub(entry.deadline()));
+                self.work.expired += 1;
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Explicit
+            };
+            let key = store.wants_keys().then_some(key);
+            store.retire(Retired { key, entry, cause });
+        }
     }
 }

@@ -76,13 +76,17 @@ mod clock;
 mod driver;
 mod handoff;
 mod jitter;
+mod listener;
 mod load;
+mod stats;
 mod store;
 mod sync;
 mod wheel;
 
 pub use builder::{BuildError, CacheBuilder, DEFAULT_TICK, MAX_TICK, MIN_TICK};
-pub use cache::{Cache, Internals};
+pub use cache::{Cache, Internals, WeakCache};
+pub use listener::{Removal, RemovalCause};
+pub use stats::CacheStats;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -31,6 +31,7 @@ use std::hash::{BuildHasher, Hash};
 use std::time::Duration;
 
 use crate::cache::Cache;
+use crate::stats::Counter;
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crate::sync::{lock, Arc, Mutex};
 
@@ -433,7 +434,7 @@ where
                 ended: false,
             };
             // Registered first, looked last: a write before registration shows here.
-            if let Some(value) = store.get(&key) {
+            if let Some(value) = store.peek(&key) {
                 lead.ended = true;
                 store
                     .flights
@@ -441,7 +442,16 @@ where
                 return Outcome::Value(value);
             }
             let generation = store.generation();
+            let started = tokio::time::Instant::now();
             let loaded = init.await;
+            store.count(Counter::LoadNanos, started.elapsed().as_nanos() as u64);
+            store.count(
+                match loaded {
+                    Loaded::Value(..) => Counter::LoadSuccess,
+                    _ => Counter::LoadFailure,
+                },
+                1,
+            );
             lead.ended = true;
             let flight = Arc::clone(&lead.flight);
             drop(lead);

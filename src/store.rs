@@ -1,36 +1,41 @@
-//! The entry layout, shared by the handles (which read and write entries) and the expiry task
-//! (which files them in its wheel and removes them when due).
+//! The store: the entry layout and every operation the handles perform on it, each in one
+//! shard lock, plus the reporting of what those operations removed.
 //!
-//! An [`Entry`] is 16 bytes plus the value: a deadline in nanoseconds since the cache's epoch
-//! ([`NEVER`] when it has none), the `invalidate_all` generation it was written in, and its
-//! [`timer`](Entry::timer) state. Only the shard lock guards an entry; every field below is
-//! read and written under it.
+//! An [`Entry`] holds the value, its deadline, the deadline's cap, the `invalidate_all`
+//! generation it was written in, and its [`timer`](Entry::timer) state. Deadlines are
+//! nanoseconds since the cache's epoch ([`NEVER`] when there is none).
 //!
 //! Invariants:
 //! - An entry is *live* when its generation is the cache's current one and its deadline is in
-//!   the future. Reads return live entries only, whatever the task has or has not done yet.
+//!   the future. Reads return live entries only, whatever the task has or has not done yet;
+//!   they read the clock only for an entry that has a deadline.
+//! - `deadline` is the effective deadline: the `cap` (the TTL's deadline) or, with a
+//!   time-to-idle, the earlier of the cap and the last access plus the idle time. Writers set
+//!   both under the shard lock; readers may only move `deadline` later, up to `cap`, with
+//!   `fetch_max`, and only when it moves by more than the tolerance (so a hot entry is not
+//!   written on every read).
 //! - `timer` says where the entry's deadline is known to the task:
-//!   - [`UNFILED`]: nowhere; the entry has no deadline, or had one that the task dropped.
+//!   - [`UNFILED`]: nowhere; the entry has no deadline, or the task dropped its node.
 //!   - [`PENDING`]: a hand-off record for the key is queued (see `handoff.rs`); the task will
-//!     read the entry's *current* deadline when it drains the record, so writers that see
-//!     `PENDING` need not queue another.
+//!     read the entry's *current* deadline when it drains the record.
 //!   - a wheel node id: the task filed the entry at a deadline no later than `deadline`. A
-//!     writer that moves the deadline later does nothing (the node fires early, the task sees
-//!     the later deadline and re-files it); a writer that moves it earlier queues a record
-//!     carrying the node id and sets `PENDING`.
-//! - Only the expiry task turns `PENDING` into a node id, and each node id is referenced by at
-//!   most one entry or one queued record at a time.
+//!     later deadline needs nothing (the node fires early and the task re-files it); an
+//!     earlier one queues a record carrying the node id.
+//! - Every entry that leaves the map is reported exactly once, by the code path that took it
+//!   out, after the shard lock is released ([`Store::retire`]).
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::{DashMap, Entry as Slot};
 
 use crate::clock::{Clock, NEVER};
 use crate::handoff::{Handoff, Signals};
+use crate::listener::{Notifier, RemovalCause};
 use crate::load::{Flight, Flights};
+use crate::stats::{Counter, Counters, Lag};
 use crate::sync::Arc as SyncArc;
 use crate::wheel::TimerId;
 
@@ -42,8 +47,10 @@ pub(crate) const PENDING: TimerId = u32::MAX - 1;
 /// One cached value and its bookkeeping.
 pub(crate) struct Entry<V> {
     pub(crate) value: V,
-    /// Nanoseconds since the cache's epoch, or [`NEVER`].
-    pub(crate) deadline: u64,
+    /// The effective deadline (see the module docs).
+    deadline: AtomicU64,
+    /// The latest `deadline` may become: the TTL's deadline, or [`NEVER`].
+    cap: u64,
     /// [`UNFILED`], [`PENDING`] or the id of the wheel node that holds this key.
     pub(crate) timer: TimerId,
     /// The `invalidate_all` generation the entry was written in.
@@ -51,11 +58,16 @@ pub(crate) struct Entry<V> {
 }
 
 impl<V> Entry<V> {
-    /// Whether a read at `generation` may return this entry. Reads the clock only when the
-    /// entry has a deadline.
+    #[inline]
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
+    }
+
+    /// Whether a read at `generation` may return this entry.
     #[inline]
     pub(crate) fn is_live(&self, generation: u32, now: impl FnOnce() -> u64) -> bool {
-        self.generation == generation && (self.deadline == NEVER || self.deadline > now())
+        let deadline = self.deadline();
+        self.generation == generation && (deadline == NEVER || deadline > now())
     }
 
     /// Whether the entry has a node in the wheel.
@@ -64,14 +76,39 @@ impl<V> Entry<V> {
     }
 }
 
-/// The map, the hand-off to the task, the clock and the `invalidate_all` generation: every
-/// operation the handles perform, each in one shard lock.
+/// An entry that left the map, on its way to being reported.
+pub(crate) struct Retired<K, V> {
+    /// The key, when a listener wants it.
+    pub(crate) key: Option<K>,
+    pub(crate) entry: Entry<V>,
+    pub(crate) cause: RemovalCause,
+}
+
+/// What the store needs to know beyond the map.
+pub(crate) struct Settings<K, V> {
+    pub(crate) name: Arc<str>,
+    pub(crate) clock: Clock,
+    /// Time-to-idle in nanoseconds; 0 for none.
+    pub(crate) idle: u64,
+    pub(crate) counters: Option<Counters>,
+    pub(crate) notifier: Notifier<K, V>,
+}
+
+/// The map, the hand-off to the task, the loads in flight, the clock and the
+/// `invalidate_all` generation.
 pub(crate) struct Store<K, V, S> {
     pub(crate) map: DashMap<K, Entry<V>, S>,
     pub(crate) handoff: Handoff<K, S>,
     pub(crate) flights: Flights<K, V, S>,
     pub(crate) signals: Arc<Signals>,
     pub(crate) clock: Clock,
+    pub(crate) name: Arc<str>,
+    pub(crate) lag: Lag,
+    idle: u64,
+    /// A read moves an idle deadline only by more than this.
+    idle_tolerance: u64,
+    counters: Option<Counters>,
+    notifier: Notifier<K, V>,
     generation: AtomicU32,
 }
 
@@ -82,12 +119,13 @@ where
     S: BuildHasher + Clone,
 {
     pub(crate) fn new(
-        clock: Clock,
+        settings: Settings<K, V>,
         capacity: usize,
         shards: usize,
         hasher: S,
         signals: Arc<Signals>,
     ) -> Self {
+        let clock = settings.clock;
         Store {
             map: DashMap::with_capacity_and_hasher_and_shard_amount(
                 capacity,
@@ -98,6 +136,12 @@ where
             flights: Flights::new(shards, hasher),
             signals,
             clock,
+            name: settings.name,
+            lag: Lag::default(),
+            idle: settings.idle,
+            idle_tolerance: (clock.tick_nanos() / 16).min(settings.idle / 16),
+            counters: settings.counters,
+            notifier: settings.notifier,
             generation: AtomicU32::new(0),
         }
     }
@@ -108,21 +152,72 @@ where
         self.generation.load(Ordering::Acquire)
     }
 
-    /// A clone of the live value for `key`.
+    #[inline]
+    pub(crate) fn count(&self, counter: Counter, n: u64) {
+        if let Some(counters) = &self.counters {
+            counters.add(counter, n);
+        }
+    }
+
+    pub(crate) fn counters(&self) -> Option<&Counters> {
+        self.counters.as_ref()
+    }
+
+    /// A clone of the live value for `key`; with a time-to-idle, the read also counts as an
+    /// access.
     #[inline]
     pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
-        V: Clone,
+    {
+        let found = self.peek(key);
+        self.count(
+            if found.is_some() {
+                Counter::Hit
+            } else {
+                Counter::Miss
+            },
+            1,
+        );
+        found
+    }
+
+    /// `get` without counting a hit or a miss.
+    #[inline]
+    pub(crate) fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
     {
         let generation = self.generation();
         self.map
             .view(key, |_, e| {
-                e.is_live(generation, || self.clock.now())
-                    .then(|| e.value.clone())
+                let deadline = e.deadline();
+                if e.generation != generation {
+                    return None;
+                }
+                if deadline != NEVER {
+                    let now = self.clock.now();
+                    if deadline <= now {
+                        return None;
+                    }
+                    if self.idle != 0 {
+                        self.touch(e, deadline, now);
+                    }
+                }
+                Some(e.value.clone())
             })
             .flatten()
+    }
+
+    /// Record a read access: move an idle deadline later, within the cap.
+    #[inline]
+    fn touch(&self, entry: &Entry<V>, deadline: u64, now: u64) {
+        let wanted = entry.cap.min(now.saturating_add(self.idle));
+        if wanted > deadline.saturating_add(self.idle_tolerance) {
+            entry.deadline.fetch_max(wanted, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn contains_key<Q>(&self, key: &Q) -> bool
@@ -136,47 +231,57 @@ where
             .unwrap_or(false)
     }
 
-    /// Store `value` under `key` until `deadline` and return the entry it replaced, for the
-    /// caller to drop (or report) once the shard lock is released.
+    /// The effective deadline of an entry written now with the TTL deadline `cap`.
+    fn effective(&self, cap: u64) -> u64 {
+        if self.idle == 0 {
+            cap
+        } else {
+            cap.min(self.clock.now().saturating_add(self.idle))
+        }
+    }
+
+    /// Store `value` under `key` with the TTL deadline `cap`, and report what it replaced.
     #[inline]
-    pub(crate) fn insert(&self, key: K, value: V, deadline: u64) -> Option<Entry<V>> {
+    pub(crate) fn insert(&self, key: K, value: V, cap: u64) {
         let slot = self.map.entry(key);
         self.flights.supersede(slot.key());
-        self.write(slot, value, deadline, self.generation())
+        let replaced = self.write(slot, value, cap, self.generation());
+        self.retire_all(replaced);
     }
 
     /// Store the value a load produced, unless a write or `invalidate_all` landed while it
-    /// loaded (see `load.rs`), or `deadline` is `None` (a zero TTL: returned, not stored).
+    /// loaded (see `load.rs`), or `cap` is `None` (a zero TTL: returned, not stored).
     pub(crate) fn finish_load(
         &self,
         key: K,
         flight: &SyncArc<Flight<V>>,
         value: V,
-        deadline: Option<u64>,
+        cap: Option<u64>,
         generation: u32,
     ) {
         let slot = self.map.entry(key);
         // Unregistered under the shard lock: a writer either marked the flight before this
         // point, or finds no flight and writes after us.
         self.flights.unregister(slot.key(), flight);
-        let replaced = match deadline {
-            Some(deadline) if !flight.is_superseded() && self.generation() == generation => {
-                self.write(slot, value, deadline, generation)
+        let replaced = match cap {
+            Some(cap) if !flight.is_superseded() && self.generation() == generation => {
+                self.write(slot, value, cap, generation)
             }
             _ => None,
         };
-        drop(replaced);
+        self.retire_all(replaced);
     }
 
     /// Write an entry into `slot`, held under its shard lock, telling the task about a new or
-    /// earlier deadline.
+    /// earlier deadline. Returns the entry it replaced.
     fn write(
         &self,
         slot: Slot<'_, K, Entry<V>>,
         value: V,
-        deadline: u64,
+        cap: u64,
         generation: u32,
-    ) -> Option<Entry<V>> {
+    ) -> Option<Retired<K, V>> {
+        let deadline = self.effective(cap);
         let due = self.clock.tick_of(deadline);
         match slot {
             Slot::Vacant(slot) => {
@@ -189,14 +294,17 @@ where
                 };
                 slot.insert(Entry {
                     value,
-                    deadline,
+                    deadline: AtomicU64::new(deadline),
+                    cap,
                     timer,
                     generation,
                 });
+                self.count(Counter::Insert, 1);
                 None
             }
             Slot::Occupied(mut slot) => {
                 let old = slot.get();
+                let old_deadline = old.deadline();
                 let timer = match old.timer {
                     // A later or no deadline: the filed node fires first, the task re-files.
                     node if deadline == NEVER || node == PENDING => node,
@@ -205,20 +313,32 @@ where
                             .push(&self.signals, slot.key().clone(), None, due);
                         PENDING
                     }
-                    node if deadline < old.deadline => {
+                    node if deadline < old_deadline => {
                         self.handoff
                             .push(&self.signals, slot.key().clone(), Some(node), due);
                         PENDING
                     }
                     node => node,
                 };
+                let cause = self.cause(old, RemovalCause::Replaced);
+                self.count(
+                    if cause == RemovalCause::Replaced {
+                        Counter::Update
+                    } else {
+                        Counter::Insert
+                    },
+                    1,
+                );
+                let key = self.notifier.is_active().then(|| slot.key().clone());
                 let new = Entry {
                     value,
-                    deadline,
+                    deadline: AtomicU64::new(deadline),
+                    cap,
                     timer,
                     generation,
                 };
-                Some(std::mem::replace(slot.get_mut(), new))
+                let entry = std::mem::replace(slot.get_mut(), new);
+                Some(Retired { key, entry, cause })
             }
         }
     }
@@ -229,7 +349,6 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let generation = self.generation();
         let removed = match self.flights.registered_key(key) {
             // A load is in flight: take the shard lock even if the key is absent, so that the
             // load cannot store its value after this remove (see load.rs).
@@ -250,10 +369,20 @@ where
                 true
             }),
         };
-        let (_key, entry) = removed?;
-        entry
-            .is_live(generation, || self.clock.now())
-            .then_some(entry.value)
+        let (key, entry) = removed?;
+        let cause = self.cause(&entry, RemovalCause::Explicit);
+        let live = cause == RemovalCause::Explicit && entry.generation == self.generation();
+        if !self.wants_keys() {
+            self.count_removal(cause);
+            return live.then_some(entry.value);
+        }
+        let value = live.then(|| entry.value.clone());
+        self.retire(Retired {
+            key: Some(key),
+            entry,
+            cause,
+        });
+        value
     }
 
     /// Tell the task that `entry`, being removed under its shard lock, leaves its wheel node
@@ -263,6 +392,54 @@ where
             self.handoff
                 .push(&self.signals, key.clone(), Some(node), u64::MAX);
         }
+    }
+
+    /// Why `entry` leaves the map: invalidated entries are `Explicit`, expired ones
+    /// `Expired`, live ones `live_cause`.
+    pub(crate) fn cause(&self, entry: &Entry<V>, live_cause: RemovalCause) -> RemovalCause {
+        if entry.generation != self.generation() {
+            RemovalCause::Explicit
+        } else if entry.is_live(entry.generation, || self.clock.now()) {
+            live_cause
+        } else {
+            RemovalCause::Expired
+        }
+    }
+
+    fn count_removal(&self, cause: RemovalCause) {
+        self.count(
+            match cause {
+                RemovalCause::Expired => Counter::Expired,
+                RemovalCause::Explicit => Counter::Explicit,
+                RemovalCause::Replaced => Counter::Replaced,
+                RemovalCause::Size => Counter::Size,
+            },
+            1,
+        );
+    }
+
+    /// Count and report one entry that left the map. Never called under a lock.
+    pub(crate) fn retire(&self, retired: Retired<K, V>) {
+        self.count_removal(retired.cause);
+        if let Some(key) = retired.key {
+            if !self
+                .notifier
+                .notify(&self.name, key, retired.entry.value, retired.cause)
+            {
+                self.count(Counter::Dropped, 1);
+            }
+        }
+    }
+
+    fn retire_all(&self, retired: impl IntoIterator<Item = Retired<K, V>>) {
+        for r in retired {
+            self.retire(r);
+        }
+    }
+
+    /// Whether removals need their key (someone listens).
+    pub(crate) fn wants_keys(&self) -> bool {
+        self.notifier.is_active()
     }
 
     /// Make every entry written so far invisible, at once; the task sweeps them later.
@@ -276,27 +453,29 @@ where
 mod tests {
     use super::*;
 
+    fn entry(deadline: u64, generation: u32) -> Entry<u64> {
+        Entry {
+            value: 1,
+            deadline: AtomicU64::new(deadline),
+            cap: deadline,
+            timer: UNFILED,
+            generation,
+        }
+    }
+
     #[test]
     fn liveness_honours_deadline_and_generation() {
-        let e = Entry {
-            value: 1u64,
-            deadline: 100,
-            timer: UNFILED,
-            generation: 3,
-        };
+        let e = entry(100, 3);
         assert!(e.is_live(3, || 99));
         assert!(!e.is_live(3, || 100));
         assert!(!e.is_live(4, || 0));
-        let forever = Entry {
-            deadline: NEVER,
-            ..e
-        };
+        let forever = entry(NEVER, 3);
         assert!(forever.is_live(3, || panic!("no clock read for an entry without deadline")));
     }
 
     #[test]
     fn entry_stays_small() {
-        // Key and value of 8 bytes each: 32 bytes a bucket in the map.
-        assert_eq!(std::mem::size_of::<(u64, Entry<u64>)>(), 32);
+        // Key and value of 8 bytes each: 40 bytes a bucket in the map.
+        assert_eq!(std::mem::size_of::<(u64, Entry<u64>)>(), 40);
     }
 }

@@ -1,5 +1,5 @@
-//! `ebb-peers report [TARGET_DIR]`: turn criterion's results for the `core` bench into
-//! Markdown ratio tables.
+//! `ebb-peers report [TARGET_DIR]`: turn criterion's results for the `core` and `load` benches
+//! into Markdown ratio tables.
 //!
 //! Reads `TARGET_DIR/criterion/<group>/<implementation>/new/estimates.json` (the mean point
 //! estimate, in ns per iteration) and `benchmark.json` (the throughput per iteration).
@@ -12,22 +12,38 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-/// Groups of the `core` bench, in the order they run.
-const GROUPS: [&str; 4] = [
+/// Groups of the `core` bench, then of the `load` bench, in the order they run.
+const GROUPS: [&str; 7] = [
     "get_hit",
     "insert_overwrite",
     "build_insert_get_drop",
     "read_heavy",
+    "get_with_hit",
+    "miss_storm",
+    "miss_heavy",
 ];
 
 /// Implementations, in the order they are listed; others found on disk follow.
-const IMPLS: [&str; 5] = [
+const IMPLS: [&str; 9] = [
     "ebb",
+    "ebb_get_with",
+    "ebb_get",
     "exact_limit",
     "dashmap_no_ttl",
     "moka_future",
+    "moka_get_with",
+    "moka_get",
     "quick_cache_no_ttl",
 ];
+
+/// The row every other row of a group is divided by: `ebb_get` in `get_with_hit` (so that
+/// the `ebb_get_with` row reads as the get_with-hit overhead), else `ebb`.
+fn baseline(group: &str) -> &'static str {
+    match group {
+        "get_with_hit" => "ebb_get",
+        _ => "ebb",
+    }
+}
 
 const USAGE: &str =
     "usage: ebb-peers report [TARGET_DIR]   (default: $CARGO_TARGET_DIR, then `target`)";
@@ -112,7 +128,7 @@ fn sub_dirs(dir: &Path) -> Vec<String> {
 fn report(root: &Path) -> Result<String, String> {
     if !root.is_dir() {
         return Err(format!(
-            "{} not found: run `cargo bench -p ebb-peers --bench core` first",
+            "{} not found: run `cargo bench -p ebb-peers --bench core` (or `--bench load`) first",
             root.display()
         ));
     }
@@ -153,19 +169,23 @@ fn report(root: &Path) -> Result<String, String> {
     }
     out.push_str(
         "Ratios are within this one run. \"time ÷ ebb\" > 1 means that implementation is slower \
-         than ebb; < 1 means faster. `_no_ttl` peers do no expiry at all.\n",
+         than ebb; < 1 means faster (in `get_with_hit` the base is `ebb_get`). `_no_ttl` peers \
+         do no expiry at all.\n",
     );
     Ok(out)
 }
 
 fn table(group: &str, order: &[String], rows: &BTreeMap<String, Row>) -> String {
-    let ebb = rows.get("ebb").map(|r| r.ns_per_op);
+    let base_name = baseline(group);
+    let base = rows.get(base_name).map(|r| r.ns_per_op);
     let mut s = format!("### {group}\n\n");
-    s.push_str("| implementation | mean ns/op | ops/s | time ÷ ebb |\n");
+    s.push_str(&format!(
+        "| implementation | mean ns/op | ops/s | time ÷ {base_name} |\n"
+    ));
     s.push_str("|---|---:|---:|---:|\n");
     for name in order {
         let r = &rows[name];
-        let ratio = ebb.map_or_else(|| "n/a".to_string(), |e| ratio(r.ns_per_op / e));
+        let ratio = base.map_or_else(|| "n/a".to_string(), |e| ratio(r.ns_per_op / e));
         s.push_str(&format!(
             "| {name} | {:.1} | {} | {ratio} |\n",
             r.ns_per_op,
@@ -173,19 +193,66 @@ fn table(group: &str, order: &[String], rows: &BTreeMap<String, Row>) -> String 
         ));
     }
     s.push('\n');
-    if let Some(e) = ebb {
-        let mut ratios = Vec::new();
-        for (peer, label) in [("exact_limit", "exact-limit"), ("moka_future", "moka")] {
-            if let Some(p) = rows.get(peer) {
-                // Throughput ratio: ebb's ops/s over the peer's ops/s.
-                ratios.push(format!("ebb/{label} throughput = {:.2}", p.ns_per_op / e));
-            }
-        }
-        if group == "read_heavy" && !ratios.is_empty() {
-            s.push_str(&format!("{}\n\n", ratios.join("; ")));
-        }
+    let notes = notes(group, rows);
+    if !notes.is_empty() {
+        s.push_str(&format!("{}\n\n", notes.join("; ")));
     }
     s
+}
+
+/// The ratio lines printed under a group's table, with the targets they are held to.
+fn notes(group: &str, rows: &BTreeMap<String, Row>) -> Vec<String> {
+    let ns = |name: &str| rows.get(name).map(|r| r.ns_per_op);
+    // Time of `slow` over time of `fast`: how many times longer `slow` takes.
+    let times = |slow: &str, fast: &str| Some(ns(slow)? / ns(fast)?);
+    let verdict = |met: bool| if met { "met" } else { "missed" };
+    let mut notes = Vec::new();
+    match group {
+        "read_heavy" => {
+            for (peer, label) in [("exact_limit", "exact-limit"), ("moka_future", "moka")] {
+                if let Some(x) = times(peer, "ebb") {
+                    // Throughput ratio: ebb's ops/s over the peer's ops/s.
+                    notes.push(format!("ebb/{label} throughput = {x:.2}"));
+                }
+            }
+        }
+        "get_with_hit" => {
+            if let Some(x) = times("ebb_get_with", "ebb_get") {
+                notes.push(format!(
+                    "ebb get_with hit ÷ ebb get time = {x:.2} (target ≤ 1.10: {})",
+                    verdict(x <= 1.10)
+                ));
+            }
+            if let Some(x) = times("moka_get_with", "moka_get") {
+                notes.push(format!("moka get_with hit ÷ moka get time = {x:.2}"));
+            }
+            if let Some(x) = times("moka_get_with", "ebb_get_with") {
+                notes.push(format!("moka ÷ ebb get_with hit time = {x:.2}"));
+            }
+            if let Some(x) = times("moka_get", "ebb_get") {
+                notes.push(format!("moka ÷ ebb get time = {x:.2}"));
+            }
+        }
+        "miss_storm" => {
+            notes.push("one op is one storm of 1,000 callers".to_string());
+            if let Some(x) = times("moka_future", "ebb") {
+                notes.push(format!(
+                    "moka ÷ ebb storm time = {x:.2} (target ≥ 1.00, ebb at least as fast: {})",
+                    verdict(x >= 1.0)
+                ));
+            }
+        }
+        "miss_heavy" => {
+            if let Some(x) = times("moka_future", "ebb") {
+                notes.push(format!(
+                    "ebb/moka throughput = {x:.2} (target ≥ 1.00, ebb at least as fast: {})",
+                    verdict(x >= 1.0)
+                ));
+            }
+        }
+        _ => {}
+    }
+    notes
 }
 
 /// A ratio with two decimals, or three significant digits when it is small.
