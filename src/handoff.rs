@@ -24,12 +24,38 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::Notify;
-
+use crate::clock::NEVER;
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{lock, Mutex, MutexGuard, Wake};
 use crate::wheel::TimerId;
+
+/// `timer` value of an entry the task does not track.
+pub(crate) const UNFILED: TimerId = u32::MAX;
+/// `timer` value of an entry whose key has a queued record.
+pub(crate) const PENDING: TimerId = u32::MAX - 1;
+
+/// What a writer holding an entry's shard lock does when it gives the entry the (effective)
+/// deadline `deadline`, over an entry whose timer is `timer` and deadline `old` (a vacant
+/// entry is `UNFILED`). Returns the entry's new timer, and the record to queue, if any, with
+/// the node it orphans.
+///
+/// A later deadline needs no record: the filed node fires first and the task re-files. An
+/// earlier one, or a first one, does, unless a record is already queued (`PENDING`): the task
+/// reads the entry's deadline when it drains, so it files the latest one.
+pub(crate) fn retime(
+    timer: TimerId,
+    old: u64,
+    deadline: u64,
+) -> (TimerId, Option<Option<TimerId>>) {
+    match timer {
+        _ if deadline == NEVER => (timer, None),
+        PENDING => (PENDING, None),
+        UNFILED => (PENDING, Some(None)),
+        node if deadline < old => (PENDING, Some(Some(node))),
+        node => (node, None),
+    }
+}
 
 /// A stripe this large wakes the task even if no deadline is near, so drains stay small.
 const WAKE_AT_RECORDS: usize = 4096;
@@ -42,7 +68,7 @@ pub(crate) type Records<K, S> = HashMap<K, Option<TimerId>, S>;
 #[derive(Debug, Default)]
 pub(crate) struct Signals {
     /// Wakes the task: a deadline earlier than `next_wake`, a full stripe, `invalidate_all`.
-    pub(crate) notify: Notify,
+    pub(crate) notify: Wake,
     /// The tick the task sleeps until; `u64::MAX` when it has no timer at all.
     pub(crate) next_wake: AtomicU64,
     /// Set once the task has stopped for good.
@@ -75,11 +101,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Records<K, S>> {
-        // A poisoned stripe only means a panic elsewhere; its map is still consistent.
-        self.stripes[i]
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.stripes[i].0)
     }
 
     fn stripe_of(&self, key: &K) -> usize {
@@ -106,7 +128,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         let wake = grew_large || due_tick < signals.next_wake.load(Ordering::SeqCst);
         drop(stripe);
         if wake {
-            signals.notify.notify_one();
+            signals.notify.wake();
         }
     }
 
@@ -148,5 +170,152 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             let old = std::mem::replace(&mut *self.lock(i), self.empty());
             drop(old);
         }
+    }
+}
+
+/// Loom models of the hand-off, with the writer's and the task's steps as `Store::write` and
+/// the driver take them (an entry behind a mutex stands in for the shard lock).
+/// Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_handoff {
+    use super::*;
+    use crate::sync::Arc;
+    use loom::thread;
+    use std::hash::BuildHasherDefault;
+
+    type Hasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+    /// The node id the model's task files entries under.
+    const NODE: TimerId = 7;
+
+    struct Entry {
+        deadline: u64,
+        timer: TimerId,
+    }
+
+    struct World {
+        handoff: Handoff<u8, Hasher>,
+        signals: Signals,
+        entry: Mutex<Entry>,
+    }
+
+    fn world() -> Arc<World> {
+        Arc::new(World {
+            handoff: Handoff::new(2, Hasher::default()),
+            signals: Signals::default(),
+            entry: Mutex::new(Entry {
+                deadline: NEVER,
+                timer: UNFILED,
+            }),
+        })
+    }
+
+    /// A writer: `Store::write` for key 1 (deadlines stand for their own ticks).
+    fn write(w: &World, deadline: u64) {
+        let mut entry = lock(&w.entry);
+        let (timer, record) = retime(entry.timer, entry.deadline, deadline);
+        if let Some(orphan) = record {
+            w.handoff.push(&w.signals, 1, orphan, deadline);
+        }
+        entry.timer = timer;
+        entry.deadline = deadline;
+        assert!(w.handoff.len() <= 1, "more than one record for one key");
+    }
+
+    /// The task's drain: file every queued key at the deadline its entry holds now.
+    fn drain(w: &World, filed: &mut Option<u64>) {
+        for i in 0..w.handoff.stripe_count() {
+            for (_key, orphan) in w.handoff.take(i, w.handoff.empty()) {
+                let mut entry = lock(&w.entry);
+                if entry.timer == PENDING {
+                    // The model's wheel has one node, so an orphan is always it.
+                    assert!(orphan.is_none() || orphan == Some(NODE));
+                    entry.timer = NODE;
+                    *filed = Some(entry.deadline);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn loom_handoff_files_the_latest_deadline_and_loses_no_wakeup() {
+        loom::model(|| {
+            let w = world();
+            let writer = {
+                let w = Arc::clone(&w);
+                // Each deadline is earlier than the last: each needs the task, now.
+                thread::spawn(move || [30, 20, 10].into_iter().for_each(|d| write(&w, d)))
+            };
+            // The task: drain, publish when it would wake next, look again, then sleep until
+            // woken. It has no timer here, so a lost wake-up leaves it asleep: a deadlock.
+            let mut filed = None;
+            loop {
+                drain(&w, &mut filed);
+                w.signals
+                    .next_wake
+                    .store(filed.unwrap_or(u64::MAX), Ordering::SeqCst);
+                if w.handoff.has_records() {
+                    continue;
+                }
+                let entry = lock(&w.entry);
+                if filed == Some(10) && entry.timer == NODE {
+                    break;
+                }
+                drop(entry);
+                w.signals.notify.wait_blocking();
+            }
+            writer.join().unwrap();
+            assert_eq!(lock(&w.entry).deadline, 10);
+            assert_eq!(w.handoff.len(), 0);
+        });
+    }
+
+    #[test]
+    fn loom_handoff_stops_growing_once_the_task_is_gone() {
+        loom::model(|| {
+            let w = world();
+            let cancelled = Arc::new(AtomicBool::new(false));
+            let writer = {
+                let w = Arc::clone(&w);
+                thread::spawn(move || {
+                    write(&w, 20);
+                    write(&w, 10);
+                })
+            };
+            let last_handle = {
+                let (w, cancelled) = (Arc::clone(&w), Arc::clone(&cancelled));
+                // What dropping the last handle does: cancel, which wakes the task.
+                thread::spawn(move || {
+                    cancelled.store(true, Ordering::SeqCst);
+                    w.signals.notify.wake();
+                })
+            };
+            // The task: work, then check for cancellation before it parks.
+            let mut filed = None;
+            loop {
+                drain(&w, &mut filed);
+                w.signals
+                    .next_wake
+                    .store(filed.unwrap_or(u64::MAX), Ordering::SeqCst);
+                if cancelled.load(Ordering::SeqCst) {
+                    break;
+                }
+                if !w.handoff.has_records() {
+                    w.signals.notify.wait_blocking();
+                }
+            }
+            // How the task ends, however it ends.
+            w.handoff.close(&w.signals);
+            writer.join().unwrap();
+            last_handle.join().unwrap();
+            assert_eq!(
+                w.handoff.len(),
+                0,
+                "a write after the task stopped queued a record"
+            );
+            // Later writes queue nothing either.
+            write(&w, 5);
+            assert_eq!(w.handoff.len(), 0);
+        });
     }
 }

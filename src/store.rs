@@ -32,17 +32,14 @@ use std::sync::Arc;
 use dashmap::{DashMap, Entry as Slot};
 
 use crate::clock::{Clock, NEVER};
-use crate::handoff::{Handoff, Signals};
+use crate::handoff::{retime, Handoff, Signals};
 use crate::listener::{Notifier, RemovalCause};
 use crate::load::{Flight, Flights};
 use crate::stats::{Counter, Counters, Lag};
 use crate::sync::Arc as SyncArc;
 use crate::wheel::TimerId;
 
-/// `timer` value: the task does not track this entry.
-pub(crate) const UNFILED: TimerId = u32::MAX;
-/// `timer` value: a hand-off record for this key is queued.
-pub(crate) const PENDING: TimerId = u32::MAX - 1;
+pub(crate) use crate::handoff::{PENDING, UNFILED};
 
 /// One cached value and its bookkeeping.
 pub(crate) struct Entry<V> {
@@ -285,13 +282,8 @@ where
         let due = self.clock.tick_of(deadline);
         match slot {
             Slot::Vacant(slot) => {
-                let timer = if deadline == NEVER {
-                    UNFILED
-                } else {
-                    self.handoff
-                        .push(&self.signals, slot.key().clone(), None, due);
-                    PENDING
-                };
+                let (timer, record) = retime(UNFILED, NEVER, deadline);
+                self.hand_off(slot.key(), record, due);
                 slot.insert(Entry {
                     value,
                     deadline: AtomicU64::new(deadline),
@@ -304,22 +296,8 @@ where
             }
             Slot::Occupied(mut slot) => {
                 let old = slot.get();
-                let old_deadline = old.deadline();
-                let timer = match old.timer {
-                    // A later or no deadline: the filed node fires first, the task re-files.
-                    node if deadline == NEVER || node == PENDING => node,
-                    UNFILED => {
-                        self.handoff
-                            .push(&self.signals, slot.key().clone(), None, due);
-                        PENDING
-                    }
-                    node if deadline < old_deadline => {
-                        self.handoff
-                            .push(&self.signals, slot.key().clone(), Some(node), due);
-                        PENDING
-                    }
-                    node => node,
-                };
+                let (timer, record) = retime(old.timer, old.deadline(), deadline);
+                self.hand_off(slot.key(), record, due);
                 let cause = self.cause(old, RemovalCause::Replaced);
                 self.count(
                     if cause == RemovalCause::Replaced {
@@ -340,6 +318,14 @@ where
                 let entry = std::mem::replace(slot.get_mut(), new);
                 Some(Retired { key, entry, cause })
             }
+        }
+    }
+
+    /// Queue `record` (see [`retime`]) for `key`, under its shard lock.
+    #[inline]
+    fn hand_off(&self, key: &K, record: Option<Option<TimerId>>, due: u64) {
+        if let Some(orphan) = record {
+            self.handoff.push(&self.signals, key.clone(), orphan, due);
         }
     }
 
@@ -388,10 +374,7 @@ where
     /// Tell the task that `entry`, being removed under its shard lock, leaves its wheel node
     /// behind: the task then sees either the entry or this record (see handoff.rs).
     fn orphan(&self, key: &K, entry: &Entry<V>) {
-        if let Some(node) = entry.node() {
-            self.handoff
-                .push(&self.signals, key.clone(), Some(node), u64::MAX);
-        }
+        self.hand_off(key, entry.node().map(Some), u64::MAX);
     }
 
     /// Why `entry` leaves the map: invalidated entries are `Explicit`, expired ones
@@ -445,7 +428,7 @@ where
     /// Make every entry written so far invisible, at once; the task sweeps them later.
     pub(crate) fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.signals.notify.notify_one();
+        self.signals.notify.wake();
     }
 }
 

@@ -17,3 +17,32 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Wakes the expiry task: a `tokio::sync::Notify` (one stored permit), plus, under loom, a
+/// loom `Notify` the models block on, since loom cannot see tokio's.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    tokio: tokio::sync::Notify,
+    #[cfg(loom)]
+    loom: loom::sync::Notify,
+}
+
+impl Wake {
+    /// Wake the task, or leave a permit for its next wait.
+    pub(crate) fn wake(&self) {
+        self.tokio.notify_one();
+        #[cfg(loom)]
+        self.loom.notify();
+    }
+
+    /// The task's wait.
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.tokio.notified()
+    }
+
+    /// The loom models' stand-in for awaiting [`Wake::notified`].
+    #[cfg(all(loom, test))]
+    pub(crate) fn wait_blocking(&self) {
+        self.loom.wait();
+    }
+}
