@@ -51,21 +51,51 @@
 //!
 //! # Time
 //!
-//! - [`get`](Cache::get) is exact: an entry is never returned from its deadline on.
-//! - The tick (1 s by default, [`CacheBuilder::tick`]) bounds removal lag: an expired entry
-//!   leaves [`entry_count`](Cache::entry_count) at most one tick after its deadline.
-//! - Deadlines come from `tokio::time::Instant`, so `tokio::time::pause()` and `advance()`
-//!   drive them in tests.
+//! - [`get`](Cache::get) is exact: an entry is never returned from its deadline on, even if
+//!   the task has not removed it yet (one clock read per read of an entry with a deadline).
+//! - The tick (1 s by default, [`CacheBuilder::tick`], 1 ms to 60 s) bounds removal lag: an
+//!   expired entry leaves [`entry_count`](Cache::entry_count), and its listener is told, at
+//!   most one tick after its deadline, with no calls at all. A smaller tick costs wake-ups
+//!   only while entries are due; an idle cache never wakes.
 //! - A per-cache TTL ([`CacheBuilder::time_to_live`]), optionally spread by
-//!   [`CacheBuilder::expiry_jitter`], and a per-entry TTL ([`Cache::insert_with_ttl`]), which
-//!   is exact. A zero per-entry TTL removes the key; a TTL at or past
-//!   [`Cache::horizon`] never expires.
+//!   [`CacheBuilder::expiry_jitter`]; a per-entry TTL ([`Cache::insert_with_ttl`]), which is
+//!   exact; and a time-to-idle ([`CacheBuilder::time_to_idle`]), refreshed by reads and
+//!   writes. The earliest deadline wins. A zero per-entry TTL removes the key; a TTL at or
+//!   past [`Cache::horizon`] never expires.
+//! - Deadlines come from `tokio::time::Instant`, so `tokio::time::pause()` and `advance()`
+//!   drive every TTL and TTI in tests.
+//!
+//! # Loading
+//!
+//! [`Cache::get_with`], [`Cache::try_get_with`], [`Cache::optionally_get_with`] and
+//! [`Cache::get_with_expiry`] load a missing key once however many callers ask for it at the
+//! same time; the others wait for that load. A cancelled or panicking loader hands over to a
+//! waiter; errors are shared, not cached; a write during a load wins over the loaded value.
+//!
+//! # Removal notifications and statistics
+//!
+//! [`CacheBuilder::eviction_listener`] is called once per entry that leaves the cache, with a
+//! [`RemovalCause`], never under a lock; [`CacheBuilder::eviction_channel`] sends the same to
+//! a bounded channel for async consumers. A listener that calls back into its cache uses a
+//! [`WeakCache`] ([`Cache::downgrade`]), so that it does not keep the cache alive.
+//! [`CacheBuilder::record_stats`] enables [`Cache::stats`]; [`CacheBuilder::stats_interval`]
+//! also logs a summary line with `tracing`. The task's work runs in a `tracing` span named
+//! `ebb` carrying the cache's name.
+//!
+//! # Outside a runtime
+//!
+//! Building needs a Tokio runtime with timers, because the cache spawns its task there.
+//! After the runtime shuts down, a cache still answers reads exactly and accepts writes,
+//! but nothing removes expired entries any more and writes queue nothing for the task.
 //!
 //! # Concurrency
 //!
-//! The store is a [`dashmap::DashMap`]. Reads take one shard read lock; writes take one
-//! shard write lock and, only when the expiry task must learn a new or earlier deadline, a
-//! small striped hand-off lock. No method awaits or blocks on I/O.
+//! The store is a [`dashmap::DashMap`] hashed with the standard library's `RandomState`
+//! (SipHash with random keys, resistant to hash flooding; see [`CacheBuilder::hasher`] for a
+//! faster one with trusted keys). Reads take one shard read lock; writes take one shard
+//! write lock and, only when the expiry task must learn a new or earlier deadline, a small
+//! striped hand-off lock. No method awaits or blocks on I/O, and no user code (listener,
+//! loader) runs under a lock.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
