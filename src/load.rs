@@ -294,8 +294,11 @@ where
     /// # }
     /// ```
     pub async fn get_with(&self, key: K, init: impl Future<Output = V>) -> V {
+        if let Some(value) = self.store().get(&key) {
+            return value;
+        }
         let init = async { Loaded::Value(init.await, None) };
-        match self.single_flight(key, init, |_| false).await {
+        match Box::pin(self.single_flight(key, init, |_| false)).await {
             Outcome::Value(v) => v,
             _ => unreachable!("get_with accepts values only"),
         }
@@ -324,11 +327,14 @@ where
         key: K,
         init: impl Future<Output = (V, Option<Duration>)>,
     ) -> V {
+        if let Some(value) = self.store().get(&key) {
+            return value;
+        }
         let init = async {
             let (value, ttl) = init.await;
             Loaded::Value(value, ttl)
         };
-        match self.single_flight(key, init, |_| false).await {
+        match Box::pin(self.single_flight(key, init, |_| false)).await {
             Outcome::Value(v) => v,
             _ => unreachable!("get_with_expiry accepts values only"),
         }
@@ -359,6 +365,9 @@ where
     where
         E: Send + Sync + 'static,
     {
+        if let Some(value) = self.store().get(&key) {
+            return Ok(value);
+        }
         let init = async {
             match init.await {
                 Ok(value) => Loaded::Value(value, None),
@@ -366,7 +375,7 @@ where
             }
         };
         let mine = |o: &Outcome<V>| matches!(o, Outcome::Error(e) if e.is::<E>());
-        match self.single_flight(key, init, mine).await {
+        match Box::pin(self.single_flight(key, init, mine)).await {
             Outcome::Value(v) => Ok(v),
             Outcome::Error(e) => Err(e.downcast::<E>().expect("checked by `mine`")),
             _ => unreachable!("try_get_with accepts values and its own errors"),
@@ -389,6 +398,9 @@ where
         key: K,
         init: impl Future<Output = Option<V>>,
     ) -> Option<V> {
+        if let Some(value) = self.store().get(&key) {
+            return Some(value);
+        }
         let init = async {
             match init.await {
                 Some(value) => Loaded::Value(value, None),
@@ -404,8 +416,10 @@ where
         }
     }
 
-    /// The engine: a hit, another caller's outcome this caller accepts (`accepts`, besides
-    /// values), or this caller's own load.
+    /// The engine, after the caller found no live value (and counted the miss): another
+    /// caller's outcome this caller accepts (`accepts`, besides values), or its own load. The
+    /// hit check stays in each caller, ahead of this future, and callers box this future, so
+    /// that a hit builds and drops a small future only: little more than `get`.
     async fn single_flight(
         &self,
         key: K,
@@ -413,9 +427,6 @@ where
         accepts: impl Fn(&Outcome<V>) -> bool,
     ) -> Outcome<V> {
         let store = self.store();
-        if let Some(value) = store.get(&key) {
-            return Outcome::Value(value);
-        }
         loop {
             let flight = match store.flights.join_or_lead(&key) {
                 Role::Wait(flight) => match flight.wait().await {
