@@ -31,6 +31,18 @@ fn loader(
     }
 }
 
+/// Spawn `get_with(key)` on `c` with a counting loader that takes `delay` and yields `value`.
+fn spawn_load(
+    c: &Cache<u64, u64>,
+    runs: &Arc<AtomicUsize>,
+    key: u64,
+    delay: Duration,
+    value: u64,
+) -> tokio::task::JoinHandle<u64> {
+    let (c, load) = (c.clone(), loader(runs, delay, value));
+    tokio::spawn(async move { c.get_with(key, load).await })
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_thousand_callers_one_load() {
     let c = cache();
@@ -124,15 +136,9 @@ async fn a_cancelled_leader_hands_over_to_a_waiter() {
 async fn an_aborted_leader_hands_over_to_a_waiter() {
     let c = cache();
     let runs = Arc::new(AtomicUsize::new(0));
-    let leader = {
-        let (c, runs) = (c.clone(), Arc::clone(&runs));
-        tokio::spawn(async move { c.get_with(1, loader(&runs, 10 * SEC, 1)).await })
-    };
+    let leader = spawn_load(&c, &runs, 1, 10 * SEC, 1);
     settle().await;
-    let waiter = {
-        let (c, runs) = (c.clone(), Arc::clone(&runs));
-        tokio::spawn(async move { c.get_with(1, loader(&runs, SEC, 2)).await })
-    };
+    let waiter = spawn_load(&c, &runs, 1, SEC, 2);
     settle().await;
     leader.abort();
     assert_eq!(waiter.await.unwrap(), 2);
@@ -247,10 +253,7 @@ async fn a_waiter_of_another_kind_loads_for_itself_after_a_failure() {
 async fn remove_during_a_load_wins() {
     let c = cache();
     let runs = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (c, runs) = (c.clone(), Arc::clone(&runs));
-        tokio::spawn(async move { c.get_with(1, loader(&runs, SEC, 1)).await })
-    };
+    let load = spawn_load(&c, &runs, 1, SEC, 1);
     settle().await;
     c.remove(&1);
     assert_eq!(load.await.unwrap(), 1, "the load still returns its value");
@@ -262,10 +265,7 @@ async fn remove_during_a_load_wins() {
 async fn insert_during_a_load_wins() {
     let c = cache();
     let runs = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (c, runs) = (c.clone(), Arc::clone(&runs));
-        tokio::spawn(async move { c.get_with(1, loader(&runs, SEC, 1)).await })
-    };
+    let load = spawn_load(&c, &runs, 1, SEC, 1);
     settle().await;
     c.insert(1, 42);
     assert_eq!(load.await.unwrap(), 1);
@@ -276,10 +276,7 @@ async fn insert_during_a_load_wins() {
 async fn invalidate_all_during_a_load_wins() {
     let c = cache();
     let runs = Arc::new(AtomicUsize::new(0));
-    let load = {
-        let (c, runs) = (c.clone(), Arc::clone(&runs));
-        tokio::spawn(async move { c.get_with(1, loader(&runs, SEC, 1)).await })
-    };
+    let load = spawn_load(&c, &runs, 1, SEC, 1);
     settle().await;
     c.invalidate_all();
     assert_eq!(load.await.unwrap(), 1);
