@@ -80,6 +80,12 @@ pub(crate) fn spawn<K, V, S>(
         }
     });
     let driver = Driver {
+        // Built before the task first runs, so that a runtime dropping the task unpolled
+        // still closes the hand-off.
+        _exit: Exit {
+            shared: Arc::downgrade(shared),
+            signals: Arc::clone(&signals),
+        },
         shared: Arc::downgrade(shared),
         clock: shared.store.clock,
         signals,
@@ -156,7 +162,8 @@ enum Flow {
     Stop,
 }
 
-struct Driver<K, V, S> {
+struct Driver<K: Hash + Eq, V, S: BuildHasher + Clone> {
+    _exit: Exit<K, V, S>,
     shared: Weak<Shared<K, V, S>>,
     clock: Clock,
     signals: Arc<Signals>,
@@ -194,10 +201,6 @@ where
 {
     async fn run(mut self) {
         debug!("expiry task started");
-        let _exit = Exit {
-            shared: self.shared.clone(),
-            signals: Arc::clone(&self.signals),
-        };
         loop {
             let Some(shared) = self.shared.upgrade() else {
                 break;
@@ -352,12 +355,9 @@ where
                     self.wheel.remove(node);
                 }
                 self.work.swept += 1;
+                let cause = store.cause(&entry, RemovalCause::Explicit);
                 let key = store.wants_keys().then_some(key);
-                store.retire(Retired {
-                    key,
-                    entry,
-                    cause: RemovalCause::Explicit,
-                });
+                store.retire(Retired { key, entry, cause });
             }
             if (done + 1) % BATCH == 0 {
                 if let Flow::Stop = self.pause(shared).await {
@@ -432,13 +432,11 @@ where
         }
         // Reported here, outside the shard lock and with the wheel no longer borrowed.
         if let Some((key, entry)) = removed {
-            let cause = if entry.generation == generation {
+            let cause = store.cause(&entry, RemovalCause::Explicit);
+            if cause == RemovalCause::Expired {
                 store.lag.record(now.saturating_sub(entry.deadline()));
                 self.work.expired += 1;
-                RemovalCause::Expired
-            } else {
-                RemovalCause::Explicit
-            };
+            }
             let key = store.wants_keys().then_some(key);
             store.retire(Retired { key, entry, cause });
         }

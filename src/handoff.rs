@@ -41,8 +41,8 @@ pub(crate) const PENDING: TimerId = u32::MAX - 1;
 /// the node it orphans.
 ///
 /// A later deadline needs no record: the filed node fires first and the task re-files. An
-/// earlier one, or a first one, does, unless a record is already queued (`PENDING`): the task
-/// reads the entry's deadline when it drains, so it files the latest one.
+/// earlier one, or a first one, does; with a record already queued (`PENDING`) the push only
+/// merges into it, but still wakes the task if the task sleeps past the new deadline.
 pub(crate) fn retime(
     timer: TimerId,
     old: u64,
@@ -50,6 +50,10 @@ pub(crate) fn retime(
 ) -> (TimerId, Option<Option<TimerId>>) {
     match timer {
         _ if deadline == NEVER => (timer, None),
+        // The queued record will file the latest deadline, but the task may be asleep until
+        // a later one: queue again (it merges into the same record) so that the push decides
+        // whether to wake it.
+        PENDING if deadline < old => (PENDING, Some(None)),
         PENDING => (PENDING, None),
         UNFILED => (PENDING, Some(None)),
         node if deadline < old => (PENDING, Some(Some(node))),

@@ -31,7 +31,9 @@ pub(crate) fn spread(ttl: Duration, fraction: f64) -> Duration {
     if fraction == 0.0 {
         return ttl;
     }
-    ttl.mul_f64(1.0 + fraction * (2.0 * unit() - 1.0))
+    let factor = 1.0 + fraction * (2.0 * unit() - 1.0);
+    // Saturates rather than panics for TTLs too long to scale (they never expire anyway).
+    Duration::try_from_secs_f64(ttl.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -53,5 +55,7 @@ mod tests {
         }
         assert!(lo < Duration::from_secs(96) && hi > Duration::from_secs(104));
         assert_eq!(spread(ttl, 0.0), ttl);
+        // Far too long to scale: saturates, never panics.
+        assert!(spread(Duration::MAX, 0.5) >= Duration::from_secs(u64::MAX / 4));
     }
 }

@@ -107,7 +107,14 @@ pub(crate) struct Store<K, V, S> {
     counters: Option<Counters>,
     notifier: Notifier<K, V>,
     generation: AtomicU32,
+    /// When each of the last few generations began (`invalidate_all`), by generation modulo
+    /// [`INVALIDATIONS`]: tells an entry that expired before it was hidden from one hidden
+    /// while live.
+    invalidated_at: [AtomicU64; INVALIDATIONS],
 }
+
+/// How many `invalidate_all` times [`Store`] remembers.
+const INVALIDATIONS: usize = 64;
 
 impl<K, V, S> Store<K, V, S>
 where
@@ -140,6 +147,7 @@ where
             counters: settings.counters,
             notifier: settings.notifier,
             generation: AtomicU32::new(0),
+            invalidated_at: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -377,15 +385,26 @@ where
         self.hand_off(key, entry.node().map(Some), u64::MAX);
     }
 
-    /// Why `entry` leaves the map: invalidated entries are `Explicit`, expired ones
-    /// `Expired`, live ones `live_cause`.
+    /// Why `entry` leaves the map, judged at the moment it stopped being live: `Expired` if
+    /// its deadline came first (whoever removes it), `Explicit` if `invalidate_all` hid it
+    /// first, else `live_cause`.
     pub(crate) fn cause(&self, entry: &Entry<V>, live_cause: RemovalCause) -> RemovalCause {
-        if entry.generation != self.generation() {
-            RemovalCause::Explicit
-        } else if entry.is_live(entry.generation, || self.clock.now()) {
-            live_cause
-        } else {
-            RemovalCause::Expired
+        let deadline = entry.deadline();
+        let generation = self.generation();
+        // When `invalidate_all` hid the entry, if it did and we still know when.
+        let hidden_at = (entry.generation != generation).then(|| {
+            let hider = entry.generation.wrapping_add(1);
+            if generation.wrapping_sub(hider) < INVALIDATIONS as u32 {
+                self.invalidated_at[hider as usize % INVALIDATIONS].load(Ordering::Acquire)
+            } else {
+                0
+            }
+        });
+        match hidden_at {
+            Some(at) if deadline != NEVER && deadline <= at => RemovalCause::Expired,
+            Some(_) => RemovalCause::Explicit,
+            None if deadline != NEVER && deadline <= self.clock.now() => RemovalCause::Expired,
+            None => live_cause,
         }
     }
 
@@ -427,6 +446,9 @@ where
 
     /// Make every entry written so far invisible, at once; the task sweeps them later.
     pub(crate) fn invalidate_all(&self) {
+        let next = self.generation().wrapping_add(1);
+        self.invalidated_at[next as usize % INVALIDATIONS]
+            .store(self.clock.now(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.signals.notify.wake();
     }
