@@ -14,6 +14,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc::Sender;
 
 use crate::cache::Cache;
+use crate::capacity::Weigher;
 use crate::listener::{Notifier, Removal, RemovalCause};
 
 /// The shortest tick ebb accepts.
@@ -109,6 +110,8 @@ pub struct CacheBuilder<K, V, S = RandomState> {
     pub(crate) record_stats: bool,
     pub(crate) stats_interval: Option<Duration>,
     pub(crate) notifier: Notifier<K, V>,
+    pub(crate) max_capacity: Option<u64>,
+    pub(crate) weigher: Option<Weigher<K, V>>,
     pub(crate) hasher: S,
     marker: PhantomData<fn(K, V)>,
 }
@@ -125,6 +128,8 @@ impl<K, V, S: fmt::Debug> fmt::Debug for CacheBuilder<K, V, S> {
             .field("record_stats", &self.record_stats)
             .field("stats_interval", &self.stats_interval)
             .field("notifier", &self.notifier)
+            .field("max_capacity", &self.max_capacity)
+            .field("weigher", &self.weigher.is_some())
             .field("hasher", &self.hasher)
             .finish()
     }
@@ -142,6 +147,8 @@ impl<K, V> Default for CacheBuilder<K, V> {
             record_stats: false,
             stats_interval: None,
             notifier: Notifier::default(),
+            max_capacity: None,
+            weigher: None,
             hasher: RandomState::new(),
             marker: PhantomData,
         }
@@ -215,6 +222,8 @@ where
             record_stats: self.record_stats,
             stats_interval: self.stats_interval,
             notifier: self.notifier,
+            max_capacity: self.max_capacity,
+            weigher: self.weigher,
             hasher,
             marker: PhantomData,
         }
@@ -308,6 +317,56 @@ where
     /// ```
     pub fn eviction_channel(mut self, sender: Sender<Removal<K, V>>) -> Self {
         self.notifier.channel = Some(sender);
+        self
+    }
+
+    /// Bound the cache to `max` entries, or, with a [`weigher`](Self::weigher), to a total
+    /// weight of `max`.
+    ///
+    /// When a write would go past the bound, the inserting thread evicts entries before
+    /// `insert` returns (reporting them with [`RemovalCause::Size`]), choosing them with
+    /// S3-FIFO: new keys enter a small probationary queue and leave it unless read again, so
+    /// a one-off scan does not flush the entries that are read often. The bound is split over
+    /// a few policy shards by key hash, each held to its share; between a write and its
+    /// eviction the cache may hold one extra entry per concurrently inserting thread. Reads
+    /// never take a lock for it: a hit bumps a 2-bit counter in the entry.
+    ///
+    /// `max_capacity(0)` stores nothing: every insert is evicted at once (and reported).
+    /// Expired entries stop counting as soon as they are removed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache: ebb::Cache<u32, u32> = ebb::Cache::builder().max_capacity(100).build();
+    /// for k in 0..1000 {
+    ///     cache.insert(k, k);
+    ///     assert!(cache.entry_count() <= 100);
+    /// }
+    /// # }
+    /// ```
+    pub fn max_capacity(mut self, max: u64) -> Self {
+        self.max_capacity = Some(max);
+        self
+    }
+
+    /// Weigh entries for [`max_capacity`](Self::max_capacity): `weigher(&key, &value)` is
+    /// the entry's weight. It must give the same weight for the same key and value, since it
+    /// is asked again when the entry leaves; it never runs under a lock. An entry of weight 0
+    /// costs nothing and is never evicted for room; an entry heavier than its policy shard's
+    /// share (the capacity divided by up to 8 shards) is evicted as soon as it is written.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let pages: ebb::Cache<u32, Vec<u8>> = ebb::Cache::builder()
+    ///     .max_capacity(1 << 20) // bytes
+    ///     .weigher(|_key, page: &Vec<u8>| page.len().try_into().unwrap_or(u32::MAX))
+    ///     .build();
+    /// pages.insert(1, vec![0; 4096]);
+    /// # }
+    /// ```
+    pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Box::new(weigher));
         self
     }
 

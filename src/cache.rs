@@ -130,6 +130,7 @@ where
             idle,
             counters: builder.record_stats.then(Counters::new),
             notifier: builder.notifier,
+            capacity: builder.max_capacity.map(|max| (max, builder.weigher)),
         };
         let shared = Arc::new(Shared {
             store: Store::new(
@@ -310,6 +311,7 @@ where
             loads: store.flights.len(),
             wakeups: store.signals.wakeups.load(Ordering::Acquire),
             task_closed: store.signals.closed.load(Ordering::Acquire),
+            policy_weight: store.policy_weight(),
         }
     }
 }
@@ -344,7 +346,7 @@ impl<K, V, S> WeakCache<K, V, S> {
 
 /// The expiry task's bookkeeping, for tests of ebb itself; not part of the stable API.
 #[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Internals {
     /// Wheel nodes the task held after its last wake.
     pub timers: usize,
@@ -356,4 +358,6 @@ pub struct Internals {
     pub wakeups: u64,
     /// Whether the task has stopped.
     pub task_closed: bool,
+    /// The weight the capacity policy accounts for, for a bounded cache.
+    pub policy_weight: Option<u64>,
 }

@@ -316,7 +316,7 @@ where
             }
             return;
         };
-        if entry.timer != PENDING || entry.deadline() == NEVER || entry.generation != generation {
+        if entry.timer != PENDING || entry.deadline() == NEVER || entry.generation() != generation {
             // Filed by an earlier record, or nothing to file (the sweep takes invalidated ones).
             if entry.timer == PENDING {
                 entry.timer = UNFILED;
@@ -345,19 +345,24 @@ where
         let stale: Vec<K> = store
             .map
             .iter()
-            .filter(|entry| entry.generation != target)
+            .filter(|entry| entry.generation() != target)
             .map(|entry| entry.key().clone())
             .collect();
         for (done, key) in stale.iter().enumerate() {
             let now = store.generation();
-            if let Some((key, entry)) = store.map.remove_if(key, |_, e| e.generation != now) {
+            if let Some((key, entry)) = store.map.remove_if(key, |_, e| e.generation() != now) {
                 if let Some(node) = entry.node() {
                     self.wheel.remove(node);
                 }
                 self.work.swept += 1;
                 let cause = store.cause(&entry, RemovalCause::Explicit);
                 let key = store.wants_keys().then_some(key);
-                store.retire(Retired { key, entry, cause });
+                store.retire(Retired {
+                    key,
+                    entry,
+                    cause,
+                    vacated: true,
+                });
             }
             if (done + 1) % BATCH == 0 {
                 if let Flow::Stop = self.pause(shared).await {
@@ -438,7 +443,12 @@ where
                 self.work.expired += 1;
             }
             let key = store.wants_keys().then_some(key);
-            store.retire(Retired { key, entry, cause });
+            store.retire(Retired {
+                key,
+                entry,
+                cause,
+                vacated: true,
+            });
         }
     }
 }

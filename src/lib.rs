@@ -102,12 +102,14 @@
 
 mod builder;
 mod cache;
+mod capacity;
 mod clock;
 mod driver;
 mod handoff;
 mod jitter;
 mod listener;
 mod load;
+mod policy;
 mod stats;
 mod store;
 mod sync;

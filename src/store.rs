@@ -31,10 +31,12 @@ use std::sync::Arc;
 
 use dashmap::{DashMap, Entry as Slot};
 
+use crate::capacity::{Capacity, Weigher};
 use crate::clock::{Clock, NEVER};
 use crate::handoff::{retime, Handoff, Signals};
 use crate::listener::{Notifier, RemovalCause};
 use crate::load::{Flight, Flights};
+use crate::policy::MAX_FREQ;
 use crate::stats::{Counter, Counters, Lag};
 use crate::sync::Arc as SyncArc;
 use crate::wheel::TimerId;
@@ -50,21 +52,88 @@ pub(crate) struct Entry<V> {
     cap: u64,
     /// [`UNFILED`], [`PENDING`] or the id of the wheel node that holds this key.
     pub(crate) timer: TimerId,
-    /// The `invalidate_all` generation the entry was written in.
-    pub(crate) generation: u32,
+    /// The `invalidate_all` generation the entry was written in (bits 3 and up), and for
+    /// bounded caches its eviction-policy state: in the main queue (bit 2), reads counted
+    /// since it last passed its queue's head (bits 0-1, at most 3). Readers bump the counter.
+    meta: AtomicU32,
 }
 
+/// Generations wrap at 2^29: the bits of `meta` above the policy's.
+pub(crate) const GENERATION_MASK: u32 = u32::MAX >> 3;
+const MAIN_BIT: u32 = 1 << 2;
+const FREQ_MASK: u32 = 0b11;
+
 impl<V> Entry<V> {
+    fn new(
+        value: V,
+        deadline: u64,
+        cap: u64,
+        timer: TimerId,
+        generation: u32,
+        policy: u32,
+    ) -> Self {
+        Entry {
+            value,
+            deadline: AtomicU64::new(deadline),
+            cap,
+            timer,
+            meta: AtomicU32::new(generation << 3 | policy),
+        }
+    }
+
     #[inline]
     pub(crate) fn deadline(&self) -> u64 {
         self.deadline.load(Ordering::Relaxed)
+    }
+
+    /// The `invalidate_all` generation it was written in.
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        self.meta.load(Ordering::Relaxed) >> 3
+    }
+
+    /// The policy bits (main queue, counter), carried over when the entry is overwritten.
+    fn policy_bits(&self) -> u32 {
+        self.meta.load(Ordering::Relaxed) & (MAIN_BIT | FREQ_MASK)
+    }
+
+    /// Whether it is in the policy's main queue.
+    pub(crate) fn in_main(&self) -> bool {
+        self.meta.load(Ordering::Relaxed) & MAIN_BIT != 0
+    }
+
+    /// Reads counted since it last passed its queue's head.
+    pub(crate) fn freq(&self) -> u8 {
+        (self.meta.load(Ordering::Relaxed) & FREQ_MASK) as u8
+    }
+
+    /// Count a read: one relaxed compare-and-swap, none once the counter is saturated. A lost
+    /// race loses one count, which is fine for a policy hint.
+    #[inline]
+    pub(crate) fn bump(&self) {
+        let meta = self.meta.load(Ordering::Relaxed);
+        if meta & FREQ_MASK != FREQ_MASK {
+            let _ =
+                self.meta
+                    .compare_exchange(meta, meta + 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Set the policy bits.
+    pub(crate) fn set_policy(&self, freq: u8, main: bool) {
+        let bits = u32::from(freq.min(MAX_FREQ)) | if main { MAIN_BIT } else { 0 };
+        let _ = self
+            .meta
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some(m & !(MAIN_BIT | FREQ_MASK) | bits)
+            });
     }
 
     /// Whether a read at `generation` may return this entry.
     #[inline]
     pub(crate) fn is_live(&self, generation: u32, now: impl FnOnce() -> u64) -> bool {
         let deadline = self.deadline();
-        self.generation == generation && (deadline == NEVER || deadline > now())
+        self.generation() == generation && (deadline == NEVER || deadline > now())
     }
 
     /// Whether the entry has a node in the wheel.
@@ -75,10 +144,13 @@ impl<V> Entry<V> {
 
 /// An entry that left the map, on its way to being reported.
 pub(crate) struct Retired<K, V> {
-    /// The key, when a listener wants it.
+    /// The key, when a listener or the capacity policy wants it.
     pub(crate) key: Option<K>,
     pub(crate) entry: Entry<V>,
     pub(crate) cause: RemovalCause,
+    /// Whether the key's slot is empty now (a removal, not a replacement or an eviction the
+    /// policy already accounted for): the policy then forgets the entry's weight.
+    pub(crate) vacated: bool,
 }
 
 /// What the store needs to know beyond the map.
@@ -89,6 +161,8 @@ pub(crate) struct Settings<K, V> {
     pub(crate) idle: u64,
     pub(crate) counters: Option<Counters>,
     pub(crate) notifier: Notifier<K, V>,
+    /// `max_capacity` and the weigher, for a bounded cache.
+    pub(crate) capacity: Option<(u64, Option<Weigher<K, V>>)>,
 }
 
 /// The map, the hand-off to the task, the loads in flight, the clock and the
@@ -106,6 +180,7 @@ pub(crate) struct Store<K, V, S> {
     idle_tolerance: u64,
     counters: Option<Counters>,
     notifier: Notifier<K, V>,
+    capacity: Option<Capacity<K, V, S>>,
     generation: AtomicU32,
     /// When each of the last few generations began (`invalidate_all`), by generation modulo
     /// [`INVALIDATIONS`]: tells an entry that expired before it was hidden from one hidden
@@ -137,7 +212,10 @@ where
                 shards,
             ),
             handoff: Handoff::new(shards, hasher.clone()),
-            flights: Flights::new(shards, hasher),
+            flights: Flights::new(shards, hasher.clone()),
+            capacity: settings
+                .capacity
+                .map(|(max, weigher)| Capacity::new(max, shards, hasher, weigher)),
             signals,
             clock,
             name: settings.name,
@@ -154,7 +232,7 @@ where
     /// The current `invalidate_all` generation.
     #[inline]
     pub(crate) fn generation(&self) -> u32 {
-        self.generation.load(Ordering::Acquire)
+        self.generation.load(Ordering::Acquire) & GENERATION_MASK
     }
 
     #[inline]
@@ -199,7 +277,7 @@ where
         self.map
             .view(key, |_, e| {
                 let deadline = e.deadline();
-                if e.generation != generation {
+                if e.generation() != generation {
                     return None;
                 }
                 if deadline != NEVER {
@@ -210,6 +288,9 @@ where
                     if self.idle != 0 {
                         self.touch(e, deadline, now);
                     }
+                }
+                if self.capacity.is_some() {
+                    e.bump();
                 }
                 Some(e.value.clone())
             })
@@ -248,10 +329,51 @@ where
     /// Store `value` under `key` with the TTL deadline `cap`, and report what it replaced.
     #[inline]
     pub(crate) fn insert(&self, key: K, value: V, cap: u64) {
+        let admit = self.admission(&key, &value);
         let slot = self.map.entry(key);
         self.flights.supersede(slot.key());
         let replaced = self.write(slot, value, cap, self.generation());
+        self.after_write(admit, replaced);
+    }
+
+    /// For a bounded cache: the key (for the policy's queue) and the weight of a value about
+    /// to be written, taken before the shard lock (the weigher is user code).
+    fn admission(&self, key: &K, value: &V) -> Option<(K, u32)> {
+        let capacity = self.capacity.as_ref()?;
+        Some((key.clone(), capacity.weigh(key, value)))
+    }
+
+    /// After a write, with no lock held: account for it in the policy (evicting for room),
+    /// then report what it replaced and what was evicted.
+    fn after_write(&self, admission: Option<(K, u32)>, replaced: Option<Retired<K, V>>) {
+        let evicted = match (&self.capacity, admission) {
+            (Some(capacity), Some((key, weight))) => match &replaced {
+                None => capacity.admit(self, key, weight),
+                Some(old) => {
+                    let old_weight = capacity.weigh(&key, &old.entry.value);
+                    capacity.reweigh(self, &key, old.entry.in_main(), old_weight, weight)
+                }
+            },
+            _ => Vec::new(),
+        };
         self.retire_all(replaced);
+        for (key, entry) in evicted {
+            let cause = self.cause(&entry, RemovalCause::Size);
+            self.retire(Retired {
+                key: Some(key),
+                entry,
+                cause,
+                vacated: false,
+            });
+        }
+    }
+
+    /// Take `key` out of the map for room (the policy accounts for it).
+    pub(crate) fn evict(&self, key: &K) -> Option<(K, Entry<V>)> {
+        self.map.remove_if(key, |key, entry| {
+            self.orphan(key, entry);
+            true
+        })
     }
 
     /// Store the value a load produced, unless a write or `invalidate_all` landed while it
@@ -264,17 +386,18 @@ where
         cap: Option<u64>,
         generation: u32,
     ) {
+        let admit = self.admission(&key, &value);
         let slot = self.map.entry(key);
         // Unregistered under the shard lock: a writer either marked the flight before this
         // point, or finds no flight and writes after us.
         self.flights.unregister(slot.key(), flight);
-        let replaced = match cap {
+        match cap {
             Some(cap) if !flight.is_superseded() && self.generation() == generation => {
-                self.write(slot, value, cap, generation)
+                let replaced = self.write(slot, value, cap, generation);
+                self.after_write(admit, replaced);
             }
-            _ => None,
-        };
-        self.retire_all(replaced);
+            _ => drop(slot),
+        }
     }
 
     /// Write an entry into `slot`, held under its shard lock, telling the task about a new or
@@ -292,13 +415,7 @@ where
             Slot::Vacant(slot) => {
                 let (timer, record) = retime(UNFILED, NEVER, deadline);
                 self.hand_off(slot.key(), record, due);
-                slot.insert(Entry {
-                    value,
-                    deadline: AtomicU64::new(deadline),
-                    cap,
-                    timer,
-                    generation,
-                });
+                slot.insert(Entry::new(value, deadline, cap, timer, generation, 0));
                 self.count(Counter::Insert, 1);
                 None
             }
@@ -316,15 +433,14 @@ where
                     1,
                 );
                 let key = self.notifier.is_active().then(|| slot.key().clone());
-                let new = Entry {
-                    value,
-                    deadline: AtomicU64::new(deadline),
-                    cap,
-                    timer,
-                    generation,
-                };
+                let new = Entry::new(value, deadline, cap, timer, generation, old.policy_bits());
                 let entry = std::mem::replace(slot.get_mut(), new);
-                Some(Retired { key, entry, cause })
+                Some(Retired {
+                    key,
+                    entry,
+                    cause,
+                    vacated: false,
+                })
             }
         }
     }
@@ -365,7 +481,7 @@ where
         };
         let (key, entry) = removed?;
         let cause = self.cause(&entry, RemovalCause::Explicit);
-        let live = cause == RemovalCause::Explicit && entry.generation == self.generation();
+        let live = cause == RemovalCause::Explicit && entry.generation() == self.generation();
         if !self.wants_keys() {
             self.count_removal(cause);
             return live.then_some(entry.value);
@@ -375,6 +491,7 @@ where
             key: Some(key),
             entry,
             cause,
+            vacated: true,
         });
         value
     }
@@ -392,9 +509,9 @@ where
         let deadline = entry.deadline();
         let generation = self.generation();
         // When `invalidate_all` hid the entry, if it did and we still know when.
-        let hidden_at = (entry.generation != generation).then(|| {
-            let hider = entry.generation.wrapping_add(1);
-            if generation.wrapping_sub(hider) < INVALIDATIONS as u32 {
+        let hidden_at = (entry.generation() != generation).then(|| {
+            let hider = entry.generation().wrapping_add(1) & GENERATION_MASK;
+            if generation.wrapping_sub(hider) & GENERATION_MASK < INVALIDATIONS as u32 {
                 self.invalidated_at[hider as usize % INVALIDATIONS].load(Ordering::Acquire)
             } else {
                 0
@@ -423,6 +540,10 @@ where
     /// Count and report one entry that left the map. Never called under a lock.
     pub(crate) fn retire(&self, retired: Retired<K, V>) {
         self.count_removal(retired.cause);
+        if let (Some(capacity), Some(key), true) = (&self.capacity, &retired.key, retired.vacated) {
+            let weight = capacity.weigh(key, &retired.entry.value);
+            capacity.forget(key, retired.entry.in_main(), weight);
+        }
         if let Some(key) = retired.key {
             if !self
                 .notifier
@@ -439,14 +560,19 @@ where
         }
     }
 
-    /// Whether removals need their key (someone listens).
+    /// Whether removals need their key (someone listens, or the policy must forget them).
     pub(crate) fn wants_keys(&self) -> bool {
-        self.notifier.is_active()
+        self.notifier.is_active() || self.capacity.is_some()
+    }
+
+    /// Total weight the capacity policy accounts for (test-only visibility).
+    pub(crate) fn policy_weight(&self) -> Option<u64> {
+        self.capacity.as_ref().map(Capacity::weight)
     }
 
     /// Make every entry written so far invisible, at once; the task sweeps them later.
     pub(crate) fn invalidate_all(&self) {
-        let next = self.generation().wrapping_add(1);
+        let next = self.generation().wrapping_add(1) & GENERATION_MASK;
         self.invalidated_at[next as usize % INVALIDATIONS]
             .store(self.clock.now(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -459,13 +585,7 @@ mod tests {
     use super::*;
 
     fn entry(deadline: u64, generation: u32) -> Entry<u64> {
-        Entry {
-            value: 1,
-            deadline: AtomicU64::new(deadline),
-            cap: deadline,
-            timer: UNFILED,
-            generation,
-        }
+        Entry::new(1, deadline, deadline, UNFILED, generation, 0)
     }
 
     #[test]
@@ -476,6 +596,28 @@ mod tests {
         assert!(!e.is_live(4, || 0));
         let forever = entry(NEVER, 3);
         assert!(forever.is_live(3, || panic!("no clock read for an entry without deadline")));
+    }
+
+    #[test]
+    fn policy_bits_live_beside_the_generation() {
+        let e = entry(NEVER, GENERATION_MASK);
+        assert_eq!(
+            (e.generation(), e.freq(), e.in_main()),
+            (GENERATION_MASK, 0, false)
+        );
+        for _ in 0..10 {
+            e.bump();
+        }
+        assert_eq!(
+            (e.generation(), e.freq()),
+            (GENERATION_MASK, 3),
+            "saturates at 3"
+        );
+        e.set_policy(1, true);
+        assert_eq!(
+            (e.generation(), e.freq(), e.in_main()),
+            (GENERATION_MASK, 1, true)
+        );
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! Bounded capacity: the policy shards, the weigher, and the policy's view of the store.
+//!
+//! A bounded cache splits `max_capacity` over a few policy shards (keys go to shards by hash);
+//! each shard runs its own [`S3Fifo`] behind a mutex that only writers of that shard take,
+//! never readers. After a write, the inserting thread accounts for the new weight and evicts
+//! in the same shard until it is within its share, before `insert` returns.
+//!
+//! Invariants:
+//! - Lock order is policy shard, then map shard (then hand-off stripe). Nothing that holds a
+//!   map shard lock takes a policy lock, so the order is never reversed.
+//! - The weigher is user code: it never runs under a map shard lock. Eviction reads a
+//!   value's weight from a clone taken under the read lock, weighed after it is released.
+//! - Every entry's weight is added once (new entry), adjusted on overwrite, and subtracted
+//!   once, by whichever path takes the entry out of the map: eviction here, or the store's
+//!   `retire` for removals, expiry and sweeps.
+
+use std::cell::RefCell;
+use std::hash::{BuildHasher, Hash};
+
+use crate::policy::{Residents, S3Fifo, Status};
+use crate::store::{Entry, Store};
+use crate::sync::{lock, Mutex};
+
+/// The weigher type.
+pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync + 'static>;
+
+/// Capacities below this many units per shard use fewer shards.
+const UNITS_PER_SHARD: u64 = 512;
+
+pub(crate) struct Capacity<K, V, S> {
+    shards: Box<[Mutex<S3Fifo<K, S>>]>,
+    hasher: S,
+    weigher: Option<Weigher<K, V>>,
+}
+
+impl<K, V, S> Capacity<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    /// `max` split over at most `stripes` shards (a power of two).
+    pub(crate) fn new(max: u64, stripes: usize, hasher: S, weigher: Option<Weigher<K, V>>) -> Self {
+        let wanted = (max / UNITS_PER_SHARD).clamp(1, stripes as u64);
+        let count = 1u64 << (63 - wanted.leading_zeros());
+        let shards = (0..count)
+            .map(|i| {
+                let share = max / count + u64::from(i < max % count);
+                Mutex::new(S3Fifo::new(share, hasher.clone()))
+            })
+            .collect();
+        Capacity {
+            shards,
+            hasher,
+            weigher,
+        }
+    }
+
+    /// The weight of an entry: the weigher's answer, or 1.
+    pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
+        self.weigher
+            .as_ref()
+            .map_or(1, |weigher| weigher(key, value))
+    }
+
+    fn shard(&self, key: &K) -> &Mutex<S3Fifo<K, S>> {
+        let hash = self.hasher.hash_one(key) >> 40;
+        &self.shards[hash as usize & (self.shards.len() - 1)]
+    }
+
+    /// A new entry of `weight` was written for `key`: account for it and evict for room.
+    /// Returns the evicted entries, for the store to report once no lock is held.
+    pub(crate) fn admit(&self, store: &Store<K, V, S>, key: K, weight: u32) -> Vec<(K, Entry<V>)> {
+        let view = View::new(store, self);
+        let mut shard = lock(self.shard(&key));
+        if shard.insert(key.clone(), weight) {
+            view.set(&key, 0, true);
+        }
+        shard.evict(&view, drop);
+        drop(shard);
+        view.evicted.into_inner()
+    }
+
+    /// An overwrite changed a resident entry's weight from `old` to `new`.
+    pub(crate) fn reweigh(
+        &self,
+        store: &Store<K, V, S>,
+        key: &K,
+        main: bool,
+        old: u32,
+        new: u32,
+    ) -> Vec<(K, Entry<V>)> {
+        let view = View::new(store, self);
+        let mut shard = lock(self.shard(key));
+        shard.update(main, old, new);
+        shard.evict(&view, drop);
+        drop(shard);
+        view.evicted.into_inner()
+    }
+
+    /// An entry left the map other than by eviction.
+    pub(crate) fn forget(&self, key: &K, main: bool, weight: u32) {
+        lock(self.shard(key)).remove(main, weight);
+    }
+
+    /// Total weight accounted for (test-only visibility).
+    pub(crate) fn weight(&self) -> u64 {
+        self.shards.iter().map(|s| lock(s).weight()).sum()
+    }
+}
+
+/// The policy's view of the store's map, collecting what it evicts.
+struct View<'a, K, V, S> {
+    store: &'a Store<K, V, S>,
+    capacity: &'a Capacity<K, V, S>,
+    evicted: RefCell<Vec<(K, Entry<V>)>>,
+}
+
+impl<'a, K, V, S> View<'a, K, V, S> {
+    fn new(store: &'a Store<K, V, S>, capacity: &'a Capacity<K, V, S>) -> Self {
+        View {
+            store,
+            capacity,
+            evicted: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl<K, V, S> Residents<K> for View<'_, K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    fn status(&self, key: &K) -> Option<Status> {
+        if self.capacity.weigher.is_none() {
+            return self.store.map.view(key, |_, e| Status {
+                freq: e.freq(),
+                main: e.in_main(),
+                weight: 1,
+            });
+        }
+        // The weigher runs after the read lock is released.
+        let (value, freq, main) = self
+            .store
+            .map
+            .view(key, |_, e| (e.value.clone(), e.freq(), e.in_main()))?;
+        Some(Status {
+            freq,
+            main,
+            weight: self.capacity.weigh(key, &value),
+        })
+    }
+
+    fn set(&self, key: &K, freq: u8, main: bool) {
+        self.store.map.view(key, |_, e| e.set_policy(freq, main));
+    }
+
+    fn evict(&self, key: &K) -> Option<Status> {
+        let (key, entry) = self.store.evict(key)?;
+        let status = Status {
+            freq: entry.freq(),
+            main: entry.in_main(),
+            weight: self.capacity.weigh(&key, &entry.value),
+        };
+        self.evicted.borrow_mut().push((key, entry));
+        Some(status)
+    }
+}
