@@ -235,7 +235,9 @@ where
     /// An expired entry is counted until the expiry task removes it, at most one tick after
     /// its deadline while the runtime runs; entries hidden by
     /// [`invalidate_all`](Self::invalidate_all) until the task has swept them. Takes each
-    /// shard's read lock in turn.
+    /// shard's read lock in turn, so while other threads write, the sum mixes moments (an
+    /// entry evicted from a shard already counted and one inserted into a shard not yet
+    /// counted both count).
     pub fn entry_count(&self) -> u64 {
         self.shared.store.map.len() as u64
     }

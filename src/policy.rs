@@ -24,7 +24,8 @@
 //! - `small_weight + main_weight` is the total weight of the resident entries this shard
 //!   accounts for; after [`S3Fifo::evict`] it is at most the capacity, unless every item
 //!   left was scanned without freeing anything (zero-weight entries), which ends the scan.
-//! - An eviction scan visits at most twice the queued items, so it always ends.
+//! - An eviction scan visits each queued item at most `MAX_FREQ + 2` times, so it always
+//!   ends.
 //! - No user code runs here; [`Residents`] implementations must not take this policy's lock.
 
 use std::collections::{HashMap, VecDeque};
@@ -161,7 +162,8 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
     /// Evict until the shard is within its capacity; each evicted key is passed to
     /// `evicted` (after [`Residents::evict`] removed it).
     pub(crate) fn evict(&mut self, residents: &impl Residents<K>, mut evicted: impl FnMut(K)) {
-        let mut budget = 2 * (self.small.len() + self.main.len()) + 2;
+        // Each item can come round at most MAX_FREQ + 1 times before its counter is spent.
+        let mut budget = (usize::from(MAX_FREQ) + 2) * (self.small.len() + self.main.len()) + 2;
         while self.weight() > self.capacity && budget > 0 {
             budget -= 1;
             // Main frees nothing when it holds no weight: take from small then.
@@ -179,7 +181,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
             match residents.status(&key) {
                 // Gone, or this is a stale item of an entry now in the other queue.
                 None => {}
-                Some(status) if status.main != !from_small => {}
+                Some(status) if status.main == from_small => {}
                 Some(status) if from_small => {
                     // Read since it came in, or weightless (evicting it frees nothing): to main.
                     if status.freq > 0 || status.weight == 0 {
@@ -322,7 +324,7 @@ mod tests {
         fn evict(&mut self) -> Vec<u32> {
             let mut out = Vec::new();
             let small_capacity = (self.capacity / 10).max(1);
-            let mut budget = 2 * (self.small.len() + self.main.len()) + 2;
+            let mut budget = (usize::from(MAX_FREQ) + 2) * (self.small.len() + self.main.len()) + 2;
             while self.weight_of(false) + self.weight_of(true) > self.capacity && budget > 0 {
                 budget -= 1;
                 let from_small =

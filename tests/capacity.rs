@@ -1,0 +1,209 @@
+//! Bounded capacity: the bound holds after every insert, evictions are reported once as
+//! `Size`, the policy's accounting follows every way out of the cache, weights, scans.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{advance, settle, wait_until};
+use ebb::{Cache, RemovalCause};
+
+const SEC: Duration = Duration::from_secs(1);
+
+type Log = Arc<Mutex<Vec<(u64, u64, RemovalCause)>>>;
+
+fn logged(builder: ebb::CacheBuilder<u64, u64>) -> (Cache<u64, u64>, Log) {
+    let log: Log = Arc::default();
+    let sink = Arc::clone(&log);
+    let cache = builder
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .build();
+    (cache, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bound_holds_after_every_insert_under_concurrency() {
+    const CAP: u64 = 1000;
+    const TASKS: usize = 4;
+    let size = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&size);
+    let c: Cache<u64, u64> = Cache::builder()
+        .max_capacity(CAP)
+        .time_to_live(Duration::from_millis(50))
+        .tick(Duration::from_millis(5))
+        .eviction_listener(move |_, _, cause| {
+            if cause == RemovalCause::Size {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .build();
+    // Rounds: every task inserts once, concurrently; once all inserts have returned, the
+    // count is taken with no writer running (`entry_count` reads shard by shard, so a count
+    // taken during writes can mix moments). The expiry task may still remove entries.
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS as u64)
+        .map(|t| {
+            let (c, barrier) = (c.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                let mut x = t * 7919 + 1;
+                for i in 0..4_000u64 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    c.insert(x % 20_000, i);
+                    if i % 7 == 0 {
+                        c.get(&(x % 100));
+                    }
+                    if barrier.wait().await.is_leader() {
+                        let n = c.entry_count();
+                        assert!(n <= CAP, "{n} entries once every insert returned");
+                    }
+                    barrier.wait().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(size.load(Ordering::Relaxed) > 0, "evictions happened");
+    // Everything expires; the policy forgets every removed entry's weight.
+    wait_until(Duration::from_secs(10), "all entries expired", || {
+        c.entry_count() == 0
+    })
+    .await;
+    assert_eq!(c.__internals().policy_weight, Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn evictions_are_reported_once_as_size() {
+    let (c, log) = logged(Cache::builder().max_capacity(10));
+    for k in 0..100 {
+        c.insert(k, k);
+    }
+    assert_eq!(c.entry_count(), 10);
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 90);
+    assert!(log.iter().all(|(_, _, cause)| *cause == RemovalCause::Size));
+    let mut keys: Vec<_> = log.iter().map(|(k, _, _)| *k).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 90, "no key reported twice");
+    assert!(log.iter().all(|(k, _, _)| c.get(k).is_none()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_way_out_is_accounted_for() {
+    let (c, log) = logged(
+        Cache::builder()
+            .max_capacity(50)
+            .time_to_live(10 * SEC)
+            .tick(SEC)
+            .record_stats(),
+    );
+    for k in 0..40 {
+        c.insert(k, k);
+    }
+    for k in 0..10 {
+        c.remove(&k); // explicit
+    }
+    for k in 10..20 {
+        c.insert(k, k + 100); // replaced: same weight
+    }
+    c.insert_with_ttl(20, 1, Duration::ZERO); // explicit
+    assert_eq!(c.__internals().policy_weight, Some(c.entry_count()));
+    advance(11 * SEC).await; // everything expires
+    assert_eq!(c.entry_count(), 0);
+    assert_eq!(
+        c.__internals().policy_weight,
+        Some(0),
+        "expired entries stop counting"
+    );
+    // Room for 50 again: no evictions until then.
+    let before = log.lock().unwrap().len();
+    for k in 100..150 {
+        c.insert(k, k);
+    }
+    assert_eq!(
+        log.lock().unwrap().len(),
+        before,
+        "nothing evicted below the bound"
+    );
+    c.invalidate_all();
+    settle().await;
+    assert_eq!(
+        c.__internals().policy_weight,
+        Some(0),
+        "swept entries stop counting"
+    );
+    assert_eq!(c.stats().evicted_for_size, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_bound_the_total() {
+    let weights = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let c: Cache<u64, u64> = Cache::builder()
+        .max_capacity(1000)
+        .weigher(|_k, v: &u64| (*v % 50) as u32)
+        .build();
+    for k in 0..2000u64 {
+        let v = k * 7;
+        c.insert(k, v);
+        weights.lock().unwrap().insert(k, v % 50);
+        let total: u64 = (0..=k).filter_map(|k| c.get(&k)).map(|v| v % 50).sum();
+        assert!(
+            total <= 1000 + 49,
+            "total weight {total} after inserting {k}"
+        );
+    }
+    // Weightless entries cost nothing and are never evicted for room.
+    let weightless: Vec<u64> = (0..2000u64).filter(|k| (k * 7) % 50 == 0).collect();
+    assert!(weightless.iter().all(|k| c.get(k).is_some()));
+    assert_eq!(
+        c.__internals().policy_weight,
+        Some((0..2000).filter_map(|k| c.get(&k)).map(|v| v % 50).sum())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_capacity_stores_nothing_and_says_so() {
+    let (c, log) = logged(Cache::builder().max_capacity(0));
+    c.insert(1, 1);
+    c.insert(2, 2);
+    assert_eq!(c.entry_count(), 0);
+    assert_eq!(c.get(&1), None);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![(1, 1, RemovalCause::Size), (2, 2, RemovalCause::Size)]
+    );
+    assert_eq!(
+        c.get_with(3, async { 3 }).await,
+        3,
+        "a load still returns its value"
+    );
+    assert_eq!(c.entry_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scan_does_not_flush_the_hot_keys() {
+    let c: Cache<u64, u64> = Cache::builder().max_capacity(1000).build();
+    // 500 hot keys, read again and again.
+    for _ in 0..5 {
+        for k in 0..500 {
+            if c.get(&k).is_none() {
+                c.insert(k, k);
+            }
+        }
+    }
+    // A one-pass scan over 100,000 keys nobody reads twice.
+    for k in 1_000_000..1_100_000 {
+        if c.get(&k).is_none() {
+            c.insert(k, k);
+        }
+    }
+    let hot = (0..500).filter(|k| c.get(k).is_some()).count();
+    assert!(hot >= 450, "only {hot} of 500 hot keys survived the scan");
+    assert!(c.entry_count() <= 1000);
+}
