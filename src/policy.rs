@@ -102,6 +102,13 @@ impl Ghost {
     }
 }
 
+/// How many hashes the ghost queue remembers for a main queue of `main` items: as many as
+/// main holds. Measured on the hit-ratio traces, twice, four or eight times as many lowered
+/// every hit ratio (more keys bypass the small queue and churn main).
+fn ghost_limit(main: usize) -> usize {
+    main.max(64)
+}
+
 impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
     pub(crate) fn new(capacity: u64, hasher: S) -> Self {
         S3Fifo {
@@ -194,7 +201,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
                         self.small_weight =
                             self.small_weight.saturating_sub(u64::from(gone.weight));
                         self.residents = self.residents.saturating_sub(1);
-                        let limit = self.main.len().max(64);
+                        let limit = ghost_limit(self.main.len());
                         self.ghost.insert(self.hasher.hash_one(&key), limit);
                         evicted(key);
                     }
@@ -355,7 +362,7 @@ mod tests {
                     } else {
                         self.resident.remove(&key);
                         self.ghost.push_back(key);
-                        let limit = self.main.len().max(64);
+                        let limit = ghost_limit(self.main.len());
                         while self.ghost.len() > limit {
                             self.ghost.pop_front();
                         }
