@@ -73,6 +73,11 @@ where
     pub(crate) fn admit(&self, store: &Store<K, V, S>, key: K, weight: u32) -> Vec<(K, Entry<V>)> {
         let view = View::new(store, self);
         let mut shard = lock(self.shard(&key));
+        if !shard.fits(weight) {
+            view.evict(&key);
+            drop(shard);
+            return view.evicted.into_inner();
+        }
         if shard.insert(key.clone(), weight) {
             view.set(&key, 0, true);
         }
@@ -92,6 +97,12 @@ where
     ) -> Vec<(K, Entry<V>)> {
         let view = View::new(store, self);
         let mut shard = lock(self.shard(key));
+        if !shard.fits(new) {
+            shard.remove(main, old);
+            view.evict(key);
+            drop(shard);
+            return view.evicted.into_inner();
+        }
         shard.update(main, old, new);
         shard.evict(&view, drop);
         drop(shard);

@@ -124,6 +124,12 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
         }
     }
 
+    /// Whether an entry of `weight` can be held at all: a heavier one is evicted on its own,
+    /// rather than flushing the shard before it.
+    pub(crate) fn fits(&self, weight: u32) -> bool {
+        u64::from(weight) <= self.capacity
+    }
+
     /// The total weight accounted for.
     pub(crate) fn weight(&self) -> u64 {
         self.small_weight + self.main_weight

@@ -207,3 +207,26 @@ async fn a_scan_does_not_flush_the_hot_keys() {
     assert!(hot >= 450, "only {hot} of 500 hot keys survived the scan");
     assert!(c.entry_count() <= 1000);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_heavier_than_the_capacity_is_evicted_at_once() {
+    let log: Log = Arc::default();
+    let sink = Arc::clone(&log);
+    let c: Cache<u64, u64> = Cache::builder()
+        .max_capacity(1000)
+        .weigher(|_k, v: &u64| if *v == 0 { u32::MAX } else { 1 })
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .build();
+    for k in 1..=10 {
+        c.insert(k, k);
+    }
+    c.insert(99, 0); // weighs u32::MAX
+    assert_eq!(c.get(&99), None);
+    assert_eq!(*log.lock().unwrap(), vec![(99, 0, RemovalCause::Size)]);
+    assert_eq!(c.entry_count(), 10, "the light entries stay");
+    assert_eq!(
+        c.__internals().policy_weight,
+        Some(10),
+        "no overflow in the accounting"
+    );
+}
