@@ -189,7 +189,7 @@ pub(crate) struct Store<K, V, S> {
 }
 
 /// How many `invalidate_all` times [`Store`] remembers.
-const INVALIDATIONS: usize = 64;
+const INVALIDATIONS: usize = 16;
 
 impl<K, V, S> Store<K, V, S>
 where

@@ -12,6 +12,12 @@
 //! - `moka_future`: `moka::future::Cache` 0.12 with the same TTL; its async calls are awaited
 //!   inside one `block_on` per measured loop, never one per operation.
 //! - `quick_cache_no_ttl`: `quick_cache::sync::Cache`, sized never to evict; it has no TTL.
+//!
+//! `write_heavy` is `read_heavy`'s key sequence with every other op an insert, TTL 1 s.
+//! `read_heavy` and `write_heavy` also run `moka_sync` (`moka::sync::Cache` 0.12) and
+//! `mini_moka` (`mini_moka::sync::Cache` 0.10), both with the same TTL, and `read_heavy` runs
+//! two more ebb configurations: `ebb_stats` (`.record_stats()`) and `ebb_tti`
+//! (`.time_to_idle(60 s)` beside the 300 s TTL).
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
@@ -34,6 +40,15 @@ const DASHMAP: &str = "dashmap_no_ttl";
 const EXACT: &str = "exact_limit";
 const MOKA: &str = "moka_future";
 const QUICK: &str = "quick_cache_no_ttl";
+const EBB_STATS: &str = "ebb_stats";
+const EBB_TTI: &str = "ebb_tti";
+const MOKA_SYNC: &str = "moka_sync";
+const MINI_MOKA: &str = "mini_moka";
+
+/// The time-to-idle of `ebb_tti` in `read_heavy`.
+const TTI: Duration = Duration::from_secs(60);
+/// The TTL of `write_heavy`: short enough that entries expire while it runs.
+const WRITE_TTL: Duration = Duration::from_secs(1);
 
 /// Keys in the `read_heavy` key space.
 const KEYS: u64 = 100_000;
@@ -59,6 +74,14 @@ fn ebb_cache(rt: &Runtime, ttl: Duration) -> ebb::Cache<u64, u64> {
 
 fn moka_cache(ttl: Duration) -> moka::future::Cache<u64, u64> {
     moka::future::Cache::builder().time_to_live(ttl).build()
+}
+
+fn moka_sync_cache(ttl: Duration) -> moka::sync::Cache<u64, u64> {
+    moka::sync::Cache::builder().time_to_live(ttl).build()
+}
+
+fn mini_moka_cache(ttl: Duration) -> mini_moka::sync::Cache<u64, u64> {
+    mini_moka::sync::Cache::builder().time_to_live(ttl).build()
 }
 
 fn quick_cache(capacity: usize) -> quick_cache::sync::Cache<u64, u64> {
@@ -378,6 +401,28 @@ impl ReadHeavy for quick_cache::sync::Cache<u64, u64> {
     }
 }
 
+impl ReadHeavy for moka::sync::Cache<u64, u64> {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        moka::sync::Cache::insert(self, key, value)
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        moka::sync::Cache::get(self, &key)
+    }
+}
+
+impl ReadHeavy for mini_moka::sync::Cache<u64, u64> {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        mini_moka::sync::Cache::insert(self, key, value)
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        mini_moka::sync::Cache::get(self, &key)
+    }
+}
+
 /// One thread's share of `read_heavy`: `n` ops from `offset`, wrapping around the sequence.
 /// Returns a checksum of the values read so that nothing is optimised away.
 #[inline]
@@ -456,20 +501,60 @@ where
 }
 
 /// Group 4: two OS threads, Zipf(1.0) keys over 100,000 pre-populated keys,
-/// 90% get / 10% insert.
+/// 90% get / 10% insert, TTL 300 s.
 /// Criterion's `iters` is the total op count; each thread does half.
 fn read_heavy(c: &mut Criterion) {
+    mixed(c, "read_heavy", zipf_ops(), TTL, true);
+}
+
+/// Group 5: as `read_heavy`, over the same Zipf key sequence, but every other op is an
+/// insert (50% insert / 50% get) and the TTL is 1 s, so entries expire while it runs.
+fn write_heavy(c: &mut Criterion) {
+    let ops: Arc<[u32]> = zipf_ops()
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            let key = op & !INSERT_BIT;
+            if i % 2 == 0 {
+                key | INSERT_BIT
+            } else {
+                key
+            }
+        })
+        .collect();
+    mixed(c, "write_heavy", ops, WRITE_TTL, false);
+}
+
+/// Time for a freshly filled cache to settle (ebb's expiry task files the fill's timers,
+/// moka's housekeeping runs) before it is measured; every implementation waits the same.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// A two-thread mixed workload over `ops` (see `two_threads`) for every implementation,
+/// each pre-populated with all `KEYS` keys; `ebb_variants` adds `ebb_stats` and `ebb_tti`.
+fn mixed(c: &mut Criterion, name: &str, ops: Arc<[u32]>, ttl: Duration, ebb_variants: bool) {
     let rt = runtime();
-    let ops = zipf_ops();
-    let mut group = c.benchmark_group("read_heavy");
+    let mut group = c.benchmark_group(name);
     configure(&mut group);
     group.throughput(Throughput::Elements(1));
 
-    {
-        let cache = ebb_cache(&rt, TTL);
+    let mut ebbs: Vec<(&str, ebb::Cache<u64, u64>)> = vec![(EBB, ebb_cache(&rt, ttl))];
+    if ebb_variants {
+        let stats = ebb::Cache::builder()
+            .time_to_live(ttl)
+            .record_stats()
+            .build_on(rt.handle());
+        let tti = ebb::Cache::builder()
+            .time_to_live(ttl)
+            .time_to_idle(TTI)
+            .build_on(rt.handle());
+        ebbs.push((EBB_STATS, stats));
+        ebbs.push((EBB_TTI, tti));
+    }
+    for (label, cache) in ebbs {
         (0..KEYS).for_each(|k| cache.insert(k, k));
         assert_eq!(cache.entry_count(), KEYS);
-        group.bench_function(EBB, |b| {
+        std::thread::sleep(SETTLE);
+        group.bench_function(label, |b| {
             b.iter_custom(|iters| {
                 two_threads(iters, &ops, |o, off, n| walk_sync(&cache, o, off, n))
             })
@@ -480,13 +565,15 @@ fn read_heavy(c: &mut Criterion) {
         (0..KEYS).for_each(|k| {
             map.insert(k, k);
         });
+        std::thread::sleep(SETTLE);
         group.bench_function(DASHMAP, |b| {
             b.iter_custom(|iters| two_threads(iters, &ops, |o, off, n| walk_sync(&map, o, off, n)))
         });
     }
     {
-        let exact = ExactLimit::new(TTL);
+        let exact = ExactLimit::new(ttl);
         (0..KEYS).for_each(|k| exact.insert(k, k));
+        std::thread::sleep(SETTLE);
         group.bench_function(EXACT, |b| {
             b.iter_custom(|iters| {
                 two_threads(iters, &ops, |o, off, n| walk_sync(&exact, o, off, n))
@@ -494,13 +581,14 @@ fn read_heavy(c: &mut Criterion) {
         });
     }
     {
-        let moka = moka_cache(TTL);
+        let moka = moka_cache(ttl);
         pollster::block_on(async {
             for k in 0..KEYS {
                 moka.insert(k, k).await;
             }
         });
         pollster::block_on(moka.run_pending_tasks());
+        std::thread::sleep(SETTLE);
         group.bench_function(MOKA, |b| {
             b.iter_custom(|iters| {
                 two_threads(iters, &ops, |o, off, n| {
@@ -510,9 +598,27 @@ fn read_heavy(c: &mut Criterion) {
         });
     }
     {
+        let moka = moka_sync_cache(ttl);
+        (0..KEYS).for_each(|k| moka.insert(k, k));
+        moka.run_pending_tasks();
+        std::thread::sleep(SETTLE);
+        group.bench_function(MOKA_SYNC, |b| {
+            b.iter_custom(|iters| two_threads(iters, &ops, |o, off, n| walk_sync(&moka, o, off, n)))
+        });
+    }
+    {
+        let mini = mini_moka_cache(ttl);
+        (0..KEYS).for_each(|k| mini.insert(k, k));
+        std::thread::sleep(SETTLE);
+        group.bench_function(MINI_MOKA, |b| {
+            b.iter_custom(|iters| two_threads(iters, &ops, |o, off, n| walk_sync(&mini, o, off, n)))
+        });
+    }
+    {
         let quick = quick_cache(2 * KEYS as usize);
         (0..KEYS).for_each(|k| quick.insert(k, k));
         assert_eq!(quick.len() as u64, KEYS);
+        std::thread::sleep(SETTLE);
         group.bench_function(QUICK, |b| {
             b.iter_custom(|iters| {
                 two_threads(iters, &ops, |o, off, n| walk_sync(&quick, o, off, n))
@@ -528,6 +634,7 @@ criterion_group!(
     get_hit,
     insert_overwrite,
     build_insert_get_drop,
-    read_heavy
+    read_heavy,
+    write_heavy
 );
 criterion_main!(benches);

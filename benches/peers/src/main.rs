@@ -1,276 +1,63 @@
-//! `ebb-peers report [TARGET_DIR]`: turn criterion's results for the `core` and `load` benches
-//! into Markdown ratio tables.
+//! `ebb-peers`: the benchmark tool of the `ebb-peers` workspace member.
 //!
-//! Reads `TARGET_DIR/criterion/<group>/<implementation>/new/estimates.json` (the mean point
-//! estimate, in ns per iteration) and `benchmark.json` (the throughput per iteration).
-//! TARGET_DIR defaults to `$CARGO_TARGET_DIR`, then `target`.
+//! - `ebb-peers report [TARGET_DIR]`: Markdown ratio tables from criterion's results for the
+//!   `core` and `load` benches (see `report.rs`).
+//! - `ebb-peers <per-request|memory|idle|expiry|all> [IMPL [N]]`: process-level workloads
+//!   (see `workloads.rs`). Without `IMPL`, the binary re-executes itself once per
+//!   implementation (and per N), so every measurement runs in a fresh process, and prints a
+//!   Markdown table; with `IMPL` it runs that one measurement and prints one JSON line.
+//! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
+//!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+mod alloc;
+mod chart;
+mod report;
+mod workloads;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use serde_json::Value;
-
-/// Groups of the `core` bench, then of the `load` bench, in the order they run.
-const GROUPS: [&str; 7] = [
-    "get_hit",
-    "insert_overwrite",
-    "build_insert_get_drop",
-    "read_heavy",
-    "get_with_hit",
-    "miss_storm",
-    "miss_heavy",
-];
-
-/// Implementations, in the order they are listed; others found on disk follow.
-const IMPLS: [&str; 9] = [
-    "ebb",
-    "ebb_get_with",
-    "ebb_get",
-    "exact_limit",
-    "dashmap_no_ttl",
-    "moka_future",
-    "moka_get_with",
-    "moka_get",
-    "quick_cache_no_ttl",
-];
-
-/// The row every other row of a group is divided by: `ebb_get` in `get_with_hit` (so that
-/// the `ebb_get_with` row reads as the get_with-hit overhead), else `ebb`.
-fn baseline(group: &str) -> &'static str {
-    match group {
-        "get_with_hit" => "ebb_get",
-        _ => "ebb",
-    }
-}
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
 
 const USAGE: &str =
-    "usage: ebb-peers report [TARGET_DIR]   (default: $CARGO_TARGET_DIR, then `target`)";
-
-/// One implementation's result in one group.
-struct Row {
-    /// Mean time per element, in nanoseconds.
-    ns_per_op: f64,
-}
+    "usage: ebb-peers report [TARGET_DIR]   (default: $CARGO_TARGET_DIR, then `target`)
+       ebb-peers per-request|memory|idle|expiry|all [IMPL [N]]
+       ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let result = match args.first().map(String::as_str) {
         Some("report") => {
             let dir = args
                 .get(1)
                 .cloned()
                 .or_else(|| std::env::var("CARGO_TARGET_DIR").ok())
                 .unwrap_or_else(|| "target".to_string());
-            match report(&PathBuf::from(dir).join("criterion")) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ebb-peers: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            report::report(&PathBuf::from(dir).join("criterion"))
         }
+        Some("chart") => {
+            let dir = args
+                .get(1)
+                .cloned()
+                .or_else(|| std::env::var("CARGO_TARGET_DIR").ok())
+                .unwrap_or_else(|| "target".to_string());
+            chart::chart(&PathBuf::from(dir))
+        }
+        Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
-    }
-}
-
-fn read_json(path: &Path) -> Result<Value, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The result in `dir` (`<group>/<implementation>`), if criterion left one there.
-fn read_row(dir: &Path) -> Result<Option<Row>, String> {
-    let estimates = dir.join("new").join("estimates.json");
-    if !estimates.is_file() {
-        return Ok(None);
-    }
-    let mean = read_json(&estimates)?
-        .pointer("/mean/point_estimate")
-        .and_then(Value::as_f64)
-        .ok_or_else(|| format!("{}: no mean.point_estimate", estimates.display()))?;
-    // Elements (or bytes) per iteration; 1 when the bench declared no throughput.
-    let per_iter = read_json(&dir.join("new").join("benchmark.json"))
-        .ok()
-        .and_then(|b| {
-            let t = b.get("throughput")?;
-            t.get("Elements")
-                .or_else(|| t.get("Bytes"))
-                .and_then(Value::as_f64)
-        })
-        .filter(|n| *n > 0.0)
-        .unwrap_or(1.0);
-    Ok(Some(Row {
-        ns_per_op: mean / per_iter,
-    }))
-}
-
-fn sub_dirs(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n != "report")
-        .collect();
-    names.sort();
-    names
-}
-
-fn report(root: &Path) -> Result<String, String> {
-    if !root.is_dir() {
-        return Err(format!(
-            "{} not found: run `cargo bench -p ebb-peers --bench core` (or `--bench load`) first",
-            root.display()
-        ));
-    }
-    let mut groups: Vec<String> = GROUPS.iter().map(|g| g.to_string()).collect();
-    groups.extend(
-        sub_dirs(root)
-            .into_iter()
-            .filter(|g| !GROUPS.contains(&g.as_str())),
-    );
-
-    let mut out = String::new();
-    for group in &groups {
-        let dir = root.join(group);
-        if !dir.is_dir() {
-            continue;
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
         }
-        let mut names: Vec<String> = IMPLS.iter().map(|i| i.to_string()).collect();
-        names.extend(
-            sub_dirs(&dir)
-                .into_iter()
-                .filter(|i| !IMPLS.contains(&i.as_str())),
-        );
-        let mut rows = BTreeMap::new();
-        let mut order = Vec::new();
-        for name in names {
-            if let Some(row) = read_row(&dir.join(&name))? {
-                order.push(name.clone());
-                rows.insert(name, row);
-            }
+        Err(e) => {
+            eprintln!("ebb-peers: {e}");
+            ExitCode::FAILURE
         }
-        if rows.is_empty() {
-            continue;
-        }
-        out.push_str(&table(group, &order, &rows));
-    }
-    if out.is_empty() {
-        return Err(format!("no criterion results under {}", root.display()));
-    }
-    out.push_str(
-        "Ratios are within this one run. \"time ÷ ebb\" > 1 means that implementation is slower \
-         than ebb; < 1 means faster (in `get_with_hit` the base is `ebb_get`). `_no_ttl` peers \
-         do no expiry at all.\n",
-    );
-    Ok(out)
-}
-
-fn table(group: &str, order: &[String], rows: &BTreeMap<String, Row>) -> String {
-    let base_name = baseline(group);
-    let base = rows.get(base_name).map(|r| r.ns_per_op);
-    let mut s = format!("### {group}\n\n");
-    s.push_str(&format!(
-        "| implementation | mean ns/op | ops/s | time ÷ {base_name} |\n"
-    ));
-    s.push_str("|---|---:|---:|---:|\n");
-    for name in order {
-        let r = &rows[name];
-        let ratio = base.map_or_else(|| "n/a".to_string(), |e| ratio(r.ns_per_op / e));
-        s.push_str(&format!(
-            "| {name} | {:.1} | {} | {ratio} |\n",
-            r.ns_per_op,
-            rate(1e9 / r.ns_per_op),
-        ));
-    }
-    s.push('\n');
-    let notes = notes(group, rows);
-    if !notes.is_empty() {
-        s.push_str(&format!("{}\n\n", notes.join("; ")));
-    }
-    s
-}
-
-/// The ratio lines printed under a group's table, with the targets they are held to.
-fn notes(group: &str, rows: &BTreeMap<String, Row>) -> Vec<String> {
-    let ns = |name: &str| rows.get(name).map(|r| r.ns_per_op);
-    // Time of `slow` over time of `fast`: how many times longer `slow` takes.
-    let times = |slow: &str, fast: &str| Some(ns(slow)? / ns(fast)?);
-    let verdict = |met: bool| if met { "met" } else { "missed" };
-    let mut notes = Vec::new();
-    match group {
-        "read_heavy" => {
-            for (peer, label) in [("exact_limit", "exact-limit"), ("moka_future", "moka")] {
-                if let Some(x) = times(peer, "ebb") {
-                    // Throughput ratio: ebb's ops/s over the peer's ops/s.
-                    notes.push(format!("ebb/{label} throughput = {x:.2}"));
-                }
-            }
-        }
-        "get_with_hit" => {
-            if let Some(x) = times("ebb_get_with", "ebb_get") {
-                notes.push(format!(
-                    "ebb get_with hit ÷ ebb get time = {x:.2} (target ≤ 1.10: {})",
-                    verdict(x <= 1.10)
-                ));
-            }
-            if let Some(x) = times("moka_get_with", "moka_get") {
-                notes.push(format!("moka get_with hit ÷ moka get time = {x:.2}"));
-            }
-            if let Some(x) = times("moka_get_with", "ebb_get_with") {
-                notes.push(format!("moka ÷ ebb get_with hit time = {x:.2}"));
-            }
-            if let Some(x) = times("moka_get", "ebb_get") {
-                notes.push(format!("moka ÷ ebb get time = {x:.2}"));
-            }
-        }
-        "miss_storm" => {
-            notes.push("one op is one storm of 1,000 callers".to_string());
-            if let Some(x) = times("moka_future", "ebb") {
-                notes.push(format!(
-                    "moka ÷ ebb storm time = {x:.2} (target ≥ 1.00, ebb at least as fast: {})",
-                    verdict(x >= 1.0)
-                ));
-            }
-        }
-        "miss_heavy" => {
-            if let Some(x) = times("moka_future", "ebb") {
-                notes.push(format!(
-                    "ebb/moka throughput = {x:.2} (target ≥ 1.00, ebb at least as fast: {})",
-                    verdict(x >= 1.0)
-                ));
-            }
-        }
-        _ => {}
-    }
-    notes
-}
-
-/// A ratio with two decimals, or three significant digits when it is small.
-fn ratio(x: f64) -> String {
-    if x >= 0.1 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.2e}")
-    }
-}
-
-/// Operations per second, as `21.6M` or `31.6k`.
-fn rate(per_sec: f64) -> String {
-    if per_sec >= 1e6 {
-        format!("{:.2}M", per_sec / 1e6)
-    } else if per_sec >= 1e3 {
-        format!("{:.1}k", per_sec / 1e3)
-    } else {
-        format!("{per_sec:.0}")
     }
 }
