@@ -42,6 +42,8 @@ const MOKA: &str = "moka_future";
 const QUICK: &str = "quick_cache_no_ttl";
 const EBB_STATS: &str = "ebb_stats";
 const EBB_TTI: &str = "ebb_tti";
+/// `read_heavy` with `max_capacity` at 10% of the key space, so that evictions happen.
+const EBB_BOUNDED: &str = "ebb_bounded";
 const MOKA_SYNC: &str = "moka_sync";
 const MINI_MOKA: &str = "mini_moka";
 
@@ -547,18 +549,30 @@ fn mixed(c: &mut Criterion, name: &str, ops: Arc<[u32]>, ttl: Duration, ebb_vari
             .time_to_live(ttl)
             .time_to_idle(TTI)
             .build_on(rt.handle());
+        let bounded = ebb::Cache::builder()
+            .time_to_live(ttl)
+            .max_capacity(KEYS / 10)
+            .record_stats()
+            .build_on(rt.handle());
         ebbs.push((EBB_STATS, stats));
         ebbs.push((EBB_TTI, tti));
+        ebbs.push((EBB_BOUNDED, bounded));
     }
     for (label, cache) in ebbs {
         (0..KEYS).for_each(|k| cache.insert(k, k));
-        assert_eq!(cache.entry_count(), KEYS);
+        assert!(cache.entry_count() <= KEYS);
         std::thread::sleep(SETTLE);
         group.bench_function(label, |b| {
             b.iter_custom(|iters| {
                 two_threads(iters, &ops, |o, off, n| walk_sync(&cache, o, off, n))
             })
         });
+        if label == EBB_BOUNDED {
+            eprintln!(
+                "{name}/{label}: {} evictions for size while measured",
+                cache.stats().evicted_for_size
+            );
+        }
     }
     {
         let map = DashMap::new();

@@ -6,11 +6,13 @@
 //!   (see `workloads.rs`). Without `IMPL`, the binary re-executes itself once per
 //!   implementation (and per N), so every measurement runs in a fresh process, and prints a
 //!   Markdown table; with `IMPL` it runs that one measurement and prints one JSON line.
+//! - `ebb-peers hit-ratio`: hit ratios on seeded traces (see `hit_ratio.rs`).
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
 mod alloc;
 mod chart;
+mod hit_ratio;
 mod report;
 mod workloads;
 
@@ -23,6 +25,7 @@ static ALLOC: alloc::Counting = alloc::Counting;
 const USAGE: &str =
     "usage: ebb-peers report [TARGET_DIR]   (default: $CARGO_TARGET_DIR, then `target`)
        ebb-peers per-request|memory|idle|expiry|all [IMPL [N]]
+       ebb-peers hit-ratio
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| "target".to_string());
             chart::chart(&PathBuf::from(dir))
         }
+        Some("hit-ratio") => hit_ratio::run(),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");

@@ -23,6 +23,9 @@ const MOKA_SYNC: &str = "moka_sync";
 const MINI_MOKA: &str = "mini_moka";
 const QUICK: &str = "quick_cache";
 const DASHMAP: &str = "dashmap";
+/// `memory`: ebb and moka future with a capacity (N, so nothing is evicted) and a TTL.
+const EBB_BOUNDED: &str = "ebb_bounded";
+const MOKA_BOUNDED: &str = "moka_future_bounded";
 
 /// `per-request`: cycles of build, insert, get, drop.
 const CYCLES: u64 = 100_000;
@@ -53,7 +56,16 @@ pub fn is_workload(name: &str) -> bool {
 fn impls(workload: &str) -> &'static [&'static str] {
     match workload {
         "per-request" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, QUICK],
-        "memory" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, DASHMAP, QUICK],
+        "memory" => &[
+            EBB,
+            MOKA_FUTURE,
+            EBB_BOUNDED,
+            MOKA_BOUNDED,
+            MOKA_SYNC,
+            MINI_MOKA,
+            DASHMAP,
+            QUICK,
+        ],
         "idle" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, QUICK],
         "expiry" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA],
         _ => &[],
@@ -400,10 +412,23 @@ fn memory(name: &str, n: u64) -> Value {
                 },
                 |c: &ebb::Cache<u64, u64>| c.entry_count()
             ),
-            MOKA_FUTURE => {
-                let c: moka::future::Cache<u64, u64> = moka::future::Cache::builder()
-                    .time_to_live(MEMORY_TTL)
-                    .build();
+            EBB_BOUNDED => measure!(
+                {
+                    let c: ebb::Cache<u64, u64> = ebb::Cache::builder()
+                        .time_to_live(MEMORY_TTL)
+                        .max_capacity(n)
+                        .build();
+                    (0..n).for_each(|k| c.insert(k, k));
+                    c
+                },
+                |c: &ebb::Cache<u64, u64>| c.entry_count()
+            ),
+            MOKA_FUTURE | MOKA_BOUNDED => {
+                let mut builder = moka::future::Cache::builder().time_to_live(MEMORY_TTL);
+                if name == MOKA_BOUNDED {
+                    builder = builder.max_capacity(n);
+                }
+                let c: moka::future::Cache<u64, u64> = builder.build();
                 for k in 0..n {
                     c.insert(k, k).await;
                 }
@@ -511,6 +536,13 @@ fn memory_table(rows: &[Value]) -> String {
                 "N = {n}: ebb ÷ moka future heap = {:.2} (target ≤ 0.40: {})",
                 e / m,
                 verdict(e / m <= 0.4)
+            ));
+        }
+        if let (Some(e), Some(m)) = (heap_of(EBB_BOUNDED), heap_of(MOKA_BOUNDED)) {
+            verdicts.push(format!(
+                "N = {n}, with a capacity: ebb ÷ moka future heap = {:.2} (target ≤ 0.50: {})",
+                e / m,
+                verdict(e / m <= 0.5)
             ));
         }
     }
