@@ -423,7 +423,12 @@ where
                 let old = slot.get();
                 let (timer, record) = retime(old.timer, old.deadline(), deadline);
                 self.hand_off(slot.key(), record, due);
-                let cause = self.cause(old, RemovalCause::Replaced);
+                // Judging the cause reads the clock: only when someone counts or listens.
+                let cause = if self.counters.is_some() || self.notifier.is_active() {
+                    self.cause(old, RemovalCause::Replaced)
+                } else {
+                    RemovalCause::Replaced
+                };
                 self.count(
                     if cause == RemovalCause::Replaced {
                         Counter::Update
