@@ -108,7 +108,7 @@ impl Books {
         Counted::new(((n as u64) << 16) | key, &self.drops)
     }
 
-    fn listen(&self, key: u64, value: Value, cause: RemovalCause) {
+    fn listen(&self, key: u64, value: Value, _cause: RemovalCause) {
         self.entered.fetch_add(1, SeqCst);
         let _open = self.gate.read().unwrap();
         if value.id & 0xFFFF != key {
