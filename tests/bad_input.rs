@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use common::{advance, alive_tasks, settle, wait_until_blocking, Counted};
+use common::{advance, alive_tasks, logged, settle, taken, wait_until_blocking, Counted};
 use ebb::{BuildError, Cache, RemovalCause, WeakCache};
 
 const NS: Duration = Duration::from_nanos(1);
@@ -31,21 +31,6 @@ const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 const LIMIT: Duration = Duration::from_secs(10);
-
-type Log = Arc<Mutex<Vec<(u64, u64, RemovalCause)>>>;
-
-fn logged(builder: ebb::CacheBuilder<u64, u64>) -> (Cache<u64, u64>, Log) {
-    let log: Log = Arc::default();
-    let sink = Arc::clone(&log);
-    let cache = builder
-        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
-        .build();
-    (cache, log)
-}
-
-fn taken(log: &Log) -> Vec<(u64, u64, RemovalCause)> {
-    std::mem::take(&mut *log.lock().unwrap())
-}
 
 /// The message of a caught panic.
 fn message(panic: Box<dyn std::any::Any + Send>) -> String {

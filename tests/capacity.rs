@@ -7,21 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{advance, settle, wait_until};
+use common::{advance, logged, settle, wait_until, Log};
 use ebb::{Cache, RemovalCause};
 
 const SEC: Duration = Duration::from_secs(1);
-
-type Log = Arc<Mutex<Vec<(u64, u64, RemovalCause)>>>;
-
-fn logged(builder: ebb::CacheBuilder<u64, u64>) -> (Cache<u64, u64>, Log) {
-    let log: Log = Arc::default();
-    let sink = Arc::clone(&log);
-    let cache = builder
-        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
-        .build();
-    (cache, log)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bound_holds_after_every_insert_under_concurrency() {

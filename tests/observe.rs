@@ -6,27 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{advance, settle, wait_until};
+use common::{advance, logged, settle, taken, wait_until};
 use ebb::{Cache, RemovalCause};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
-
-type Log = Arc<Mutex<Vec<(u64, u64, RemovalCause)>>>;
-
-/// A cache whose listener records every notification.
-fn logged(builder: ebb::CacheBuilder<u64, u64>) -> (Cache<u64, u64>, Log) {
-    let log: Log = Arc::default();
-    let sink = Arc::clone(&log);
-    let cache = builder
-        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
-        .build();
-    (cache, log)
-}
-
-fn taken(log: &Log) -> Vec<(u64, u64, RemovalCause)> {
-    std::mem::take(&mut *log.lock().unwrap())
-}
 
 #[tokio::test(start_paused = true)]
 async fn idle_entries_expire_and_reads_and_writes_extend_them() {

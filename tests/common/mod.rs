@@ -71,3 +71,21 @@ impl Drop for Counted {
         self.drops.fetch_add(1, Ordering::SeqCst);
     }
 }
+
+/// Every notification a listener received: `(key, value, cause)`.
+pub type Log = Arc<std::sync::Mutex<Vec<(u64, u64, ebb::RemovalCause)>>>;
+
+/// Build `builder` with a listener that records every notification in the returned log.
+pub fn logged(builder: ebb::CacheBuilder<u64, u64>) -> (ebb::Cache<u64, u64>, Log) {
+    let log: Log = Arc::default();
+    let sink = Arc::clone(&log);
+    let cache = builder
+        .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
+        .build();
+    (cache, log)
+}
+
+/// The notifications so far, emptying the log.
+pub fn taken(log: &Log) -> Vec<(u64, u64, ebb::RemovalCause)> {
+    std::mem::take(&mut *log.lock().unwrap())
+}
