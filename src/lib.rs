@@ -72,6 +72,13 @@
 //! same time; the others wait for that load. A cancelled or panicking loader hands over to a
 //! waiter; errors are shared, not cached; a write during a load wins over the loaded value.
 //!
+//! # Bounded caches
+//!
+//! [`CacheBuilder::max_capacity`] bounds the number of entries (or, with
+//! [`CacheBuilder::weigher`], their total weight). The inserting thread evicts with S3-FIFO
+//! before `insert` returns, so the bound holds without any maintenance call; a hit only bumps
+//! a small counter in the entry. Evictions are reported with [`RemovalCause::Size`].
+//!
 //! # Removal notifications and statistics
 //!
 //! [`CacheBuilder::eviction_listener`] is called once per entry that leaves the cache, with a
