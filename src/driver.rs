@@ -33,7 +33,7 @@ use tracing::{debug, info, trace, Instrument};
 use crate::builder::BuildError;
 use crate::cache::Shared;
 use crate::clock::{Clock, NEVER};
-use crate::handoff::{Records, Signals};
+use crate::handoff::{Orphans, Records, Signals};
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::store::{Retired, Store, PENDING, UNFILED};
@@ -289,8 +289,8 @@ where
             let spare = self.spare.take().unwrap_or_else(|| store.handoff.empty());
             let mut records = store.handoff.take(stripe, spare);
             let mut done = 0;
-            for (key, orphan) in records.drain() {
-                self.file(store, key, orphan);
+            for (key, orphans) in records.drain() {
+                self.file(store, key, orphans);
                 done += 1;
                 if done % BATCH == 0 {
                     if let Flow::Stop = self.pause(shared).await {
@@ -306,14 +306,14 @@ where
         Flow::Continue
     }
 
-    /// File `key` at the deadline its entry holds now, reusing `orphan` if a writer left one.
-    fn file(&mut self, store: &Store<K, V, S>, key: K, orphan: Option<TimerId>) {
+    /// File `key` at the deadline its entry holds now, reusing a node a writer orphaned for
+    /// it, if any, and freeing the others.
+    fn file(&mut self, store: &Store<K, V, S>, key: K, orphans: Orphans) {
         let generation = store.generation();
+        let mut orphans = orphans.nodes();
         let Some(mut entry) = store.map.get_mut(&key) else {
-            // Removed since: its node, if any, is free.
-            if let Some(node) = orphan {
-                self.wheel.remove(node);
-            }
+            // Removed since: its nodes are free.
+            orphans.for_each(|node| drop(self.wheel.remove(node)));
             return;
         };
         if entry.timer != PENDING || entry.deadline() == NEVER || entry.generation() != generation {
@@ -321,20 +321,21 @@ where
             if entry.timer == PENDING {
                 entry.timer = UNFILED;
             }
-            if let Some(node) = orphan {
+            for node in orphans {
                 debug_assert_ne!(Some(node), entry.node(), "a record orphaned a live node");
                 self.wheel.remove(node);
             }
             return;
         }
         let when = self.clock.tick_of(entry.deadline());
-        entry.timer = match orphan {
+        entry.timer = match orphans.next() {
             Some(node) => {
                 self.wheel.reschedule(node, when);
                 node
             }
             None => self.wheel.insert(when, key),
         };
+        orphans.for_each(|node| drop(self.wheel.remove(node)));
     }
 
     /// Remove every entry hidden by `invalidate_all`, in batches.

@@ -11,8 +11,11 @@
 //!   written, removed and written again before the next drain: a record is a key, not an
 //!   operation. The entry's `PENDING` state (see `store.rs`) spares writers the stripe lock
 //!   when a record is already queued.
-//! - **At most one orphan per record.** A key has at most one wheel node at a time, and a node
-//!   is referenced by exactly one entry or one record; merging records keeps the orphan.
+//! - **At most two orphans per record.** A node is referenced by exactly one entry or one
+//!   record. A record collects the nodes its key's entries lose while the record is queued:
+//!   the node the entry had when this stripe map became current, and at most one more, filed
+//!   by the task from the previous map (which held one record per key) and then lost again.
+//!   Merging records keeps both.
 //! - **No lost wake-up.** The writer reads the task's published `next_wake` *inside* the stripe
 //!   lock; the task publishes `next_wake` *before* it checks the stripes for records. So either
 //!   the task sees the record, or the writer sees the new `next_wake` and notifies (a
@@ -64,8 +67,37 @@ pub(crate) fn retime(
 /// A stripe this large wakes the task even if no deadline is near, so drains stay small.
 const WAKE_AT_RECORDS: usize = 4096;
 
-/// A drained stripe's map: key to the node a writer orphaned for it, if any.
-pub(crate) type Records<K, S> = HashMap<K, Option<TimerId>, S>;
+/// A drained stripe's map: key to the nodes writers orphaned for it.
+pub(crate) type Records<K, S> = HashMap<K, Orphans, S>;
+
+/// The wheel nodes a record orphaned: at most two (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Orphans([TimerId; 2]);
+
+impl Orphans {
+    /// No node.
+    pub(crate) const NONE: Orphans = Orphans([UNFILED; 2]);
+
+    fn add(&mut self, node: TimerId) {
+        let free = if self.0[0] == UNFILED { 0 } else { 1 };
+        debug_assert_eq!(self.0[free], UNFILED, "a third orphaned node for one key");
+        self.0[free] = node;
+    }
+
+    /// Forget `node`, if it is one of these.
+    fn forget(&mut self, node: TimerId) {
+        for slot in &mut self.0 {
+            if *slot == node {
+                *slot = UNFILED;
+            }
+        }
+    }
+
+    /// The orphaned nodes.
+    pub(crate) fn nodes(self) -> impl Iterator<Item = TimerId> {
+        self.0.into_iter().filter(|n| *n != UNFILED)
+    }
+}
 
 /// What the task and the writers share besides the store; the task keeps its own `Arc` of it
 /// so that it can wait without keeping the store alive.
@@ -121,12 +153,9 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             return;
         }
         let len_before = stripe.len();
-        let slot = stripe.entry(key).or_insert(None);
+        let slot = stripe.entry(key).or_insert(Orphans::NONE);
         if let Some(node) = orphan {
-            // Records are per key and a key has one node at a time, so there is nothing to
-            // merge. Were there, the older node would only linger until it fires.
-            debug_assert!(slot.is_none(), "two orphaned nodes for one key");
-            *slot = Some(node);
+            slot.add(node);
         }
         let grew_large = len_before + 1 == WAKE_AT_RECORDS && stripe.len() == WAKE_AT_RECORDS;
         let wake = grew_large || due_tick < signals.next_wake.load(Ordering::SeqCst);
@@ -161,9 +190,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     pub(crate) fn forget_orphan(&self, key: &K, node: TimerId) {
         let mut stripe = self.lock(self.stripe_of(key));
         if let Some(slot) = stripe.get_mut(key) {
-            if *slot == Some(node) {
-                *slot = None;
-            }
+            slot.forget(node);
         }
     }
 
@@ -229,11 +256,11 @@ mod loom_handoff {
     /// The task's drain: file every queued key at the deadline its entry holds now.
     fn drain(w: &World, filed: &mut Option<u64>) {
         for i in 0..w.handoff.stripe_count() {
-            for (_key, orphan) in w.handoff.take(i, w.handoff.empty()) {
+            for (_key, orphans) in w.handoff.take(i, w.handoff.empty()) {
                 let mut entry = lock(&w.entry);
                 if entry.timer == PENDING {
                     // The model's wheel has one node, so an orphan is always it.
-                    assert!(orphan.is_none() || orphan == Some(NODE));
+                    assert!(orphans.nodes().all(|n| n == NODE));
                     entry.timer = NODE;
                     *filed = Some(entry.deadline);
                 }
