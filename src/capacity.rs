@@ -1,7 +1,7 @@
 //! Bounded capacity: the policy shards, the weigher, and the policy's view of the store.
 //!
 //! A bounded cache splits `max_capacity` over a few policy shards (keys go to shards by hash);
-//! each shard runs its own [`S3Fifo`] behind a mutex that only writers of that shard take,
+//! each shard runs its own [`TinyLfu`] behind a mutex that only writers of that shard take,
 //! never readers. After a write, the inserting thread accounts for the new weight and evicts
 //! in the same shard until it is within its share, before `insert` returns.
 //!
@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash};
 
-use crate::policy::{Residents, S3Fifo, Status};
+use crate::policy::{Residents, Status, TinyLfu};
 use crate::store::{Entry, Store};
 use crate::sync::{lock, Mutex};
 
@@ -28,7 +28,7 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync + 'stati
 const UNITS_PER_SHARD: u64 = 512;
 
 pub(crate) struct Capacity<K, V, S> {
-    shards: Box<[Mutex<S3Fifo<K, S>>]>,
+    shards: Box<[Mutex<TinyLfu<K, S>>]>,
     hasher: S,
     weigher: Option<Weigher<K, V>>,
 }
@@ -46,7 +46,7 @@ where
         let shards = (0..count)
             .map(|i| {
                 let share = max / count + u64::from(i < max % count);
-                Mutex::new(S3Fifo::new(share, hasher.clone()))
+                Mutex::new(TinyLfu::new(share, hasher.clone()))
             })
             .collect();
         Capacity {
@@ -63,7 +63,7 @@ where
             .map_or(1, |weigher| weigher(key, value))
     }
 
-    fn shard(&self, key: &K) -> &Mutex<S3Fifo<K, S>> {
+    fn shard(&self, key: &K) -> &Mutex<TinyLfu<K, S>> {
         let hash = self.hasher.hash_one(key) >> 40;
         &self.shards[hash as usize & (self.shards.len() - 1)]
     }
@@ -78,9 +78,7 @@ where
             drop(shard);
             return view.evicted.into_inner();
         }
-        if shard.insert(key.clone(), weight) {
-            view.set(&key, 0, true);
-        }
+        shard.insert(key.clone(), weight);
         shard.evict(&view, drop);
         drop(shard);
         view.evicted.into_inner()

@@ -117,6 +117,7 @@ mod jitter;
 mod listener;
 mod load;
 mod policy;
+mod sketch;
 mod stats;
 mod store;
 mod sync;

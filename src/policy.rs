@@ -1,18 +1,31 @@
-//! The eviction policy for bounded caches: S3-FIFO, one instance per policy shard.
+//! The eviction policy for bounded caches: TinyLFU admission over a window queue and a
+//! CLOCK main queue, one instance per policy shard.
 //!
-//! S3-FIFO keeps three FIFO queues: a *small* queue that every new key enters, a *main*
-//! queue, and a *ghost* queue remembering (by hash) keys recently evicted from the small
-//! queue. A key read at least once while in the small queue moves to main when it reaches
-//! the head; a key never read is evicted there, so a one-pass scan washes through the small
-//! queue (10% of the capacity) without disturbing the main queue. A key that comes back while
-//! its ghost is remembered goes straight to main. In main, a key read since it last passed
-//! the head gets another lap (its frequency, at most 3, counts down); one not read is evicted.
+//! Every new key enters a small *window* FIFO (0.5% of the capacity). When the window is
+//! over its share, its oldest key becomes a *candidate* for the *main* queue, which holds the
+//! rest. While main has room the candidate simply moves in. Otherwise main offers a
+//! *victim*: main is a CLOCK, so the hand passes over entries read since it last passed them
+//! (their read counter, at most 3, counts down) and stops at the first one not read. The
+//! candidate replaces the victim only if a frequency [`Sketch`] says it was asked for more
+//! often, by a margin of more than one request (its reads while in the window count too);
+//! otherwise the candidate is evicted and the victim stays. The sketch counts every *miss*:
+//! each time a key was inserted, so it remembers keys the cache no longer holds; it halves
+//! its counts now and then to forget old popularity.
 //!
-//! Why S3-FIFO: it is scan-resistant and frequency-aware like W-TinyLFU, but a hit only bumps
-//! a 2-bit counter stored in the entry itself (a relaxed compare-and-swap on a word the read
-//! already has in cache, skipped once the counter is saturated): no sketch to hash into, no
-//! read buffer, no lock. Everything else happens on the inserting thread, in the key's policy
-//! shard. quick_cache reaches high hit ratios with a policy of this family and 8 shards.
+//! Why this design, chosen by measurement (`cargo run --release -p ebb-peers -- hit-ratio`,
+//! replaying seeded traces; figures in the README): S3-FIFO (a small queue, a main CLOCK and
+//! a ghost list of recently evicted keys), our first policy, was within 0.6 points of
+//! quick_cache on Zipf traces but kept 15% of requests instead of moka's 39% on a Zipf
+//! workload mixed with a cyclic sweep larger than the cache: a ghost list only remembers
+//! keys for about one cache's worth of evictions, so a key that comes back every 15,000
+//! requests always looks new and the main queue cycles. A sketch remembers ten times longer
+//! than that in a few bytes per key, and comparing candidate with victim keeps a stable
+//! subset of the sweep. The margin of one request is measured too: admitting on any larger
+//! count churned the main queue with keys no more frequent than what they displaced (1.4
+//! points lost on the sweep at capacity 1,000). CLOCK in place of an LRU means a hit only
+//! bumps a 2-bit counter stored in the entry (a relaxed compare-and-swap, skipped once
+//! saturated): no read buffer, no lock, no sketch update on the read path. Everything else
+//! happens on the inserting thread, in the key's policy shard.
 //!
 //! The policy is a pure data structure: it knows nothing of tokio or of the map. It sees the
 //! cache's entries through [`Residents`], and accounts weights as the store tells it about
@@ -21,25 +34,34 @@
 //! queues are compacted when stale items outnumber live ones.
 //!
 //! Invariants:
-//! - `small_weight + main_weight` is the total weight of the resident entries this shard
-//!   accounts for; after [`S3Fifo::evict`] it is at most the capacity, unless every item
-//!   left was scanned without freeing anything (zero-weight entries), which ends the scan.
+//! - `window_weight + main_weight` is the total weight of the resident entries this shard
+//!   accounts for; after [`TinyLfu::evict`] it is at most the capacity, unless the scan ran
+//!   out of items that free anything (zero-weight entries), which ends it.
 //! - An eviction scan visits each queued item at most `MAX_FREQ + 2` times, so it always
 //!   ends.
 //! - No user code runs here; [`Residents`] implementations must not take this policy's lock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
 
-/// The largest value of an entry's access counter.
+use crate::sketch::Sketch;
+
+/// The largest value of an entry's read counter.
 pub(crate) const MAX_FREQ: u8 = 3;
+
+/// The window's share of the capacity, in thousandths. Measured on the traces: 1% and 2%
+/// lose up to 0.4 points on the sweep at capacity 10,000, 10% and 20% lose on every trace.
+const WINDOW_PER_MILLE: u64 = 5;
+
+/// A candidate must be counted more than this many times more than the victim to replace it.
+const ADMIT_MARGIN: u8 = 1;
 
 /// What the policy knows about one resident entry, read from the entry itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Status {
     /// Reads since it last passed the head of its queue, at most [`MAX_FREQ`].
     pub(crate) freq: u8,
-    /// Whether it is in the main queue (else the small one).
+    /// Whether it is in the main queue (else the window).
     pub(crate) main: bool,
     /// Its weight.
     pub(crate) weight: u32,
@@ -55,71 +77,32 @@ pub(crate) trait Residents<K> {
     fn evict(&self, key: &K) -> Option<Status>;
 }
 
-/// One shard's S3-FIFO state.
+/// One shard's policy state.
 #[derive(Debug)]
-pub(crate) struct S3Fifo<K, S> {
+pub(crate) struct TinyLfu<K, S> {
     capacity: u64,
-    small_capacity: u64,
-    small: VecDeque<K>,
+    window_capacity: u64,
+    window: VecDeque<K>,
     main: VecDeque<K>,
-    small_weight: u64,
+    window_weight: u64,
     main_weight: u64,
-    /// Resident entries accounted for (to compact queues full of stale items).
+    /// Resident entries accounted for (to size the sketch and compact the queues).
     residents: usize,
-    ghost: Ghost,
+    sketch: Sketch,
     hasher: S,
 }
 
-/// Hashes of keys recently evicted from the small queue, oldest first, with a count per hash
-/// (two keys may share one).
-#[derive(Debug, Default)]
-struct Ghost {
-    order: VecDeque<u64>,
-    counts: HashMap<u64, u32>,
-}
-
-impl Ghost {
-    fn insert(&mut self, hash: u64, limit: usize) {
-        self.order.push_back(hash);
-        *self.counts.entry(hash).or_insert(0) += 1;
-        while self.order.len() > limit {
-            let old = self.order.pop_front().expect("non-empty");
-            self.forget(old);
-        }
-    }
-
-    fn forget(&mut self, hash: u64) {
-        if let Some(n) = self.counts.get_mut(&hash) {
-            *n -= 1;
-            if *n == 0 {
-                self.counts.remove(&hash);
-            }
-        }
-    }
-
-    fn contains(&self, hash: u64) -> bool {
-        self.counts.contains_key(&hash)
-    }
-}
-
-/// How many hashes the ghost queue remembers for a main queue of `main` items: as many as
-/// main holds. Measured on the hit-ratio traces, twice, four or eight times as many lowered
-/// every hit ratio (more keys bypass the small queue and churn main).
-fn ghost_limit(main: usize) -> usize {
-    main.max(64)
-}
-
-impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
+impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
     pub(crate) fn new(capacity: u64, hasher: S) -> Self {
-        S3Fifo {
+        TinyLfu {
             capacity,
-            small_capacity: (capacity / 10).max(1),
-            small: VecDeque::new(),
+            window_capacity: (capacity.saturating_mul(WINDOW_PER_MILLE) / 1000).max(1),
+            window: VecDeque::new(),
             main: VecDeque::new(),
-            small_weight: 0,
+            window_weight: 0,
             main_weight: 0,
             residents: 0,
-            ghost: Ghost::default(),
+            sketch: Sketch::new(capacity),
             hasher,
         }
     }
@@ -132,112 +115,157 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
 
     /// The total weight accounted for.
     pub(crate) fn weight(&self) -> u64 {
-        self.small_weight + self.main_weight
+        self.window_weight + self.main_weight
     }
 
-    /// A new entry for `key` of `weight` became resident; returns whether it goes to the main
-    /// queue (the caller records that in the entry). Call [`evict`](Self::evict) next.
-    pub(crate) fn insert(&mut self, key: K, weight: u32) -> bool {
-        let main = self.ghost.contains(self.hasher.hash_one(&key));
-        if main {
-            self.main_weight += u64::from(weight);
-            self.main.push_back(key);
-        } else {
-            self.small_weight += u64::from(weight);
-            self.small.push_back(key);
-        }
+    /// A new entry for `key` of `weight` became resident, in the window (the entry's own
+    /// state says so already). Call [`evict`](Self::evict) next.
+    pub(crate) fn insert(&mut self, key: K, weight: u32) {
+        self.sketch.increment(self.hasher.hash_one(&key));
+        self.window_weight += u64::from(weight);
+        self.window.push_back(key);
         self.residents += 1;
-        main
+        self.sketch.fit(self.residents);
     }
 
     /// A resident entry's weight changed from `old` to `new` (an overwrite).
     pub(crate) fn update(&mut self, main: bool, old: u32, new: u32) {
-        let queue = if main {
-            &mut self.main_weight
-        } else {
-            &mut self.small_weight
-        };
+        let queue = self.weight_of(main);
         *queue = (*queue + u64::from(new)).saturating_sub(u64::from(old));
     }
 
     /// A resident entry left the cache by another way than [`evict`](Self::evict) (removed,
     /// expired, invalidated). Its queue item is skipped when it reaches the head.
     pub(crate) fn remove(&mut self, main: bool, weight: u32) {
-        let queue = if main {
-            &mut self.main_weight
-        } else {
-            &mut self.small_weight
-        };
+        let queue = self.weight_of(main);
         *queue = queue.saturating_sub(u64::from(weight));
         self.residents = self.residents.saturating_sub(1);
+    }
+
+    fn weight_of(&mut self, main: bool) -> &mut u64 {
+        if main {
+            &mut self.main_weight
+        } else {
+            &mut self.window_weight
+        }
     }
 
     /// Evict until the shard is within its capacity; each evicted key is passed to
     /// `evicted` (after [`Residents::evict`] removed it).
     pub(crate) fn evict(&mut self, residents: &impl Residents<K>, mut evicted: impl FnMut(K)) {
         // Each item can come round at most MAX_FREQ + 1 times before its counter is spent.
-        let mut budget = (usize::from(MAX_FREQ) + 2) * (self.small.len() + self.main.len()) + 2;
+        let mut budget = (usize::from(MAX_FREQ) + 2) * (self.window.len() + self.main.len()) + 2;
         while self.weight() > self.capacity && budget > 0 {
             budget -= 1;
-            // Main frees nothing when it holds no weight: take from small then.
-            let from_small = self.small_weight > self.small_capacity || self.main_weight == 0;
-            let popped = if from_small {
-                self.small.pop_front()
-            } else {
-                self.main.pop_front()
-            };
-            let Some(key) = popped else {
+            if self.window_weight <= self.window_capacity && self.main_weight > 0 {
+                // Main is over its share: its victim goes.
+                let Some(victim) = self.victim(residents, &mut budget) else {
+                    break;
+                };
+                self.drop_entry(residents, &victim, &mut evicted);
+                continue;
+            }
+            let Some(key) = self.window.pop_front() else {
                 // Nothing queued where the weight says there is: accounting drifted (a bug);
                 // stop rather than spin.
                 break;
             };
-            match residents.status(&key) {
-                // Gone, or this is a stale item of an entry now in the other queue.
-                None => {}
-                Some(status) if status.main == from_small => {}
-                Some(status) if from_small => {
-                    // Read since it came in, or weightless (evicting it frees nothing): to main.
-                    if status.freq > 0 || status.weight == 0 {
-                        residents.set(&key, 0, true);
-                        self.small_weight =
-                            self.small_weight.saturating_sub(u64::from(status.weight));
-                        self.main_weight += u64::from(status.weight);
-                        self.main.push_back(key);
-                    } else if let Some(gone) = residents.evict(&key) {
-                        self.small_weight =
-                            self.small_weight.saturating_sub(u64::from(gone.weight));
-                        self.residents = self.residents.saturating_sub(1);
-                        let limit = ghost_limit(self.main.len());
-                        self.ghost.insert(self.hasher.hash_one(&key), limit);
-                        evicted(key);
-                    }
-                }
-                Some(status) => {
-                    if status.freq > 0 || status.weight == 0 {
-                        residents.set(&key, status.freq.saturating_sub(1), true);
-                        self.main.push_back(key);
-                    } else if let Some(gone) = residents.evict(&key) {
-                        self.main_weight = self.main_weight.saturating_sub(u64::from(gone.weight));
-                        self.residents = self.residents.saturating_sub(1);
-                        evicted(key);
-                    }
-                }
+            let Some(candidate) = residents.status(&key).filter(|s| !s.main) else {
+                continue; // Gone, or a stale item of an entry now in main.
+            };
+            let main_capacity = self.capacity - self.window_capacity.min(self.capacity);
+            if candidate.weight == 0
+                || self.main_weight + u64::from(candidate.weight) <= main_capacity
+            {
+                self.promote(residents, key, candidate);
+                continue;
+            }
+            let Some(victim) = self.victim(residents, &mut budget) else {
+                self.drop_entry(residents, &key, &mut evicted);
+                continue;
+            };
+            let asked = self.sketch.estimate(self.hasher.hash_one(&key));
+            let incumbent = self.sketch.estimate(self.hasher.hash_one(&victim));
+            if asked.saturating_add(candidate.freq) > incumbent.saturating_add(ADMIT_MARGIN) {
+                self.drop_entry(residents, &victim, &mut evicted);
+                self.promote(residents, key, candidate);
+            } else {
+                self.main.push_front(victim);
+                self.drop_entry(residents, &key, &mut evicted);
             }
         }
         self.compact(residents);
     }
 
+    /// Take main's CLOCK victim off the queue: the first live entry not read since the hand
+    /// last passed it. Entries read since get another lap, their counter one lower (and their
+    /// reads count in the sketch now); weightless entries are never victims (evicting them
+    /// frees nothing), so the hand gives up once it has passed them all often enough for
+    /// every counter to run down.
+    fn victim(&mut self, residents: &impl Residents<K>, budget: &mut usize) -> Option<K> {
+        let mut weightless = 0;
+        let laps = (usize::from(MAX_FREQ) + 1) * self.main.len() + 1;
+        while *budget > 0 && weightless <= laps {
+            let key = self.main.pop_front()?;
+            match residents.status(&key) {
+                Some(s) if s.main && s.freq > 0 => {
+                    *budget -= 1;
+                    self.count(&key, s.freq);
+                    residents.set(&key, s.freq - 1, true);
+                    self.main.push_back(key);
+                }
+                Some(s) if s.main && s.weight == 0 => {
+                    weightless += 1;
+                    self.main.push_back(key);
+                }
+                Some(s) if s.main => return Some(key),
+                _ => {} // Gone, or a stale item of an entry now in the window.
+            }
+        }
+        None
+    }
+
+    /// Add `reads` reads of `key`, counted by its entry, to the sketch.
+    fn count(&mut self, key: &K, reads: u8) {
+        if reads > 0 {
+            let hash = self.hasher.hash_one(key);
+            for _ in 0..reads {
+                self.sketch.increment(hash);
+            }
+        }
+    }
+
+    /// Move a window entry to main; its reads in the window count in the sketch now.
+    fn promote(&mut self, residents: &impl Residents<K>, key: K, status: Status) {
+        self.count(&key, status.freq);
+        let weight = status.weight;
+        residents.set(&key, 0, true);
+        self.window_weight = self.window_weight.saturating_sub(u64::from(weight));
+        self.main_weight += u64::from(weight);
+        self.main.push_back(key);
+    }
+
+    /// Evict `key`'s entry for room.
+    fn drop_entry(&mut self, residents: &impl Residents<K>, key: &K, evicted: &mut impl FnMut(K)) {
+        if let Some(gone) = residents.evict(key) {
+            let queue = self.weight_of(gone.main);
+            *queue = queue.saturating_sub(u64::from(gone.weight));
+            self.residents = self.residents.saturating_sub(1);
+            evicted(key.clone());
+        }
+    }
+
     /// Drop stale items once they outnumber live ones.
     fn compact(&mut self, residents: &impl Residents<K>) {
-        if self.small.len() + self.main.len() <= 2 * self.residents + 64 {
+        if self.window.len() + self.main.len() <= 2 * self.residents + 64 {
             return;
         }
-        let mut seen = HashMap::with_capacity(self.residents);
-        for (queue, main) in [(&mut self.small, false), (&mut self.main, true)] {
+        let mut seen = HashSet::with_capacity(self.residents);
+        for (queue, main) in [(&mut self.window, false), (&mut self.main, true)] {
             queue.retain(|key| {
                 let live = residents.status(key).is_some_and(|s| s.main == main);
                 // Keep the first (oldest) item of a key; later ones are duplicates.
-                live && seen.insert(key.clone(), ()).is_none()
+                live && seen.insert(key.clone())
             });
         }
     }
@@ -245,7 +273,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> S3Fifo<K, S> {
     /// Queued items, live and stale (test-only visibility).
     #[cfg(test)]
     fn queued(&self) -> usize {
-        self.small.len() + self.main.len()
+        self.window.len() + self.main.len()
     }
 }
 
@@ -255,6 +283,7 @@ mod tests {
     use proptest::prelude::*;
     use std::cell::RefCell;
     use std::collections::hash_map::RandomState;
+    use std::collections::HashMap;
     use std::hash::BuildHasherDefault;
 
     type Hasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
@@ -290,24 +319,24 @@ mod tests {
         }
     }
 
-    /// A straightforward S3-FIFO: queues of keys, a resident map, a ghost list searched
-    /// linearly. The same decisions, written the obvious way.
+    /// A straightforward version of the same policy: queues of keys, a resident map, weights
+    /// summed when needed; the same sketch (tested on its own in `sketch.rs`).
     struct Reference {
         capacity: u64,
-        small: VecDeque<u32>,
+        window: VecDeque<u32>,
         main: VecDeque<u32>,
         resident: HashMap<u32, Status>,
-        ghost: VecDeque<u32>,
+        sketch: Sketch,
     }
 
     impl Reference {
         fn new(capacity: u64) -> Self {
             Reference {
                 capacity,
-                small: VecDeque::new(),
+                window: VecDeque::new(),
                 main: VecDeque::new(),
                 resident: HashMap::new(),
-                ghost: VecDeque::new(),
+                sketch: Sketch::new(capacity),
             }
         }
         fn weight_of(&self, main: bool) -> u64 {
@@ -317,76 +346,113 @@ mod tests {
                 .map(|s| u64::from(s.weight))
                 .sum()
         }
+        fn hash(key: u32) -> u64 {
+            Hasher::default().hash_one(key)
+        }
         fn insert(&mut self, key: u32, weight: u32) -> Vec<u32> {
-            let main = self.ghost.contains(&key);
-            self.resident.insert(
-                key,
-                Status {
-                    freq: 0,
-                    main,
-                    weight,
-                },
-            );
-            if main {
-                self.main.push_back(key);
-            } else {
-                self.small.push_back(key);
-            }
+            self.sketch.increment(Self::hash(key));
+            let status = Status {
+                freq: 0,
+                main: false,
+                weight,
+            };
+            self.resident.insert(key, status);
+            self.window.push_back(key);
+            self.sketch.fit(self.resident.len());
             self.evict()
+        }
+        fn promote(&mut self, key: u32, c: Status) {
+            for _ in 0..c.freq {
+                self.sketch.increment(Self::hash(key));
+            }
+            let status = Status {
+                freq: 0,
+                main: true,
+                ..c
+            };
+            self.resident.insert(key, status);
+            self.main.push_back(key);
+        }
+        /// Main's CLOCK hand: the first key in main not read since it last passed; weightless
+        /// keys are passed over, at most as often as every counter takes to run down.
+        fn victim(&mut self, budget: &mut usize) -> Option<u32> {
+            let mut weightless = 0;
+            let laps = (usize::from(MAX_FREQ) + 1) * self.main.len() + 1;
+            while *budget > 0 && weightless <= laps {
+                let key = self.main.pop_front()?;
+                let Some(s) = self.resident.get_mut(&key) else {
+                    continue;
+                };
+                if !s.main {
+                    continue;
+                }
+                if s.freq > 0 {
+                    *budget -= 1;
+                    for _ in 0..s.freq {
+                        self.sketch.increment(Self::hash(key));
+                    }
+                    s.freq -= 1;
+                } else if s.weight == 0 {
+                    weightless += 1;
+                } else {
+                    return Some(key);
+                }
+                self.main.push_back(key);
+            }
+            None
         }
         fn evict(&mut self) -> Vec<u32> {
             let mut out = Vec::new();
-            let small_capacity = (self.capacity / 10).max(1);
-            let mut budget = (usize::from(MAX_FREQ) + 2) * (self.small.len() + self.main.len()) + 2;
+            let window_capacity = (self.capacity * 5 / 1000).max(1);
+            let main_capacity = self.capacity.saturating_sub(window_capacity);
+            let mut budget =
+                (usize::from(MAX_FREQ) + 2) * (self.window.len() + self.main.len()) + 2;
             while self.weight_of(false) + self.weight_of(true) > self.capacity && budget > 0 {
                 budget -= 1;
-                let from_small =
-                    self.weight_of(false) > small_capacity || self.weight_of(true) == 0;
-                let key = if from_small {
-                    self.small.pop_front()
-                } else {
-                    self.main.pop_front()
-                };
-                let Some(key) = key else { break };
-                let Some(status) = self.resident.get(&key).copied() else {
-                    continue;
-                };
-                if status.main == from_small {
+                let from_window =
+                    self.weight_of(false) > window_capacity || self.weight_of(true) == 0;
+                if !from_window {
+                    let Some(victim) = self.victim(&mut budget) else {
+                        break;
+                    };
+                    self.resident.remove(&victim);
+                    out.push(victim);
                     continue;
                 }
-                if from_small {
-                    if status.freq > 0 || status.weight == 0 {
-                        self.resident.insert(
-                            key,
-                            Status {
-                                freq: 0,
-                                main: true,
-                                ..status
-                            },
-                        );
-                        self.main.push_back(key);
-                    } else {
-                        self.resident.remove(&key);
-                        self.ghost.push_back(key);
-                        let limit = ghost_limit(self.main.len());
-                        while self.ghost.len() > limit {
-                            self.ghost.pop_front();
-                        }
-                        out.push(key);
-                    }
-                } else if status.freq > 0 || status.weight == 0 {
-                    let freq = status.freq.saturating_sub(1);
-                    self.resident.insert(key, Status { freq, ..status });
-                    self.main.push_back(key);
+                let Some(key) = self.window.pop_front() else {
+                    break;
+                };
+                let Some(c) = self.resident.get(&key).copied() else {
+                    continue;
+                };
+                if c.main {
+                    continue;
+                }
+                if c.weight == 0 || self.weight_of(true) + u64::from(c.weight) <= main_capacity {
+                    self.promote(key, c);
+                    continue;
+                }
+                let Some(victim) = self.victim(&mut budget) else {
+                    self.resident.remove(&key);
+                    out.push(key);
+                    continue;
+                };
+                let asked = u32::from(self.sketch.estimate(Self::hash(key))) + u32::from(c.freq);
+                let incumbent = u32::from(self.sketch.estimate(Self::hash(victim)));
+                if asked > incumbent + 1 {
+                    self.resident.remove(&victim);
+                    out.push(victim);
+                    self.promote(key, c);
                 } else {
+                    self.main.push_front(victim);
                     self.resident.remove(&key);
                     out.push(key);
                 }
             }
             // The same compaction: live items only, the oldest of each key.
-            if self.small.len() + self.main.len() > 2 * self.resident.len() + 64 {
+            if self.window.len() + self.main.len() > 2 * self.resident.len() + 64 {
                 let mut seen = std::collections::HashSet::new();
-                for (queue, main) in [(&mut self.small, false), (&mut self.main, true)] {
+                for (queue, main) in [(&mut self.window, false), (&mut self.main, true)] {
                     let resident = &self.resident;
                     queue.retain(|k| {
                         resident.get(k).is_some_and(|s| s.main == main) && seen.insert(*k)
@@ -417,8 +483,8 @@ mod tests {
 
         #[test]
         fn same_decisions_as_the_reference(capacity in 0..24u64, ops in prop::collection::vec(op(), 1..400)) {
-            // Keys hash to themselves in the ghost, as the reference compares keys.
-            let mut policy: S3Fifo<u32, Hasher> = S3Fifo::new(capacity, Hasher::default());
+            // The policy and the reference hash keys the same way, for the same sketch counts.
+            let mut policy: TinyLfu<u32, Hasher> = TinyLfu::new(capacity, Hasher::default());
             let map = Map::default();
             let mut reference = Reference::new(capacity);
             for op in ops {
@@ -435,7 +501,8 @@ mod tests {
                                 prop_assert_eq!(&evicted, &reference.evict());
                             }
                             None => {
-                                let main = policy.insert(k, w);
+                                policy.insert(k, w);
+                let main = false;
                                 map.0.borrow_mut().insert(k, Status { freq: 0, main, weight: w });
                                 policy.evict(&map, |k| evicted.push(k));
                                 prop_assert_eq!(&evicted, &reference.insert(k, w));
@@ -466,42 +533,56 @@ mod tests {
     #[test]
     fn a_scan_does_not_flush_the_frequently_read_keys() {
         let map = Map::default();
-        let mut policy: S3Fifo<u32, RandomState> = S3Fifo::new(100, RandomState::new());
-        let insert = |policy: &mut S3Fifo<u32, RandomState>, k: u32| {
+        let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(100, RandomState::new());
+        // A request: a hit, or a miss that inserts. Returns whether it hit.
+        let request = |policy: &mut TinyLfu<u32, RandomState>, k: u32| {
             if map.read(k) {
-                return;
+                return true;
             }
-            let main = policy.insert(k, 1);
-            map.0.borrow_mut().insert(
-                k,
-                Status {
-                    freq: 0,
-                    main,
-                    weight: 1,
-                },
-            );
+            policy.insert(k, 1);
+            let status = Status {
+                freq: 0,
+                main: false,
+                weight: 1,
+            };
+            map.0.borrow_mut().insert(k, status);
             policy.evict(&map, |_| {});
+            false
         };
         // A hot set of 50 keys, read often.
         for _ in 0..10 {
             for k in 0..50 {
-                insert(&mut policy, k);
+                request(&mut policy, k);
             }
         }
-        // One pass over 10,000 keys never seen again.
-        for k in 1000..11_000 {
-            insert(&mut policy, k);
+        // One pass over 20,000 keys never seen again (200 times the capacity), with the hot
+        // set still read in between: once per 400 scanned keys. An LRU of this size would
+        // miss every one of those reads.
+        let (mut hot_reads, mut hot_hits) = (0, 0);
+        for k in 1000..21_000 {
+            request(&mut policy, k);
+            if k % 400 == 0 {
+                for hot in 0..50 {
+                    hot_reads += 1;
+                    hot_hits += u32::from(request(&mut policy, hot));
+                }
+            }
         }
+        assert!(
+            hot_hits * 100 >= hot_reads * 95,
+            "the scan flushed the hot set: {hot_hits} hits of {hot_reads}"
+        );
         let hot_left = (0..50).filter(|k| map.status(k).is_some()).count();
-        assert_eq!(hot_left, 50, "the scan washed through the small queue only");
+        assert_eq!(hot_left, 50);
         assert!(policy.weight() <= 100);
     }
 
     #[test]
     fn zero_capacity_keeps_nothing_and_zero_weight_is_never_evicted() {
         let map = Map::default();
-        let mut policy: S3Fifo<u32, RandomState> = S3Fifo::new(0, RandomState::new());
-        let main = policy.insert(1, 1);
+        let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(0, RandomState::new());
+        policy.insert(1, 1);
+        let main = false;
         map.0.borrow_mut().insert(
             1,
             Status {
@@ -513,7 +594,8 @@ mod tests {
         let mut evicted = Vec::new();
         policy.evict(&map, |k| evicted.push(k));
         assert_eq!(evicted, vec![1]);
-        let main = policy.insert(2, 0);
+        policy.insert(2, 0);
+        let main = false;
         map.0.borrow_mut().insert(
             2,
             Status {
@@ -523,7 +605,8 @@ mod tests {
             },
         );
         policy.evict(&map, |k| evicted.push(k));
-        let main = policy.insert(3, 1);
+        policy.insert(3, 1);
+        let main = false;
         map.0.borrow_mut().insert(
             3,
             Status {
@@ -544,10 +627,11 @@ mod tests {
     #[test]
     fn stale_items_are_compacted() {
         let map = Map::default();
-        let mut policy: S3Fifo<u32, RandomState> = S3Fifo::new(1000, RandomState::new());
+        let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(1000, RandomState::new());
         for round in 0..1000u32 {
             for k in 0..10 {
-                let main = policy.insert(k, 1);
+                policy.insert(k, 1);
+                let main = false;
                 map.0.borrow_mut().insert(
                     k,
                     Status {

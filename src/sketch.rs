@@ -1,0 +1,232 @@
+//! A count-min sketch of 4-bit counters: how often keys were asked for, approximately,
+//! including keys the cache no longer holds. The eviction policy consults it to decide
+//! whether a new key is worth more than the entry it would displace.
+//!
+//! Four rows of counters, packed sixteen to a `u64`; a key's estimate is the smallest of its
+//! four counters. Updates are *conservative*: only the counters equal to that minimum grow,
+//! which keeps keys that share counters with frequent ones from looking frequent. Every
+//! `sample` updates all counters are halved, so the sketch forgets old popularity.
+//!
+//! The sketch starts small and grows with the number of keys the policy holds (a grow starts
+//! it over, empty), so a cache that never fills never pays for a full-size sketch.
+//!
+//! Invariants:
+//! - An estimate never exceeds [`MAX`], and is never below the number of increments of that
+//!   key since the sketch last aged or grew, halved once per ageing since (no false
+//!   negatives; collisions only raise estimates).
+//! - Memory is four rows of `width` half-bytes, `width` a power of two at most `limit`.
+//!
+//! Pure data: no locks, no tokio. Keys arrive as 64-bit hashes.
+
+/// The largest count a counter holds.
+pub(crate) const MAX: u8 = 15;
+
+/// Counters per row for each key the policy holds: fewer made the estimates too noisy to
+/// rank keys on the hit-ratio traces (measured: 4 per key lost 0.3-0.5 points at capacity
+/// 1,000, 2 per key lost up to 1.1).
+const COUNTERS_PER_KEY: usize = 8;
+
+/// Updates between agings, per counter in a row. Measured on the traces: a shorter memory
+/// (fewer updates between halvings) ranks keys worse, a longer one changes little.
+const SAMPLE_PER_COUNTER: u64 = 20;
+
+/// Multipliers that give each row its own index for one hash.
+const SEEDS: [u64; 4] = [
+    0x9E37_79B9_7F4A_7C15,
+    0xC2B2_AE3D_27D4_EB4F,
+    0x1656_67B1_9E37_79F9,
+    0x27D4_EB2F_1656_67C5,
+];
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Sketch {
+    words: Vec<u64>,
+    /// log2 of the counters per row.
+    bits: u32,
+    /// Updates since the last ageing.
+    updates: u64,
+    /// Updates between agings.
+    sample: u64,
+    /// The most counters per row the sketch grows to.
+    limit: usize,
+}
+
+impl Sketch {
+    /// A sketch for a policy that holds up to `keys` keys.
+    pub(crate) fn new(keys: u64) -> Self {
+        // At most 2^27 counters a row (256 MiB in all), however large the capacity.
+        let wanted = usize::try_from(keys)
+            .unwrap_or(usize::MAX)
+            .min(1 << 24)
+            .saturating_mul(COUNTERS_PER_KEY);
+        let limit = wanted.max(16).next_power_of_two();
+        let mut sketch = Sketch {
+            words: Vec::new(),
+            bits: 0,
+            updates: 0,
+            sample: 0,
+            limit,
+        };
+        sketch.reset(16);
+        sketch
+    }
+
+    /// Start over, empty, with `width` counters a row.
+    fn reset(&mut self, width: usize) {
+        let width = width.clamp(16, self.limit).next_power_of_two();
+        // Four rows of `width` counters, sixteen counters a word.
+        self.words = vec![0; width / 4];
+        self.bits = width.trailing_zeros();
+        self.updates = 0;
+        self.sample = SAMPLE_PER_COUNTER * width as u64;
+    }
+
+    /// Grow (starting over) once the policy holds more keys than the sketch is sized for.
+    pub(crate) fn fit(&mut self, keys: usize) {
+        let wanted = keys.saturating_mul(COUNTERS_PER_KEY);
+        if wanted > 1 << self.bits && 1 << self.bits < self.limit {
+            self.reset(wanted.next_power_of_two());
+        }
+    }
+
+    /// The word and bit offset of `hash`'s counter in `row`.
+    fn slot(&self, hash: u64, row: usize) -> (usize, u32) {
+        let mixed = (hash ^ SEEDS[row]).wrapping_mul(SEEDS[(row + 1) % 4]);
+        let index = (row << self.bits) | (mixed >> (64 - self.bits)) as usize;
+        (index / 16, (index % 16) as u32 * 4)
+    }
+
+    fn counter(&self, hash: u64, row: usize) -> u8 {
+        let (word, shift) = self.slot(hash, row);
+        (self.words[word] >> shift & 0xF) as u8
+    }
+
+    /// How often `hash` was counted (an over-estimate when counters are shared).
+    pub(crate) fn estimate(&self, hash: u64) -> u8 {
+        (0..4).map(|row| self.counter(hash, row)).min().unwrap_or(0)
+    }
+
+    /// Count one request for `hash`.
+    pub(crate) fn increment(&mut self, hash: u64) {
+        let min = self.estimate(hash);
+        if min == MAX {
+            return;
+        }
+        for row in 0..4 {
+            if self.counter(hash, row) == min {
+                let (word, shift) = self.slot(hash, row);
+                self.words[word] += 1 << shift;
+            }
+        }
+        self.updates += 1;
+        if self.updates >= self.sample {
+            self.age();
+        }
+    }
+
+    /// Halve every counter.
+    fn age(&mut self) {
+        for word in &mut self.words {
+            *word = (*word >> 1) & 0x7777_7777_7777_7777;
+        }
+        self.updates /= 2;
+    }
+
+    /// Bytes of counters (test-only visibility).
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Between agings, no estimate is below the key's true count (capped at MAX).
+        #[test]
+        fn never_underestimates(hashes in prop::collection::vec(0..200u64, 1..2_000)) {
+            let mut sketch = Sketch::new(1 << 20);
+            sketch.fit(64);
+            let mut exact: HashMap<u64, u32> = HashMap::new();
+            for h in hashes {
+                // Spread the small test values over the hash space, as real hashes are.
+                let h = h.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                if sketch.updates + 1 >= sketch.sample {
+                    break;
+                }
+                sketch.increment(h);
+                *exact.entry(h).or_default() += 1;
+            }
+            for (&k, &n) in &exact {
+                prop_assert!(u32::from(sketch.estimate(k)) >= n.min(u32::from(MAX)));
+            }
+        }
+    }
+
+    #[test]
+    fn counts_saturate_and_age() {
+        let mut sketch = Sketch::new(1000);
+        for _ in 0..100 {
+            sketch.increment(42);
+        }
+        assert_eq!(sketch.estimate(42), MAX);
+        sketch.age();
+        assert_eq!(sketch.estimate(42), MAX / 2);
+        // Ageing happens by itself after `sample` updates: the update count halves.
+        let mut h = 1u64;
+        let mut last = sketch.updates;
+        loop {
+            h = h.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(1);
+            sketch.increment(h);
+            assert!(sketch.updates < sketch.sample);
+            if sketch.updates < last {
+                break;
+            }
+            last = sketch.updates;
+        }
+        assert_eq!(sketch.updates, sketch.sample / 2);
+    }
+
+    #[test]
+    fn frequent_keys_rank_above_rare_ones() {
+        let mut sketch = Sketch::new(1000);
+        sketch.fit(1000);
+        let hash = |k: u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ k;
+        for round in 0..5u64 {
+            for k in 0..100 {
+                sketch.increment(hash(k));
+            }
+            for k in 0..500 {
+                sketch.increment(hash(10_000 + round * 500 + k));
+            }
+        }
+        let frequent = (0..100).filter(|&k| sketch.estimate(hash(k)) >= 5).count();
+        let rare = (10_000..12_500)
+            .filter(|&k| sketch.estimate(hash(k)) >= 5)
+            .count();
+        assert_eq!(frequent, 100);
+        assert!(rare < 50, "{rare} rare keys look frequent");
+    }
+
+    #[test]
+    fn grows_with_the_keys_held_up_to_its_limit() {
+        let mut sketch = Sketch::new(1000);
+        let small = sketch.bytes();
+        sketch.fit(900);
+        assert!(sketch.bytes() > small);
+        assert_eq!(sketch.bytes(), 8192 * 4 / 2);
+        sketch.fit(1_000_000);
+        assert_eq!(
+            sketch.bytes(),
+            8192 * 4 / 2,
+            "never beyond the capacity's size"
+        );
+    }
+}
