@@ -325,8 +325,10 @@ where
     ///
     /// When a write would go past the bound, the inserting thread evicts entries before
     /// `insert` returns (reporting them with [`RemovalCause::Size`]), choosing them with
-    /// S3-FIFO: new keys enter a small probationary queue and leave it unless read again, so
-    /// a one-off scan does not flush the entries that are read often. The bound is split over
+    /// TinyLFU admission: new keys enter a small window, and leave it for the main queue only
+    /// if a frequency sketch says they are asked for more often than the entry they would
+    /// displace, so a one-off scan does not flush the entries that are read often, and a
+    /// sweep longer than the cache keeps a stable part of it. The bound is split over
     /// a few policy shards by key hash, each held to its share; between a write and its
     /// eviction the cache may hold one extra entry per concurrently inserting thread. Reads
     /// never take a lock for it: a hit bumps a 2-bit counter in the entry.

@@ -75,9 +75,10 @@
 //! # Bounded caches
 //!
 //! [`CacheBuilder::max_capacity`] bounds the number of entries (or, with
-//! [`CacheBuilder::weigher`], their total weight). The inserting thread evicts with S3-FIFO
-//! before `insert` returns, so the bound holds without any maintenance call; a hit only bumps
-//! a small counter in the entry. Evictions are reported with [`RemovalCause::Size`].
+//! [`CacheBuilder::weigher`], their total weight). The inserting thread evicts before
+//! `insert` returns, choosing victims with TinyLFU admission over a window and a CLOCK main
+//! queue, so the bound holds without any maintenance call; a hit only bumps a small counter
+//! in the entry. Evictions are reported with [`RemovalCause::Size`].
 //!
 //! # Removal notifications and statistics
 //!

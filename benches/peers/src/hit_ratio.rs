@@ -1,4 +1,4 @@
-//! `ebb-peers hit-ratio`: hit ratios of ebb (S3-FIFO), moka (`sync::Cache`, TinyLFU),
+//! `ebb-peers hit-ratio`: hit ratios of ebb (TinyLFU admission), moka (`sync::Cache`, TinyLFU),
 //! quick_cache and a plain LRU on seeded traces of 2,000,000 requests, at capacities 1,000 and
 //! 10,000, inserting on every miss. After every request each cache's resident count is
 //! checked against its capacity (moka's pending work is run first, so it is held to its
