@@ -349,10 +349,13 @@ where
         let evicted = match (&self.capacity, admission) {
             (Some(capacity), Some((key, weight))) => match &replaced {
                 None => capacity.admit(self, key, weight),
-                Some(old) => {
-                    let old_weight = capacity.weigh(&key, &old.entry.value);
-                    capacity.reweigh(self, &key, old.entry.in_main(), old_weight, weight)
-                }
+                Some(old) => match capacity.weigh(&key, &old.entry.value) {
+                    // Same weight: nothing to account for, no policy lock to take.
+                    same if same == weight => Vec::new(),
+                    old_weight => {
+                        capacity.reweigh(self, &key, old.entry.in_main(), old_weight, weight)
+                    }
+                },
             },
             _ => Vec::new(),
         };
