@@ -127,6 +127,7 @@ mod wheel;
 pub use builder::{BuildError, CacheBuilder, DEFAULT_TICK, MAX_TICK, MIN_TICK};
 pub use cache::{Cache, Internals, WeakCache};
 pub use listener::{Removal, RemovalCause};
+pub use load::{GetWith, GetWithExpiry, OptionallyGetWith, TryGetWith};
 pub use stats::CacheStats;
 
 /// The README's examples, compiled and run as doctests.

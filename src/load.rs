@@ -10,7 +10,7 @@
 //!   two callers can never both lead the same key at once; each flight is led exactly once.
 //! - **Every flight is settled.** The leader ends its flight with the value, the error, or
 //!   nothing; if the leader's future is dropped (cancelled, or unwound by a panic in its
-//!   loader) a guard settles it as abandoned. Settling removes the flight from the registry,
+//!   loader) its `Drop` settles it as abandoned. Settling removes the flight from the registry,
 //!   then wakes every waiter; an abandoned flight's waiters start over, and one of them leads
 //!   with its own loader. Nobody waits on a flight that cannot end.
 //! - **Writes win over loads.** A writer (`insert`, `remove`) that finds a flight registered
@@ -28,6 +28,9 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
+use std::mem::ManuallyDrop;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use crate::cache::Cache;
@@ -228,39 +231,401 @@ where
     }
 }
 
-/// Settles the flight as abandoned unless the leader ended it: runs when the leader's future
-/// is dropped mid-load or its loader panics.
-struct Lead<'a, K, V, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone,
-    S: BuildHasher + Clone,
-{
-    flights: &'a Flights<K, V, S>,
-    key: &'a K,
-    flight: Arc<Flight<V>>,
-    ended: bool,
-}
-
-impl<K, V, S> Drop for Lead<'_, K, V, S>
-where
-    K: Hash + Eq + Clone,
-    V: Clone,
-    S: BuildHasher + Clone,
-{
-    fn drop(&mut self) {
-        if !self.ended {
-            self.flights.end(self.key, &self.flight, Outcome::Abandoned);
-        }
-    }
-}
-
 /// What a loader produced, before it is shared.
 pub(crate) enum Loaded<V> {
     /// A value, with the loader's own TTL if it gave one.
     Value(V, Option<Duration>),
     Error(SharedError),
     Nothing,
+}
+
+/// Where a [`Load`] is.
+enum State<V, F> {
+    /// Not polled yet: the store is looked at first.
+    Start,
+    /// Missed: join the key's flight, or register one and lead it.
+    Join,
+    /// Waiting for another caller's flight.
+    Wait(Pin<Box<dyn Future<Output = Outcome<V>> + Send + Sync>>),
+    /// Leading `flight`: the loader runs.
+    Lead {
+        flight: Arc<Flight<V>>,
+        loader: Pin<Box<F>>,
+        generation: u32,
+        started: tokio::time::Instant,
+    },
+    /// The outcome was returned.
+    Done,
+}
+
+/// The engine behind the loading futures ([`GetWith`] and its family): the store is looked
+/// at on the first poll (the future stays lazy), then, on a miss, the key's flight is joined
+/// or led.
+///
+/// The hit path is kept to the lookup. It reads `key` in place and never moves `init`: an
+/// `async fn` moves its arguments into its body on the first poll, and that copy, a wide load
+/// of a loader the caller had just written field by field, could not be forwarded from the
+/// store buffer and stalled every hit (about 5 ns of a 46 ns `get` on the benchmark machine).
+/// The loader is moved, into a box, only when this caller leads; it is never polled in place,
+/// so `Load` is `Unpin` whatever the loader is, with no unsafe pinning. And a hit drops no
+/// state: `state` is dropped by hand, only in the states that hold something, so a hit pays
+/// no out-of-line drop of the whole state enum.
+///
+/// Settling: a leader that finishes settles its flight with the outcome; a leader dropped
+/// mid-load (cancelled, or unwound by a panic in its loader) settles it as abandoned in
+/// [`Drop`], so its waiters start over.
+struct Load<'a, K, V, S, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    cache: &'a Cache<K, V, S>,
+    key: K,
+    /// The loader, until this caller leads.
+    init: Option<F>,
+    /// Dropped by hand in `Drop`, and only in `Wait` and `Lead`, the states that hold
+    /// something. Assigning `*self.state` drops the state replaced; assigning `self.state`
+    /// does not, which [`hit`](Self::hit) uses when it leaves `Start`.
+    state: ManuallyDrop<State<V, F>>,
+}
+
+// The loader is only ever polled inside its own `Pin<Box<_>>`, never in place.
+impl<K, V, S, F> Unpin for Load<'_, K, V, S, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+}
+
+impl<K, V, S, F> Drop for Load<'_, K, V, S, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    #[inline]
+    fn drop(&mut self) {
+        if !matches!(*self.state, State::Start | State::Join | State::Done) {
+            self.drop_state();
+        }
+    }
+}
+
+impl<K, V, S, F> Load<'_, K, V, S, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    /// Drop a state that holds something; a leader's flight is settled as abandoned first.
+    #[cold]
+    fn drop_state(&mut self) {
+        let state = std::mem::replace(&mut self.state, ManuallyDrop::new(State::Done));
+        let state = ManuallyDrop::into_inner(state);
+        if let State::Lead { flight, .. } = &state {
+            self.cache
+                .store()
+                .flights
+                .end(&self.key, flight, Outcome::Abandoned);
+        }
+    }
+}
+
+impl<'a, K, V, S, F> Load<'a, K, V, S, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+    F: Future,
+{
+    #[inline]
+    fn new(cache: &'a Cache<K, V, S>, key: K, init: F) -> Self {
+        Load {
+            cache,
+            key,
+            init: Some(init),
+            state: ManuallyDrop::new(State::Start),
+        }
+    }
+
+    /// The hit path, first in every poll: on the first poll only, the live value for the
+    /// key, if any, counted as a hit (a miss is counted too, and leads to
+    /// [`poll_miss`](Self::poll_miss)).
+    #[inline]
+    fn hit(&mut self) -> Option<V> {
+        if let State::Start = *self.state {
+            // `Start` holds nothing: overwritten without a drop.
+            if let Some(value) = self.cache.store().get(&self.key) {
+                self.state = ManuallyDrop::new(State::Done);
+                return Some(value);
+            }
+            self.state = ManuallyDrop::new(State::Join);
+        }
+        None
+    }
+
+    /// The engine, after this caller found no live value (and counted the miss): another
+    /// caller's outcome this caller accepts, or its own load. `loaded` turns the loader's
+    /// output into a [`Loaded`]; `accepts` says which outcomes of another caller's flight,
+    /// besides values, this caller takes.
+    #[inline(never)]
+    fn poll_miss(
+        &mut self,
+        cx: &mut Context<'_>,
+        loaded: impl FnOnce(F::Output) -> Loaded<V>,
+        accepts: impl Fn(&Outcome<V>) -> bool,
+    ) -> Poll<Outcome<V>> {
+        let store = self.cache.store();
+        loop {
+            // Assignments through `*self.state` drop the state they replace.
+            match &mut *self.state {
+                State::Join => match store.flights.join_or_lead(&self.key) {
+                    Role::Wait(flight) => {
+                        *self.state = State::Wait(Box::pin(async move { flight.wait().await }));
+                    }
+                    Role::Lead(flight) => {
+                        // Registered first, looked last: a write before registration shows
+                        // here.
+                        if let Some(value) = store.peek(&self.key) {
+                            *self.state = State::Done;
+                            store
+                                .flights
+                                .end(&self.key, &flight, Outcome::Value(value.clone()));
+                            return Poll::Ready(Outcome::Value(value));
+                        }
+                        let init = self.init.take().expect("a caller leads at most once");
+                        *self.state = State::Lead {
+                            flight,
+                            loader: Box::pin(init),
+                            generation: store.generation(),
+                            started: tokio::time::Instant::now(),
+                        };
+                    }
+                },
+                State::Wait(wait) => match ready!(wait.as_mut().poll(cx)) {
+                    outcome @ Outcome::Value(_) => {
+                        *self.state = State::Done;
+                        return Poll::Ready(outcome);
+                    }
+                    outcome if accepts(&outcome) => {
+                        *self.state = State::Done;
+                        return Poll::Ready(outcome);
+                    }
+                    // Abandoned, or an outcome of another kind: the flight is gone, so the
+                    // next round leads or joins a new one.
+                    _ => *self.state = State::Join,
+                },
+                State::Lead { loader, .. } => {
+                    let output = ready!(loader.as_mut().poll(cx));
+                    // Done from here on: dropping this future no longer abandons the flight.
+                    let State::Lead {
+                        flight,
+                        generation,
+                        started,
+                        ..
+                    } = std::mem::replace(&mut *self.state, State::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let loaded = loaded(output);
+                    store.count(Counter::LoadNanos, started.elapsed().as_nanos() as u64);
+                    store.count(
+                        match loaded {
+                            Loaded::Value(..) => Counter::LoadSuccess,
+                            _ => Counter::LoadFailure,
+                        },
+                        1,
+                    );
+                    let outcome = match loaded {
+                        Loaded::Value(value, ttl) => {
+                            let deadline = match ttl {
+                                Some(ttl) => self.cache.deadline_for_ttl(ttl),
+                                None => Some(self.cache.default_deadline()),
+                            };
+                            store.finish_load(
+                                self.key.clone(),
+                                &flight,
+                                value.clone(),
+                                deadline,
+                                generation,
+                            );
+                            Outcome::Value(value)
+                        }
+                        Loaded::Error(e) => Outcome::Error(e),
+                        Loaded::Nothing => Outcome::Nothing,
+                    };
+                    store.flights.end(&self.key, &flight, outcome.clone());
+                    return Poll::Ready(outcome);
+                }
+                State::Start | State::Done => panic!("a loading future polled after completion"),
+            }
+        }
+    }
+}
+
+/// Defines one public loading future over [`Load`], with its `Debug`.
+macro_rules! loading_future {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        ///
+        /// Like every future it does nothing until polled: the cache is looked at on the first
+        /// poll, not when the method is called. It is `Send` when the loader is, and `Unpin`
+        /// whatever the loader is.
+        #[must_use = "futures do nothing unless you `.await` or poll them"]
+        pub struct $name<'a, K, V, S, F>
+        where
+            K: Hash + Eq + Clone + Send + Sync + 'static,
+            V: Clone + Send + Sync + 'static,
+            S: BuildHasher + Clone + Send + Sync + 'static,
+        {
+            load: Load<'a, K, V, S, F>,
+        }
+
+        impl<K, V, S, F> std::fmt::Debug for $name<'_, K, V, S, F>
+        where
+            K: Hash + Eq + Clone + Send + Sync + 'static,
+            V: Clone + Send + Sync + 'static,
+            S: BuildHasher + Clone + Send + Sync + 'static,
+        {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+loading_future! {
+    /// The future returned by [`Cache::get_with`]: the value for the key, loaded if needed.
+    GetWith
+}
+
+loading_future! {
+    /// The future returned by [`Cache::get_with_expiry`]: the value for the key, loaded with
+    /// its own TTL if needed.
+    GetWithExpiry
+}
+
+loading_future! {
+    /// The future returned by [`Cache::try_get_with`]: the value for the key, or the shared
+    /// error of the load that failed.
+    TryGetWith
+}
+
+loading_future! {
+    /// The future returned by [`Cache::optionally_get_with`]: the value for the key, or
+    /// `None` if the load found nothing.
+    OptionallyGetWith
+}
+
+impl<K, V, S, F> Future for GetWith<'_, K, V, S, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+    F: Future<Output = V>,
+{
+    type Output = V;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<V> {
+        let load = &mut self.get_mut().load;
+        if let Some(value) = load.hit() {
+            return Poll::Ready(value);
+        }
+        let outcome = ready!(load.poll_miss(cx, |value| Loaded::Value(value, None), |_| false));
+        match outcome {
+            Outcome::Value(v) => Poll::Ready(v),
+            _ => unreachable!("get_with accepts values only"),
+        }
+    }
+}
+
+impl<K, V, S, F> Future for GetWithExpiry<'_, K, V, S, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+    F: Future<Output = (V, Option<Duration>)>,
+{
+    type Output = V;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<V> {
+        let load = &mut self.get_mut().load;
+        if let Some(value) = load.hit() {
+            return Poll::Ready(value);
+        }
+        let outcome =
+            ready!(load.poll_miss(cx, |(value, ttl)| Loaded::Value(value, ttl), |_| false));
+        match outcome {
+            Outcome::Value(v) => Poll::Ready(v),
+            _ => unreachable!("get_with_expiry accepts values only"),
+        }
+    }
+}
+
+impl<K, V, S, F, E> Future for TryGetWith<'_, K, V, S, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<V, E>>,
+    E: Send + Sync + 'static,
+{
+    type Output = Result<V, std::sync::Arc<E>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let load = &mut self.get_mut().load;
+        if let Some(value) = load.hit() {
+            return Poll::Ready(Ok(value));
+        }
+        let outcome = ready!(load.poll_miss(
+            cx,
+            |result| match result {
+                Ok(value) => Loaded::Value(value, None),
+                Err(e) => Loaded::Error(std::sync::Arc::new(e)),
+            },
+            |o| matches!(o, Outcome::Error(e) if e.is::<E>()),
+        ));
+        Poll::Ready(match outcome {
+            Outcome::Value(v) => Ok(v),
+            Outcome::Error(e) => Err(e.downcast::<E>().expect("checked by `accepts`")),
+            _ => unreachable!("try_get_with accepts values and its own errors"),
+        })
+    }
+}
+
+impl<K, V, S, F> Future for OptionallyGetWith<'_, K, V, S, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+    F: Future<Output = Option<V>>,
+{
+    type Output = Option<V>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<V>> {
+        let load = &mut self.get_mut().load;
+        if let Some(value) = load.hit() {
+            return Poll::Ready(Some(value));
+        }
+        let outcome = ready!(load.poll_miss(
+            cx,
+            |found| match found {
+                Some(value) => Loaded::Value(value, None),
+                None => Loaded::Nothing,
+            },
+            |o| matches!(o, Outcome::Nothing),
+        ));
+        Poll::Ready(match outcome {
+            Outcome::Value(v) => Some(v),
+            _ => None,
+        })
+    }
 }
 
 impl<K, V, S> Cache<K, V, S>
@@ -293,14 +658,13 @@ where
     /// assert_eq!(again, "loaded once");
     /// # }
     /// ```
-    pub async fn get_with(&self, key: K, init: impl Future<Output = V>) -> V {
-        if let Some(value) = self.store().get(&key) {
-            return value;
-        }
-        let init = async { Loaded::Value(init.await, None) };
-        match Box::pin(self.single_flight(key, init, |_| false)).await {
-            Outcome::Value(v) => v,
-            _ => unreachable!("get_with accepts values only"),
+    #[inline]
+    pub fn get_with<F>(&self, key: K, init: F) -> GetWith<'_, K, V, S, F>
+    where
+        F: Future<Output = V>,
+    {
+        GetWith {
+            load: Load::new(self, key, init),
         }
     }
 
@@ -322,21 +686,13 @@ where
     /// assert_eq!(tokens.get("api"), None);
     /// # }
     /// ```
-    pub async fn get_with_expiry(
-        &self,
-        key: K,
-        init: impl Future<Output = (V, Option<Duration>)>,
-    ) -> V {
-        if let Some(value) = self.store().get(&key) {
-            return value;
-        }
-        let init = async {
-            let (value, ttl) = init.await;
-            Loaded::Value(value, ttl)
-        };
-        match Box::pin(self.single_flight(key, init, |_| false)).await {
-            Outcome::Value(v) => v,
-            _ => unreachable!("get_with_expiry accepts values only"),
+    #[inline]
+    pub fn get_with_expiry<F>(&self, key: K, init: F) -> GetWithExpiry<'_, K, V, S, F>
+    where
+        F: Future<Output = (V, Option<Duration>)>,
+    {
+        GetWithExpiry {
+            load: Load::new(self, key, init),
         }
     }
 
@@ -357,28 +713,14 @@ where
     /// assert_eq!(ok.unwrap(), 42);
     /// # }
     /// ```
-    pub async fn try_get_with<E>(
-        &self,
-        key: K,
-        init: impl Future<Output = Result<V, E>>,
-    ) -> Result<V, std::sync::Arc<E>>
+    #[inline]
+    pub fn try_get_with<F, E>(&self, key: K, init: F) -> TryGetWith<'_, K, V, S, F>
     where
+        F: Future<Output = Result<V, E>>,
         E: Send + Sync + 'static,
     {
-        if let Some(value) = self.store().get(&key) {
-            return Ok(value);
-        }
-        let init = async {
-            match init.await {
-                Ok(value) => Loaded::Value(value, None),
-                Err(e) => Loaded::Error(std::sync::Arc::new(e)),
-            }
-        };
-        let mine = |o: &Outcome<V>| matches!(o, Outcome::Error(e) if e.is::<E>());
-        match Box::pin(self.single_flight(key, init, mine)).await {
-            Outcome::Value(v) => Ok(v),
-            Outcome::Error(e) => Err(e.downcast::<E>().expect("checked by `mine`")),
-            _ => unreachable!("try_get_with accepts values and its own errors"),
+        TryGetWith {
+            load: Load::new(self, key, init),
         }
     }
 
@@ -393,93 +735,13 @@ where
     /// assert!(cache.get(&1).is_none());
     /// # }
     /// ```
-    pub async fn optionally_get_with(
-        &self,
-        key: K,
-        init: impl Future<Output = Option<V>>,
-    ) -> Option<V> {
-        if let Some(value) = self.store().get(&key) {
-            return Some(value);
-        }
-        let init = async {
-            match init.await {
-                Some(value) => Loaded::Value(value, None),
-                None => Loaded::Nothing,
-            }
-        };
-        match self
-            .single_flight(key, init, |o| matches!(o, Outcome::Nothing))
-            .await
-        {
-            Outcome::Value(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    /// The engine, after the caller found no live value (and counted the miss): another
-    /// caller's outcome this caller accepts (`accepts`, besides values), or its own load. The
-    /// hit check stays in each caller, ahead of this future, and callers box this future, so
-    /// that a hit builds and drops a small future only: little more than `get`.
-    async fn single_flight(
-        &self,
-        key: K,
-        init: impl Future<Output = Loaded<V>>,
-        accepts: impl Fn(&Outcome<V>) -> bool,
-    ) -> Outcome<V> {
-        let store = self.store();
-        loop {
-            let flight = match store.flights.join_or_lead(&key) {
-                Role::Wait(flight) => match flight.wait().await {
-                    outcome @ Outcome::Value(_) => return outcome,
-                    outcome if accepts(&outcome) => return outcome,
-                    // Abandoned, or an outcome of another kind: the flight is gone, so the
-                    // next round leads or joins a new one.
-                    _ => continue,
-                },
-                Role::Lead(flight) => flight,
-            };
-            let mut lead = Lead {
-                flights: &store.flights,
-                key: &key,
-                flight,
-                ended: false,
-            };
-            // Registered first, looked last: a write before registration shows here.
-            if let Some(value) = store.peek(&key) {
-                lead.ended = true;
-                store
-                    .flights
-                    .end(&key, &lead.flight, Outcome::Value(value.clone()));
-                return Outcome::Value(value);
-            }
-            let generation = store.generation();
-            let started = tokio::time::Instant::now();
-            let loaded = init.await;
-            store.count(Counter::LoadNanos, started.elapsed().as_nanos() as u64);
-            store.count(
-                match loaded {
-                    Loaded::Value(..) => Counter::LoadSuccess,
-                    _ => Counter::LoadFailure,
-                },
-                1,
-            );
-            lead.ended = true;
-            let flight = Arc::clone(&lead.flight);
-            drop(lead);
-            let outcome = match loaded {
-                Loaded::Value(value, ttl) => {
-                    let deadline = match ttl {
-                        Some(ttl) => self.deadline_for_ttl(ttl),
-                        None => Some(self.default_deadline()),
-                    };
-                    store.finish_load(key.clone(), &flight, value.clone(), deadline, generation);
-                    Outcome::Value(value)
-                }
-                Loaded::Error(e) => Outcome::Error(e),
-                Loaded::Nothing => Outcome::Nothing,
-            };
-            store.flights.end(&key, &flight, outcome.clone());
-            return outcome;
+    #[inline]
+    pub fn optionally_get_with<F>(&self, key: K, init: F) -> OptionallyGetWith<'_, K, V, S, F>
+    where
+        F: Future<Output = Option<V>>,
+    {
+        OptionallyGetWith {
+            load: Load::new(self, key, init),
         }
     }
 }

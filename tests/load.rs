@@ -358,3 +358,27 @@ fn load_futures_are_send() {
     assert_send(&c.optionally_get_with("k".into(), async { None }));
     assert_send(&c.get_with_expiry("k".into(), async { (Arc::new(vec![]), None) }));
 }
+
+#[tokio::test(start_paused = true)]
+async fn load_futures_are_lazy_and_unpin() {
+    fn assert_unpin<T: Unpin>(_: &T) {}
+    let c: Cache<u64, u64> = Cache::builder().record_stats().build();
+    let runs = Arc::new(AtomicUsize::new(0));
+    // Nothing is looked up when the future is made: a value inserted before the first poll
+    // is a hit, and the loader never runs.
+    let pending = c.get_with(1, loader(&runs, SEC, 10));
+    assert_unpin(&pending);
+    assert_eq!((c.stats().hits, c.stats().misses), (0, 0));
+    c.insert(1, 7);
+    assert_eq!(pending.await, 7);
+    assert_eq!((c.stats().hits, c.stats().misses), (1, 0));
+    // A future made and dropped unpolled counts nothing and loads nothing.
+    drop(c.get_with(2, loader(&runs, SEC, 20)));
+    drop(c.try_get_with(2, async { Ok::<u64, ()>(20) }));
+    drop(c.optionally_get_with(2, async { Some(20) }));
+    drop(c.get_with_expiry(2, async { (20, None) }));
+    assert_eq!((c.stats().hits, c.stats().misses), (1, 0));
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(c.get(&2), None);
+    assert_eq!(c.__internals().loads, 0);
+}
