@@ -8,6 +8,11 @@
 //! Invariants:
 //! - Lock order is policy shard, then map shard (then hand-off stripe). Nothing that holds a
 //!   map shard lock takes a policy lock, so the order is never reversed.
+//! - A write to a bounded cache holds its key's policy shard ([`Capacity::hold`]) from before
+//!   it changes the map until the policy has accounted for the change. A removal changes the
+//!   map first and then takes the policy shard to [`forget`](Capacity::forget) the entry, so
+//!   it can never forget an entry before its write was accounted for (which would leave the
+//!   policy counting weight that no entry holds: found by the stress test).
 //! - The weigher is user code: it never runs under a map shard lock. Eviction reads a
 //!   value's weight from a clone taken under the read lock, weighed after it is released.
 //! - Every entry's weight is added once (new entry), adjusted on overwrite, and subtracted
@@ -19,7 +24,10 @@ use std::hash::{BuildHasher, Hash};
 
 use crate::policy::{Residents, Status, TinyLfu};
 use crate::store::{Entry, Store};
-use crate::sync::{lock, Mutex};
+use crate::sync::{lock, Mutex, MutexGuard};
+
+/// A policy shard, locked.
+pub(crate) type Held<'a, K, S> = MutexGuard<'a, TinyLfu<K, S>>;
 
 /// The weigher type.
 pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync + 'static>;
@@ -68,25 +76,36 @@ where
         &self.shards[hash as usize & (self.shards.len() - 1)]
     }
 
-    /// A new entry of `weight` was written for `key`: account for it and evict for room.
-    /// Returns the evicted entries, for the store to report once no lock is held.
-    pub(crate) fn admit(&self, store: &Store<K, V, S>, key: K, weight: u32) -> Vec<(K, Entry<V>)> {
+    /// Lock `key`'s policy shard, for a write to hold until it is accounted for.
+    pub(crate) fn hold(&self, key: &K) -> Held<'_, K, S> {
+        lock(self.shard(key))
+    }
+
+    /// A new entry of `weight` was written for `key` (its shard held since before the write):
+    /// account for it and evict for room. Returns the evicted entries, for the store to report
+    /// once no lock is held.
+    pub(crate) fn admit(
+        &self,
+        shard: &mut Held<'_, K, S>,
+        store: &Store<K, V, S>,
+        key: K,
+        weight: u32,
+    ) -> Vec<(K, Entry<V>)> {
         let view = View::new(store, self);
-        let mut shard = lock(self.shard(&key));
         if !shard.fits(weight) {
             view.evict(&key);
-            drop(shard);
             return view.evicted.into_inner();
         }
-        shard.insert(key.clone(), weight);
+        shard.insert(key, weight);
         shard.evict(&view, drop);
-        drop(shard);
         view.evicted.into_inner()
     }
 
-    /// An overwrite changed a resident entry's weight from `old` to `new`.
+    /// An overwrite changed a resident entry's weight from `old` to `new` (its shard held
+    /// since before the write).
     pub(crate) fn reweigh(
         &self,
+        shard: &mut Held<'_, K, S>,
         store: &Store<K, V, S>,
         key: &K,
         main: bool,
@@ -94,16 +113,13 @@ where
         new: u32,
     ) -> Vec<(K, Entry<V>)> {
         let view = View::new(store, self);
-        let mut shard = lock(self.shard(key));
         if !shard.fits(new) {
             shard.remove(main, old);
             view.evict(key);
-            drop(shard);
             return view.evicted.into_inner();
         }
         shard.update(main, old, new);
         shard.evict(&view, drop);
-        drop(shard);
         view.evicted.into_inner()
     }
 
@@ -161,8 +177,11 @@ where
         })
     }
 
-    fn set(&self, key: &K, freq: u8, main: bool) {
-        self.store.map.view(key, |_, e| e.set_policy(freq, main));
+    fn set(&self, key: &K, freq: u8, main: bool) -> bool {
+        self.store
+            .map
+            .view(key, |_, e| e.set_policy(freq, main))
+            .is_some()
     }
 
     fn evict(&self, key: &K) -> Option<Status> {

@@ -71,8 +71,9 @@ pub(crate) struct Status {
 pub(crate) trait Residents<K> {
     /// The entry for `key`, if resident.
     fn status(&self, key: &K) -> Option<Status>;
-    /// Set the entry's counter and queue.
-    fn set(&self, key: &K, freq: u8, main: bool);
+    /// Set the entry's counter and queue; whether it was still resident (an entry may leave
+    /// the cache by removal or expiry at any time, without this policy's lock).
+    fn set(&self, key: &K, freq: u8, main: bool) -> bool;
     /// Remove the entry for `key` from the cache for room; its status, if it was resident.
     fn evict(&self, key: &K) -> Option<Status>;
 }
@@ -211,8 +212,9 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
                 Some(s) if s.main && s.freq > 0 => {
                     *budget -= 1;
                     self.count(&key, s.freq);
-                    residents.set(&key, s.freq - 1, true);
-                    self.main.push_back(key);
+                    if residents.set(&key, s.freq - 1, true) {
+                        self.main.push_back(key);
+                    }
                 }
                 Some(s) if s.main && s.weight == 0 => {
                     weightless += 1;
@@ -235,11 +237,15 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         }
     }
 
-    /// Move a window entry to main; its reads in the window count in the sketch now.
+    /// Move a window entry to main; its reads in the window count in the sketch now. If it
+    /// left the cache since its status was read, its weight stays with the window, where its
+    /// removal takes it from.
     fn promote(&mut self, residents: &impl Residents<K>, key: K, status: Status) {
         self.count(&key, status.freq);
         let weight = status.weight;
-        residents.set(&key, 0, true);
+        if !residents.set(&key, 0, true) {
+            return;
+        }
         self.window_weight = self.window_weight.saturating_sub(u64::from(weight));
         self.main_weight += u64::from(weight);
         self.main.push_back(key);
@@ -296,10 +302,14 @@ mod tests {
         fn status(&self, key: &u32) -> Option<Status> {
             self.0.borrow().get(key).copied()
         }
-        fn set(&self, key: &u32, freq: u8, main: bool) {
-            if let Some(s) = self.0.borrow_mut().get_mut(key) {
-                s.freq = freq;
-                s.main = main;
+        fn set(&self, key: &u32, freq: u8, main: bool) -> bool {
+            match self.0.borrow_mut().get_mut(key) {
+                Some(s) => {
+                    s.freq = freq;
+                    s.main = main;
+                    true
+                }
+                None => false,
             }
         }
         fn evict(&self, key: &u32) -> Option<Status> {

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use dashmap::{DashMap, Entry as Slot};
 
-use crate::capacity::{Capacity, Weigher};
+use crate::capacity::{Capacity, Held, Weigher};
 use crate::clock::{Clock, NEVER};
 use crate::handoff::{retime, Handoff, Signals};
 use crate::listener::{Notifier, RemovalCause};
@@ -57,6 +57,9 @@ pub(crate) struct Entry<V> {
     /// since it last passed its queue's head (bits 0-1, at most 3). Readers bump the counter.
     meta: AtomicU32,
 }
+
+/// A bounded write's policy bookkeeping: its key's policy shard (held), the key, the weight.
+type Admission<'a, K, S> = (Held<'a, K, S>, K, u32);
 
 /// Generations wrap at 2^29: the bits of `meta` above the policy's.
 pub(crate) const GENERATION_MASK: u32 = u32::MAX >> 3;
@@ -329,32 +332,44 @@ where
     /// Store `value` under `key` with the TTL deadline `cap`, and report what it replaced.
     #[inline]
     pub(crate) fn insert(&self, key: K, value: V, cap: u64) {
-        let admit = self.admission(&key, &value);
+        let mut admit = self.admission(&key, &value);
         let slot = self.map.entry(key);
         self.flights.supersede(slot.key());
         let replaced = self.write(slot, value, cap, self.generation());
-        self.after_write(admit, replaced);
+        self.after_write(&mut admit, replaced);
     }
 
-    /// For a bounded cache: the key (for the policy's queue) and the weight of a value about
-    /// to be written, taken before the shard lock (the weigher is user code).
-    fn admission(&self, key: &K, value: &V) -> Option<(K, u32)> {
+    /// For a bounded cache: the key's policy shard, held from before the write until it is
+    /// accounted for (see `capacity.rs`), the key for the policy's queue, and the weight of
+    /// the value about to be written, taken before the map's shard lock (the weigher is user
+    /// code).
+    fn admission(&self, key: &K, value: &V) -> Option<Admission<'_, K, S>> {
         let capacity = self.capacity.as_ref()?;
-        Some((key.clone(), capacity.weigh(key, value)))
+        let weight = capacity.weigh(key, value);
+        Some((capacity.hold(key), key.clone(), weight))
     }
 
-    /// After a write, with no lock held: account for it in the policy (evicting for room),
-    /// then report what it replaced and what was evicted.
-    fn after_write(&self, admission: Option<(K, u32)>, replaced: Option<Retired<K, V>>) {
-        let evicted = match (&self.capacity, admission) {
-            (Some(capacity), Some((key, weight))) => match &replaced {
-                None => capacity.admit(self, key, weight),
+    /// After a write, with no map lock held: account for it in the policy (evicting for room),
+    /// release the policy shard, then report what the write replaced and what was evicted.
+    fn after_write(
+        &self,
+        admission: &mut Option<Admission<'_, K, S>>,
+        replaced: Option<Retired<K, V>>,
+    ) {
+        let evicted = match (&self.capacity, admission.take()) {
+            (Some(capacity), Some((mut shard, key, weight))) => match &replaced {
+                None => capacity.admit(&mut shard, self, key, weight),
                 Some(old) => match capacity.weigh(&key, &old.entry.value) {
-                    // Same weight: nothing to account for, no policy lock to take.
+                    // Same weight: nothing to account for.
                     same if same == weight => Vec::new(),
-                    old_weight => {
-                        capacity.reweigh(self, &key, old.entry.in_main(), old_weight, weight)
-                    }
+                    old_weight => capacity.reweigh(
+                        &mut shard,
+                        self,
+                        &key,
+                        old.entry.in_main(),
+                        old_weight,
+                        weight,
+                    ),
                 },
             },
             _ => Vec::new(),
@@ -389,7 +404,7 @@ where
         cap: Option<u64>,
         generation: u32,
     ) {
-        let admit = self.admission(&key, &value);
+        let mut admit = self.admission(&key, &value);
         let slot = self.map.entry(key);
         // Unregistered under the shard lock: a writer either marked the flight before this
         // point, or finds no flight and writes after us.
@@ -397,7 +412,7 @@ where
         match cap {
             Some(cap) if !flight.is_superseded() && self.generation() == generation => {
                 let replaced = self.write(slot, value, cap, generation);
-                self.after_write(admit, replaced);
+                self.after_write(&mut admit, replaced);
             }
             _ => drop(slot),
         }

@@ -246,6 +246,12 @@ fn round(rt: &tokio::runtime::Runtime, seed: u64, round: u64) {
     });
     let inserts = books.inserts.load(SeqCst);
     let notified = books.notified.load(SeqCst);
+    // Nothing is left, so the capacity policy accounts for nothing.
+    assert_eq!(
+        cache.__internals().policy_weight,
+        Some(0),
+        "the capacity policy's books drifted"
+    );
     assert_eq!(
         books.wrong.load(SeqCst),
         0,
