@@ -184,6 +184,36 @@ where
             .is_some()
     }
 
+    fn pass(&self, key: &K) -> Option<Status> {
+        let passed = |e: &Entry<V>| {
+            let (freq, main) = (e.freq(), e.in_main());
+            if main && freq > 0 {
+                e.set_policy(freq - 1, true);
+            }
+            (freq, main)
+        };
+        if self.capacity.weigher.is_none() {
+            return self.store.map.view(key, |_, e| {
+                let (freq, main) = passed(e);
+                Status {
+                    freq,
+                    main,
+                    weight: 1,
+                }
+            });
+        }
+        // The weigher runs after the read lock is released.
+        let (value, (freq, main)) = self
+            .store
+            .map
+            .view(key, |_, e| (e.value.clone(), passed(e)))?;
+        Some(Status {
+            freq,
+            main,
+            weight: self.capacity.weigh(key, &value),
+        })
+    }
+
     fn evict(&self, key: &K) -> Option<Status> {
         let (key, entry) = self.store.evict(key)?;
         let status = Status {

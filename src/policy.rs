@@ -74,6 +74,9 @@ pub(crate) trait Residents<K> {
     /// Set the entry's counter and queue; whether it was still resident (an entry may leave
     /// the cache by removal or expiry at any time, without this policy's lock).
     fn set(&self, key: &K, freq: u8, main: bool) -> bool;
+    /// The CLOCK hand passes `key`'s entry: its status as it was, and if it is in main and was
+    /// read since the hand last passed, its counter one lower (in one lookup).
+    fn pass(&self, key: &K) -> Option<Status>;
     /// Remove the entry for `key` from the cache for room; its status, if it was resident.
     fn evict(&self, key: &K) -> Option<Status>;
 }
@@ -208,13 +211,11 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         let laps = (usize::from(MAX_FREQ) + 1) * self.main.len() + 1;
         while *budget > 0 && weightless <= laps {
             let key = self.main.pop_front()?;
-            match residents.status(&key) {
+            match residents.pass(&key) {
                 Some(s) if s.main && s.freq > 0 => {
                     *budget -= 1;
                     self.count(&key, s.freq);
-                    if residents.set(&key, s.freq - 1, true) {
-                        self.main.push_back(key);
-                    }
+                    self.main.push_back(key);
                 }
                 Some(s) if s.main && s.weight == 0 => {
                     weightless += 1;
@@ -311,6 +312,15 @@ mod tests {
                 }
                 None => false,
             }
+        }
+        fn pass(&self, key: &u32) -> Option<Status> {
+            let mut map = self.0.borrow_mut();
+            let s = map.get_mut(key)?;
+            let before = *s;
+            if s.main && s.freq > 0 {
+                s.freq -= 1;
+            }
+            Some(before)
         }
         fn evict(&self, key: &u32) -> Option<Status> {
             self.0.borrow_mut().remove(key)
