@@ -15,7 +15,8 @@
 //! Each slot is an intrusive doubly-linked list threaded through the nodes of a slab (`u32`
 //! `prev` / `next` indices, one head per slot), so filing, unfiling and moving a node are
 //! O(1) and need no allocation once the slab has grown. Freed nodes go on a free list and
-//! their ids are reused. Each level also has a 64-bit bitmap with one bit per non-empty slot,
+//! their ids are reused. The slab grows by chunks of 4,096 cells, never by doubling, so it
+//! holds at most one chunk of cells beyond the most nodes it has held at once. Each level also has a 64-bit bitmap with one bit per non-empty slot,
 //! and there is one extra list, the *due* list, for nodes whose deadline has already been
 //! reached (inserted in the past, or brought down to "due" while advancing).
 //!
@@ -137,10 +138,74 @@ enum Entry<T> {
     Free { next_free: u32 },
 }
 
+/// Cells per chunk of the slab: 2^12.
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// The slab: cells in chunks of [`CHUNK`], cell `id` at `chunks[id >> CHUNK_BITS]`.
+///
+/// Only the last chunk has room to spare, so the slab never holds more than `CHUNK` unused
+/// cells (a `Vec` that doubles may hold as many unused cells as used ones), and growing never
+/// moves a cell. The first chunk grows like a `Vec` up to `CHUNK`, so a small wheel stays
+/// small.
+struct Slab<T> {
+    chunks: Vec<Vec<Entry<T>>>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    const fn new() -> Self {
+        Slab {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Cells in use or on the free list.
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends a cell; its id is the old `len`.
+    fn push(&mut self, cell: Entry<T>) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(cell),
+            _ => {
+                let mut chunk = Vec::with_capacity(if self.chunks.is_empty() { 0 } else { CHUNK });
+                chunk.push(cell);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn get(&self, id: u32) -> Option<&Entry<T>> {
+        self.chunks
+            .get((id >> CHUNK_BITS) as usize)?
+            .get(id as usize & (CHUNK - 1))
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut Entry<T>> {
+        self.chunks
+            .get_mut((id >> CHUNK_BITS) as usize)?
+            .get_mut(id as usize & (CHUNK - 1))
+    }
+
+    /// The cell `id`, which exists.
+    fn cell_mut(&mut self, id: u32) -> &mut Entry<T> {
+        self.get_mut(id).expect("wheel: cell id out of range")
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &Entry<T>> {
+        self.chunks.iter().flatten()
+    }
+}
+
 /// A six-level hierarchical timing wheel over `u64` ticks holding one `T` per node.
 pub(crate) struct Wheel<T> {
     /// The slab; ids index it.
-    entries: Vec<Entry<T>>,
+    entries: Slab<T>,
     /// First free cell, or `NIL`.
     free_head: u32,
     /// Allocated nodes (scheduled plus fired-not-removed).
@@ -164,7 +229,7 @@ impl<T> Wheel<T> {
     /// An empty wheel at tick 0.
     pub(crate) fn new() -> Self {
         Wheel {
-            entries: Vec::new(),
+            entries: Slab::new(),
             free_head: NIL,
             len: 0,
             elapsed: 0,
@@ -206,7 +271,7 @@ impl<T> Wheel<T> {
         };
         let id = if self.free_head != NIL {
             let id = self.free_head;
-            let cell = &mut self.entries[id as usize];
+            let cell = self.entries.cell_mut(id);
             match *cell {
                 Entry::Free { next_free } => self.free_head = next_free,
                 Entry::Live(_) => unreachable!("wheel: free list holds a live node"),
@@ -243,7 +308,7 @@ impl<T> Wheel<T> {
         let cell = Entry::Free {
             next_free: self.free_head,
         };
-        match mem::replace(&mut self.entries[id as usize], cell) {
+        match mem::replace(self.entries.cell_mut(id), cell) {
             Entry::Live(node) => {
                 self.free_head = id;
                 self.len -= 1;
@@ -447,14 +512,14 @@ impl<T> Wheel<T> {
     }
 
     fn node(&self, id: TimerId) -> &Node<T> {
-        match self.entries.get(id as usize) {
+        match self.entries.get(id) {
             Some(Entry::Live(node)) => node,
             _ => panic!("wheel: timer id {id} is not allocated"),
         }
     }
 
     fn node_mut(&mut self, id: TimerId) -> &mut Node<T> {
-        match self.entries.get_mut(id as usize) {
+        match self.entries.get_mut(id) {
             Some(Entry::Live(node)) => node,
             _ => panic!("wheel: timer id {id} is not allocated"),
         }
@@ -508,7 +573,7 @@ impl<T> Wheel<T> {
         }
         let mut live = 0;
         let mut fired = 0;
-        for entry in &self.entries {
+        for entry in self.entries.iter() {
             if let Entry::Live(node) = entry {
                 live += 1;
                 if node.loc == Loc::Fired {
@@ -521,8 +586,8 @@ impl<T> Wheel<T> {
         let mut free = 0;
         let mut cur = self.free_head;
         while cur != NIL {
-            match self.entries[cur as usize] {
-                Entry::Free { next_free } => cur = next_free,
+            match self.entries.get(cur).expect("free id in range") {
+                Entry::Free { next_free } => cur = *next_free,
                 Entry::Live(_) => panic!("live node {cur} on the free list"),
             }
             free += 1;
@@ -723,6 +788,30 @@ mod tests {
         let fresh = wheel.insert(5, 999);
         assert_eq!(fresh, 10);
         wheel.check();
+    }
+
+    #[test]
+    fn slab_grows_by_chunks() {
+        let mut wheel = Wheel::new();
+        let n = 3 * CHUNK + 5;
+        let ids: Vec<_> = (0..n as u64)
+            .map(|i| wheel.insert(i % 700 + 1, i))
+            .collect();
+        assert_eq!(ids, (0..n as u32).collect::<Vec<_>>());
+        let chunks = &wheel.entries.chunks;
+        assert_eq!(chunks.len(), 4);
+        assert!(
+            chunks.iter().all(|c| c.capacity() == CHUNK),
+            "no spare beyond one chunk"
+        );
+        assert_eq!(wheel.entries.len(), n);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(*wheel.get(*id), i as u64);
+        }
+        wheel.check();
+        let mut fired = drain(&mut wheel, 700);
+        fired.sort_unstable();
+        assert_eq!(fired, ids);
     }
 
     #[test]
