@@ -311,30 +311,34 @@ where
     fn file(&mut self, store: &Store<K, V, S>, key: K, orphans: Orphans) {
         let generation = store.generation();
         let mut orphans = orphans.nodes();
-        let Some(mut entry) = store.map.get_mut(&key) else {
-            // Removed since: its nodes are free.
-            orphans.for_each(|node| drop(self.wheel.remove(node)));
-            return;
-        };
-        if entry.timer != PENDING || entry.deadline() == NEVER || entry.generation() != generation {
-            // Filed by an earlier record, or nothing to file (the sweep takes invalidated ones).
-            if entry.timer == PENDING {
-                entry.timer = UNFILED;
+        let (wheel, clock) = (&mut self.wheel, self.clock);
+        // `Err` gives back the key of an entry removed since: all its orphans are freed below.
+        let _ = store.map.update(key, |key, entry| {
+            if entry.timer != PENDING
+                || entry.deadline() == NEVER
+                || entry.generation() != generation
+            {
+                // Filed by an earlier record, or nothing to file (the sweep takes invalidated
+                // ones).
+                if entry.timer == PENDING {
+                    entry.timer = UNFILED;
+                }
+                for node in orphans.by_ref() {
+                    debug_assert_ne!(Some(node), entry.node(), "a record orphaned a live node");
+                    wheel.remove(node);
+                }
+                return;
             }
-            for node in orphans {
-                debug_assert_ne!(Some(node), entry.node(), "a record orphaned a live node");
-                self.wheel.remove(node);
-            }
-            return;
-        }
-        let when = self.clock.tick_of(entry.deadline());
-        entry.timer = match orphans.next() {
-            Some(node) => {
-                self.wheel.reschedule(node, when);
-                node
-            }
-            None => self.wheel.insert(when, key),
-        };
+            let when = clock.tick_of(entry.deadline());
+            entry.timer = match orphans.next() {
+                Some(node) => {
+                    wheel.reschedule(node, when);
+                    node
+                }
+                None => wheel.insert(when, key),
+            };
+        });
+        // The orphans not reused: their nodes are free.
         orphans.for_each(|node| drop(self.wheel.remove(node)));
     }
 
@@ -343,12 +347,7 @@ where
         let store = &shared.store;
         let target = store.generation();
         // One read-only pass collects the keys; removal then goes in batches.
-        let stale: Vec<K> = store
-            .map
-            .iter()
-            .filter(|entry| entry.generation() != target)
-            .map(|entry| entry.key().clone())
-            .collect();
+        let stale: Vec<K> = store.map.keys_where(|entry| entry.generation() != target);
         for (done, key) in stale.iter().enumerate() {
             let now = store.generation();
             if let Some((key, entry)) = store.map.remove_if(key, |_, e| e.generation() != now) {

@@ -1,19 +1,24 @@
 //! The store: the entry layout and every operation the handles perform on it, each in one
 //! shard lock, plus the reporting of what those operations removed.
 //!
-//! An [`Entry`] holds the value, its deadline, the deadline's cap, the `invalidate_all`
-//! generation it was written in, and its [`timer`](Entry::timer) state. Deadlines are
-//! nanoseconds since the cache's epoch ([`NEVER`] when there is none).
+//! An [`Entry`] holds the value, its deadline, the `invalidate_all` generation it was written
+//! in, and its [`timer`](Entry::timer) state. Deadlines are nanoseconds since the cache's
+//! epoch ([`NEVER`] when there is none).
+//!
+//! The map ([`Map`]) holds bare entries (16 bytes plus the value) unless the cache has a
+//! time-to-idle: then each entry has its *cap* beside it ([`Capped`], 8 bytes more). Each
+//! operation picks the map's kind once; everything outside this module sees an [`Entry`].
 //!
 //! Invariants:
 //! - An entry is *live* when its generation is the cache's current one and its deadline is in
 //!   the future. Reads return live entries only, whatever the task has or has not done yet;
 //!   they read the clock only for an entry that has a deadline.
-//! - `deadline` is the effective deadline: the `cap` (the TTL's deadline) or, with a
-//!   time-to-idle, the earlier of the cap and the last access plus the idle time. Writers set
-//!   both under the shard lock; readers may only move `deadline` later, up to `cap`, with
-//!   `fetch_max`, and only when it moves by more than the tolerance (so a hot entry is not
-//!   written on every read).
+//! - `deadline` is the effective deadline. The cap is the TTL's deadline (or [`NEVER`]).
+//!   Without a time-to-idle the deadline *is* the cap and never moves (so it is not stored
+//!   twice). With one, the deadline is the earlier of the cap and the last access plus the
+//!   idle time. Writers set both under the shard lock; readers may only move `deadline`
+//!   later, up to the cap, with `fetch_max`, and only when it moves by more than the
+//!   tolerance (so a hot entry is not written on every read).
 //! - `timer` says where the entry's deadline is known to the task:
 //!   - [`UNFILED`]: nowhere; the entry has no deadline, or the task dropped its node.
 //!   - [`PENDING`]: a hand-off record for the key is queued (see `handoff.rs`); the task will
@@ -48,8 +53,6 @@ pub(crate) struct Entry<V> {
     pub(crate) value: V,
     /// The effective deadline (see the module docs).
     deadline: AtomicU64,
-    /// The latest `deadline` may become: the TTL's deadline, or [`NEVER`].
-    cap: u64,
     /// [`UNFILED`], [`PENDING`] or the id of the wheel node that holds this key.
     pub(crate) timer: TimerId,
     /// The `invalidate_all` generation the entry was written in (bits 3 and up), and for
@@ -67,18 +70,10 @@ const MAIN_BIT: u32 = 1 << 2;
 const FREQ_MASK: u32 = 0b11;
 
 impl<V> Entry<V> {
-    fn new(
-        value: V,
-        deadline: u64,
-        cap: u64,
-        timer: TimerId,
-        generation: u32,
-        policy: u32,
-    ) -> Self {
+    fn new(value: V, deadline: u64, timer: TimerId, generation: u32, policy: u32) -> Self {
         Entry {
             value,
             deadline: AtomicU64::new(deadline),
-            cap,
             timer,
             meta: AtomicU32::new(generation << 3 | policy),
         }
@@ -145,6 +140,185 @@ impl<V> Entry<V> {
     }
 }
 
+/// What the map holds for a key: an [`Entry`], and its cap where the cap can differ from the
+/// deadline.
+pub(crate) trait Stored<V> {
+    /// Whether readers may move the deadline, up to [`cap`](Self::cap).
+    const IDLE: bool;
+    fn new(entry: Entry<V>, cap: u64) -> Self;
+    fn entry(&self) -> &Entry<V>;
+    fn entry_mut(&mut self) -> &mut Entry<V>;
+    fn into_entry(self) -> Entry<V>;
+    /// The latest the deadline may become: the TTL's deadline, or [`NEVER`].
+    fn cap(&self) -> u64;
+}
+
+/// Without a time-to-idle the deadline never moves and is its own cap: the map holds the
+/// bare entry.
+impl<V> Stored<V> for Entry<V> {
+    const IDLE: bool = false;
+
+    #[inline]
+    fn new(entry: Entry<V>, cap: u64) -> Self {
+        debug_assert_eq!(
+            entry.deadline(),
+            cap,
+            "a deadline below its cap without an idle time"
+        );
+        entry
+    }
+
+    #[inline]
+    fn entry(&self) -> &Entry<V> {
+        self
+    }
+
+    #[inline]
+    fn entry_mut(&mut self) -> &mut Entry<V> {
+        self
+    }
+
+    #[inline]
+    fn into_entry(self) -> Entry<V> {
+        self
+    }
+
+    #[inline]
+    fn cap(&self) -> u64 {
+        self.deadline()
+    }
+}
+
+/// An entry of a cache with a time-to-idle, with the cap its deadline may move up to.
+pub(crate) struct Capped<V> {
+    entry: Entry<V>,
+    cap: u64,
+}
+
+impl<V> Stored<V> for Capped<V> {
+    const IDLE: bool = true;
+
+    #[inline]
+    fn new(entry: Entry<V>, cap: u64) -> Self {
+        Capped { entry, cap }
+    }
+
+    #[inline]
+    fn entry(&self) -> &Entry<V> {
+        &self.entry
+    }
+
+    #[inline]
+    fn entry_mut(&mut self) -> &mut Entry<V> {
+        &mut self.entry
+    }
+
+    #[inline]
+    fn into_entry(self) -> Entry<V> {
+        self.entry
+    }
+
+    #[inline]
+    fn cap(&self) -> u64 {
+        self.cap
+    }
+}
+
+/// The map: bare entries for a cache without a time-to-idle, capped ones for a cache with
+/// one. Its methods give every other module the [`Entry`] whichever it holds.
+pub(crate) enum Map<K, V, S> {
+    Plain(DashMap<K, Entry<V>, S>),
+    Idle(DashMap<K, Capped<V>, S>),
+}
+
+/// Runs `$body` with `$map` bound to whichever `DashMap` a [`Map`] holds.
+macro_rules! with_map {
+    ($map:expr, $m:ident => $body:expr) => {
+        match $map {
+            Map::Plain($m) => $body,
+            Map::Idle($m) => $body,
+        }
+    };
+}
+
+impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
+    fn new(idle: bool, capacity: usize, hasher: S, shards: usize) -> Self {
+        if idle {
+            Map::Idle(DashMap::with_capacity_and_hasher_and_shard_amount(
+                capacity, hasher, shards,
+            ))
+        } else {
+            Map::Plain(DashMap::with_capacity_and_hasher_and_shard_amount(
+                capacity, hasher, shards,
+            ))
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        with_map!(self, m => m.len())
+    }
+
+    /// `f` of the entry for `key`, under the shard's read lock.
+    #[inline]
+    pub(crate) fn view<Q, R>(&self, key: &Q, f: impl FnOnce(&K, &Entry<V>) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        with_map!(self, m => m.view(key, |k, e| f(k, e.entry())))
+    }
+
+    /// `f` of the key and its entry, under the shard's write lock; the key back if it is absent.
+    pub(crate) fn update<R>(&self, key: K, f: impl FnOnce(K, &mut Entry<V>) -> R) -> Result<R, K> {
+        with_map!(self, m => match m.get_mut(&key) {
+            Some(mut e) => Ok(f(key, e.entry_mut())),
+            None => Err(key),
+        })
+    }
+
+    /// Remove `key` if `f` says so, under the shard's write lock.
+    pub(crate) fn remove_if<Q>(
+        &self,
+        key: &Q,
+        f: impl FnOnce(&K, &Entry<V>) -> bool,
+    ) -> Option<(K, Entry<V>)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        with_map!(self, m => m
+            .remove_if(key, |k, e| f(k, e.entry()))
+            .map(|(k, e)| (k, e.into_entry())))
+    }
+
+    /// Remove `key` if `f`, which may change the entry, says so, under the shard's write lock.
+    pub(crate) fn remove_if_mut<Q>(
+        &self,
+        key: &Q,
+        f: impl FnOnce(&K, &mut Entry<V>) -> bool,
+    ) -> Option<(K, Entry<V>)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        with_map!(self, m => m
+            .remove_if_mut(key, |k, e| f(k, e.entry_mut()))
+            .map(|(k, e)| (k, e.into_entry())))
+    }
+
+    /// The keys whose entry `f` picks, one shard at a time.
+    pub(crate) fn keys_where(&self, f: impl Fn(&Entry<V>) -> bool) -> Vec<K>
+    where
+        K: Clone,
+    {
+        with_map!(self, m => m
+            .iter()
+            .filter(|e| f(e.value().entry()))
+            .map(|e| e.key().clone())
+            .collect())
+    }
+}
+
 /// An entry that left the map, on its way to being reported.
 pub(crate) struct Retired<K, V> {
     /// The key, when a listener or the capacity policy wants it.
@@ -171,7 +345,7 @@ pub(crate) struct Settings<K, V> {
 /// The map, the hand-off to the task, the loads in flight, the clock and the
 /// `invalidate_all` generation.
 pub(crate) struct Store<K, V, S> {
-    pub(crate) map: DashMap<K, Entry<V>, S>,
+    pub(crate) map: Map<K, V, S>,
     pub(crate) handoff: Handoff<K, S>,
     pub(crate) flights: Flights<K, V, S>,
     pub(crate) signals: Arc<Signals>,
@@ -209,11 +383,7 @@ where
     ) -> Self {
         let clock = settings.clock;
         Store {
-            map: DashMap::with_capacity_and_hasher_and_shard_amount(
-                capacity,
-                hasher.clone(),
-                shards,
-            ),
+            map: Map::new(settings.idle != 0, capacity, hasher.clone(), shards),
             handoff: Handoff::new(shards, hasher.clone()),
             flights: Flights::new(shards, hasher.clone()),
             capacity: settings
@@ -276,36 +446,45 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        with_map!(&self.map, m => self.peek_in(m, key))
+    }
+
+    #[inline]
+    fn peek_in<E: Stored<V>, Q>(&self, map: &DashMap<K, E, S>, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let generation = self.generation();
-        self.map
-            .view(key, |_, e| {
-                let deadline = e.deadline();
-                if e.generation() != generation {
+        map.view(key, |_, stored| {
+            let e = stored.entry();
+            let deadline = e.deadline();
+            if e.generation() != generation {
+                return None;
+            }
+            if deadline != NEVER {
+                let now = self.clock.now();
+                if deadline <= now {
                     return None;
                 }
-                if deadline != NEVER {
-                    let now = self.clock.now();
-                    if deadline <= now {
-                        return None;
-                    }
-                    if self.idle != 0 {
-                        self.touch(e, deadline, now);
-                    }
+                if E::IDLE {
+                    self.touch(stored, deadline, now);
                 }
-                if self.capacity.is_some() {
-                    e.bump();
-                }
-                Some(e.value.clone())
-            })
-            .flatten()
+            }
+            if self.capacity.is_some() {
+                e.bump();
+            }
+            Some(e.value.clone())
+        })
+        .flatten()
     }
 
     /// Record a read access: move an idle deadline later, within the cap.
     #[inline]
-    fn touch(&self, entry: &Entry<V>, deadline: u64, now: u64) {
-        let wanted = entry.cap.min(now.saturating_add(self.idle));
+    fn touch(&self, stored: &impl Stored<V>, deadline: u64, now: u64) {
+        let wanted = stored.cap().min(now.saturating_add(self.idle));
         if wanted > deadline.saturating_add(self.idle_tolerance) {
-            entry.deadline.fetch_max(wanted, Ordering::Relaxed);
+            stored.entry().deadline.fetch_max(wanted, Ordering::Relaxed);
         }
     }
 
@@ -333,9 +512,11 @@ where
     #[inline]
     pub(crate) fn insert(&self, key: K, value: V, cap: u64) {
         let mut admit = self.admission(&key, &value);
-        let slot = self.map.entry(key);
-        self.flights.supersede(slot.key());
-        let replaced = self.write(slot, value, cap, self.generation());
+        let replaced = with_map!(&self.map, m => {
+            let slot = m.entry(key);
+            self.flights.supersede(slot.key());
+            self.write(slot, value, cap, self.generation())
+        });
         self.after_write(&mut admit, replaced);
     }
 
@@ -405,24 +586,28 @@ where
         generation: u32,
     ) {
         let mut admit = self.admission(&key, &value);
-        let slot = self.map.entry(key);
-        // Unregistered under the shard lock: a writer either marked the flight before this
-        // point, or finds no flight and writes after us.
-        self.flights.unregister(slot.key(), flight);
-        match cap {
-            Some(cap) if !flight.is_superseded() && self.generation() == generation => {
-                let replaced = self.write(slot, value, cap, generation);
-                self.after_write(&mut admit, replaced);
+        let written = with_map!(&self.map, m => {
+            let slot = m.entry(key);
+            // Unregistered under the shard lock: a writer either marked the flight before
+            // this point, or finds no flight and writes after us.
+            self.flights.unregister(slot.key(), flight);
+            match cap {
+                Some(cap) if !flight.is_superseded() && self.generation() == generation => {
+                    Some(self.write(slot, value, cap, generation))
+                }
+                _ => None,
             }
-            _ => drop(slot),
+        });
+        if let Some(replaced) = written {
+            self.after_write(&mut admit, replaced);
         }
     }
 
     /// Write an entry into `slot`, held under its shard lock, telling the task about a new or
     /// earlier deadline. Returns the entry it replaced.
-    fn write(
+    fn write<E: Stored<V>>(
         &self,
-        slot: Slot<'_, K, Entry<V>>,
+        slot: Slot<'_, K, E>,
         value: V,
         cap: u64,
         generation: u32,
@@ -433,12 +618,15 @@ where
             Slot::Vacant(slot) => {
                 let (timer, record) = retime(UNFILED, NEVER, deadline);
                 self.hand_off(slot.key(), record, due);
-                slot.insert(Entry::new(value, deadline, cap, timer, generation, 0));
+                slot.insert(E::new(
+                    Entry::new(value, deadline, timer, generation, 0),
+                    cap,
+                ));
                 self.count(Counter::Insert, 1);
                 None
             }
             Slot::Occupied(mut slot) => {
-                let old = slot.get();
+                let old = slot.get().entry();
                 let (timer, record) = retime(old.timer, old.deadline(), deadline);
                 self.hand_off(slot.key(), record, due);
                 // Judging the cause reads the clock: only when someone counts or listens.
@@ -456,8 +644,8 @@ where
                     1,
                 );
                 let key = self.notifier.is_active().then(|| slot.key().clone());
-                let new = Entry::new(value, deadline, cap, timer, generation, old.policy_bits());
-                let entry = std::mem::replace(slot.get_mut(), new);
+                let new = Entry::new(value, deadline, timer, generation, old.policy_bits());
+                let entry = std::mem::replace(slot.get_mut(), E::new(new, cap)).into_entry();
                 Some(Retired {
                     key,
                     entry,
@@ -485,17 +673,18 @@ where
         let removed = match self.flights.registered_key(key) {
             // A load is in flight: take the shard lock even if the key is absent, so that the
             // load cannot store its value after this remove (see load.rs).
-            Some(key) => match self.map.entry(key) {
+            Some(key) => with_map!(&self.map, m => match m.entry(key) {
                 Slot::Occupied(slot) => {
                     self.flights.supersede(slot.key());
-                    self.orphan(slot.key(), slot.get());
-                    Some(slot.remove_entry())
+                    self.orphan(slot.key(), slot.get().entry());
+                    let (key, stored) = slot.remove_entry();
+                    Some((key, stored.into_entry()))
                 }
                 Slot::Vacant(slot) => {
                     self.flights.supersede(slot.key());
                     None
                 }
-            },
+            }),
             None => self.map.remove_if(key, |key, entry| {
                 self.flights.supersede(key);
                 self.orphan(key, entry);
@@ -608,7 +797,7 @@ mod tests {
     use super::*;
 
     fn entry(deadline: u64, generation: u32) -> Entry<u64> {
-        Entry::new(1, deadline, deadline, UNFILED, generation, 0)
+        Entry::new(1, deadline, UNFILED, generation, 0)
     }
 
     #[test]
@@ -645,7 +834,9 @@ mod tests {
 
     #[test]
     fn entry_stays_small() {
-        // Key and value of 8 bytes each: 40 bytes a bucket in the map.
-        assert_eq!(std::mem::size_of::<(u64, Entry<u64>)>(), 40);
+        // Key and value of 8 bytes each: 32 bytes a bucket in the map, 40 with a cap (only
+        // with a time-to-idle).
+        assert_eq!(std::mem::size_of::<(u64, Entry<u64>)>(), 32);
+        assert_eq!(std::mem::size_of::<(u64, Capped<u64>)>(), 40);
     }
 }

@@ -15,7 +15,8 @@
 //! Each slot is an intrusive doubly-linked list threaded through the nodes of a slab (`u32`
 //! `prev` / `next` indices, one head per slot), so filing, unfiling and moving a node are
 //! O(1) and need no allocation once the slab has grown. Freed nodes go on a free list and
-//! their ids are reused. Each level also has a 64-bit bitmap with one bit per non-empty slot,
+//! their ids are reused. The slab grows by chunks of 4,096 cells, never by doubling, so it
+//! holds at most one chunk of cells beyond the most nodes it has held at once. Each level also has a 64-bit bitmap with one bit per non-empty slot,
 //! and there is one extra list, the *due* list, for nodes whose deadline has already been
 //! reached (inserted in the past, or brought down to "due" while advancing).
 //!
@@ -37,6 +38,12 @@
 //!   `64^(l + 1)` block and `when` lies in `[start, start + 64^l)`.
 //!
 //! Every node on the due list has `when <= elapsed`.
+//!
+//! So a node need not record where it is linked: its list is the one [`Wheel::loc_for`] gives
+//! for its `when`, which is how unlinking a list's head finds the head to update. A node
+//! linked nowhere has `prev == UNLINKED`. A node is then its item plus 16 bytes (`when`,
+//! `prev`, `next`); `when` is stored inverted, never zero since ticks stop at `MAX_TICK`
+//! (`u64::MAX - 1`), and that niche holds a free slab cell at no cost.
 //!
 //! Two consequences make the wheel cheap to run. First, for `l` below the top, every slot
 //! start at level `l` is below the next multiple of `64^(l + 1)` after `elapsed`, and every
@@ -82,11 +89,13 @@
 //! # Never early
 //!
 //! `poll(now)` returns a node only from the due list, and a node is put there only when
-//! `when <= elapsed`, while `poll` first raises `elapsed` to `now` and never beyond (a `now`
+//! `when <= elapsed` (a `when` past `MAX_TICK` is filed at `MAX_TICK`, a tick no clock of
+//! the cache reaches), while `poll` first raises `elapsed` to `now` and never beyond (a `now`
 //! behind `elapsed` counts as `elapsed`). Nodes still in slots have
 //! `when >= start > elapsed`, so none of them can be mistaken for due.
 
 use std::mem;
+use std::num::NonZeroU64;
 
 /// Index of a node in the wheel's slab. Values `u32::MAX` and `u32::MAX - 1` are reserved by
 /// the caller and never returned.
@@ -108,39 +117,129 @@ const HORIZON: u64 = 1 << (SLOT_BITS as u64 * LEVELS as u64);
 
 /// End-of-list marker. It is one of the ids reserved by the caller, so no node has it.
 const NIL: u32 = u32::MAX;
+/// `prev` of a node linked nowhere: returned by `poll` (or between steps of a move). It is
+/// the other id reserved by the caller, so no node has it either.
+const UNLINKED: u32 = u32::MAX - 1;
 /// The slab never grows to this many nodes, keeping ids clear of the reserved values.
 const MAX_NODES: usize = (u32::MAX - 1) as usize;
 
-/// Where an allocated node currently is.
+/// The latest tick a node is filed at; a later `when` counts as this one. (Nodes store
+/// `!when`, which is then never zero: the niche holds a slab cell's `Free` variant.)
+const MAX_TICK: u64 = u64::MAX - 1;
+
+/// Where a linked node is, or belongs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Loc {
     /// Filed in slot `slot` of level `level`.
     Slot { level: u8, slot: u8 },
     /// On the due list: `when <= elapsed`.
     Due,
-    /// Linked nowhere: returned by `poll` (or between steps of a move).
-    Fired,
 }
 
-/// An allocated node.
+/// An allocated node. It does not record where it is linked: a linked node is always where
+/// [`Wheel::loc_for`] puts its `when` (see the invariant), and an unlinked one has `prev ==
+/// UNLINKED`. That keeps a node at 16 bytes plus its item.
 struct Node<T> {
     item: T,
-    when: u64,
+    /// `!when`: never zero, as `when <= MAX_TICK`.
+    inverted_when: NonZeroU64,
     prev: u32,
     next: u32,
-    loc: Loc,
 }
 
-/// A slab cell. `Free` fits in the spare tag values of `Loc`, so it adds no size.
+impl<T> Node<T> {
+    fn new(item: T, when: u64) -> Self {
+        Node {
+            item,
+            inverted_when: Self::invert(when),
+            prev: UNLINKED,
+            next: NIL,
+        }
+    }
+
+    fn invert(when: u64) -> NonZeroU64 {
+        NonZeroU64::new(!when.min(MAX_TICK)).expect("the inverse of a tick below u64::MAX")
+    }
+
+    fn when(&self) -> u64 {
+        !self.inverted_when.get()
+    }
+}
+
+/// A slab cell. `Free` fits in the niche of `Node::inverted_when`, so it adds no size.
 enum Entry<T> {
     Live(Node<T>),
     Free { next_free: u32 },
 }
 
+/// Cells per chunk of the slab: 2^12.
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// The slab: cells in chunks of [`CHUNK`], cell `id` at `chunks[id >> CHUNK_BITS]`.
+///
+/// Only the last chunk has room to spare, so the slab never holds more than `CHUNK` unused
+/// cells (a `Vec` that doubles may hold as many unused cells as used ones), and growing never
+/// moves a cell. The first chunk grows like a `Vec` up to `CHUNK`, so a small wheel stays
+/// small.
+struct Slab<T> {
+    chunks: Vec<Vec<Entry<T>>>,
+    len: usize,
+}
+
+impl<T> Slab<T> {
+    const fn new() -> Self {
+        Slab {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Cells in use or on the free list.
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Appends a cell; its id is the old `len`.
+    fn push(&mut self, cell: Entry<T>) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(cell),
+            _ => {
+                let mut chunk = Vec::with_capacity(if self.chunks.is_empty() { 0 } else { CHUNK });
+                chunk.push(cell);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn get(&self, id: u32) -> Option<&Entry<T>> {
+        self.chunks
+            .get((id >> CHUNK_BITS) as usize)?
+            .get(id as usize & (CHUNK - 1))
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut Entry<T>> {
+        self.chunks
+            .get_mut((id >> CHUNK_BITS) as usize)?
+            .get_mut(id as usize & (CHUNK - 1))
+    }
+
+    /// The cell `id`, which exists.
+    fn cell_mut(&mut self, id: u32) -> &mut Entry<T> {
+        self.get_mut(id).expect("wheel: cell id out of range")
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &Entry<T>> {
+        self.chunks.iter().flatten()
+    }
+}
+
 /// A six-level hierarchical timing wheel over `u64` ticks holding one `T` per node.
 pub(crate) struct Wheel<T> {
     /// The slab; ids index it.
-    entries: Vec<Entry<T>>,
+    entries: Slab<T>,
     /// First free cell, or `NIL`.
     free_head: u32,
     /// Allocated nodes (scheduled plus fired-not-removed).
@@ -164,7 +263,7 @@ impl<T> Wheel<T> {
     /// An empty wheel at tick 0.
     pub(crate) fn new() -> Self {
         Wheel {
-            entries: Vec::new(),
+            entries: Slab::new(),
             free_head: NIL,
             len: 0,
             elapsed: 0,
@@ -195,18 +294,13 @@ impl<T> Wheel<T> {
         self.slots_visited
     }
 
-    /// Files `item` at tick `when`; a `when` at or before `elapsed` is due at the next poll.
+    /// Files `item` at tick `when` (at most [`MAX_TICK`]); a `when` at or before `elapsed` is
+    /// due at the next poll.
     pub(crate) fn insert(&mut self, when: u64, item: T) -> TimerId {
-        let node = Node {
-            item,
-            when,
-            prev: NIL,
-            next: NIL,
-            loc: Loc::Fired,
-        };
+        let node = Node::new(item, when);
         let id = if self.free_head != NIL {
             let id = self.free_head;
-            let cell = &mut self.entries[id as usize];
+            let cell = self.entries.cell_mut(id);
             match *cell {
                 Entry::Free { next_free } => self.free_head = next_free,
                 Entry::Live(_) => unreachable!("wheel: free list holds a live node"),
@@ -226,10 +320,11 @@ impl<T> Wheel<T> {
         id
     }
 
-    /// Moves node `id` (scheduled or fired) to tick `when`. The id stays valid.
+    /// Moves node `id` (scheduled or fired) to tick `when` (at most [`MAX_TICK`]). The id
+    /// stays valid.
     pub(crate) fn reschedule(&mut self, id: TimerId, when: u64) {
         self.unlink(id);
-        self.node_mut(id).when = when;
+        self.node_mut(id).inverted_when = Node::<T>::invert(when);
         self.file(id);
     }
 
@@ -243,7 +338,7 @@ impl<T> Wheel<T> {
         let cell = Entry::Free {
             next_free: self.free_head,
         };
-        match mem::replace(&mut self.entries[id as usize], cell) {
+        match mem::replace(self.entries.cell_mut(id), cell) {
             Entry::Live(node) => {
                 self.free_head = id;
                 self.len -= 1;
@@ -268,7 +363,7 @@ impl<T> Wheel<T> {
     ///
     /// If `id` is not an allocated node.
     pub(crate) fn when(&self, id: TimerId) -> u64 {
-        self.node(id).when
+        self.node(id).when()
     }
 
     /// A lower bound on the earliest scheduled deadline, or `None` if nothing is scheduled.
@@ -336,9 +431,8 @@ impl<T> Wheel<T> {
                 while cur != NIL {
                     let node = self.node_mut(cur);
                     let next = node.next;
-                    node.prev = NIL;
+                    node.prev = UNLINKED;
                     node.next = chain;
-                    node.loc = Loc::Fired;
                     chain = cur;
                     cur = next;
                 }
@@ -393,7 +487,7 @@ impl<T> Wheel<T> {
 
     /// Links an unlinked node where its `when` belongs.
     fn file(&mut self, id: TimerId) {
-        let loc = self.loc_for(self.node(id).when);
+        let loc = self.loc_for(self.node(id).when());
         let head = match loc {
             Loc::Slot { level, slot } => {
                 if self.heads.is_empty() {
@@ -403,7 +497,6 @@ impl<T> Wheel<T> {
                 &mut self.heads[level as usize][slot as usize]
             }
             Loc::Due => &mut self.due_head,
-            Loc::Fired => unreachable!("wheel: filing into nowhere"),
         };
         let old = mem::replace(head, id);
         if old != NIL {
@@ -412,49 +505,48 @@ impl<T> Wheel<T> {
         let node = self.node_mut(id);
         node.prev = NIL;
         node.next = old;
-        node.loc = loc;
     }
 
-    /// Takes node `id` out of its list, if it is in one, leaving it `Fired`.
+    /// Takes node `id` out of its list, if it is in one, leaving it unlinked.
     fn unlink(&mut self, id: TimerId) {
-        let Node {
-            prev, next, loc, ..
-        } = *self.node(id);
-        if loc == Loc::Fired {
+        let node = self.node(id);
+        let (prev, next) = (node.prev, node.next);
+        if prev == UNLINKED {
             return;
         }
         if prev != NIL {
             self.node_mut(prev).next = next;
         } else {
-            match loc {
+            // The head of its list: the list `when` belongs to (see the invariant).
+            let head = match self.loc_for(node.when()) {
                 Loc::Slot { level, slot } => {
-                    self.heads[level as usize][slot as usize] = next;
                     if next == NIL {
                         self.occupied[level as usize] &= !(1u64 << slot);
                     }
+                    &mut self.heads[level as usize][slot as usize]
                 }
-                Loc::Due => self.due_head = next,
-                Loc::Fired => unreachable!(),
-            }
+                Loc::Due => &mut self.due_head,
+            };
+            debug_assert_eq!(*head, id, "wheel: node {id} is not where its tick belongs");
+            *head = next;
         }
         if next != NIL {
             self.node_mut(next).prev = prev;
         }
         let node = self.node_mut(id);
-        node.prev = NIL;
+        node.prev = UNLINKED;
         node.next = NIL;
-        node.loc = Loc::Fired;
     }
 
     fn node(&self, id: TimerId) -> &Node<T> {
-        match self.entries.get(id as usize) {
+        match self.entries.get(id) {
             Some(Entry::Live(node)) => node,
             _ => panic!("wheel: timer id {id} is not allocated"),
         }
     }
 
     fn node_mut(&mut self, id: TimerId) -> &mut Node<T> {
-        match self.entries.get_mut(id as usize) {
+        match self.entries.get_mut(id) {
             Some(Entry::Live(node)) => node,
             _ => panic!("wheel: timer id {id} is not allocated"),
         }
@@ -477,17 +569,18 @@ impl<T> Wheel<T> {
                 while cur != NIL {
                     let node = self.node(cur);
                     assert_eq!(node.prev, prev, "prev link of {cur}");
+                    let when = node.when();
                     assert_eq!(
-                        node.loc,
+                        self.loc_for(when),
                         Loc::Slot {
                             level: level as u8,
                             slot: slot as u8
-                        }
+                        },
+                        "node {cur} misfiled"
                     );
-                    assert_eq!(self.loc_for(node.when), node.loc, "node {cur} misfiled");
-                    assert!(self.elapsed < start && start <= node.when, "start of {cur}");
+                    assert!(self.elapsed < start && start <= when, "start of {cur}");
                     if level < TOP {
-                        assert!(node.when - start < 1u64 << (SLOT_BITS * level as u32));
+                        assert!(when - start < 1u64 << (SLOT_BITS * level as u32));
                     }
                     linked += 1;
                     prev = cur;
@@ -500,18 +593,17 @@ impl<T> Wheel<T> {
         while cur != NIL {
             let node = self.node(cur);
             assert_eq!(node.prev, prev);
-            assert_eq!(node.loc, Loc::Due);
-            assert!(node.when <= self.elapsed);
+            assert_eq!(self.loc_for(node.when()), Loc::Due);
             linked += 1;
             prev = cur;
             cur = node.next;
         }
         let mut live = 0;
         let mut fired = 0;
-        for entry in &self.entries {
+        for entry in self.entries.iter() {
             if let Entry::Live(node) = entry {
                 live += 1;
-                if node.loc == Loc::Fired {
+                if node.prev == UNLINKED {
                     fired += 1;
                 }
             }
@@ -521,8 +613,8 @@ impl<T> Wheel<T> {
         let mut free = 0;
         let mut cur = self.free_head;
         while cur != NIL {
-            match self.entries[cur as usize] {
-                Entry::Free { next_free } => cur = next_free,
+            match self.entries.get(cur).expect("free id in range") {
+                Entry::Free { next_free } => cur = *next_free,
                 Entry::Live(_) => panic!("live node {cur} on the free list"),
             }
             free += 1;
@@ -570,9 +662,21 @@ mod tests {
 
     #[test]
     fn node_is_small() {
-        let size = mem::size_of::<Entry<u64>>();
-        println!("Entry<u64> is {size} bytes");
-        assert!(size <= 32, "Entry<u64> is {size} bytes");
+        // An item plus 16 bytes: the free variant and the location cost nothing.
+        assert_eq!(mem::size_of::<Entry<u64>>(), 24);
+        assert_eq!(mem::size_of::<Entry<String>>(), 40);
+    }
+
+    #[test]
+    fn ticks_past_max_tick_count_as_max_tick() {
+        let mut wheel = Wheel::new();
+        let a = wheel.insert(u64::MAX, 1);
+        assert_eq!(wheel.when(a), MAX_TICK);
+        wheel.reschedule(a, 5);
+        assert_eq!(wheel.when(a), 5);
+        wheel.reschedule(a, u64::MAX);
+        assert_eq!(drain(&mut wheel, MAX_TICK - 1), vec![]);
+        assert_eq!(drain(&mut wheel, MAX_TICK), vec![a]);
     }
 
     #[test]
@@ -726,6 +830,30 @@ mod tests {
     }
 
     #[test]
+    fn slab_grows_by_chunks() {
+        let mut wheel = Wheel::new();
+        let n = 3 * CHUNK + 5;
+        let ids: Vec<_> = (0..n as u64)
+            .map(|i| wheel.insert(i % 700 + 1, i))
+            .collect();
+        assert_eq!(ids, (0..n as u32).collect::<Vec<_>>());
+        let chunks = &wheel.entries.chunks;
+        assert_eq!(chunks.len(), 4);
+        assert!(
+            chunks.iter().all(|c| c.capacity() == CHUNK),
+            "no spare beyond one chunk"
+        );
+        assert_eq!(wheel.entries.len(), n);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(*wheel.get(*id), i as u64);
+        }
+        wheel.check();
+        let mut fired = drain(&mut wheel, 700);
+        fired.sort_unstable();
+        assert_eq!(fired, ids);
+    }
+
+    #[test]
     fn next_expiration_is_a_lower_bound_after_poll() {
         let mut wheel = Wheel::new();
         for (i, when) in [3, 64, 65, 4_095, 4_096, P[5] + 1, HORIZON * 3]
@@ -783,35 +911,40 @@ mod tests {
     }
 
     #[test]
-    fn deadlines_near_u64_max() {
+    fn deadlines_near_max_tick() {
+        const M: u64 = MAX_TICK;
         let mut wheel = Wheel::new();
-        let a = wheel.insert(u64::MAX, 1);
-        let b = wheel.insert(u64::MAX - 1, 2);
-        let c = wheel.insert(u64::MAX - HORIZON, 3);
+        let a = wheel.insert(M, 1);
+        let b = wheel.insert(M - 1, 2);
+        let c = wheel.insert(M - HORIZON, 3);
         wheel.check();
-        assert_eq!(drain(&mut wheel, u64::MAX - HORIZON - 1), vec![]);
-        assert_eq!(drain(&mut wheel, u64::MAX - HORIZON), vec![c]);
-        assert_eq!(drain(&mut wheel, u64::MAX - 2), vec![]);
-        assert_eq!(wheel.next_expiration(), Some(u64::MAX - 1));
-        assert_eq!(drain(&mut wheel, u64::MAX - 1), vec![b]);
-        assert_eq!(wheel.next_expiration(), Some(u64::MAX));
-        assert_eq!(drain(&mut wheel, u64::MAX), vec![a]);
+        assert_eq!(drain(&mut wheel, M - HORIZON - 1), vec![]);
+        assert_eq!(drain(&mut wheel, M - HORIZON), vec![c]);
+        assert_eq!(drain(&mut wheel, M - 2), vec![]);
+        assert_eq!(wheel.next_expiration(), Some(M - 1));
+        assert_eq!(drain(&mut wheel, M - 1), vec![b]);
+        assert_eq!(wheel.next_expiration(), Some(M));
+        assert_eq!(drain(&mut wheel, M), vec![a]);
         assert_eq!(wheel.next_expiration(), None);
         // At the end of time everything is due at once.
-        let d = wheel.insert(u64::MAX, 4);
+        let d = wheel.insert(M, 4);
+        assert_eq!(wheel.next_expiration(), Some(M));
+        assert_eq!(drain(&mut wheel, M), vec![d]);
+        assert_eq!(drain(&mut wheel, u64::MAX), vec![]);
+        let e = wheel.insert(u64::MAX, 5);
         assert_eq!(wheel.next_expiration(), Some(u64::MAX));
-        assert_eq!(drain(&mut wheel, u64::MAX), vec![d]);
+        assert_eq!(drain(&mut wheel, u64::MAX), vec![e]);
 
-        // Stepping towards u64::MAX from one block before.
+        // Stepping towards the last tick from one block before.
         let mut wheel = Wheel::new();
-        wheel.poll(u64::MAX - 2 * HORIZON);
-        let a = wheel.insert(u64::MAX, 1);
+        wheel.poll(M - 2 * HORIZON);
+        let a = wheel.insert(M, 1);
         let mut wakeups = 0;
         while let Some(next) = wheel.next_expiration() {
             wakeups += 1;
             for id in drain(&mut wheel, next) {
                 assert_eq!(id, a);
-                assert_eq!(next, u64::MAX);
+                assert_eq!(next, M);
                 wheel.remove(id);
             }
         }
@@ -982,12 +1115,12 @@ mod tests {
         seed: &mut u64,
     ) -> Result<(), TestCaseError> {
         let r = rng(seed);
-        if r & 1 == 0 || now == u64::MAX {
+        if r & 1 == 0 || now >= MAX_TICK {
             prop_assert_eq!(wheel.remove(id), item);
         } else {
             let offsets = special_offsets(6);
             let extra = offsets[(r >> 8) as usize % offsets.len()].max(1);
-            let when = now.saturating_add(extra);
+            let when = now.saturating_add(extra).min(MAX_TICK);
             wheel.reschedule(id, when);
             model.insert(id, (when, item));
         }
@@ -1007,7 +1140,8 @@ mod tests {
                         Op::Insert(_) => elapsed.saturating_add(off),
                         Op::InsertPast(_) => elapsed.saturating_sub(off),
                         _ => off,
-                    };
+                    }
+                    .min(MAX_TICK);
                     next_item += 1;
                     let id = wheel.insert(when, next_item);
                     prop_assert!(id < u32::MAX - 1);
@@ -1021,7 +1155,8 @@ mod tests {
                         let when = match op {
                             Op::Reschedule(..) => elapsed.saturating_add(off),
                             _ => elapsed.saturating_sub(off),
-                        };
+                        }
+                        .min(MAX_TICK);
                         wheel.reschedule(id, when);
                         model.get_mut(&id).unwrap().0 = when;
                         prop_assert_eq!(wheel.when(id), when);
