@@ -22,7 +22,8 @@
 //!   that key since the sketch last aged, grew or cleared its doorkeeper (no false negatives;
 //!   collisions only raise estimates).
 //! - Memory is four rows of `width` half-bytes, plus `width` times six bits of doorkeeper,
-//!   `width` a multiple of 16 at most `limit`: 19.25 bytes per key at full size.
+//!   `width` a multiple of 16 at most `limit`: 19.25 bytes per key at full size, for a
+//!   policy of more than 2,340 keys (smaller ones get up to 16,384 counters a row).
 //!
 //! Pure data: no locks, no tokio. Keys arrive as 64-bit hashes.
 
@@ -34,6 +35,16 @@ pub(crate) const MAX: u8 = 15;
 /// 0.3-0.5 points at capacity 1,000, 2 up to 1.1); each counter per key costs 2 bytes an
 /// entry.
 const COUNTERS_PER_KEY: usize = 7;
+
+/// Small sketches get up to 16 counters a key, up to this many a row (44 KiB in all): it
+/// costs little, and gained 0.15 points on the sweep trace at capacity 1,000 (none at 10,000).
+const SMALL_WIDTH: usize = 16_384;
+
+/// Counters a row for a policy holding `keys` keys.
+fn width_for(keys: usize) -> usize {
+    keys.saturating_mul(COUNTERS_PER_KEY)
+        .max(keys.saturating_mul(16).min(SMALL_WIDTH))
+}
 
 /// Updates between agings, per counter in a row. Measured on the traces: a shorter memory
 /// (fewer updates between halvings) ranks keys worse, a longer one changes little.
@@ -74,10 +85,7 @@ impl Sketch {
     /// A sketch for a policy that holds up to `keys` keys.
     pub(crate) fn new(keys: u64) -> Self {
         // At most 2^27 counters a row (320 MiB in all), however large the capacity.
-        let wanted = usize::try_from(keys)
-            .unwrap_or(usize::MAX)
-            .min(1 << 24)
-            .saturating_mul(COUNTERS_PER_KEY);
+        let wanted = width_for(usize::try_from(keys).unwrap_or(usize::MAX).min(1 << 24));
         let limit = wanted.max(16).next_multiple_of(16);
         let mut sketch = Sketch {
             words: Vec::new(),
@@ -107,7 +115,7 @@ impl Sketch {
     /// Grow (starting over, at least doubling) once the policy holds more keys than the
     /// sketch is sized for, up to exactly the size for its capacity: no power-of-two round-up.
     pub(crate) fn fit(&mut self, keys: usize) {
-        let wanted = keys.saturating_mul(COUNTERS_PER_KEY);
+        let wanted = width_for(keys);
         if wanted > self.width && self.width < self.limit {
             self.reset(wanted.max(2 * self.width));
         }
@@ -316,13 +324,13 @@ mod tests {
         let small = sketch.bytes();
         sketch.fit(900);
         assert!(sketch.bytes() > small);
-        // Four rows of 6,304 half-byte counters (7 a key, rounded up to whole words), and
-        // 6,304 x 6 bits of doorkeeper.
-        assert_eq!(sketch.bytes(), 6304 * 4 / 2 + 6304 * 6 / 8);
+        // Four rows of 14,400 half-byte counters (16 a key while small), and 14,400 x 6 bits
+        // of doorkeeper.
+        assert_eq!(sketch.bytes(), 14_400 * 4 / 2 + 14_400 * 6 / 8);
         sketch.fit(1_000_000);
         assert_eq!(
             sketch.bytes(),
-            7008 * 4 / 2 + 7008 * 6 / 8,
+            16_000 * 4 / 2 + 16_000 * 6 / 8,
             "never beyond the capacity's size"
         );
     }
