@@ -310,6 +310,7 @@ where
         Internals {
             timers: store.signals.timers.load(Ordering::Acquire),
             records: store.handoff.len(),
+            timer_ids: store.handoff.ids(),
             loads: store.flights.len(),
             wakeups: store.signals.wakeups.load(Ordering::Acquire),
             task_closed: store.signals.closed.load(Ordering::Acquire),
@@ -354,6 +355,8 @@ pub struct Internals {
     pub timers: usize,
     /// Hand-off records queued for the task now.
     pub records: usize,
+    /// Wheel node ids handed out so far: a bound on the wheel's slab.
+    pub timer_ids: u32,
     /// Loads in flight now.
     pub loads: usize,
     /// Times the task has woken up.

@@ -1,5 +1,7 @@
-//! The expiry task: one per cache. It drains the writers' hand-off records into its wheel,
-//! sweeps what `invalidate_all` hid, and removes entries whose deadline has passed.
+//! The expiry task: one per cache. It drains the writers' hand-off records into its wheel
+//! (linking the nodes writers queued, freeing the ones they orphaned, and handing each
+//! stripe a pool of free ids), sweeps what `invalidate_all` hid, and removes entries whose
+//! deadline has passed.
 //!
 //! Each time it wakes the task upgrades its `Weak` to the store, works, publishes the tick it
 //! wants to wake at next, and lets go of the store before it sleeps on three things: the
@@ -10,9 +12,13 @@
 //! - **One task, no strong reference while asleep**: it holds the store only while working,
 //!   so dropping the last handle frees everything at once when the task sleeps, or when the
 //!   current batch ends when it works.
+//! - **Filing takes no shard lock**: a queued node is linked at the tick its record names,
+//!   without looking at the entry; the entry is looked at when the node fires.
 //! - **Removal re-checks under the shard lock**: a node that fires removes its entry only if the
 //!   entry still points at that node and is expired (or invalidated) *now*; a later deadline is
-//!   re-filed, a missing entry or another node means the node was orphaned.
+//!   re-filed, a missing entry or another node means the node was orphaned, and its record,
+//!   still queued, frees it (see handoff.rs). The task's own removals (the sweep) orphan
+//!   nodes through the hand-off too.
 //! - **Idle costs nothing**: with no node in the wheel the interval is not polled at all; with
 //!   nodes it is reset to the next occupied slot, so a far deadline costs a handful of wake-ups.
 //!   `MissedTickBehavior::Delay`: after a stall the task runs once, not in a burst.
@@ -33,10 +39,10 @@ use tracing::{debug, info, trace, Instrument};
 use crate::builder::BuildError;
 use crate::cache::Shared;
 use crate::clock::{Clock, NEVER};
-use crate::handoff::{Orphans, Records, Signals};
+use crate::handoff::{Records, Signals, Taken};
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
-use crate::store::{Retired, Store, PENDING, UNFILED};
+use crate::store::{Retired, Store, UNFILED};
 use crate::wheel::{TimerId, Wheel};
 
 /// The most records, removals or fired nodes handled between two yields.
@@ -44,6 +50,9 @@ const BATCH: usize = 1024;
 
 /// A spare hand-off map larger than this is not kept for reuse.
 const SPARE_CAPACITY: usize = 4096;
+
+/// Free ids a stripe's pool gets beyond what its writers took since the last swap.
+const MIN_POOL: usize = 16;
 
 /// The task's interval, created by the building thread inside the runtime so that a runtime
 /// without timers is reported to the builder rather than killing the task.
@@ -93,6 +102,8 @@ pub(crate) fn spawn<K, V, S>(
         interval,
         wheel: Wheel::new(),
         spare: None,
+        links: Vec::new(),
+        pools: Vec::new(),
         swept: shared.store.generation(),
         work: Work::default(),
         stats_line,
@@ -171,6 +182,11 @@ struct Driver<K: Hash + Eq, V, S: BuildHasher + Clone> {
     interval: Interval,
     wheel: Wheel<K>,
     spare: Option<Records<K, S>>,
+    /// The nodes of a drained map, to link in id order.
+    links: Vec<(TimerId, u64, K)>,
+    /// Per stripe: the ids its writers left in their pool, held for its next pool, and how
+    /// many they took last time.
+    pools: Vec<(Vec<TimerId>, usize)>,
     /// The `invalidate_all` generation swept last.
     swept: u32,
     work: Work,
@@ -282,15 +298,38 @@ where
         }
     }
 
-    /// File every queued record in the wheel.
+    /// Link every queued node in the wheel and free every orphan, stripe by stripe, handing
+    /// each stripe a pool of free ids for its writers.
     async fn drain(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
         let store = &shared.store;
         for stripe in 0..store.handoff.stripe_count() {
             let spare = self.spare.take().unwrap_or_else(|| store.handoff.empty());
-            let mut records = store.handoff.take(stripe, spare);
+            let pool = self.pool_for(stripe);
+            let Taken {
+                mut records,
+                pool: left,
+                taken,
+            } = store.handoff.take(stripe, spare, pool);
+            self.keep_pool(stripe, left, taken);
+            // Orphans first (they were linked from earlier maps), then the new nodes in id
+            // order: writers take fresh ids in write order, so slot lists then run through the
+            // slab in order, and walking them later does not miss the cache at every node.
+            let mut links = std::mem::take(&mut self.links);
+            for (key, record) in records.drain() {
+                for orphan in record.orphans.nodes() {
+                    drop(self.wheel.remove(orphan));
+                }
+                if record.node != UNFILED {
+                    links.push((record.node, record.tick, key));
+                }
+            }
+            if records.capacity() <= SPARE_CAPACITY {
+                self.spare = Some(records);
+            }
+            links.sort_unstable_by_key(|(node, ..)| *node);
             let mut done = 0;
-            for (key, orphans) in records.drain() {
-                self.file(store, key, orphans);
+            for (node, tick, key) in links.drain(..) {
+                self.wheel.link(node, tick, key);
                 done += 1;
                 if done % BATCH == 0 {
                     if let Flow::Stop = self.pause(shared).await {
@@ -299,47 +338,40 @@ where
                 }
             }
             self.work.filed += done;
-            if records.capacity() <= SPARE_CAPACITY {
-                self.spare = Some(records);
+            if links.capacity() <= SPARE_CAPACITY {
+                self.links = links;
             }
         }
         Flow::Continue
     }
 
-    /// File `key` at the deadline its entry holds now, reusing a node a writer orphaned for
-    /// it, if any, and freeing the others.
-    fn file(&mut self, store: &Store<K, V, S>, key: K, orphans: Orphans) {
-        let generation = store.generation();
-        let mut orphans = orphans.nodes();
-        let (wheel, clock) = (&mut self.wheel, self.clock);
-        // `Err` gives back the key of an entry removed since: all its orphans are freed below.
-        let _ = store.map.update(key, |key, entry| {
-            if entry.timer != PENDING
-                || entry.deadline() == NEVER
-                || entry.generation() != generation
-            {
-                // Filed by an earlier record, or nothing to file (the sweep takes invalidated
-                // ones).
-                if entry.timer == PENDING {
-                    entry.timer = UNFILED;
-                }
-                for node in orphans.by_ref() {
-                    debug_assert_ne!(Some(node), entry.node(), "a record orphaned a live node");
-                    wheel.remove(node);
-                }
-                return;
+    /// The pool to give `stripe`: what it had left last time, topped up with free ids to what
+    /// its writers took last time, plus [`MIN_POOL`].
+    fn pool_for(&mut self, stripe: usize) -> Vec<TimerId> {
+        if self.pools.len() <= stripe {
+            self.pools.resize_with(stripe + 1, Default::default);
+        }
+        let (held, demand) = &mut self.pools[stripe];
+        let mut pool = std::mem::take(held);
+        let want = *demand + MIN_POOL;
+        while pool.len() < want {
+            match self.wheel.take_free() {
+                Some(id) => pool.push(id),
+                None => break,
             }
-            let when = clock.tick_of(entry.deadline());
-            entry.timer = match orphans.next() {
-                Some(node) => {
-                    wheel.reschedule(node, when);
-                    node
-                }
-                None => wheel.insert(when, key),
-            };
-        });
-        // The orphans not reused: their nodes are free.
-        orphans.for_each(|node| drop(self.wheel.remove(node)));
+        }
+        pool
+    }
+
+    /// Keep the ids `stripe`'s writers left in the pool swapped out (they took `taken`), for
+    /// its next pool; free those beyond what it may want.
+    fn keep_pool(&mut self, stripe: usize, mut left: Vec<TimerId>, taken: usize) {
+        let want = taken + MIN_POOL;
+        while left.len() > want {
+            let id = left.pop().expect("longer than want");
+            self.wheel.release(id);
+        }
+        self.pools[stripe] = (left, taken);
     }
 
     /// Remove every entry hidden by `invalidate_all`, in batches.
@@ -350,10 +382,15 @@ where
         let stale: Vec<K> = store.map.keys_where(|entry| entry.generation() != target);
         for (done, key) in stale.iter().enumerate() {
             let now = store.generation();
-            if let Some((key, entry)) = store.map.remove_if(key, |_, e| e.generation() != now) {
-                if let Some(node) = entry.node() {
-                    self.wheel.remove(node);
+            // Its node, queued or linked, goes back through the hand-off like a writer's.
+            let removed = store.map.remove_if(key, |key, e| {
+                let stale = e.generation() != now;
+                if stale {
+                    store.orphan(key, e);
                 }
+                stale
+            });
+            if let Some((key, entry)) = removed {
                 self.work.swept += 1;
                 let cause = store.cause(&entry, RemovalCause::Explicit);
                 let key = store.wants_keys().then_some(key);
@@ -396,7 +433,8 @@ where
     /// Decide, under the key's shard lock, what a fired node means.
     fn fire(&mut self, store: &Store<K, V, S>, node: TimerId, now: u64) {
         enum Action {
-            /// No entry holds this node: a writer orphaned it.
+            /// No entry holds this node: it was orphaned, and its record, still queued, frees
+            /// it (see handoff.rs).
             Stale,
             /// The entry expired (or was invalidated) and is removed.
             Remove,
@@ -426,10 +464,7 @@ where
             false
         });
         match action {
-            Action::Stale => {
-                store.handoff.forget_orphan(self.wheel.get(node), node);
-                self.wheel.remove(node);
-            }
+            Action::Stale => {}
             Action::Remove | Action::Unfile => {
                 self.wheel.remove(node);
             }
@@ -437,7 +472,8 @@ where
         }
         // Reported here, outside the shard lock and with the wheel no longer borrowed.
         if let Some((key, entry)) = removed {
-            let cause = store.cause(&entry, RemovalCause::Explicit);
+            // Judged at `now`, the time it was removed for: no clock read per entry.
+            let cause = store.cause_at(&entry, RemovalCause::Explicit, || now);
             if cause == RemovalCause::Expired {
                 store.lag.record(now.saturating_sub(entry.deadline()));
                 self.work.expired += 1;

@@ -1,74 +1,86 @@
-//! The hand-off from writers to the expiry task: which keys have a deadline the task has not
-//! filed yet, and which wheel nodes writers have orphaned.
+//! The hand-off from writers to the expiry task: which keys need a wheel node and at what
+//! tick, and which wheel nodes writers have orphaned.
 //!
-//! Writers never touch the wheel (the task owns it). Instead, while holding the key's shard
-//! lock, a writer puts the key into one of a few striped, mutex-guarded maps
-//! `key -> orphaned node`. The task swaps each stripe out whole, then files every key at the
-//! deadline it *then* reads from the entry, reusing the orphaned node when there is one.
+//! Writers never touch the wheel (the task owns it), but they hand out its node ids. While
+//! holding the key's shard lock, a writer that gives an entry a first or an earlier deadline
+//! takes an id (from its stripe's pool of ids the task freed, or a fresh one), stores it in
+//! the entry, and records `key -> (id, tick)` in one of a few striped, mutex-guarded maps. The
+//! task swaps each stripe out whole and links every recorded node at its tick: filing costs it
+//! no map lookup and no shard lock. A writer that removes an entry, or moves it to an earlier
+//! deadline after its node was linked, records the node it leaves behind as an *orphan*, which
+//! the task frees.
 //!
 //! Invariants:
+//! - **Every id in one place.** An id is on the wheel's free list; or in a stripe's pool; or
+//!   held by an entry (its `timer`) and either named by the queued record of the entry's key
+//!   (not linked yet) or linked in the wheel; or linked in the wheel and named as an orphan by
+//!   a queued record (no entry holds it). A node the task finds held by no entry when it fires
+//!   is such an orphan: the task leaves it for its record to free.
+//! - **Never late.** A record's tick is at most the tick of the entry's deadline: a first or
+//!   an earlier deadline always goes through [`Handoff::push`], which lowers the tick of a
+//!   queued record. A later deadline needs nothing: the node fires early and the task re-files
+//!   it.
 //! - **Bounded.** A stripe holds at most one record per key, however often the key is
 //!   written, removed and written again before the next drain: a record is a key, not an
-//!   operation. The entry's `PENDING` state (see `store.rs`) spares writers the stripe lock
-//!   when a record is already queued.
-//! - **At most two orphans per record.** A node is referenced by exactly one entry or one
-//!   record. A record collects the nodes its key's entries lose while the record is queued:
-//!   the node the entry had when this stripe map became current, and at most one more, filed
-//!   by the task from the previous map (which held one record per key) and then lost again.
-//!   Merging records keeps both.
+//!   operation. A record names at most one node to link (the entry's) and at most two
+//!   orphans (in practice one: the node the entry held when this stripe map became current).
+//!   A pool holds the ids the task gave it plus those of queued nodes whose entry was removed.
 //! - **No lost wake-up.** The writer reads the task's published `next_wake` *inside* the stripe
 //!   lock; the task publishes `next_wake` *before* it checks the stripes for records. So either
 //!   the task sees the record, or the writer sees the new `next_wake` and notifies (a
 //!   `Notify` permit survives until the task waits).
 //! - **Nothing grows after the task is gone.** The task sets `closed` and then empties every
-//!   stripe under its lock; writers check `closed` under the same lock.
+//!   stripe under its lock; writers check `closed` under the same lock, and then neither queue
+//!   nor take ids.
 //! - Lock order is always shard lock, then stripe lock. The task never holds a stripe lock
-//!   while it takes a shard lock.
+//!   while it takes a shard lock, and holds one only to swap a stripe's map and pool.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
 use crate::clock::NEVER;
-use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{lock, Mutex, MutexGuard, Wake};
 use crate::wheel::TimerId;
 
-/// `timer` value of an entry the task does not track.
+/// `timer` value of an entry that holds no node.
 pub(crate) const UNFILED: TimerId = u32::MAX;
-/// `timer` value of an entry whose key has a queued record.
-pub(crate) const PENDING: TimerId = u32::MAX - 1;
 
-/// What a writer holding an entry's shard lock does when it gives the entry the (effective)
-/// deadline `deadline`, over an entry whose timer is `timer` and deadline `old` (a vacant
-/// entry is `UNFILED`). Returns the entry's new timer, and the record to queue, if any, with
-/// the node it orphans.
-///
-/// A later deadline needs no record: the filed node fires first and the task re-files. An
-/// earlier one, or a first one, does; with a record already queued (`PENDING`) the push only
-/// merges into it, but still wakes the task if the task sleeps past the new deadline.
-pub(crate) fn retime(
-    timer: TimerId,
-    old: u64,
-    deadline: u64,
-) -> (TimerId, Option<Option<TimerId>>) {
-    match timer {
-        _ if deadline == NEVER => (timer, None),
-        // The queued record will file the latest deadline, but the task may be asleep until
-        // a later one: queue again (it merges into the same record) so that the push decides
-        // whether to wake it.
-        PENDING if deadline < old => (PENDING, Some(None)),
-        PENDING => (PENDING, None),
-        UNFILED => (PENDING, Some(None)),
-        node if deadline < old => (PENDING, Some(Some(node))),
-        node => (node, None),
-    }
+/// Ids stop short of the two values the wheel reserves (`u32::MAX - 1` and `u32::MAX`).
+const MAX_IDS: u32 = u32::MAX - 1;
+
+/// Whether a writer holding an entry's shard lock must [`push`](Handoff::push) when it gives
+/// the entry the (effective) deadline `deadline`, over an entry whose timer is `timer` and
+/// deadline `old` (a vacant entry is `UNFILED`): for a first deadline, or an earlier one. A
+/// later deadline, or none, needs nothing: a node the entry holds fires early, and the task
+/// re-files or drops it.
+pub(crate) fn needs_push(timer: TimerId, old: u64, deadline: u64) -> bool {
+    deadline != NEVER && (timer == UNFILED || deadline < old)
 }
 
 /// A stripe this large wakes the task even if no deadline is near, so drains stay small.
 const WAKE_AT_RECORDS: usize = 4096;
 
-/// A drained stripe's map: key to the nodes writers orphaned for it.
-pub(crate) type Records<K, S> = HashMap<K, Orphans, S>;
+/// One key's record: the node to link for its entry, and the nodes it orphaned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Record {
+    /// The node to link, or `UNFILED`.
+    pub(crate) node: TimerId,
+    /// The tick to link it at.
+    pub(crate) tick: u64,
+    pub(crate) orphans: Orphans,
+}
+
+impl Record {
+    const EMPTY: Record = Record {
+        node: UNFILED,
+        tick: u64::MAX,
+        orphans: Orphans::NONE,
+    };
+}
+
+/// A drained stripe's map: key to its record.
+pub(crate) type Records<K, S> = HashMap<K, Record, S>;
 
 /// The wheel nodes a record orphaned: at most two (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,15 +94,6 @@ impl Orphans {
         let free = if self.0[0] == UNFILED { 0 } else { 1 };
         debug_assert_eq!(self.0[free], UNFILED, "a third orphaned node for one key");
         self.0[free] = node;
-    }
-
-    /// Forget `node`, if it is one of these.
-    fn forget(&mut self, node: TimerId) {
-        for slot in &mut self.0 {
-            if *slot == node {
-                *slot = UNFILED;
-            }
-        }
     }
 
     /// The orphaned nodes.
@@ -115,28 +118,58 @@ pub(crate) struct Signals {
     pub(crate) timers: AtomicUsize,
 }
 
+/// A stripe's records, and the ids its writers hand out.
+struct Stripe<K, S> {
+    records: Records<K, S>,
+    /// Ids the task freed (or queued nodes whose entry went), for writers to take first.
+    pool: Vec<TimerId>,
+    /// Ids writers took since the task last swapped the pool.
+    taken: usize,
+}
+
 #[repr(align(64))]
-struct Stripe<K, S>(Mutex<Records<K, S>>);
+struct Padded<K, S>(Mutex<Stripe<K, S>>);
+
+/// What [`Handoff::take`] hands the task.
+pub(crate) struct Taken<K, S> {
+    pub(crate) records: Records<K, S>,
+    /// The ids left in the pool the task swapped out: still held, now by the task.
+    pub(crate) pool: Vec<TimerId>,
+    /// Ids writers took from the stripe since the previous swap.
+    pub(crate) taken: usize,
+}
 
 pub(crate) struct Handoff<K, S> {
-    stripes: Box<[Stripe<K, S>]>,
+    stripes: Box<[Padded<K, S>]>,
     hasher: S,
+    /// The next id never handed out.
+    fresh: AtomicU32,
 }
 
 impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     pub(crate) fn new(stripes: usize, hasher: S) -> Self {
         debug_assert!(stripes.is_power_of_two());
         let stripes = (0..stripes)
-            .map(|_| Stripe(Mutex::new(HashMap::with_hasher(hasher.clone()))))
+            .map(|_| {
+                Padded(Mutex::new(Stripe {
+                    records: HashMap::with_hasher(hasher.clone()),
+                    pool: Vec::new(),
+                    taken: 0,
+                }))
+            })
             .collect();
-        Handoff { stripes, hasher }
+        Handoff {
+            stripes,
+            hasher,
+            fresh: AtomicU32::new(0),
+        }
     }
 
     pub(crate) fn stripe_count(&self) -> usize {
         self.stripes.len()
     }
 
-    fn lock(&self, i: usize) -> MutexGuard<'_, Records<K, S>> {
+    fn lock(&self, i: usize) -> MutexGuard<'_, Stripe<K, S>> {
         lock(&self.stripes[i].0)
     }
 
@@ -144,30 +177,63 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         (self.hasher.hash_one(key) >> 32) as usize & (self.stripes.len() - 1)
     }
 
-    /// Queue `key` for the task, with the node a writer orphaned for it. Called with the key's
-    /// shard lock held. `due_tick` is the earliest tick the entry needs the task at (`u64::MAX`
-    /// for a record that only frees a node).
-    pub(crate) fn push(&self, signals: &Signals, key: K, orphan: Option<TimerId>, due_tick: u64) {
-        let mut stripe = self.lock(self.stripe_of(&key));
+    /// Ids handed out so far, pooled or not: the wheel's slab holds no more cells than this.
+    pub(crate) fn ids(&self) -> u32 {
+        self.fresh.load(Ordering::Relaxed)
+    }
+
+    /// Queue a node for `key`, whose entry holds `timer` (`UNFILED` or a node), to be linked at
+    /// `tick`; called with the key's shard lock held, when [`needs_push`] says so. Returns the
+    /// entry's timer from now on: `timer` itself if its node is still queued here (the
+    /// record's tick is lowered), else a newly taken id (and `timer`'s node, linked in the
+    /// wheel, becomes an orphan). Once the task has stopped: `timer`, and nothing queued.
+    pub(crate) fn push(&self, signals: &Signals, key: K, timer: TimerId, tick: u64) -> TimerId {
+        let mut guard = self.lock(self.stripe_of(&key));
         if signals.closed.load(Ordering::Acquire) {
-            return;
+            return timer;
         }
-        let len_before = stripe.len();
-        let slot = stripe.entry(key).or_insert(Orphans::NONE);
-        if let Some(node) = orphan {
-            slot.add(node);
-        }
-        let grew_large = len_before + 1 == WAKE_AT_RECORDS && stripe.len() == WAKE_AT_RECORDS;
-        let wake = grew_large || due_tick < signals.next_wake.load(Ordering::SeqCst);
-        drop(stripe);
+        let stripe = &mut *guard;
+        let len_before = stripe.records.len();
+        let record = stripe.records.entry(key).or_insert(Record::EMPTY);
+        let node = if timer != UNFILED && record.node == timer {
+            record.tick = record.tick.min(tick);
+            timer
+        } else {
+            // A queued node is always the entry's: this record has none.
+            debug_assert_eq!(record.node, UNFILED, "a queued node no entry holds");
+            if timer != UNFILED {
+                record.orphans.add(timer);
+            }
+            let id = stripe.pool.pop().unwrap_or_else(|| self.fresh_id());
+            stripe.taken += 1;
+            record.node = id;
+            record.tick = tick;
+            id
+        };
+        let grew_large =
+            len_before + 1 == WAKE_AT_RECORDS && stripe.records.len() == WAKE_AT_RECORDS;
+        let wake = grew_large || tick < signals.next_wake.load(Ordering::SeqCst);
+        drop(guard);
         if wake {
             signals.notify.wake();
         }
+        node
     }
 
-    /// Swap stripe `i` for `spare` and return what it held.
-    pub(crate) fn take(&self, i: usize, spare: Records<K, S>) -> Records<K, S> {
-        std::mem::replace(&mut *self.lock(i), spare)
+    fn fresh_id(&self) -> TimerId {
+        let id = self.fresh.fetch_add(1, Ordering::Relaxed);
+        assert!(id < MAX_IDS, "ebb: more than {MAX_IDS} timer nodes");
+        id
+    }
+
+    /// Swap stripe `i`'s records for `spare` and its pool for `pool`.
+    pub(crate) fn take(&self, i: usize, spare: Records<K, S>, pool: Vec<TimerId>) -> Taken<K, S> {
+        let mut stripe = self.lock(i);
+        Taken {
+            records: std::mem::replace(&mut stripe.records, spare),
+            pool: std::mem::replace(&mut stripe.pool, pool),
+            taken: std::mem::take(&mut stripe.taken),
+        }
     }
 
     /// An empty map to swap in.
@@ -177,47 +243,81 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
 
     /// Whether any stripe holds a record.
     pub(crate) fn has_records(&self) -> bool {
-        (0..self.stripes.len()).any(|i| !self.lock(i).is_empty())
+        (0..self.stripes.len()).any(|i| !self.lock(i).records.is_empty())
     }
 
     /// The number of queued records (test-only visibility).
     pub(crate) fn len(&self) -> usize {
-        (0..self.stripes.len()).map(|i| self.lock(i).len()).sum()
+        (0..self.stripes.len())
+            .map(|i| self.lock(i).records.len())
+            .sum()
     }
 
-    /// Forget that a queued record orphaned `node`: the task found the node stale and freed it.
-    /// Called by the task after it saw, under the key's shard lock, that no entry holds the node.
-    pub(crate) fn forget_orphan(&self, key: &K, node: TimerId) {
-        let mut stripe = self.lock(self.stripe_of(key));
-        if let Some(slot) = stripe.get_mut(key) {
-            slot.forget(node);
-        }
-    }
-
-    /// Drop every record and refuse new ones: the task has stopped.
+    /// Drop every record and pool and refuse new records: the task has stopped.
     pub(crate) fn close(&self, signals: &Signals) {
         signals.closed.store(true, Ordering::SeqCst);
         for i in 0..self.stripes.len() {
-            let old = std::mem::replace(&mut *self.lock(i), self.empty());
+            let mut stripe = self.lock(i);
+            let old = (
+                std::mem::replace(&mut stripe.records, self.empty()),
+                std::mem::take(&mut stripe.pool),
+            );
+            drop(stripe);
             drop(old);
         }
     }
 }
 
-/// Loom models of the hand-off, with the writer's and the task's steps as `Store::write` and
-/// the driver take them (an entry behind a mutex stands in for the shard lock).
+impl<K: Hash + Eq + Clone, S: BuildHasher + Clone> Handoff<K, S> {
+    /// Tell the task that `key`'s entry, being removed under its shard lock, leaves `node`
+    /// behind. A node still queued here was never linked: its id goes back to the pool, and the
+    /// record forgets it. Else the node is linked (or about to be, from a map the task swapped
+    /// out) and the record orphans it.
+    pub(crate) fn orphan(&self, signals: &Signals, key: &K, node: TimerId) {
+        let mut guard = self.lock(self.stripe_of(key));
+        if signals.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let stripe = &mut *guard;
+        match stripe.records.get_mut(key) {
+            Some(record) if record.node == node => {
+                record.node = UNFILED;
+                stripe.pool.push(node);
+                if record.orphans == Orphans::NONE {
+                    stripe.records.remove(key);
+                }
+            }
+            Some(record) => {
+                // A queued node is always the entry's: this record has none.
+                debug_assert_eq!(record.node, UNFILED, "a queued node no entry holds");
+                record.orphans.add(node);
+            }
+            None => {
+                let mut record = Record::EMPTY;
+                record.orphans.add(node);
+                stripe.records.insert(key.clone(), record);
+                if stripe.records.len() == WAKE_AT_RECORDS {
+                    drop(guard);
+                    signals.notify.wake();
+                }
+            }
+        }
+    }
+}
+
+/// Loom models of the hand-off, with the writer's and the task's steps as `Store::write`,
+/// `Store::remove` and the driver take them (an entry behind a mutex stands in for the shard
+/// lock, a map of linked nodes for the wheel).
 /// Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
 #[cfg(all(test, loom))]
 mod loom_handoff {
     use super::*;
     use crate::sync::Arc;
     use loom::thread;
+    use std::collections::BTreeMap;
     use std::hash::BuildHasherDefault;
 
     type Hasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
-
-    /// The node id the model's task files entries under.
-    const NODE: TimerId = 7;
 
     struct Entry {
         deadline: u64,
@@ -244,32 +344,81 @@ mod loom_handoff {
     /// A writer: `Store::write` for key 1 (deadlines stand for their own ticks).
     fn write(w: &World, deadline: u64) {
         let mut entry = lock(&w.entry);
-        let (timer, record) = retime(entry.timer, entry.deadline, deadline);
-        if let Some(orphan) = record {
-            w.handoff.push(&w.signals, 1, orphan, deadline);
+        if needs_push(entry.timer, entry.deadline, deadline) {
+            entry.timer = w.handoff.push(&w.signals, 1, entry.timer, deadline);
         }
-        entry.timer = timer;
         entry.deadline = deadline;
         assert!(w.handoff.len() <= 1, "more than one record for one key");
     }
 
-    /// The task's drain: file every queued key at the deadline its entry holds now.
-    fn drain(w: &World, filed: &mut Option<u64>) {
+    /// A writer: `Store::remove` of key 1.
+    fn remove(w: &World) {
+        let mut entry = lock(&w.entry);
+        if entry.timer != UNFILED {
+            w.handoff.orphan(&w.signals, &1, entry.timer);
+        }
+        *entry = Entry {
+            deadline: NEVER,
+            timer: UNFILED,
+        };
+    }
+
+    /// The model task's wheel: the nodes it linked and their ticks, and the ids it freed or
+    /// took back from pools.
+    #[derive(Default)]
+    struct Wheel {
+        linked: BTreeMap<TimerId, u64>,
+        held: Vec<TimerId>,
+    }
+
+    /// The task's drain: free every orphan, link every queued node at its tick.
+    fn drain(w: &World, wheel: &mut Wheel) {
         for i in 0..w.handoff.stripe_count() {
-            for (_key, orphans) in w.handoff.take(i, w.handoff.empty()) {
-                let mut entry = lock(&w.entry);
-                if entry.timer == PENDING {
-                    // The model's wheel has one node, so an orphan is always it.
-                    assert!(orphans.nodes().all(|n| n == NODE));
-                    entry.timer = NODE;
-                    *filed = Some(entry.deadline);
+            let taken = w.handoff.take(i, w.handoff.empty(), Vec::new());
+            wheel.held.extend(taken.pool);
+            for (_key, record) in taken.records {
+                for orphan in record.orphans.nodes() {
+                    assert!(
+                        wheel.linked.remove(&orphan).is_some(),
+                        "orphan {orphan} not linked"
+                    );
+                    wheel.held.push(orphan);
+                }
+                if record.node != UNFILED {
+                    let linked = wheel.linked.insert(record.node, record.tick);
+                    assert!(linked.is_none(), "node {} linked twice", record.node);
                 }
             }
         }
     }
 
+    /// Whether the entry's node is linked at `tick`.
+    fn linked_at(w: &World, wheel: &Wheel, tick: u64) -> bool {
+        let entry = lock(&w.entry);
+        wheel.linked.get(&entry.timer) == Some(&tick)
+    }
+
+    /// The task until the entry's node is linked at `tick`: drain, publish when it would wake
+    /// next, look again, then sleep until woken. It has no timer here, so a lost wake-up leaves
+    /// it asleep: a deadlock.
+    fn run_until_linked_at(w: &World, tick: u64) -> Wheel {
+        let mut wheel = Wheel::default();
+        loop {
+            drain(w, &mut wheel);
+            let next = wheel.linked.values().min().copied().unwrap_or(u64::MAX);
+            w.signals.next_wake.store(next, Ordering::SeqCst);
+            if w.handoff.has_records() {
+                continue;
+            }
+            if linked_at(w, &wheel, tick) {
+                return wheel;
+            }
+            w.signals.notify.wait_blocking();
+        }
+    }
+
     #[test]
-    fn loom_handoff_files_the_latest_deadline_and_loses_no_wakeup() {
+    fn loom_handoff_links_the_latest_deadline_and_loses_no_wakeup() {
         loom::model(|| {
             let w = world();
             let writer = {
@@ -277,27 +426,40 @@ mod loom_handoff {
                 // Each deadline is earlier than the last: each needs the task, now.
                 thread::spawn(move || [30, 20, 10].into_iter().for_each(|d| write(&w, d)))
             };
-            // The task: drain, publish when it would wake next, look again, then sleep until
-            // woken. It has no timer here, so a lost wake-up leaves it asleep: a deadlock.
-            let mut filed = None;
-            loop {
-                drain(&w, &mut filed);
-                w.signals
-                    .next_wake
-                    .store(filed.unwrap_or(u64::MAX), Ordering::SeqCst);
-                if w.handoff.has_records() {
-                    continue;
-                }
-                let entry = lock(&w.entry);
-                if filed == Some(10) && entry.timer == NODE {
-                    break;
-                }
-                drop(entry);
-                w.signals.notify.wait_blocking();
-            }
+            let wheel = run_until_linked_at(&w, 10);
             writer.join().unwrap();
             assert_eq!(lock(&w.entry).deadline, 10);
             assert_eq!(w.handoff.len(), 0);
+            assert_eq!(
+                wheel.linked.len(),
+                1,
+                "an orphan left linked: {:?}",
+                wheel.linked
+            );
+        });
+    }
+
+    #[test]
+    fn loom_handoff_accounts_for_every_id() {
+        loom::model(|| {
+            let w = world();
+            let writer = {
+                let w = Arc::clone(&w);
+                thread::spawn(move || {
+                    write(&w, 20);
+                    remove(&w);
+                    write(&w, 10);
+                })
+            };
+            let mut wheel = run_until_linked_at(&w, 10);
+            writer.join().unwrap();
+            drain(&w, &mut wheel);
+            // Every id handed out is in exactly one place: linked (the entry's), or held.
+            let mut ids: Vec<TimerId> = wheel.linked.keys().copied().collect();
+            ids.extend(&wheel.held);
+            ids.sort_unstable();
+            assert_eq!(ids, (0..w.handoff.ids()).collect::<Vec<_>>());
+            assert_eq!(wheel.linked.len(), 1);
         });
     }
 
@@ -322,12 +484,11 @@ mod loom_handoff {
                 })
             };
             // The task: work, then check for cancellation before it parks.
-            let mut filed = None;
+            let mut wheel = Wheel::default();
             loop {
-                drain(&w, &mut filed);
-                w.signals
-                    .next_wake
-                    .store(filed.unwrap_or(u64::MAX), Ordering::SeqCst);
+                drain(&w, &mut wheel);
+                let next = wheel.linked.values().min().copied().unwrap_or(u64::MAX);
+                w.signals.next_wake.store(next, Ordering::SeqCst);
                 if cancelled.load(Ordering::SeqCst) {
                     break;
                 }
@@ -344,9 +505,12 @@ mod loom_handoff {
                 0,
                 "a write after the task stopped queued a record"
             );
-            // Later writes queue nothing either.
+            // Later writes queue nothing and take no id either.
+            let ids = w.handoff.ids();
+            remove(&w);
             write(&w, 5);
             assert_eq!(w.handoff.len(), 0);
+            assert_eq!(w.handoff.ids(), ids);
         });
     }
 }

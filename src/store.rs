@@ -21,11 +21,11 @@
 //!   tolerance (so a hot entry is not written on every read).
 //! - `timer` says where the entry's deadline is known to the task:
 //!   - [`UNFILED`]: nowhere; the entry has no deadline, or the task dropped its node.
-//!   - [`PENDING`]: a hand-off record for the key is queued (see `handoff.rs`); the task will
-//!     read the entry's *current* deadline when it drains the record.
-//!   - a wheel node id: the task filed the entry at a deadline no later than `deadline`. A
-//!     later deadline needs nothing (the node fires early and the task re-files it); an
-//!     earlier one queues a record carrying the node id.
+//!   - a wheel node id, which the writer took when it queued a hand-off record for the key
+//!     (see `handoff.rs`): the node is queued there or linked in the wheel, at a tick no later
+//!     than `deadline`'s. A later deadline needs nothing (the node fires early and the task
+//!     re-files it); a first or an earlier one goes through the hand-off, which lowers the
+//!     queued tick or queues a new node and orphans the linked one.
 //! - Every entry that leaves the map is reported exactly once, by the code path that took it
 //!   out, after the shard lock is released ([`Store::retire`]).
 
@@ -38,7 +38,7 @@ use dashmap::{DashMap, Entry as Slot};
 
 use crate::capacity::{Capacity, Held, Weigher};
 use crate::clock::{Clock, NEVER};
-use crate::handoff::{retime, Handoff, Signals};
+use crate::handoff::{needs_push, Handoff, Signals};
 use crate::listener::{Notifier, RemovalCause};
 use crate::load::{Flight, Flights};
 use crate::policy::MAX_FREQ;
@@ -46,14 +46,14 @@ use crate::stats::{Counter, Counters, Lag};
 use crate::sync::Arc as SyncArc;
 use crate::wheel::TimerId;
 
-pub(crate) use crate::handoff::{PENDING, UNFILED};
+pub(crate) use crate::handoff::UNFILED;
 
 /// One cached value and its bookkeeping.
 pub(crate) struct Entry<V> {
     pub(crate) value: V,
     /// The effective deadline (see the module docs).
     deadline: AtomicU64,
-    /// [`UNFILED`], [`PENDING`] or the id of the wheel node that holds this key.
+    /// [`UNFILED`], or the id of the wheel node for this key (queued or linked).
     pub(crate) timer: TimerId,
     /// The `invalidate_all` generation the entry was written in (bits 3 and up), and for
     /// bounded caches its eviction-policy state: in the main queue (bit 2), reads counted
@@ -136,7 +136,7 @@ impl<V> Entry<V> {
 
     /// Whether the entry has a node in the wheel.
     pub(crate) fn node(&self) -> Option<TimerId> {
-        (self.timer != UNFILED && self.timer != PENDING).then_some(self.timer)
+        (self.timer != UNFILED).then_some(self.timer)
     }
 }
 
@@ -266,14 +266,6 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
         Q: Hash + Eq + ?Sized,
     {
         with_map!(self, m => m.view(key, |k, e| f(k, e.entry())))
-    }
-
-    /// `f` of the key and its entry, under the shard's write lock; the key back if it is absent.
-    pub(crate) fn update<R>(&self, key: K, f: impl FnOnce(K, &mut Entry<V>) -> R) -> Result<R, K> {
-        with_map!(self, m => match m.get_mut(&key) {
-            Some(mut e) => Ok(f(key, e.entry_mut())),
-            None => Err(key),
-        })
     }
 
     /// Remove `key` if `f` says so, under the shard's write lock.
@@ -616,8 +608,7 @@ where
         let due = self.clock.tick_of(deadline);
         match slot {
             Slot::Vacant(slot) => {
-                let (timer, record) = retime(UNFILED, NEVER, deadline);
-                self.hand_off(slot.key(), record, due);
+                let timer = self.hand_off(slot.key(), UNFILED, NEVER, deadline, due);
                 slot.insert(E::new(
                     Entry::new(value, deadline, timer, generation, 0),
                     cap,
@@ -627,8 +618,7 @@ where
             }
             Slot::Occupied(mut slot) => {
                 let old = slot.get().entry();
-                let (timer, record) = retime(old.timer, old.deadline(), deadline);
-                self.hand_off(slot.key(), record, due);
+                let timer = self.hand_off(slot.key(), old.timer, old.deadline(), deadline, due);
                 // Judging the cause reads the clock: only when someone counts or listens.
                 let cause = if self.counters.is_some() || self.notifier.is_active() {
                     self.cause(old, RemovalCause::Replaced)
@@ -656,11 +646,15 @@ where
         }
     }
 
-    /// Queue `record` (see [`retime`]) for `key`, under its shard lock.
+    /// The timer of `key`'s entry, under its shard lock, as it goes from the deadline `old`
+    /// with `timer` to `deadline` (due at tick `due`): a node queued for the task if it needs
+    /// one (see [`needs_push`]).
     #[inline]
-    fn hand_off(&self, key: &K, record: Option<Option<TimerId>>, due: u64) {
-        if let Some(orphan) = record {
-            self.handoff.push(&self.signals, key.clone(), orphan, due);
+    fn hand_off(&self, key: &K, timer: TimerId, old: u64, deadline: u64, due: u64) -> TimerId {
+        if needs_push(timer, old, deadline) {
+            self.handoff.push(&self.signals, key.clone(), timer, due)
+        } else {
+            timer
         }
     }
 
@@ -709,15 +703,28 @@ where
     }
 
     /// Tell the task that `entry`, being removed under its shard lock, leaves its wheel node
-    /// behind: the task then sees either the entry or this record (see handoff.rs).
-    fn orphan(&self, key: &K, entry: &Entry<V>) {
-        self.hand_off(key, entry.node().map(Some), u64::MAX);
+    /// behind (see handoff.rs).
+    pub(crate) fn orphan(&self, key: &K, entry: &Entry<V>) {
+        if let Some(node) = entry.node() {
+            self.handoff.orphan(&self.signals, key, node);
+        }
     }
 
     /// Why `entry` leaves the map, judged at the moment it stopped being live: `Expired` if
     /// its deadline came first (whoever removes it), `Explicit` if `invalidate_all` hid it
     /// first, else `live_cause`.
     pub(crate) fn cause(&self, entry: &Entry<V>, live_cause: RemovalCause) -> RemovalCause {
+        self.cause_at(entry, live_cause, || self.clock.now())
+    }
+
+    /// [`cause`](Self::cause), with `now` for the clock when it is needed: the expiry task
+    /// judges a batch at the time it removes it for.
+    pub(crate) fn cause_at(
+        &self,
+        entry: &Entry<V>,
+        live_cause: RemovalCause,
+        now: impl FnOnce() -> u64,
+    ) -> RemovalCause {
         let deadline = entry.deadline();
         let generation = self.generation();
         // When `invalidate_all` hid the entry, if it did and we still know when.
@@ -732,7 +739,7 @@ where
         match hidden_at {
             Some(at) if deadline != NEVER && deadline <= at => RemovalCause::Expired,
             Some(_) => RemovalCause::Explicit,
-            None if deadline != NEVER && deadline <= self.clock.now() => RemovalCause::Expired,
+            None if deadline != NEVER && deadline <= now() => RemovalCause::Expired,
             None => live_cause,
         }
     }

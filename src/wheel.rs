@@ -63,8 +63,10 @@
 //! level where it now belongs. Re-filing a node out of a below-top slot always lands it
 //! strictly lower (the slot's start is `<= now < when < start + 64^l`, so `now` and `when`
 //! now agree on digit `l` too), or on the due list. So a node is taken out of a slot at
-//! most six times per filing (far deadlines aside, below), and one `poll` costs O(1) per slot it empties, plus O(1) per node it
-//! returns or moves down, plus O(levels).
+//! most six times per filing (far deadlines aside, below), and one `poll` costs O(1) per slot
+//! it empties, plus O(1) per node it returns or moves down, plus O(levels). A below-top slot
+//! whose whole span is due (a level-0 slot is one tick) is spliced in as the due list when
+//! that is empty, without visiting its nodes: its list is already a valid due list.
 //!
 //! Moving `elapsed` to `now` keeps the invariant for the slots left behind: their starts
 //! are `> now`, so `now` still shares their digits above `l` (it lies between the old
@@ -169,8 +171,15 @@ impl<T> Node<T> {
 /// A slab cell. `Free` fits in the niche of `Node::inverted_when`, so it adds no size.
 enum Entry<T> {
     Live(Node<T>),
-    Free { next_free: u32 },
+    /// On the free list (`next_free` is the next free cell or `NIL`), or, with `next_free ==
+    /// RESERVED`, held by the caller to link later.
+    Free {
+        next_free: u32,
+    },
 }
+
+/// `next_free` of a cell whose id the caller holds (see [`Wheel::link`]).
+const RESERVED: u32 = UNLINKED;
 
 /// Cells per chunk of the slab: 2^12.
 const CHUNK_BITS: u32 = 12;
@@ -195,9 +204,19 @@ impl<T> Slab<T> {
         }
     }
 
-    /// Cells in use or on the free list.
+    /// Cells: live, free or reserved.
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.len
+    }
+
+    /// Adds reserved cells until there are `len`.
+    fn grow_to(&mut self, len: usize) {
+        while self.len < len {
+            self.push(Entry::Free {
+                next_free: RESERVED,
+            });
+        }
     }
 
     /// Appends a cell; its id is the old `len`.
@@ -242,6 +261,8 @@ pub(crate) struct Wheel<T> {
     entries: Slab<T>,
     /// First free cell, or `NIL`.
     free_head: u32,
+    /// Cells on the free list.
+    free: usize,
     /// Allocated nodes (scheduled plus fired-not-removed).
     len: usize,
     /// The wheel's current tick.
@@ -265,6 +286,7 @@ impl<T> Wheel<T> {
         Wheel {
             entries: Slab::new(),
             free_head: NIL,
+            free: 0,
             len: 0,
             elapsed: 0,
             heads: Vec::new(),
@@ -294,30 +316,84 @@ impl<T> Wheel<T> {
         self.slots_visited
     }
 
-    /// Files `item` at tick `when` (at most [`MAX_TICK`]); a `when` at or before `elapsed` is
-    /// due at the next poll.
+    /// Files `item` at tick `when` (at most [`MAX_TICK`]) under an id of the wheel's choosing;
+    /// a `when` at or before `elapsed` is due at the next poll. For a wheel whose ids nobody
+    /// else hands out (see [`link`](Self::link)).
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, when: u64, item: T) -> TimerId {
-        let node = Node::new(item, when);
-        let id = if self.free_head != NIL {
-            let id = self.free_head;
-            let cell = self.entries.cell_mut(id);
-            match *cell {
-                Entry::Free { next_free } => self.free_head = next_free,
-                Entry::Live(_) => unreachable!("wheel: free list holds a live node"),
-            }
-            *cell = Entry::Live(node);
-            id
-        } else {
-            assert!(
-                self.entries.len() < MAX_NODES,
-                "wheel: more than {MAX_NODES} nodes"
-            );
-            self.entries.push(Entry::Live(node));
-            (self.entries.len() - 1) as u32
-        };
+        let id = self.take_free().unwrap_or(self.entries.len() as TimerId);
+        self.link(id, when, item);
+        id
+    }
+
+    /// Files `item` at tick `when` (at most [`MAX_TICK`]) as node `id`, which the caller holds:
+    /// taken with [`take_free`](Self::take_free), or never seen by the wheel (a cell beyond the
+    /// slab, which grows to it). A `when` at or before `elapsed` is due at the next poll.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is a reserved value, a live node, or on the free list.
+    pub(crate) fn link(&mut self, id: TimerId, when: u64, item: T) {
+        assert!(
+            (id as usize) < MAX_NODES,
+            "wheel: node id {id} out of range"
+        );
+        self.entries.grow_to(id as usize + 1);
+        let cell = self.entries.cell_mut(id);
+        match *cell {
+            Entry::Free {
+                next_free: RESERVED,
+            } => *cell = Entry::Live(Node::new(item, when)),
+            _ => panic!("wheel: node {id} is not held by the caller"),
+        }
         self.len += 1;
         self.file(id);
-        id
+    }
+
+    /// An id off the free list, for the caller to hold until it links it or gives it back.
+    pub(crate) fn take_free(&mut self) -> Option<TimerId> {
+        if self.free_head == NIL {
+            return None;
+        }
+        let id = self.free_head;
+        let cell = self.entries.cell_mut(id);
+        match *cell {
+            Entry::Free { next_free } if next_free != RESERVED => self.free_head = next_free,
+            _ => unreachable!("wheel: free list holds a cell that is not free"),
+        }
+        *cell = Entry::Free {
+            next_free: RESERVED,
+        };
+        self.free -= 1;
+        Some(id)
+    }
+
+    /// Puts an id the caller holds and will not link back on the free list.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is a live node or already free.
+    pub(crate) fn release(&mut self, id: TimerId) {
+        assert!(
+            (id as usize) < MAX_NODES,
+            "wheel: node id {id} out of range"
+        );
+        self.entries.grow_to(id as usize + 1);
+        let next_free = self.free_head;
+        let cell = self.entries.cell_mut(id);
+        match *cell {
+            Entry::Free {
+                next_free: RESERVED,
+            } => *cell = Entry::Free { next_free },
+            _ => panic!("wheel: node {id} is not held by the caller"),
+        }
+        self.free_head = id;
+        self.free += 1;
+    }
+
+    /// Ids on the free list.
+    pub(crate) fn free_len(&self) -> usize {
+        self.free
     }
 
     /// Moves node `id` (scheduled or fired) to tick `when` (at most [`MAX_TICK`]). The id
@@ -341,6 +417,7 @@ impl<T> Wheel<T> {
         match mem::replace(self.entries.cell_mut(id), cell) {
             Entry::Live(node) => {
                 self.free_head = id;
+                self.free += 1;
                 self.len -= 1;
                 node.item
             }
@@ -400,7 +477,7 @@ impl<T> Wheel<T> {
             }
             let taken = self.take_slots_until(now);
             self.elapsed = now;
-            if taken == NIL {
+            if taken == NIL && self.due_head == NIL {
                 return None;
             }
             // Every slot starting at or before `now` is empty now, so re-filing against the
@@ -417,7 +494,8 @@ impl<T> Wheel<T> {
 
     /// Empties every slot whose start is `<= now` (measured from the current `elapsed`,
     /// which the caller moves to `now` afterwards) and returns its nodes as a chain through
-    /// `next`, each marked `Fired`.
+    /// `next`, each unlinked; except that one slot wholly due by `now` may become the due list
+    /// instead, if that is empty.
     fn take_slots_until(&mut self, now: u64) -> u32 {
         let mut chain = NIL;
         for level in 0..LEVELS {
@@ -428,6 +506,14 @@ impl<T> Wheel<T> {
                 self.slots_visited += 1;
                 self.occupied[level] &= !(1u64 << slot);
                 let mut cur = mem::replace(&mut self.heads[level][slot], NIL);
+                // Every node of a below-top slot lies in `[start, start + 64^level)`: if all of
+                // that is due, the list becomes the (empty) due list as it is, node by node
+                // untouched. (`poll` empties the due list before it takes slots.)
+                let last = start.saturating_add((1u64 << (SLOT_BITS * level as u32)) - 1);
+                if level < TOP && last <= now && self.due_head == NIL {
+                    self.due_head = cur;
+                    continue;
+                }
                 while cur != NIL {
                     let node = self.node_mut(cur);
                     let next = node.next;
@@ -600,12 +686,19 @@ impl<T> Wheel<T> {
         }
         let mut live = 0;
         let mut fired = 0;
+        let mut reserved = 0;
         for entry in self.entries.iter() {
-            if let Entry::Live(node) = entry {
-                live += 1;
-                if node.prev == UNLINKED {
-                    fired += 1;
+            match entry {
+                Entry::Live(node) => {
+                    live += 1;
+                    if node.prev == UNLINKED {
+                        fired += 1;
+                    }
                 }
+                Entry::Free {
+                    next_free: RESERVED,
+                } => reserved += 1,
+                Entry::Free { .. } => {}
             }
         }
         assert_eq!(live, self.len);
@@ -614,12 +707,13 @@ impl<T> Wheel<T> {
         let mut cur = self.free_head;
         while cur != NIL {
             match self.entries.get(cur).expect("free id in range") {
-                Entry::Free { next_free } => cur = *next_free,
-                Entry::Live(_) => panic!("live node {cur} on the free list"),
+                Entry::Free { next_free } if *next_free != RESERVED => cur = *next_free,
+                _ => panic!("cell {cur} on the free list is not free"),
             }
             free += 1;
         }
-        assert_eq!(free + live, self.entries.len());
+        assert_eq!(free, self.free);
+        assert_eq!(free + live + reserved, self.entries.len());
     }
 }
 
@@ -827,6 +921,57 @@ mod tests {
         let fresh = wheel.insert(5, 999);
         assert_eq!(fresh, 10);
         wheel.check();
+    }
+
+    #[test]
+    fn ids_held_by_the_caller() {
+        let mut wheel = Wheel::new();
+        // Ids the wheel never saw: the slab grows to them, leaving the cells between held.
+        wheel.link(5, 10, 50);
+        wheel.link(2, 20, 20);
+        wheel.check();
+        assert_eq!(wheel.len(), 2);
+        assert_eq!(wheel.take_free(), None, "held cells are not free");
+        for held in [0, 1, 3, 4] {
+            wheel.release(held);
+        }
+        wheel.release(9);
+        wheel.check();
+        assert_eq!(wheel.free_len(), 5);
+        assert_eq!(wheel.remove(5), 50);
+        assert_eq!(wheel.free_len(), 6);
+        let mut taken: Vec<_> = std::iter::from_fn(|| wheel.take_free()).collect();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![0, 1, 3, 4, 5, 9]);
+        wheel.check();
+        wheel.link(9, 15, 90);
+        let mut fired = drain(&mut wheel, 20);
+        fired.sort_unstable();
+        assert_eq!(fired, vec![2, 9]);
+        wheel.remove(9);
+        wheel.remove(2);
+        for id in [0, 1, 3, 4, 5] {
+            wheel.release(id);
+        }
+        wheel.check();
+        assert!(wheel.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "not held by the caller")]
+    fn linking_a_free_id_panics() {
+        let mut wheel = Wheel::new();
+        let a = wheel.insert(3, 1);
+        wheel.remove(a);
+        wheel.link(a, 4, 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "not held by the caller")]
+    fn linking_a_live_id_panics() {
+        let mut wheel = Wheel::new();
+        let a = wheel.insert(3, 1);
+        wheel.link(a, 4, 2);
     }
 
     #[test]
@@ -1077,6 +1222,12 @@ mod tests {
         ReschedulePast(Index, u64),
         Remove(Index),
         Advance(u64, u64),
+        /// Hold an id: off the free list, or one the wheel never saw (`bool`).
+        Hold(bool, u8),
+        /// Link a held id at an offset from `elapsed`.
+        LinkHeld(Index, u64),
+        /// Give a held id back.
+        ReleaseHeld(Index),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1088,6 +1239,9 @@ mod tests {
             1 => (any::<Index>(), offset()).prop_map(|(i, o)| Op::ReschedulePast(i, o)),
             2 => any::<Index>().prop_map(Op::Remove),
             4 => (jump(), any::<u64>()).prop_map(|(j, s)| Op::Advance(j, s)),
+            1 => (any::<bool>(), 0..5u8).prop_map(|(f, gap)| Op::Hold(f, gap)),
+            2 => (any::<Index>(), offset()).prop_map(|(i, o)| Op::LinkHeld(i, o)),
+            1 => any::<Index>().prop_map(Op::ReleaseHeld),
         ]
     }
 
@@ -1130,6 +1284,9 @@ mod tests {
     fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let mut wheel = Wheel::<u64>::new();
         let mut model = Model::new();
+        let mut held: Vec<TimerId> = Vec::new();
+        // Ids handed out so far, free or not.
+        let mut fresh: TimerId = 0;
         let mut next_item = 0u64;
         for op in ops {
             let elapsed = wheel.elapsed();
@@ -1143,7 +1300,12 @@ mod tests {
                     }
                     .min(MAX_TICK);
                     next_item += 1;
-                    let id = wheel.insert(when, next_item);
+                    // As the hand-off does: a free id, else one never handed out.
+                    let id = wheel.take_free().unwrap_or_else(|| {
+                        fresh += 1;
+                        fresh - 1
+                    });
+                    wheel.link(id, when, next_item);
                     prop_assert!(id < u32::MAX - 1);
                     prop_assert!(
                         model.insert(id, (when, next_item)).is_none(),
@@ -1166,6 +1328,37 @@ mod tests {
                     if let Some(id) = pick(&model, &i) {
                         let (_, item) = model.remove(&id).unwrap();
                         prop_assert_eq!(wheel.remove(id), item);
+                    }
+                }
+                Op::Hold(never_seen, gap) => {
+                    let id = match wheel.take_free() {
+                        Some(id) if !never_seen => id,
+                        taken => {
+                            if let Some(id) = taken {
+                                wheel.release(id);
+                            }
+                            // Never seen, maybe past the slab's end.
+                            let id = fresh + TimerId::from(gap);
+                            fresh = id + 1;
+                            id
+                        }
+                    };
+                    prop_assert!(!model.contains_key(&id) && !held.contains(&id));
+                    held.push(id);
+                }
+                Op::LinkHeld(i, off) => {
+                    if !held.is_empty() {
+                        let id = held.swap_remove(i.index(held.len()));
+                        let when = elapsed.saturating_add(off).min(MAX_TICK);
+                        next_item += 1;
+                        wheel.link(id, when, next_item);
+                        model.insert(id, (when, next_item));
+                    }
+                }
+                Op::ReleaseHeld(i) => {
+                    if !held.is_empty() {
+                        let id = held.swap_remove(i.index(held.len()));
+                        wheel.release(id);
                     }
                 }
                 Op::Advance(jump, mut seed) => {

@@ -260,3 +260,30 @@ async fn lookups_take_borrowed_keys() {
     assert_eq!(c.remove("a"), Some(1));
     assert_eq!(c.get("a"), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn timer_ids_are_reused_under_churn() {
+    // Writers take wheel node ids from pools that the task refills with the ids it freed:
+    // churn over a bounded number of live entries must not keep handing out new ids.
+    let c = cache(10 * MS, MS);
+    for round in 0..200u64 {
+        for k in 0..1000 {
+            let key = round * 1000 + k;
+            c.insert(key, k);
+            if k % 7 == 0 {
+                // An earlier deadline: a new node, and an orphan once the first is linked.
+                c.insert_with_ttl(key, k, 5 * MS);
+            }
+            if k % 11 == 0 {
+                c.remove(&key);
+            }
+        }
+        advance(3 * MS).await;
+    }
+    advance(20 * MS).await;
+    assert_eq!(c.entry_count(), 0);
+    assert_eq!(c.__internals().timers, 0);
+    // About four rounds' entries (4,000) are alive at once, out of 200,000 writes.
+    let ids = c.__internals().timer_ids;
+    assert!(ids <= 12_000, "{ids} node ids handed out");
+}
