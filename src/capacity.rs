@@ -29,6 +29,50 @@ use crate::sync::{lock, Mutex, MutexGuard};
 /// A policy shard, locked.
 pub(crate) type Held<'a, K, S> = MutexGuard<'a, TinyLfu<K, S>>;
 
+/// Entries evicted by one write, to be reported once no lock is held. Most writes evict none
+/// or one: those allocate nothing.
+pub(crate) enum Evicted<K, V> {
+    /// None.
+    None,
+    /// Exactly one.
+    One(K, Entry<V>),
+    /// More.
+    Many(Vec<(K, Entry<V>)>),
+}
+
+impl<K, V> Default for Evicted<K, V> {
+    fn default() -> Self {
+        Evicted::None
+    }
+}
+
+impl<K, V> Evicted<K, V> {
+    fn push(&mut self, key: K, entry: Entry<V>) {
+        *self = match std::mem::take(self) {
+            Evicted::None => Evicted::One(key, entry),
+            Evicted::One(k, e) => Evicted::Many(vec![(k, e), (key, entry)]),
+            Evicted::Many(mut all) => {
+                all.push((key, entry));
+                Evicted::Many(all)
+            }
+        };
+    }
+}
+
+impl<K, V> IntoIterator for Evicted<K, V> {
+    type Item = (K, Entry<V>);
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<(K, Entry<V>)>, std::vec::IntoIter<(K, Entry<V>)>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Evicted::None => None.into_iter().chain(Vec::new()),
+            Evicted::One(k, e) => Some((k, e)).into_iter().chain(Vec::new()),
+            Evicted::Many(all) => None.into_iter().chain(all),
+        }
+    }
+}
+
 /// The weigher type.
 pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync + 'static>;
 
@@ -72,13 +116,18 @@ where
     }
 
     fn shard(&self, key: &K) -> &Mutex<TinyLfu<K, S>> {
-        let hash = self.hasher.hash_one(key) >> 40;
-        &self.shards[hash as usize & (self.shards.len() - 1)]
+        self.shard_of(self.hasher.hash_one(key))
+    }
+
+    fn shard_of(&self, hash: u64) -> &Mutex<TinyLfu<K, S>> {
+        &self.shards[(hash >> 40) as usize & (self.shards.len() - 1)]
     }
 
     /// Lock `key`'s policy shard, for a write to hold until it is accounted for.
-    pub(crate) fn hold(&self, key: &K) -> Held<'_, K, S> {
-        lock(self.shard(key))
+    /// Returns the key's hash too, which the policy reuses.
+    pub(crate) fn hold(&self, key: &K) -> (Held<'_, K, S>, u64) {
+        let hash = self.hasher.hash_one(key);
+        (lock(self.shard_of(hash)), hash)
     }
 
     /// A new entry of `weight` was written for `key` (its shard held since before the write):
@@ -89,14 +138,15 @@ where
         shard: &mut Held<'_, K, S>,
         store: &Store<K, V, S>,
         key: K,
+        hash: u64,
         weight: u32,
-    ) -> Vec<(K, Entry<V>)> {
+    ) -> Evicted<K, V> {
         let view = View::new(store, self);
         if !shard.fits(weight) {
             view.evict(&key);
             return view.evicted.into_inner();
         }
-        shard.insert(key, weight);
+        shard.insert_hashed(key, hash, weight);
         shard.evict(&view, drop);
         view.evicted.into_inner()
     }
@@ -111,7 +161,7 @@ where
         main: bool,
         old: u32,
         new: u32,
-    ) -> Vec<(K, Entry<V>)> {
+    ) -> Evicted<K, V> {
         let view = View::new(store, self);
         if !shard.fits(new) {
             shard.remove(main, old);
@@ -138,7 +188,7 @@ where
 struct View<'a, K, V, S> {
     store: &'a Store<K, V, S>,
     capacity: &'a Capacity<K, V, S>,
-    evicted: RefCell<Vec<(K, Entry<V>)>>,
+    evicted: RefCell<Evicted<K, V>>,
 }
 
 impl<'a, K, V, S> View<'a, K, V, S> {
@@ -146,7 +196,7 @@ impl<'a, K, V, S> View<'a, K, V, S> {
         View {
             store,
             capacity,
-            evicted: RefCell::new(Vec::new()),
+            evicted: RefCell::new(Evicted::default()),
         }
     }
 }
@@ -221,7 +271,7 @@ where
             main: entry.in_main(),
             weight: self.capacity.weigh(&key, &entry.value),
         };
-        self.evicted.borrow_mut().push((key, entry));
+        self.evicted.borrow_mut().push(key, entry);
         Some(status)
     }
 }

@@ -122,10 +122,18 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         self.window_weight + self.main_weight
     }
 
-    /// A new entry for `key` of `weight` became resident, in the window (the entry's own
-    /// state says so already). Call [`evict`](Self::evict) next.
+    /// [`insert_hashed`](Self::insert_hashed), hashing the key here.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, key: K, weight: u32) {
-        self.sketch.increment(self.hasher.hash_one(&key));
+        let hash = self.hasher.hash_one(&key);
+        self.insert_hashed(key, hash, weight);
+    }
+
+    /// A new entry for `key` of `weight` became resident, in the window (the entry's own
+    /// state says so already); `hash` is the key's hash by this policy's hasher. Call
+    /// [`evict`](Self::evict) next.
+    pub(crate) fn insert_hashed(&mut self, key: K, hash: u64, weight: u32) {
+        self.sketch.increment(hash);
         self.window_weight += u64::from(weight);
         self.window.push_back(key);
         self.residents += 1;

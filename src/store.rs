@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use dashmap::{DashMap, Entry as Slot};
 
-use crate::capacity::{Capacity, Held, Weigher};
+use crate::capacity::{Capacity, Evicted, Held, Weigher};
 use crate::clock::{Clock, NEVER};
 use crate::handoff::{needs_push, Handoff, Signals};
 use crate::listener::{Notifier, RemovalCause};
@@ -61,8 +61,9 @@ pub(crate) struct Entry<V> {
     meta: AtomicU32,
 }
 
-/// A bounded write's policy bookkeeping: its key's policy shard (held), the key, the weight.
-type Admission<'a, K, S> = (Held<'a, K, S>, K, u32);
+/// A bounded write's policy bookkeeping: its key's policy shard (held), the key's hash, the
+/// key, the weight.
+type Admission<'a, K, S> = (Held<'a, K, S>, u64, K, u32);
 
 /// Generations wrap at 2^29: the bits of `meta` above the policy's.
 pub(crate) const GENERATION_MASK: u32 = u32::MAX >> 3;
@@ -519,7 +520,8 @@ where
     fn admission(&self, key: &K, value: &V) -> Option<Admission<'_, K, S>> {
         let capacity = self.capacity.as_ref()?;
         let weight = capacity.weigh(key, value);
-        Some((capacity.hold(key), key.clone(), weight))
+        let (shard, hash) = capacity.hold(key);
+        Some((shard, hash, key.clone(), weight))
     }
 
     /// After a write, with no map lock held: account for it in the policy (evicting for room),
@@ -530,11 +532,11 @@ where
         replaced: Option<Retired<K, V>>,
     ) {
         let evicted = match (&self.capacity, admission.take()) {
-            (Some(capacity), Some((mut shard, key, weight))) => match &replaced {
-                None => capacity.admit(&mut shard, self, key, weight),
+            (Some(capacity), Some((mut shard, hash, key, weight))) => match &replaced {
+                None => capacity.admit(&mut shard, self, key, hash, weight),
                 Some(old) => match capacity.weigh(&key, &old.entry.value) {
                     // Same weight: nothing to account for.
-                    same if same == weight => Vec::new(),
+                    same if same == weight => Evicted::None,
                     old_weight => capacity.reweigh(
                         &mut shard,
                         self,
@@ -545,7 +547,7 @@ where
                     ),
                 },
             },
-            _ => Vec::new(),
+            _ => Evicted::None,
         };
         self.retire_all(replaced);
         for (key, entry) in evicted {
