@@ -31,19 +31,15 @@ pub(crate) type Held<'a, K, S> = MutexGuard<'a, TinyLfu<K, S>>;
 
 /// Entries evicted by one write, to be reported once no lock is held. Most writes evict none
 /// or one: those allocate nothing.
+#[derive(Default)]
 pub(crate) enum Evicted<K, V> {
     /// None.
+    #[default]
     None,
     /// Exactly one.
     One(K, Entry<V>),
     /// More.
     Many(Vec<(K, Entry<V>)>),
-}
-
-impl<K, V> Default for Evicted<K, V> {
-    fn default() -> Self {
-        Evicted::None
-    }
 }
 
 impl<K, V> Evicted<K, V> {
