@@ -336,6 +336,24 @@ mod tests {
     }
 
     impl Map {
+        /// A new entry: into the map (in the window) and the policy, then evict for room.
+        fn admit(
+            &self,
+            policy: &mut TinyLfu<u32, impl BuildHasher>,
+            key: u32,
+            weight: u32,
+            evicted: impl FnMut(u32),
+        ) {
+            policy.insert(key, weight);
+            let status = Status {
+                freq: 0,
+                main: false,
+                weight,
+            };
+            self.0.borrow_mut().insert(key, status);
+            policy.evict(self, evicted);
+        }
+
         fn read(&self, key: u32) -> bool {
             match self.0.borrow_mut().get_mut(&key) {
                 Some(s) => {
@@ -616,41 +634,11 @@ mod tests {
     fn zero_capacity_keeps_nothing_and_zero_weight_is_never_evicted() {
         let map = Map::default();
         let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(0, RandomState::new());
-        policy.insert(1, 1);
-        let main = false;
-        map.0.borrow_mut().insert(
-            1,
-            Status {
-                freq: 0,
-                main,
-                weight: 1,
-            },
-        );
         let mut evicted = Vec::new();
-        policy.evict(&map, |k| evicted.push(k));
+        map.admit(&mut policy, 1, 1, |k| evicted.push(k));
         assert_eq!(evicted, vec![1]);
-        policy.insert(2, 0);
-        let main = false;
-        map.0.borrow_mut().insert(
-            2,
-            Status {
-                freq: 0,
-                main,
-                weight: 0,
-            },
-        );
-        policy.evict(&map, |k| evicted.push(k));
-        policy.insert(3, 1);
-        let main = false;
-        map.0.borrow_mut().insert(
-            3,
-            Status {
-                freq: 0,
-                main,
-                weight: 1,
-            },
-        );
-        policy.evict(&map, |k| evicted.push(k));
+        map.admit(&mut policy, 2, 0, |k| evicted.push(k));
+        map.admit(&mut policy, 3, 1, |k| evicted.push(k));
         assert_eq!(
             evicted,
             vec![1, 3],
@@ -665,17 +653,7 @@ mod tests {
         let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(1000, RandomState::new());
         for round in 0..1000u32 {
             for k in 0..10 {
-                policy.insert(k, 1);
-                let main = false;
-                map.0.borrow_mut().insert(
-                    k,
-                    Status {
-                        freq: 0,
-                        main,
-                        weight: 1,
-                    },
-                );
-                policy.evict(&map, |_| {});
+                map.admit(&mut policy, k, 1, |_| {});
                 let s = map.evict(&k).unwrap();
                 policy.remove(s.main, s.weight);
             }
