@@ -104,6 +104,11 @@ where
         }
     }
 
+    /// Whether every entry weighs 1 (no weigher): then an overwrite changes no accounting.
+    pub(crate) fn unweighted(&self) -> bool {
+        self.weigher.is_none()
+    }
+
     /// The weight of an entry: the weigher's answer, or 1.
     pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
         self.weigher

@@ -504,6 +504,16 @@ where
     /// Store `value` under `key` with the TTL deadline `cap`, and report what it replaced.
     #[inline]
     pub(crate) fn insert(&self, key: K, value: V, cap: u64) {
+        // An overwrite in a cache whose entries all weigh 1 changes no policy accounting (the
+        // new entry inherits the old one's policy state under the shard lock): it needs no
+        // policy lock. Only a new entry does, so a vacant slot falls through to the locked path.
+        let (key, value) = match self.capacity.as_ref().filter(|c| c.unweighted()) {
+            Some(_) => match self.overwrite(key, value, cap) {
+                Ok(replaced) => return self.retire_all(replaced),
+                Err(back) => back,
+            },
+            None => (key, value),
+        };
         let mut admit = self.admission(&key, &value);
         let replaced = with_map!(&self.map, m => {
             let slot = m.entry(key);
@@ -511,6 +521,18 @@ where
             self.write(slot, value, cap, self.generation())
         });
         self.after_write(&mut admit, replaced);
+    }
+
+    /// Replace `key`'s entry if there is one (whatever its liveness), returning what it
+    /// replaced; or hand key and value back if the slot is vacant.
+    fn overwrite(&self, key: K, value: V, cap: u64) -> Result<Option<Retired<K, V>>, (K, V)> {
+        with_map!(&self.map, m => match m.entry(key) {
+            Slot::Vacant(slot) => Err((slot.into_key(), value)),
+            slot => {
+                self.flights.supersede(slot.key());
+                Ok(self.write(slot, value, cap, self.generation()))
+            }
+        })
     }
 
     /// For a bounded cache: the key's policy shard, held from before the write until it is
