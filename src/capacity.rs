@@ -9,7 +9,9 @@
 //! - Lock order is policy shard, then map shard (then hand-off stripe). Nothing that holds a
 //!   map shard lock takes a policy lock, so the order is never reversed.
 //! - A write to a bounded cache holds its key's policy shard ([`Capacity::hold`]) from before
-//!   it changes the map until the policy has accounted for the change. A removal changes the
+//!   it changes the map until the policy has accounted for the change (except an overwrite
+//!   when there is no weigher: it changes no accounting, the new entry taking over the old
+//!   one's policy state under the map's shard lock). A removal changes the
 //!   map first and then takes the policy shard to [`forget`](Capacity::forget) the entry, so
 //!   it can never forget an entry before its write was accounted for (which would leave the
 //!   policy counting weight that no entry holds: found by the stress test).
