@@ -7,7 +7,9 @@
 //!
 //! Invariants:
 //! - Lock order is policy shard, then map shard (then hand-off stripe). Nothing that holds a
-//!   map shard lock takes a policy lock, so the order is never reversed.
+//!   map shard lock waits for a policy lock, so the order is never reversed: a writer that
+//!   finds its key's slot vacant may only *try* the policy shard ([`Capacity::try_hold`]),
+//!   and starts again in order if it is taken.
 //! - A write to a bounded cache holds its key's policy shard ([`Capacity::hold`]) from before
 //!   it changes the map until the policy has accounted for the change (except an overwrite
 //!   when there is no weigher: it changes no accounting, the new entry taking over the old
@@ -26,7 +28,7 @@ use std::hash::{BuildHasher, Hash};
 
 use crate::policy::{Residents, Status, TinyLfu};
 use crate::store::{Entry, Store};
-use crate::sync::{lock, Mutex, MutexGuard};
+use crate::sync::{lock, Mutex, MutexGuard, TryLockError};
 
 /// A policy shard, locked.
 pub(crate) type Held<'a, K, S> = MutexGuard<'a, TinyLfu<K, S>>;
@@ -131,6 +133,19 @@ where
     pub(crate) fn hold(&self, key: &K) -> (Held<'_, K, S>, u64) {
         let hash = self.hasher.hash_one(key);
         (lock(self.shard_of(hash)), hash)
+    }
+
+    /// [`hold`](Self::hold) without waiting: `None` if another writer holds the shard. A
+    /// writer that already holds a map shard lock may take a policy shard only this way (the
+    /// lock order is policy, then map; a lock that is never waited for cannot deadlock).
+    pub(crate) fn try_hold(&self, key: &K) -> Option<(Held<'_, K, S>, u64)> {
+        let hash = self.hasher.hash_one(key);
+        let held = match self.shard_of(hash).try_lock() {
+            Ok(held) => held,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some((held, hash))
     }
 
     /// A new entry of `weight` was written for `key` (its shard held since before the write):
@@ -238,16 +253,9 @@ where
     }
 
     fn pass(&self, key: &K) -> Option<Status> {
-        let passed = |e: &Entry<V>| {
-            let (freq, main) = (e.freq(), e.in_main());
-            if main && freq > 0 {
-                e.set_policy(freq - 1, true);
-            }
-            (freq, main)
-        };
         if self.capacity.weigher.is_none() {
             return self.store.map.view(key, |_, e| {
-                let (freq, main) = passed(e);
+                let (freq, main) = e.pass();
                 Status {
                     freq,
                     main,
@@ -259,7 +267,7 @@ where
         let (value, (freq, main)) = self
             .store
             .map
-            .view(key, |_, e| (e.value.clone(), passed(e)))?;
+            .view(key, |_, e| (e.value.clone(), e.pass()))?;
         Some(Status {
             freq,
             main,

@@ -86,7 +86,9 @@ pub(crate) trait Residents<K> {
 pub(crate) struct TinyLfu<K, S> {
     capacity: u64,
     window_capacity: u64,
-    window: VecDeque<K>,
+    /// New keys with their hashes (the window is small, so keeping them costs little and
+    /// spares hashing a candidate again).
+    window: VecDeque<(K, u64)>,
     main: VecDeque<K>,
     window_weight: u64,
     main_weight: u64,
@@ -135,7 +137,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
     pub(crate) fn insert_hashed(&mut self, key: K, hash: u64, weight: u32) {
         self.sketch.increment(hash);
         self.window_weight += u64::from(weight);
-        self.window.push_back(key);
+        self.window.push_back((key, hash));
         self.residents += 1;
         self.sketch.fit(self.residents);
     }
@@ -177,7 +179,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
                 self.drop_entry(residents, &victim, &mut evicted);
                 continue;
             }
-            let Some(key) = self.window.pop_front() else {
+            let Some((key, hash)) = self.window.pop_front() else {
                 // Nothing queued where the weight says there is: accounting drifted (a bug);
                 // stop rather than spin.
                 break;
@@ -189,18 +191,18 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             if candidate.weight == 0
                 || self.main_weight + u64::from(candidate.weight) <= main_capacity
             {
-                self.promote(residents, key, candidate);
+                self.promote(residents, key, hash, candidate);
                 continue;
             }
             let Some(victim) = self.victim(residents, &mut budget) else {
                 self.drop_entry(residents, &key, &mut evicted);
                 continue;
             };
-            let asked = self.sketch.estimate(self.hasher.hash_one(&key));
+            let asked = self.sketch.estimate(hash);
             let incumbent = self.sketch.estimate(self.hasher.hash_one(&victim));
             if asked.saturating_add(candidate.freq) > incumbent.saturating_add(ADMIT_MARGIN) {
                 self.drop_entry(residents, &victim, &mut evicted);
-                self.promote(residents, key, candidate);
+                self.promote(residents, key, hash, candidate);
             } else {
                 self.main.push_front(victim);
                 self.drop_entry(residents, &key, &mut evicted);
@@ -222,7 +224,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             match residents.pass(&key) {
                 Some(s) if s.main && s.freq > 0 => {
                     *budget -= 1;
-                    self.count(&key, s.freq);
+                    self.count(self.hasher.hash_one(&key), s.freq);
                     self.main.push_back(key);
                 }
                 Some(s) if s.main && s.weight == 0 => {
@@ -236,21 +238,18 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         None
     }
 
-    /// Add `reads` reads of `key`, counted by its entry, to the sketch.
-    fn count(&mut self, key: &K, reads: u8) {
-        if reads > 0 {
-            let hash = self.hasher.hash_one(key);
-            for _ in 0..reads {
-                self.sketch.increment(hash);
-            }
+    /// Add `reads` reads of the key hashed to `hash`, counted by its entry, to the sketch.
+    fn count(&mut self, hash: u64, reads: u8) {
+        for _ in 0..reads {
+            self.sketch.increment(hash);
         }
     }
 
     /// Move a window entry to main; its reads in the window count in the sketch now. If it
     /// left the cache since its status was read, its weight stays with the window, where its
     /// removal takes it from.
-    fn promote(&mut self, residents: &impl Residents<K>, key: K, status: Status) {
-        self.count(&key, status.freq);
+    fn promote(&mut self, residents: &impl Residents<K>, key: K, hash: u64, status: Status) {
+        self.count(hash, status.freq);
         let weight = status.weight;
         if !residents.set(&key, 0, true) {
             return;
@@ -276,13 +275,12 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             return;
         }
         let mut seen = HashSet::with_capacity(self.residents);
-        for (queue, main) in [(&mut self.window, false), (&mut self.main, true)] {
-            queue.retain(|key| {
-                let live = residents.status(key).is_some_and(|s| s.main == main);
-                // Keep the first (oldest) item of a key; later ones are duplicates.
-                live && seen.insert(key.clone())
-            });
-        }
+        // Keep a key's first (oldest) live item; later ones are duplicates.
+        let mut keep = |key: &K, main: bool| {
+            residents.status(key).is_some_and(|s| s.main == main) && seen.insert(key.clone())
+        };
+        self.window.retain(|(key, _)| keep(key, false));
+        self.main.retain(|key| keep(key, true));
     }
 
     /// Queued items, live and stale (test-only visibility).

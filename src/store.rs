@@ -118,6 +118,19 @@ impl<V> Entry<V> {
         }
     }
 
+    /// The CLOCK hand passes: the counter and queue as they were, and if the entry is in main
+    /// and was read since the hand last passed, its counter one lower (one atomic step,
+    /// no write when there is nothing to count down).
+    pub(crate) fn pass(&self) -> (u8, bool) {
+        let meta = self
+            .meta
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                (m & MAIN_BIT != 0 && m & FREQ_MASK != 0).then(|| m - 1)
+            })
+            .unwrap_or_else(|unchanged| unchanged);
+        ((meta & FREQ_MASK) as u8, meta & MAIN_BIT != 0)
+    }
+
     /// Set the policy bits.
     pub(crate) fn set_policy(&self, freq: u8, main: bool) {
         let bits = u32::from(freq.min(MAX_FREQ)) | if main { MAIN_BIT } else { 0 };
@@ -504,12 +517,9 @@ where
     /// Store `value` under `key` with the TTL deadline `cap`, and report what it replaced.
     #[inline]
     pub(crate) fn insert(&self, key: K, value: V, cap: u64) {
-        // An overwrite in a cache whose entries all weigh 1 changes no policy accounting (the
-        // new entry inherits the old one's policy state under the shard lock): it needs no
-        // policy lock. Only a new entry does, so a vacant slot falls through to the locked path.
         let (key, value) = match self.capacity.as_ref().filter(|c| c.unweighted()) {
-            Some(_) => match self.overwrite(key, value, cap) {
-                Ok(replaced) => return self.retire_all(replaced),
+            Some(capacity) => match self.insert_unweighted(capacity, key, value, cap) {
+                Ok((mut admit, replaced)) => return self.after_write(&mut admit, replaced),
                 Err(back) => back,
             },
             None => (key, value),
@@ -523,15 +533,32 @@ where
         self.after_write(&mut admit, replaced);
     }
 
-    /// Replace `key`'s entry if there is one (whatever its liveness), returning what it
-    /// replaced; or hand key and value back if the slot is vacant.
-    fn overwrite(&self, key: K, value: V, cap: u64) -> Result<Option<Retired<K, V>>, (K, V)> {
-        with_map!(&self.map, m => match m.entry(key) {
-            Slot::Vacant(slot) => Err((slot.into_key(), value)),
-            slot => {
-                self.flights.supersede(slot.key());
-                Ok(self.write(slot, value, cap, self.generation()))
-            }
+    /// An insert into a bounded cache whose entries all weigh 1, in one map lookup. An
+    /// overwrite changes no policy accounting (the new entry inherits the old one's policy
+    /// state under the shard lock), so it needs no policy lock. A new entry does: it is
+    /// *tried* under the map's shard lock (see `capacity.rs` for the lock order), and if
+    /// another writer holds it, key and value come back for the ordered path.
+    #[allow(clippy::type_complexity)]
+    fn insert_unweighted<'a>(
+        &'a self,
+        capacity: &'a Capacity<K, V, S>,
+        key: K,
+        value: V,
+        cap: u64,
+    ) -> Result<(Option<Admission<'a, K, S>>, Option<Retired<K, V>>), (K, V)> {
+        with_map!(&self.map, m => {
+            let (slot, admit) = match m.entry(key) {
+                Slot::Vacant(vacant) => match capacity.try_hold(vacant.key()) {
+                    Some((shard, hash)) => {
+                        let key = vacant.key().clone();
+                        (Slot::Vacant(vacant), Some((shard, hash, key, 1)))
+                    }
+                    None => return Err((vacant.into_key(), value)),
+                },
+                occupied => (occupied, None),
+            };
+            self.flights.supersede(slot.key());
+            Ok((admit, self.write(slot, value, cap, self.generation())))
         })
     }
 

@@ -7,6 +7,7 @@
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{atomic, Arc, Mutex, MutexGuard};
+pub(crate) use std::sync::TryLockError;
 #[cfg(not(loom))]
 pub(crate) use std::sync::{atomic, Arc, Mutex, MutexGuard};
 
