@@ -3,7 +3,11 @@
 //! whether a new key is worth more than the entry it would displace.
 //!
 //! Four rows of counters, packed sixteen to a `u64`; a key's estimate is the smallest of its
-//! four counters. Updates are *conservative*: only the counters equal to that minimum grow,
+//! four counters. The counters are laid out in 64-byte blocks (eight words, two for each
+//! row): a key's four counters all sit in one block, chosen by its hash, so a count or an
+//! estimate touches one cache line, not four. This matters more than the arithmetic: the
+//! policy shard's writers run on different cores, and each line they share moves between
+//! them. The doorkeeper keeps both of a key's bits in one word for the same reason. Updates are *conservative*: only the counters equal to that minimum grow,
 //! which keeps keys that share counters with frequent ones from looking frequent. Every
 //! `sample` updates all counters are halved, so the sketch forgets old popularity.
 //!
@@ -22,7 +26,7 @@
 //!   that key since the sketch last aged, grew or cleared its doorkeeper (no false negatives;
 //!   collisions only raise estimates).
 //! - Memory is four rows of `width` half-bytes, plus `width` times six bits of doorkeeper,
-//!   `width` a multiple of 16 at most `limit`: 19.25 bytes per key at full size, for a
+//!   `width` a multiple of 32 (a block holds 32 counters of each row) at most `limit`: 19.25 bytes per key at full size, for a
 //!   policy of more than 2,340 keys (smaller ones get up to 16,384 counters a row).
 //!
 //! Pure data: no locks, no tokio. Keys arrive as 64-bit hashes.
@@ -46,6 +50,9 @@ fn width_for(keys: usize) -> usize {
         .max(keys.saturating_mul(16).min(SMALL_WIDTH))
 }
 
+/// Counters of one row in a block: a block is eight words of sixteen counters, two words a row.
+const BLOCK_ROW: usize = 32;
+
 /// Updates between agings, per counter in a row. Measured on the traces: a shorter memory
 /// (fewer updates between halvings) ranks keys worse, a longer one changes little.
 const SAMPLE_PER_COUNTER: u64 = 20;
@@ -55,7 +62,7 @@ const SAMPLE_PER_COUNTER: u64 = 20;
 /// doorkeeper), and every hit-ratio trace did as well as with 8 bits, within 0.1 points.
 const DOOR_BITS_PER_COUNTER: usize = 6;
 
-/// Multipliers that give each row its own index for one hash.
+/// Odd multipliers that mix a hash into independent-looking indexes.
 const SEEDS: [u64; 4] = [
     0x9E37_79B9_7F4A_7C15,
     0xC2B2_AE3D_27D4_EB4F,
@@ -67,7 +74,7 @@ const SEEDS: [u64; 4] = [
 #[derive(Debug)]
 pub(crate) struct Sketch {
     words: Vec<u64>,
-    /// Counters per row, a multiple of 16 (a row fills whole words).
+    /// Counters per row, a multiple of 32 (whole blocks).
     width: usize,
     /// Updates since the last ageing.
     updates: u64,
@@ -86,7 +93,7 @@ impl Sketch {
     pub(crate) fn new(keys: u64) -> Self {
         // At most 2^27 counters a row (320 MiB in all), however large the capacity.
         let wanted = width_for(usize::try_from(keys).unwrap_or(usize::MAX).min(1 << 24));
-        let limit = wanted.max(16).next_multiple_of(16);
+        let limit = wanted.max(BLOCK_ROW).next_multiple_of(BLOCK_ROW);
         let mut sketch = Sketch {
             words: Vec::new(),
             width: 0,
@@ -96,13 +103,15 @@ impl Sketch {
             door: Vec::new(),
             door_keys: 0,
         };
-        sketch.reset(16);
+        sketch.reset(BLOCK_ROW);
         sketch
     }
 
     /// Start over, empty, with `width` counters a row.
     fn reset(&mut self, width: usize) {
-        let width = width.clamp(16, self.limit).next_multiple_of(16);
+        let width = width
+            .clamp(BLOCK_ROW, self.limit)
+            .next_multiple_of(BLOCK_ROW);
         // Four rows of `width` counters, sixteen counters a word.
         self.words = vec![0; width / 4];
         self.width = width;
@@ -127,10 +136,12 @@ impl Sketch {
         ((mixed * n as u64) >> 32) as usize
     }
 
-    /// The word and bit offset of `hash`'s counter in `row`.
+    /// The word and bit offset of `hash`'s counter in `row`: in the key's block, one of the
+    /// row's two words, one of its sixteen counters (five more bits of the hash, remixed).
     fn slot(&self, hash: u64, row: usize) -> (usize, u32) {
-        let index = row * self.width + Self::scale(hash, SEEDS[row], self.width);
-        (index / 16, (index % 16) as u32 * 4)
+        let block = Self::scale(hash, SEEDS[0], self.width / BLOCK_ROW);
+        let pick = ((hash ^ SEEDS[3]).wrapping_mul(SEEDS[1]) >> (32 + 5 * row)) as usize & 31;
+        (block * 8 + 2 * row + pick / 16, (pick % 16) as u32 * 4)
     }
 
     fn counter(&self, hash: u64, row: usize) -> u8 {
@@ -143,19 +154,19 @@ impl Sketch {
         (0..4).map(|row| self.counter(hash, row)).min().unwrap_or(0)
     }
 
-    /// The doorkeeper's two bits for `hash`: word index and mask.
-    fn door_bits(&self, hash: u64) -> [(usize, u64); 2] {
-        let bits = self.door.len() * 64;
-        [SEEDS[1] ^ SEEDS[2], SEEDS[3] ^ SEEDS[0]].map(|seed| {
-            let bit = Self::scale(hash, seed, bits);
-            (bit / 64, 1 << (bit % 64))
-        })
+    /// The doorkeeper's word for `hash`, and the mask of its two bits there (two distinct
+    /// bits: the second is 1 to 63 places after the first).
+    fn door_bits(&self, hash: u64) -> (usize, u64) {
+        let word = Self::scale(hash, SEEDS[1] ^ SEEDS[2], self.door.len());
+        let mixed = (hash ^ SEEDS[0]).wrapping_mul(SEEDS[2]) >> 40;
+        let first = mixed % 64;
+        let second = (first + 1 + (mixed >> 6) % 63) % 64;
+        (word, 1 << first | 1 << second)
     }
 
     fn door_has(&self, hash: u64) -> bool {
-        self.door_bits(hash)
-            .iter()
-            .all(|&(word, mask)| self.door[word] & mask != 0)
+        let (word, mask) = self.door_bits(hash);
+        self.door[word] & mask == mask
     }
 
     /// How often `hash` was counted (an over-estimate when counters are shared).
@@ -166,9 +177,8 @@ impl Sketch {
     /// Count one request for `hash`.
     pub(crate) fn increment(&mut self, hash: u64) {
         if !self.door_has(hash) {
-            for (word, mask) in self.door_bits(hash) {
-                self.door[word] |= mask;
-            }
+            let (word, mask) = self.door_bits(hash);
+            self.door[word] |= mask;
             self.door_keys += 1;
             if self.door_keys * 4 >= self.door.len() * 64 {
                 self.clear_door();

@@ -20,18 +20,18 @@
 //! (`.time_to_idle(60 s)` beside the 300 s TTL).
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use dashmap::DashMap;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Zipf};
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
+
+#[path = "../src/mixed.rs"]
+mod mixed;
+use mixed::{count_evictions, two_threads, walk_sync, zipf_ops, ReadHeavy, INSERT_BIT, KEYS, OPS};
 
 const TTL: Duration = Duration::from_secs(300);
 const SHORT_TTL: Duration = Duration::from_secs(30);
@@ -43,8 +43,10 @@ const MOKA: &str = "moka_future";
 const QUICK: &str = "quick_cache_no_ttl";
 const EBB_STATS: &str = "ebb_stats";
 const EBB_TTI: &str = "ebb_tti";
-/// `read_heavy` with `max_capacity` at 10% of the key space, so that evictions happen (counted
-/// by a listener; no `record_stats()`, so it differs from `ebb` by the capacity alone).
+/// `read_heavy` with `max_capacity` at 10% of the key space, so that evictions happen. The
+/// measured cache differs from `ebb` by the capacity alone (no listener, no `record_stats()`);
+/// its evictions are counted in an untimed replay of the same operations (see
+/// `count_evictions`).
 const EBB_BOUNDED: &str = "ebb_bounded";
 const MOKA_SYNC: &str = "moka_sync";
 const MINI_MOKA: &str = "mini_moka";
@@ -53,13 +55,6 @@ const MINI_MOKA: &str = "mini_moka";
 const TTI: Duration = Duration::from_secs(60);
 /// The TTL of `write_heavy`: short enough that entries expire while it runs.
 const WRITE_TTL: Duration = Duration::from_secs(1);
-
-/// Keys in the `read_heavy` key space.
-const KEYS: u64 = 100_000;
-/// Length of the pre-generated `read_heavy` operation sequence.
-const OPS: usize = 1 << 20;
-/// Flag bit marking an insert in a packed operation (keys fit in the low 17 bits).
-const INSERT_BIT: u32 = 1 << 31;
 
 /// A multi-thread runtime with 2 workers and timers, the kind ebb's expiry task runs on.
 fn runtime() -> Runtime {
@@ -337,41 +332,6 @@ fn on_worker(
     })
 }
 
-/// The `read_heavy` operation sequence: Zipf(s = 1.0) keys over `KEYS`, 10% inserts,
-/// packed as `key | INSERT_BIT`. Fixed seed, so every implementation sees the same ops.
-fn zipf_ops() -> Arc<[u32]> {
-    let mut rng = StdRng::seed_from_u64(0x00eb_b5ee_d000_0001);
-    let zipf = Zipf::new(KEYS as f64, 1.0).expect("valid Zipf parameters");
-    (0..OPS)
-        .map(|_| {
-            // Rank 1 is the most popular key; ranks are 1..=KEYS.
-            let key = (zipf.sample(&mut rng) as u64 - 1).min(KEYS - 1) as u32;
-            if rng.random_ratio(1, 10) {
-                key | INSERT_BIT
-            } else {
-                key
-            }
-        })
-        .collect()
-}
-
-/// The operations one implementation must offer to `read_heavy`.
-trait ReadHeavy: Sync {
-    fn insert(&self, key: u64, value: u64);
-    fn get(&self, key: u64) -> Option<u64>;
-}
-
-impl ReadHeavy for ebb::Cache<u64, u64> {
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        ebb::Cache::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        ebb::Cache::get(self, &key)
-    }
-}
-
 impl ReadHeavy for DashMap<u64, u64> {
     #[inline]
     fn insert(&self, key: u64, value: u64) {
@@ -427,28 +387,6 @@ impl ReadHeavy for mini_moka::sync::Cache<u64, u64> {
     }
 }
 
-/// One thread's share of `read_heavy`: `n` ops from `offset`, wrapping around the sequence.
-/// Returns a checksum of the values read so that nothing is optimised away.
-#[inline]
-fn walk_sync<C: ReadHeavy>(cache: &C, ops: &[u32], offset: usize, n: u64) -> u64 {
-    let mut sum = 0u64;
-    let mut i = offset;
-    for _ in 0..n {
-        let op = ops[i];
-        let key = u64::from(op & !INSERT_BIT);
-        if op & INSERT_BIT != 0 {
-            cache.insert(key, key);
-        } else if let Some(v) = cache.get(black_box(key)) {
-            sum = sum.wrapping_add(v);
-        }
-        i += 1;
-        if i == ops.len() {
-            i = 0;
-        }
-    }
-    sum
-}
-
 async fn walk_moka(
     cache: &moka::future::Cache<u64, u64>,
     ops: &[u32],
@@ -471,37 +409,6 @@ async fn walk_moka(
         }
     }
     sum
-}
-
-/// Run `iters` ops split over 2 OS threads started together at a barrier; the elapsed
-/// time is from the earliest start to the latest finish.
-fn two_threads<F>(iters: u64, ops: &Arc<[u32]>, work: F) -> Duration
-where
-    F: Fn(&[u32], usize, u64) -> u64 + Sync,
-{
-    let barrier = Barrier::new(2);
-    let shares = [iters.div_ceil(2), iters / 2];
-    let offsets = [0, OPS / 2];
-    let spans = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|t| {
-                let (barrier, work, ops) = (&barrier, &work, &ops[..]);
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = StdInstant::now();
-                    black_box(work(ops, offsets[t], shares[t]));
-                    (start, StdInstant::now())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("read_heavy worker panicked"))
-            .collect::<Vec<_>>()
-    });
-    let start = spans.iter().map(|s| s.0).min().expect("two spans");
-    let end = spans.iter().map(|s| s.1).max().expect("two spans");
-    end - start
 }
 
 /// Group 4: two OS threads, Zipf(1.0) keys over 100,000 pre-populated keys,
@@ -542,7 +449,6 @@ fn mixed(c: &mut Criterion, name: &str, ops: Arc<[u32]>, ttl: Duration, ebb_vari
     group.throughput(Throughput::Elements(1));
 
     let mut ebbs: Vec<(&str, ebb::Cache<u64, u64>)> = vec![(EBB, ebb_cache(&rt, ttl))];
-    let evictions = Arc::new(AtomicU64::new(0));
     if ebb_variants {
         let stats = ebb::Cache::builder()
             .time_to_live(ttl)
@@ -552,17 +458,9 @@ fn mixed(c: &mut Criterion, name: &str, ops: Arc<[u32]>, ttl: Duration, ebb_vari
             .time_to_live(ttl)
             .time_to_idle(TTI)
             .build_on(rt.handle());
-        // Evictions are counted by a listener, not `record_stats()`, so that the comparison
-        // with plain `ebb` differs by the capacity alone.
-        let evicted = Arc::clone(&evictions);
         let bounded = ebb::Cache::builder()
             .time_to_live(ttl)
             .max_capacity(KEYS / 10)
-            .eviction_listener(move |_, _, cause| {
-                if cause == ebb::RemovalCause::Size {
-                    evicted.fetch_add(1, Ordering::Relaxed);
-                }
-            })
             .build_on(rt.handle());
         ebbs.push((EBB_STATS, stats));
         ebbs.push((EBB_TTI, tti));
@@ -572,18 +470,19 @@ fn mixed(c: &mut Criterion, name: &str, ops: Arc<[u32]>, ttl: Duration, ebb_vari
         (0..KEYS).for_each(|k| cache.insert(k, k));
         assert!(cache.entry_count() <= KEYS);
         std::thread::sleep(SETTLE);
-        let filled = evictions.load(Ordering::Relaxed);
         group.bench_function(label, |b| {
             b.iter_custom(|iters| {
                 two_threads(iters, &ops, |o, off, n| walk_sync(&cache, o, off, n))
             })
         });
-        if label == EBB_BOUNDED {
-            eprintln!(
-                "{name}/{label}: {} evictions for size while measured",
-                evictions.load(Ordering::Relaxed) - filled
-            );
-        }
+    }
+    if ebb_variants {
+        let (evicted, hit_ratio) = count_evictions(&rt, &ops, ttl);
+        eprintln!(
+            "{name}/{EBB_BOUNDED}: {evicted} evictions for size per {OPS} operations \
+             (untimed replay with record_stats; hit ratio {:.1}%)",
+            hit_ratio * 100.0
+        );
     }
     {
         let map = DashMap::new();
