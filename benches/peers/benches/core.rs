@@ -27,32 +27,14 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use dashmap::DashMap;
 use tokio::runtime::Runtime;
-use tokio::time::Instant;
 
 #[path = "../src/mixed.rs"]
 mod mixed;
-use mixed::{count_evictions, two_threads, walk_sync, zipf_ops, ReadHeavy, INSERT_BIT, KEYS, OPS};
+use mixed::*;
 
 const TTL: Duration = Duration::from_secs(300);
 const SHORT_TTL: Duration = Duration::from_secs(30);
 
-const EBB: &str = "ebb";
-const DASHMAP: &str = "dashmap_no_ttl";
-const EXACT: &str = "exact_limit";
-const MOKA: &str = "moka_future";
-const QUICK: &str = "quick_cache_no_ttl";
-const EBB_STATS: &str = "ebb_stats";
-const EBB_TTI: &str = "ebb_tti";
-/// `read_heavy` with `max_capacity` at 10% of the key space, so that evictions happen. The
-/// measured cache differs from `ebb` by the capacity alone (no listener, no `record_stats()`);
-/// its evictions are counted in an untimed replay of the same operations (see
-/// `count_evictions`).
-const EBB_BOUNDED: &str = "ebb_bounded";
-const MOKA_SYNC: &str = "moka_sync";
-const MINI_MOKA: &str = "mini_moka";
-
-/// The time-to-idle of `ebb_tti` in `read_heavy`.
-const TTI: Duration = Duration::from_secs(60);
 /// The TTL of `write_heavy`: short enough that entries expire while it runs.
 const WRITE_TTL: Duration = Duration::from_secs(1);
 
@@ -69,51 +51,6 @@ fn ebb_cache(rt: &Runtime, ttl: Duration) -> ebb::Cache<u64, u64> {
     ebb::Cache::builder()
         .time_to_live(ttl)
         .build_on(rt.handle())
-}
-
-fn moka_cache(ttl: Duration) -> moka::future::Cache<u64, u64> {
-    moka::future::Cache::builder().time_to_live(ttl).build()
-}
-
-fn moka_sync_cache(ttl: Duration) -> moka::sync::Cache<u64, u64> {
-    moka::sync::Cache::builder().time_to_live(ttl).build()
-}
-
-fn mini_moka_cache(ttl: Duration) -> mini_moka::sync::Cache<u64, u64> {
-    mini_moka::sync::Cache::builder().time_to_live(ttl).build()
-}
-
-fn quick_cache(capacity: usize) -> quick_cache::sync::Cache<u64, u64> {
-    quick_cache::sync::Cache::new(capacity)
-}
-
-/// The exact-read limit: a deadline stored beside the value, checked on every read.
-struct ExactLimit {
-    map: DashMap<u64, (u64, Instant)>,
-    ttl: Duration,
-}
-
-impl ExactLimit {
-    fn new(ttl: Duration) -> Self {
-        ExactLimit {
-            map: DashMap::new(),
-            ttl,
-        }
-    }
-
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        let deadline = Instant::now() + self.ttl;
-        self.map.insert(key, (value, deadline));
-    }
-
-    #[inline]
-    fn get(&self, key: &u64) -> Option<u64> {
-        let now = Instant::now();
-        let entry = self.map.get(key)?;
-        let (value, deadline) = *entry;
-        (now < deadline).then_some(value)
-    }
 }
 
 fn configure(group: &mut BenchmarkGroup<'_, WallTime>) {
@@ -332,85 +269,6 @@ fn on_worker(
     })
 }
 
-impl ReadHeavy for DashMap<u64, u64> {
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        DashMap::insert(self, key, value);
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        DashMap::get(self, &key).map(|e| *e)
-    }
-}
-
-impl ReadHeavy for ExactLimit {
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        ExactLimit::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        ExactLimit::get(self, &key)
-    }
-}
-
-impl ReadHeavy for quick_cache::sync::Cache<u64, u64> {
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        quick_cache::sync::Cache::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        quick_cache::sync::Cache::get(self, &key)
-    }
-}
-
-impl ReadHeavy for moka::sync::Cache<u64, u64> {
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        moka::sync::Cache::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        moka::sync::Cache::get(self, &key)
-    }
-}
-
-impl ReadHeavy for mini_moka::sync::Cache<u64, u64> {
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        mini_moka::sync::Cache::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        mini_moka::sync::Cache::get(self, &key)
-    }
-}
-
-async fn walk_moka(
-    cache: &moka::future::Cache<u64, u64>,
-    ops: &[u32],
-    offset: usize,
-    n: u64,
-) -> u64 {
-    let mut sum = 0u64;
-    let mut i = offset;
-    for _ in 0..n {
-        let op = ops[i];
-        let key = u64::from(op & !INSERT_BIT);
-        if op & INSERT_BIT != 0 {
-            cache.insert(key, key).await;
-        } else if let Some(v) = cache.get(&black_box(key)).await {
-            sum = sum.wrapping_add(v);
-        }
-        i += 1;
-        if i == ops.len() {
-            i = 0;
-        }
-    }
-    sum
-}
-
 /// Group 4: two OS threads, Zipf(1.0) keys over 100,000 pre-populated keys,
 /// 90% get / 10% insert, TTL 300 s.
 /// Criterion's `iters` is the total op count; each thread does half.
@@ -436,46 +294,23 @@ fn write_heavy(c: &mut Criterion) {
     mixed(c, "write_heavy", ops, WRITE_TTL, false);
 }
 
-/// Time for a freshly filled cache to settle (ebb's expiry task files the fill's timers,
-/// moka's housekeeping runs) before it is measured; every implementation waits the same.
-const SETTLE: Duration = Duration::from_secs(1);
-
-/// A two-thread mixed workload over `ops` (see `two_threads`) for every implementation,
-/// each pre-populated with all `KEYS` keys; `ebb_variants` adds `ebb_stats` and `ebb_tti`.
+/// A two-thread mixed workload over `ops` (see `two_threads`) for every implementation
+/// (`mixed::contenders`), each filled with all `KEYS` keys and left to settle just before it
+/// is measured; `ebb_variants` adds `ebb_stats`, `ebb_tti` and `ebb_bounded`.
 fn mixed(c: &mut Criterion, name: &str, ops: Arc<[u32]>, ttl: Duration, ebb_variants: bool) {
     let rt = runtime();
     let mut group = c.benchmark_group(name);
     configure(&mut group);
     group.throughput(Throughput::Elements(1));
-
-    let mut ebbs: Vec<(&str, ebb::Cache<u64, u64>)> = vec![(EBB, ebb_cache(&rt, ttl))];
-    if ebb_variants {
-        let stats = ebb::Cache::builder()
-            .time_to_live(ttl)
-            .record_stats()
-            .build_on(rt.handle());
-        let tti = ebb::Cache::builder()
-            .time_to_live(ttl)
-            .time_to_idle(TTI)
-            .build_on(rt.handle());
-        let bounded = ebb::Cache::builder()
-            .time_to_live(ttl)
-            .max_capacity(KEYS / 10)
-            .build_on(rt.handle());
-        ebbs.push((EBB_STATS, stats));
-        ebbs.push((EBB_TTI, tti));
-        ebbs.push((EBB_BOUNDED, bounded));
-    }
-    for (label, cache) in ebbs {
-        (0..KEYS).for_each(|k| cache.insert(k, k));
-        assert!(cache.entry_count() <= KEYS);
+    for contender in contenders(&rt, ttl, ebb_variants) {
+        let label = contender.name;
+        let walk = contender.fill();
         std::thread::sleep(SETTLE);
         group.bench_function(label, |b| {
-            b.iter_custom(|iters| {
-                two_threads(iters, &ops, |o, off, n| walk_sync(&cache, o, off, n))
-            })
+            b.iter_custom(|iters| two_threads(iters, &ops, &walk))
         });
     }
+    group.finish();
     if ebb_variants {
         let (evicted, hit_ratio) = count_evictions(&rt, &ops, ttl);
         eprintln!(
@@ -484,73 +319,6 @@ fn mixed(c: &mut Criterion, name: &str, ops: Arc<[u32]>, ttl: Duration, ebb_vari
             hit_ratio * 100.0
         );
     }
-    {
-        let map = DashMap::new();
-        (0..KEYS).for_each(|k| {
-            map.insert(k, k);
-        });
-        std::thread::sleep(SETTLE);
-        group.bench_function(DASHMAP, |b| {
-            b.iter_custom(|iters| two_threads(iters, &ops, |o, off, n| walk_sync(&map, o, off, n)))
-        });
-    }
-    {
-        let exact = ExactLimit::new(ttl);
-        (0..KEYS).for_each(|k| exact.insert(k, k));
-        std::thread::sleep(SETTLE);
-        group.bench_function(EXACT, |b| {
-            b.iter_custom(|iters| {
-                two_threads(iters, &ops, |o, off, n| walk_sync(&exact, o, off, n))
-            })
-        });
-    }
-    {
-        let moka = moka_cache(ttl);
-        pollster::block_on(async {
-            for k in 0..KEYS {
-                moka.insert(k, k).await;
-            }
-        });
-        pollster::block_on(moka.run_pending_tasks());
-        std::thread::sleep(SETTLE);
-        group.bench_function(MOKA, |b| {
-            b.iter_custom(|iters| {
-                two_threads(iters, &ops, |o, off, n| {
-                    pollster::block_on(walk_moka(&moka, o, off, n))
-                })
-            })
-        });
-    }
-    {
-        let moka = moka_sync_cache(ttl);
-        (0..KEYS).for_each(|k| moka.insert(k, k));
-        moka.run_pending_tasks();
-        std::thread::sleep(SETTLE);
-        group.bench_function(MOKA_SYNC, |b| {
-            b.iter_custom(|iters| two_threads(iters, &ops, |o, off, n| walk_sync(&moka, o, off, n)))
-        });
-    }
-    {
-        let mini = mini_moka_cache(ttl);
-        (0..KEYS).for_each(|k| mini.insert(k, k));
-        std::thread::sleep(SETTLE);
-        group.bench_function(MINI_MOKA, |b| {
-            b.iter_custom(|iters| two_threads(iters, &ops, |o, off, n| walk_sync(&mini, o, off, n)))
-        });
-    }
-    {
-        let quick = quick_cache(2 * KEYS as usize);
-        (0..KEYS).for_each(|k| quick.insert(k, k));
-        assert_eq!(quick.len() as u64, KEYS);
-        std::thread::sleep(SETTLE);
-        group.bench_function(QUICK, |b| {
-            b.iter_custom(|iters| {
-                two_threads(iters, &ops, |o, off, n| walk_sync(&quick, o, off, n))
-            })
-        });
-    }
-
-    group.finish();
 }
 
 criterion_group!(

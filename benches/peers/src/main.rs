@@ -7,16 +7,16 @@
 //!   implementation (and per N), so every measurement runs in a fresh process, and prints a
 //!   Markdown table; with `IMPL` it runs that one measurement and prints one JSON line.
 //! - `ebb-peers hit-ratio`: hit ratios on seeded traces (see `hit_ratio.rs`).
-//! - `ebb-peers capacity-cost [ROUNDS]`: `read_heavy` with and without `max_capacity`,
-//!   alternating (see `capacity_cost.rs`).
+//! - `ebb-peers read-heavy [ROUNDS]`: the `read_heavy` workload, every implementation in
+//!   turn, round after round (see `read_heavy.rs`).
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
 mod alloc;
-mod capacity_cost;
 mod chart;
 mod hit_ratio;
 mod mixed;
+mod read_heavy;
 mod report;
 mod workloads;
 
@@ -30,7 +30,7 @@ const USAGE: &str =
     "usage: ebb-peers report [TARGET_DIR]   (default: $CARGO_TARGET_DIR, then `target`)
        ebb-peers per-request|memory|idle|expiry|all [IMPL [N]]
        ebb-peers hit-ratio
-       ebb-peers capacity-cost [ROUNDS]
+       ebb-peers read-heavy [ROUNDS]
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
             chart::chart(&PathBuf::from(dir))
         }
         Some("hit-ratio") => hit_ratio::run(),
-        Some("capacity-cost") => capacity_cost::run(&args[1..]),
+        Some("read-heavy") => read_heavy::run(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");

@@ -1,17 +1,36 @@
-//! The `read_heavy` and `write_heavy` workloads' shared parts: the seeded operation
-//! sequence, one thread's walk through it, the two-thread driver, and the eviction count of
-//! the bounded configuration. Used by the `core` bench (through `#[path]`) and by
-//! `ebb-peers capacity-cost`.
+//! The mixed workloads (`read_heavy`, `write_heavy`): the seeded operation sequence, every
+//! implementation behind one trait, one thread's walk, the two-thread driver, and the
+//! eviction count of the bounded configuration. Used by the `core` bench (through `#[path]`)
+//! and by `ebb-peers read-heavy`.
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant as StdInstant};
 
+use dashmap::DashMap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use tokio::runtime::Runtime;
+use tokio::time::Instant;
 
+pub(crate) const EBB: &str = "ebb";
+pub(crate) const DASHMAP: &str = "dashmap_no_ttl";
+pub(crate) const EXACT: &str = "exact_limit";
+pub(crate) const MOKA: &str = "moka_future";
+pub(crate) const QUICK: &str = "quick_cache_no_ttl";
+pub(crate) const EBB_STATS: &str = "ebb_stats";
+pub(crate) const EBB_TTI: &str = "ebb_tti";
+/// `read_heavy` with `max_capacity` at 10% of the key space, so that evictions happen. The
+/// measured cache differs from `ebb` by the capacity alone (no listener, no `record_stats()`);
+/// its evictions are counted in an untimed replay of the same operations (see
+/// `count_evictions`).
+pub(crate) const EBB_BOUNDED: &str = "ebb_bounded";
+pub(crate) const MOKA_SYNC: &str = "moka_sync";
+pub(crate) const MINI_MOKA: &str = "mini_moka";
+
+/// The time-to-idle of `ebb_tti` in `read_heavy`.
+pub(crate) const TTI: Duration = Duration::from_secs(60);
 /// Keys in the `read_heavy` key space.
 pub(crate) const KEYS: u64 = 100_000;
 /// Length of the pre-generated `read_heavy` operation sequence.
@@ -41,6 +60,8 @@ pub(crate) fn zipf_ops() -> Arc<[u32]> {
 pub(crate) trait ReadHeavy: Sync {
     fn insert(&self, key: u64, value: u64);
     fn get(&self, key: u64) -> Option<u64>;
+    /// After the fill: run pending housekeeping, for caches that defer it.
+    fn settle(&self) {}
 }
 
 impl ReadHeavy for ebb::Cache<u64, u64> {
@@ -126,4 +147,209 @@ pub(crate) fn count_evictions(rt: &Runtime, ops: &Arc<[u32]>, ttl: Duration) -> 
         after.evicted_for_size - before.evicted_for_size,
         hits as f64 / requests.max(1) as f64,
     )
+}
+/// Time for a freshly filled cache to settle (ebb's expiry task files the fill's timers,
+/// moka's housekeeping runs) before it is measured; every implementation waits the same.
+pub(crate) const SETTLE: Duration = Duration::from_secs(1);
+
+pub(crate) fn moka_cache(ttl: Duration) -> moka::future::Cache<u64, u64> {
+    moka::future::Cache::builder().time_to_live(ttl).build()
+}
+
+pub(crate) fn moka_sync_cache(ttl: Duration) -> moka::sync::Cache<u64, u64> {
+    moka::sync::Cache::builder().time_to_live(ttl).build()
+}
+
+pub(crate) fn mini_moka_cache(ttl: Duration) -> mini_moka::sync::Cache<u64, u64> {
+    mini_moka::sync::Cache::builder().time_to_live(ttl).build()
+}
+
+pub(crate) fn quick_cache(capacity: usize) -> quick_cache::sync::Cache<u64, u64> {
+    quick_cache::sync::Cache::new(capacity)
+}
+
+/// The exact-read limit: a deadline stored beside the value, checked on every read.
+pub(crate) struct ExactLimit {
+    map: DashMap<u64, (u64, Instant)>,
+    ttl: Duration,
+}
+
+impl ExactLimit {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        ExactLimit {
+            map: DashMap::new(),
+            ttl,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn insert(&self, key: u64, value: u64) {
+        let deadline = Instant::now() + self.ttl;
+        self.map.insert(key, (value, deadline));
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, key: &u64) -> Option<u64> {
+        let now = Instant::now();
+        let entry = self.map.get(key)?;
+        let (value, deadline) = *entry;
+        (now < deadline).then_some(value)
+    }
+}
+
+impl ReadHeavy for DashMap<u64, u64> {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        DashMap::insert(self, key, value);
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        DashMap::get(self, &key).map(|e| *e)
+    }
+}
+
+impl ReadHeavy for ExactLimit {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        ExactLimit::insert(self, key, value)
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        ExactLimit::get(self, &key)
+    }
+}
+
+impl ReadHeavy for quick_cache::sync::Cache<u64, u64> {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        quick_cache::sync::Cache::insert(self, key, value)
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        quick_cache::sync::Cache::get(self, &key)
+    }
+}
+
+impl ReadHeavy for moka::sync::Cache<u64, u64> {
+    fn settle(&self) {
+        self.run_pending_tasks();
+    }
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        moka::sync::Cache::insert(self, key, value)
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        moka::sync::Cache::get(self, &key)
+    }
+}
+
+impl ReadHeavy for mini_moka::sync::Cache<u64, u64> {
+    #[inline]
+    fn insert(&self, key: u64, value: u64) {
+        mini_moka::sync::Cache::insert(self, key, value)
+    }
+    #[inline]
+    fn get(&self, key: u64) -> Option<u64> {
+        mini_moka::sync::Cache::get(self, &key)
+    }
+}
+
+/// One implementation in a mixed workload, not yet built: [`Contender::fill`] builds it,
+/// inserts every key of `KEYS`, and returns its walk (one thread's share of the operations,
+/// see [`walk_sync`]), ready for [`two_threads`].
+pub(crate) struct Contender {
+    pub(crate) name: &'static str,
+    build: Box<dyn FnOnce() -> Walk>,
+}
+
+/// One thread's share of a mixed workload: `(ops, offset, n) -> checksum`.
+pub(crate) type Walk = Box<dyn Fn(&[u32], usize, u64) -> u64 + Sync>;
+
+impl Contender {
+    fn new<C: ReadHeavy + 'static>(
+        name: &'static str,
+        build: impl FnOnce() -> C + 'static,
+    ) -> Self {
+        Contender {
+            name,
+            build: Box::new(move || {
+                let cache = build();
+                (0..KEYS).for_each(|k| cache.insert(k, k));
+                cache.settle();
+                Box::new(move |ops: &[u32], offset: usize, n: u64| {
+                    walk_sync(&cache, ops, offset, n)
+                })
+            }),
+        }
+    }
+
+    /// Build and fill it.
+    pub(crate) fn fill(self) -> Walk {
+        (self.build)()
+    }
+}
+
+/// Every implementation of a mixed workload with `ttl`, in the `core` bench's order; with
+/// `variants`, also `ebb_stats`, `ebb_tti` and `ebb_bounded`. ebb's caches are built on `rt`.
+pub(crate) fn contenders(rt: &Runtime, ttl: Duration, variants: bool) -> Vec<Contender> {
+    let ebb = |builder: fn(ebb::CacheBuilder<u64, u64>) -> ebb::CacheBuilder<u64, u64>| {
+        let handle = rt.handle().clone();
+        move || builder(ebb::Cache::builder().time_to_live(ttl)).build_on(&handle)
+    };
+    let mut all = vec![Contender::new(EBB, ebb(|b| b))];
+    if variants {
+        all.push(Contender::new(EBB_STATS, ebb(|b| b.record_stats())));
+        all.push(Contender::new(EBB_TTI, ebb(|b| b.time_to_idle(TTI))));
+        all.push(Contender::new(
+            EBB_BOUNDED,
+            ebb(|b| b.max_capacity(KEYS / 10)),
+        ));
+    }
+    all.push(Contender::new(DASHMAP, DashMap::<u64, u64>::new));
+    all.push(Contender::new(EXACT, move || ExactLimit::new(ttl)));
+    // moka's future cache: one `block_on` per measured walk, never one per operation.
+    all.push(Contender {
+        name: MOKA,
+        build: Box::new(move || {
+            let moka = moka_cache(ttl);
+            pollster::block_on(async {
+                for k in 0..KEYS {
+                    moka.insert(k, k).await;
+                }
+                moka.run_pending_tasks().await;
+            });
+            Box::new(move |ops: &[u32], offset: usize, n: u64| {
+                pollster::block_on(walk_moka(&moka, ops, offset, n))
+            })
+        }),
+    });
+    all.push(Contender::new(MOKA_SYNC, move || moka_sync_cache(ttl)));
+    all.push(Contender::new(MINI_MOKA, move || mini_moka_cache(ttl)));
+    all.push(Contender::new(QUICK, || quick_cache(2 * KEYS as usize)));
+    all
+}
+
+pub(crate) async fn walk_moka(
+    cache: &moka::future::Cache<u64, u64>,
+    ops: &[u32],
+    offset: usize,
+    n: u64,
+) -> u64 {
+    let mut sum = 0u64;
+    let mut i = offset;
+    for _ in 0..n {
+        let op = ops[i];
+        let key = u64::from(op & !INSERT_BIT);
+        if op & INSERT_BIT != 0 {
+            cache.insert(key, key).await;
+        } else if let Some(v) = cache.get(&black_box(key)).await {
+            sum = sum.wrapping_add(v);
+        }
+        i += 1;
+        if i == ops.len() {
+            i = 0;
+        }
+    }
+    sum
 }
