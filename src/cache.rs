@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::builder::{BuildError, CacheBuilder};
-use crate::clock::{Clock, NEVER};
+use crate::clock::{Clock, Stamp};
 use crate::handoff::Signals;
 use crate::stats::{CacheStats, Counters};
 use crate::store::{Settings, Store};
@@ -161,20 +161,19 @@ where
 
     /// The deadline of an entry written now with the cache's TTL, jitter applied.
     #[inline]
-    pub(crate) fn default_deadline(&self) -> u64 {
+    pub(crate) fn default_deadline(&self) -> Stamp {
         match self.shared.time_to_live {
-            None => NEVER,
+            None => Stamp::NEVER,
             Some(ttl) => {
                 let clock = &self.shared.store.clock;
-                clock.deadline_after(clock.now(), jitter::spread(ttl, self.shared.jitter))
+                clock.stamp(jitter::spread(ttl, self.shared.jitter))
             }
         }
     }
 
     /// The deadline of an entry written now with its own `ttl`; `None` for zero.
-    pub(crate) fn deadline_for_ttl(&self, ttl: Duration) -> Option<u64> {
-        let clock = &self.shared.store.clock;
-        (!ttl.is_zero()).then(|| clock.deadline_after(clock.now(), ttl))
+    pub(crate) fn deadline_for_ttl(&self, ttl: Duration) -> Option<Stamp> {
+        (!ttl.is_zero()).then(|| self.shared.store.clock.stamp(ttl))
     }
 
     /// Insert `value` for `key`, replacing any previous value. It expires after the cache's

@@ -18,6 +18,23 @@ use tokio::time::Instant;
 /// A deadline that never comes.
 pub(crate) const NEVER: u64 = u64::MAX;
 
+/// A write's TTL deadline (its *cap*), with the clock reading it was computed from when one
+/// was taken, so that a write that needs the time again (for a time-to-idle) does not read
+/// the clock twice.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp {
+    pub(crate) cap: u64,
+    pub(crate) now: Option<u64>,
+}
+
+impl Stamp {
+    /// No TTL: a cap that never comes, no clock read.
+    pub(crate) const NEVER: Stamp = Stamp {
+        cap: NEVER,
+        now: None,
+    };
+}
+
 /// The number of ticks the wheel can look ahead (6 levels of 64 slots).
 const WHEEL_HORIZON_TICKS: u64 = 1 << 36;
 
@@ -60,6 +77,16 @@ impl Clock {
         Instant::now()
             .saturating_duration_since(self.epoch)
             .as_nanos() as u64
+    }
+
+    /// The stamp of a write now with `ttl`.
+    #[inline]
+    pub(crate) fn stamp(&self, ttl: Duration) -> Stamp {
+        let now = self.now();
+        Stamp {
+            cap: self.deadline_after(now, ttl),
+            now: Some(now),
+        }
     }
 
     /// The deadline `ttl` after `now`, or [`NEVER`] if `ttl` reaches the horizon.

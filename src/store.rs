@@ -37,7 +37,7 @@ use std::sync::Arc;
 use dashmap::{DashMap, Entry as Slot};
 
 use crate::capacity::{Capacity, Evicted, Held, Weigher};
-use crate::clock::{Clock, NEVER};
+use crate::clock::{Clock, Stamp, NEVER};
 use crate::handoff::{needs_push, Handoff, Signals};
 use crate::listener::{Notifier, RemovalCause};
 use crate::load::{Flight, Flights};
@@ -505,18 +505,19 @@ where
             .unwrap_or(false)
     }
 
-    /// The effective deadline of an entry written now with the TTL deadline `cap`.
-    fn effective(&self, cap: u64) -> u64 {
+    /// The effective deadline of an entry written now with `stamp`.
+    fn effective(&self, stamp: Stamp) -> u64 {
         if self.idle == 0 {
-            cap
+            stamp.cap
         } else {
-            cap.min(self.clock.now().saturating_add(self.idle))
+            let now = stamp.now.unwrap_or_else(|| self.clock.now());
+            stamp.cap.min(now.saturating_add(self.idle))
         }
     }
 
     /// Store `value` under `key` with the TTL deadline `cap`, and report what it replaced.
     #[inline]
-    pub(crate) fn insert(&self, key: K, value: V, cap: u64) {
+    pub(crate) fn insert(&self, key: K, value: V, cap: Stamp) {
         let (key, value) = match self.capacity.as_ref().filter(|c| c.unweighted()) {
             Some(capacity) => match self.insert_unweighted(capacity, key, value, cap) {
                 Ok((mut admit, replaced)) => return self.after_write(&mut admit, replaced),
@@ -544,7 +545,7 @@ where
         capacity: &'a Capacity<K, V, S>,
         key: K,
         value: V,
-        cap: u64,
+        cap: Stamp,
     ) -> Result<(Option<Admission<'a, K, S>>, Option<Retired<K, V>>), (K, V)> {
         with_map!(&self.map, m => {
             let (slot, admit) = match m.entry(key) {
@@ -625,7 +626,7 @@ where
         key: K,
         flight: &SyncArc<Flight<V>>,
         value: V,
-        cap: Option<u64>,
+        cap: Option<Stamp>,
         generation: u32,
     ) {
         let mut admit = self.admission(&key, &value);
@@ -652,10 +653,10 @@ where
         &self,
         slot: Slot<'_, K, E>,
         value: V,
-        cap: u64,
+        stamp: Stamp,
         generation: u32,
     ) -> Option<Retired<K, V>> {
-        let deadline = self.effective(cap);
+        let (deadline, cap) = (self.effective(stamp), stamp.cap);
         let due = self.clock.tick_of(deadline);
         match slot {
             Slot::Vacant(slot) => {
