@@ -353,7 +353,10 @@ where
 
     /// Weigh entries for [`max_capacity`](Self::max_capacity): `weigher(&key, &value)` is
     /// the entry's weight. It must give the same weight for the same key and value, since it
-    /// is asked again when the entry leaves; it never runs under a lock. An entry of weight 0
+    /// is asked again when the entry leaves. It never runs under a lock of the map, but it
+    /// may run while the key's policy shard is locked (to weigh the value an overwrite
+    /// replaced, or an eviction's victims), so it must be quick and must not call back into
+    /// the same cache (that would wait for the lock it holds). An entry of weight 0
     /// costs nothing and is never evicted for room; an entry heavier than its policy shard's
     /// share (the capacity divided by up to 8 shards) is evicted as soon as it is written.
     ///

@@ -10,14 +10,16 @@
 //!   map shard lock waits for a policy lock, so the order is never reversed: a writer that
 //!   finds its key's slot vacant may only *try* the policy shard ([`Capacity::try_hold`]),
 //!   and starts again in order if it is taken.
-//! - A write to a bounded cache holds its key's policy shard ([`Capacity::hold`]) from before
-//!   it changes the map until the policy has accounted for the change (except an overwrite
-//!   when there is no weigher: it changes no accounting, the new entry taking over the old
-//!   one's policy state under the map's shard lock). A removal changes the
+//! - A write to a bounded cache holds its key's policy shard ([`Capacity::hold`], or
+//!   [`Capacity::try_hold`] taken under the map's shard lock) from before it changes the map
+//!   until the policy has accounted for the change (except an overwrite when there is no
+//!   weigher: it changes no accounting, the new entry taking over the old one's policy state
+//!   under the map's shard lock). A removal changes the
 //!   map first and then takes the policy shard to [`forget`](Capacity::forget) the entry, so
 //!   it can never forget an entry before its write was accounted for (which would leave the
 //!   policy counting weight that no entry holds: found by the stress test).
-//! - The weigher is user code: it never runs under a map shard lock. Eviction reads a
+//! - The weigher is user code: it never runs under a map shard lock (it may run under the
+//!   policy shard's, as documented on `CacheBuilder::weigher`). Eviction reads a
 //!   value's weight from a clone taken under the read lock, weighed after it is released.
 //! - Every entry's weight is added once (new entry), adjusted on overwrite, and subtracted
 //!   once, by whichever path takes the entry out of the map: eviction here, or the store's

@@ -9,8 +9,9 @@
 //! frequency [`Sketch`] says it was asked for more often, by a margin of more than one request (its
 //! reads while in the window count too); otherwise the candidate is evicted and the victim stays.
 //! The sketch counts every *miss* (each time a key was inserted), so it remembers keys the cache no
-//! longer holds, and the reads an entry's counter saw, added when the CLOCK hand passes it or it
-//! leaves the window; it halves its counts now and then to forget old popularity, and a doorkeeper
+//! longer holds, and an entry's reads: when it leaves the window, its counter's value; each time
+//! the CLOCK hand passes it, the counter's value before the hand lowers it by one (so reads weigh
+//! more the longer they keep an entry alive: 3 reads count 3 + 2 + 1 over three passes); it halves its counts now and then to forget old popularity, and a doorkeeper
 //! in front of it keeps keys asked for only once (a scan) out of its counts.
 //!
 //! Why this design, chosen by measurement (`cargo run --release -p ebb-peers -- hit-ratio`,

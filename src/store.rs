@@ -369,6 +369,9 @@ pub(crate) struct Store<K, V, S> {
     /// [`INVALIDATIONS`]: tells an entry that expired before it was hidden from one hidden
     /// while live.
     invalidated_at: [AtomicU64; INVALIDATIONS],
+    /// Inserts that found their new key's policy shard busy (test-only visibility).
+    #[cfg(test)]
+    fallbacks: std::sync::atomic::AtomicUsize,
 }
 
 /// How many `invalidate_all` times [`Store`] remembers.
@@ -405,6 +408,8 @@ where
             notifier: settings.notifier,
             generation: AtomicU32::new(0),
             invalidated_at: std::array::from_fn(|_| AtomicU64::new(0)),
+            #[cfg(test)]
+            fallbacks: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -521,7 +526,11 @@ where
         let (key, value) = match self.capacity.as_ref().filter(|c| c.unweighted()) {
             Some(capacity) => match self.insert_unweighted(capacity, key, value, cap) {
                 Ok((mut admit, replaced)) => return self.after_write(&mut admit, replaced),
-                Err(back) => back,
+                Err(back) => {
+                    #[cfg(test)]
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    back
+                }
             },
             None => (key, value),
         };
@@ -889,6 +898,57 @@ mod tests {
             (e.generation(), e.freq(), e.in_main()),
             (GENERATION_MASK, 1, true)
         );
+    }
+
+    #[test]
+    fn the_clock_hand_counts_down_main_entries_only() {
+        let e = entry(NEVER, 7);
+        e.set_policy(3, false);
+        assert_eq!(e.pass(), (3, false));
+        assert_eq!(e.freq(), 3, "a window entry keeps its count");
+        e.set_policy(2, true);
+        assert_eq!(e.pass(), (2, true));
+        assert_eq!(e.pass(), (1, true));
+        assert_eq!(e.pass(), (0, true));
+        assert_eq!(e.pass(), (0, true), "stops at zero");
+        assert_eq!((e.generation(), e.in_main()), (7, true));
+    }
+
+    #[test]
+    fn a_new_key_whose_policy_shard_is_busy_waits_for_it() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let cache = crate::Cache::<u64, u64>::builder()
+            .max_capacity(100)
+            .build_on(rt.handle());
+        let store = cache.store();
+        (0..10).for_each(|k| cache.insert(k, k));
+        let capacity = store.capacity.as_ref().unwrap();
+        let (held, _) = capacity.hold(&10);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| cache.insert(10, 10));
+            // The writer found the slot vacant and the shard taken: it goes the ordered way
+            // (policy shard, then map) and waits for the shard.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while store.fallbacks.load(Ordering::Relaxed) == 0 {
+                assert!(std::time::Instant::now() < deadline, "no fallback in 10 s");
+                std::thread::yield_now();
+            }
+            assert!(
+                cache.get(&10).is_none(),
+                "written before its shard was free"
+            );
+            drop(held);
+            writer.join().unwrap();
+        });
+        assert_eq!(cache.get(&10), Some(10));
+        assert_eq!(store.policy_weight(), Some(11));
+        // A new key with its shard free takes the one-lookup way.
+        cache.insert(11, 11);
+        assert_eq!(store.fallbacks.load(Ordering::Relaxed), 1);
+        assert_eq!(store.policy_weight(), Some(12));
     }
 
     #[test]

@@ -16,8 +16,8 @@
 //! `write_heavy` is `read_heavy`'s key sequence with every other op an insert, TTL 1 s.
 //! `read_heavy` and `write_heavy` also run `moka_sync` (`moka::sync::Cache` 0.12) and
 //! `mini_moka` (`mini_moka::sync::Cache` 0.10), both with the same TTL, and `read_heavy` runs
-//! two more ebb configurations: `ebb_stats` (`.record_stats()`) and `ebb_tti`
-//! (`.time_to_idle(60 s)` beside the 300 s TTL).
+//! three more ebb configurations: `ebb_stats` (`.record_stats()`), `ebb_tti`
+//! (`.time_to_idle(60 s)` beside the 300 s TTL) and `ebb_bounded` (`.max_capacity(10,000)`).
 
 use std::hint::black_box;
 use std::sync::Arc;

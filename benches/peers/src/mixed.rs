@@ -60,11 +60,14 @@ pub(crate) fn zipf_ops() -> Arc<[u32]> {
 pub(crate) trait ReadHeavy: Sync {
     fn insert(&self, key: u64, value: u64);
     fn get(&self, key: u64) -> Option<u64>;
-    /// After the fill: run pending housekeeping, for caches that defer it.
+    /// After the fill: run pending housekeeping, for caches that defer it, and check the fill.
     fn settle(&self) {}
 }
 
 impl ReadHeavy for ebb::Cache<u64, u64> {
+    fn settle(&self) {
+        assert!(self.entry_count() <= KEYS);
+    }
     #[inline]
     fn insert(&self, key: u64, value: u64) {
         ebb::Cache::insert(self, key, value)
@@ -220,6 +223,9 @@ impl ReadHeavy for ExactLimit {
 }
 
 impl ReadHeavy for quick_cache::sync::Cache<u64, u64> {
+    fn settle(&self) {
+        assert_eq!(self.len() as u64, KEYS, "sized never to evict");
+    }
     #[inline]
     fn insert(&self, key: u64, value: u64) {
         quick_cache::sync::Cache::insert(self, key, value)
