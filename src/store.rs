@@ -680,9 +680,11 @@ where
             Slot::Occupied(mut slot) => {
                 let old = slot.get().entry();
                 let timer = self.hand_off(slot.key(), old.timer, old.deadline(), deadline, due);
-                // Judging the cause reads the clock: only when someone counts or listens.
+                // Judging the cause needs the time (the write's own, if it read the clock):
+                // only when someone counts or listens.
                 let cause = if self.counters.is_some() || self.notifier.is_active() {
-                    self.cause(old, RemovalCause::Replaced)
+                    let now = || stamp.now.unwrap_or_else(|| self.clock.now());
+                    self.cause_at(old, RemovalCause::Replaced, now)
                 } else {
                     RemovalCause::Replaced
                 };
