@@ -64,20 +64,6 @@ pub(crate) trait ReadHeavy: Sync {
     fn settle(&self) {}
 }
 
-impl ReadHeavy for ebb::Cache<u64, u64> {
-    fn settle(&self) {
-        assert!(self.entry_count() <= KEYS);
-    }
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        ebb::Cache::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        ebb::Cache::get(self, &key)
-    }
-}
-
 /// One thread's share of `read_heavy`: `n` ops from `offset`, wrapping around the sequence.
 /// Returns a checksum of the values read so that nothing is optimised away.
 #[inline]
@@ -200,6 +186,41 @@ impl ExactLimit {
     }
 }
 
+/// [`ReadHeavy`] for a cache whose own `insert(key, value)` and `get(&key)` fit, with an
+/// optional `settle` body (`self` bound to the name given).
+macro_rules! read_heavy {
+    ($ty:ty $(, settle($this:ident) $settle:block)?) => {
+        impl ReadHeavy for $ty {
+            $(
+                fn settle(&self) {
+                    let $this = self;
+                    $settle
+                }
+            )?
+            #[inline]
+            fn insert(&self, key: u64, value: u64) {
+                <$ty>::insert(self, key, value);
+            }
+            #[inline]
+            fn get(&self, key: u64) -> Option<u64> {
+                <$ty>::get(self, &key)
+            }
+        }
+    };
+}
+
+read_heavy!(ebb::Cache<u64, u64>, settle(cache) {
+    assert!(cache.entry_count() <= KEYS);
+});
+read_heavy!(ExactLimit);
+read_heavy!(quick_cache::sync::Cache<u64, u64>, settle(cache) {
+    assert_eq!(cache.len() as u64, KEYS, "sized never to evict");
+});
+read_heavy!(moka::sync::Cache<u64, u64>, settle(cache) {
+    cache.run_pending_tasks();
+});
+read_heavy!(mini_moka::sync::Cache<u64, u64>);
+
 impl ReadHeavy for DashMap<u64, u64> {
     #[inline]
     fn insert(&self, key: u64, value: u64) {
@@ -208,56 +229,6 @@ impl ReadHeavy for DashMap<u64, u64> {
     #[inline]
     fn get(&self, key: u64) -> Option<u64> {
         DashMap::get(self, &key).map(|e| *e)
-    }
-}
-
-impl ReadHeavy for ExactLimit {
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        ExactLimit::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        ExactLimit::get(self, &key)
-    }
-}
-
-impl ReadHeavy for quick_cache::sync::Cache<u64, u64> {
-    fn settle(&self) {
-        assert_eq!(self.len() as u64, KEYS, "sized never to evict");
-    }
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        quick_cache::sync::Cache::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        quick_cache::sync::Cache::get(self, &key)
-    }
-}
-
-impl ReadHeavy for moka::sync::Cache<u64, u64> {
-    fn settle(&self) {
-        self.run_pending_tasks();
-    }
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        moka::sync::Cache::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        moka::sync::Cache::get(self, &key)
-    }
-}
-
-impl ReadHeavy for mini_moka::sync::Cache<u64, u64> {
-    #[inline]
-    fn insert(&self, key: u64, value: u64) {
-        mini_moka::sync::Cache::insert(self, key, value)
-    }
-    #[inline]
-    fn get(&self, key: u64) -> Option<u64> {
-        mini_moka::sync::Cache::get(self, &key)
     }
 }
 
