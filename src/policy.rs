@@ -3,15 +3,16 @@
 //!
 //! Every new key enters a small *window* FIFO (0.2% of the capacity). When the window is over its
 //! share, its oldest key becomes a *candidate* for the *main* queue, which holds the rest. While
-//! main has room the candidate simply moves in. Otherwise main offers a *victim*: main is a CLOCK,
+//! main has room the candidate simply moves in (whether or not the shard is full). Otherwise, once
+//! the shard is over its capacity, main offers a *victim*: main is a CLOCK,
 //! so the hand passes over entries read since it last passed them (their read counter, at most 3,
 //! counts down) and stops at the first one not read. The candidate replaces the victim only if a
 //! frequency [`Sketch`] says it was asked for more often, by a margin of more than one request (its
 //! reads while in the window count too); otherwise the candidate is evicted and the victim stays.
 //! The sketch counts every *miss* (each time a key was inserted), so it remembers keys the cache no
-//! longer holds, and an entry's reads: when it leaves the window, its counter's value; each time
-//! the CLOCK hand passes it, the counter's value before the hand lowers it by one (so reads weigh
-//! more the longer they keep an entry alive: 3 reads count 3 + 2 + 1 over three passes); it halves its counts now and then to forget old popularity, and a doorkeeper
+//! longer holds, and an entry's reads, each once: the CLOCK hand counts one read each time it
+//! passes an entry whose counter it lowers by one (an entry keeps its counter when it moves from
+//! the window to main; reads beyond the counter's 3 before the hand comes are not counted); it halves its counts now and then to forget old popularity, and a doorkeeper
 //! in front of it keeps keys asked for only once (a scan) out of its counts.
 //!
 //! Why this design, chosen by measurement (`cargo run --release -p ebb-peers -- hit-ratio`,
@@ -167,14 +168,22 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         }
     }
 
-    /// Evict until the shard is within its capacity; each evicted key is passed to
-    /// `evicted` (after [`Residents::evict`] removed it).
+    /// Keep the window to its share, moving its oldest entries to main while main has room,
+    /// and evict until the shard is within its capacity; each evicted key is passed to
+    /// `evicted` (after [`Residents::evict`] removed it). The window moves even while the
+    /// shard is not full, so it never holds more than its share: a cache filling up does not
+    /// queue every entry there (16 bytes an item) only to move them all at once when it first
+    /// overflows.
     pub(crate) fn evict(&mut self, residents: &impl Residents<K>, mut evicted: impl FnMut(K)) {
         // Each item can come round at most MAX_FREQ + 1 times before its counter is spent.
         let mut budget = (usize::from(MAX_FREQ) + 2) * (self.window.len() + self.main.len()) + 2;
-        while self.weight() > self.capacity && budget > 0 {
+        while budget > 0 {
+            let over = self.weight() > self.capacity;
+            if !over && self.window_weight <= self.window_capacity {
+                break;
+            }
             budget -= 1;
-            if self.window_weight <= self.window_capacity && self.main_weight > 0 {
+            if over && self.window_weight <= self.window_capacity && self.main_weight > 0 {
                 // Main is over its share: its victim goes.
                 let Some(victim) = self.victim(residents, &mut budget) else {
                     break;
@@ -194,8 +203,13 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             if candidate.weight == 0
                 || self.main_weight + u64::from(candidate.weight) <= main_capacity
             {
-                self.promote(residents, key, hash, candidate);
+                self.promote(residents, key, candidate);
                 continue;
+            }
+            if !over {
+                // Main is full and nothing has to go: the candidate waits at the window's head.
+                self.window.push_front((key, hash));
+                break;
             }
             let Some(victim) = self.victim(residents, &mut budget) else {
                 self.drop_entry(residents, &key, &mut evicted);
@@ -205,7 +219,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             let incumbent = self.sketch.estimate(self.hasher.hash_one(&victim));
             if asked.saturating_add(candidate.freq) > incumbent.saturating_add(ADMIT_MARGIN) {
                 self.drop_entry(residents, &victim, &mut evicted);
-                self.promote(residents, key, hash, candidate);
+                self.promote(residents, key, candidate);
             } else {
                 self.main.push_front(victim);
                 self.drop_entry(residents, &key, &mut evicted);
@@ -227,7 +241,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             match residents.pass(&key) {
                 Some(s) if s.main && s.freq > 0 => {
                     *budget -= 1;
-                    self.count(self.hasher.hash_one(&key), s.freq);
+                    self.count(self.hasher.hash_one(&key), 1);
                     self.main.push_back(key);
                 }
                 Some(s) if s.main && s.weight == 0 => {
@@ -248,13 +262,12 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         }
     }
 
-    /// Move a window entry to main; its reads in the window count in the sketch now. If it
-    /// left the cache since its status was read, its weight stays with the window, where its
-    /// removal takes it from.
-    fn promote(&mut self, residents: &impl Residents<K>, key: K, hash: u64, status: Status) {
-        self.count(hash, status.freq);
+    /// Move a window entry to main, with its read counter (main's hand counts those reads as
+    /// it consumes them). If it left the cache since its status was read, its weight stays
+    /// with the window, where its removal takes it from.
+    fn promote(&mut self, residents: &impl Residents<K>, key: K, status: Status) {
         let weight = status.weight;
-        if !residents.set(&key, 0, true) {
+        if !residents.set(&key, status.freq, true) {
             return;
         }
         self.window_weight = self.window_weight.saturating_sub(u64::from(weight));
@@ -409,14 +422,7 @@ mod tests {
             self.evict()
         }
         fn promote(&mut self, key: u32, c: Status) {
-            for _ in 0..c.freq {
-                self.sketch.increment(Self::hash(key));
-            }
-            let status = Status {
-                freq: 0,
-                main: true,
-                ..c
-            };
+            let status = Status { main: true, ..c };
             self.resident.insert(key, status);
             self.main.push_back(key);
         }
@@ -435,9 +441,7 @@ mod tests {
                 }
                 if s.freq > 0 {
                     *budget -= 1;
-                    for _ in 0..s.freq {
-                        self.sketch.increment(Self::hash(key));
-                    }
+                    self.sketch.increment(Self::hash(key));
                     s.freq -= 1;
                 } else if s.weight == 0 {
                     weightless += 1;
@@ -454,10 +458,14 @@ mod tests {
             let main_capacity = self.capacity.saturating_sub(window_capacity);
             let mut budget =
                 (usize::from(MAX_FREQ) + 2) * (self.window.len() + self.main.len()) + 2;
-            while self.weight_of(false) + self.weight_of(true) > self.capacity && budget > 0 {
+            while budget > 0 {
+                let over = self.weight_of(false) + self.weight_of(true) > self.capacity;
+                if !over && self.weight_of(false) <= window_capacity {
+                    break;
+                }
                 budget -= 1;
                 let from_window =
-                    self.weight_of(false) > window_capacity || self.weight_of(true) == 0;
+                    !over || self.weight_of(false) > window_capacity || self.weight_of(true) == 0;
                 if !from_window {
                     let Some(victim) = self.victim(&mut budget) else {
                         break;
@@ -478,6 +486,10 @@ mod tests {
                 if c.weight == 0 || self.weight_of(true) + u64::from(c.weight) <= main_capacity {
                     self.promote(key, c);
                     continue;
+                }
+                if !over {
+                    self.window.push_front(key);
+                    break;
                 }
                 let Some(victim) = self.victim(&mut budget) else {
                     self.resident.remove(&key);
