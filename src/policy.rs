@@ -590,6 +590,18 @@ mod tests {
     }
 
     #[test]
+    fn the_window_keeps_to_its_share_while_the_cache_fills() {
+        let map = Map::default();
+        let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(10_000, RandomState::new());
+        for k in 0..5_000 {
+            map.admit(&mut policy, k, 1, |_| panic!("evicted below capacity"));
+            assert!(policy.window.len() as u64 <= policy.window_capacity);
+        }
+        assert_eq!(policy.weight(), 5_000);
+        assert_eq!(policy.main.len() as u64, 5_000 - policy.window_capacity);
+    }
+
+    #[test]
     fn a_scan_does_not_flush_the_frequently_read_keys() {
         let map = Map::default();
         let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(100, RandomState::new());
