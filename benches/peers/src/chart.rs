@@ -1,6 +1,9 @@
 //! `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the results the
-//! runner saved for `memory` (`<TARGET_DIR>/ebb-peers/memory.json`) and from criterion's
-//! `read_heavy` and `write_heavy` results (`<TARGET_DIR>/criterion/`).
+//! runner saved for `memory` (`<TARGET_DIR>/ebb-peers/memory.json`), for `read-heavy`
+//! (`read-heavy.json` beside it: each implementation's median over alternating rounds, which
+//! one criterion run cannot be trusted for on a machine that changes speed), and from
+//! criterion's `write_heavy` results (`<TARGET_DIR>/criterion/`; criterion's `read_heavy` when
+//! there is no `read-heavy.json`).
 
 use std::path::{Path, PathBuf};
 
@@ -105,6 +108,12 @@ fn throughput_bars(criterion: &Path) -> Result<Bars, String> {
     ];
     let mut series = Vec::new();
     for group in ["read_heavy", "write_heavy"] {
+        if group == "read_heavy" {
+            if let Some(values) = alternating_read_heavy(&IMPLS)? {
+                series.push(("read_heavy (alternating)".to_string(), values));
+                continue;
+            }
+        }
         let mut values = Vec::new();
         for name in IMPLS {
             let row = read_row(&criterion.join(group).join(name))?;
@@ -124,6 +133,23 @@ fn throughput_bars(criterion: &Path) -> Result<Bars, String> {
         rows: IMPLS.iter().map(|s| s.to_string()).collect(),
         series,
     })
+}
+
+/// M ops/s of each of `names` from the last `ebb-peers read-heavy` run, if there is one.
+fn alternating_read_heavy(names: &[&str]) -> Result<Option<Vec<f64>>, String> {
+    let path = results_dir().join("read-heavy.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let rows: Vec<Value> =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value = |name: &str| {
+        rows.iter()
+            .find(|r| r["impl"] == name)
+            .and_then(|r| r["ns_per_op"].as_f64())
+            .map_or(f64::NAN, |ns| 1e3 / ns)
+    };
+    Ok(Some(names.iter().map(|n| value(n)).collect()))
 }
 
 fn draw<DB: DrawingBackend>(

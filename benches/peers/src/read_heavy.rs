@@ -10,7 +10,8 @@
 //! 300 s), in rounds that rotate through the implementations; each ratio is the median over
 //! rounds of the ratio within such a pair. `ebb_bounded` holds
 //! 10% of the keys, so it evicts; its evictions are counted in an untimed replay
-//! (`mixed::count_evictions`).
+//! (`mixed::count_evictions`). The medians are saved for `ebb-peers chart`
+//! (`<TARGET_DIR>/ebb-peers/read-heavy.json`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -87,6 +88,19 @@ pub(crate) fn run(args: &[String]) -> Result<String, String> {
     };
     // `a`'s throughput over `b`'s, one of them ebb.
     let ratio = |a: usize, b: usize| if b == ebb { to_ebb(a) } else { 1.0 / to_ebb(b) };
+
+    let saved: Vec<serde_json::Value> = walks
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            serde_json::json!({
+                "impl": name,
+                "ns_per_op": median(times[i].clone()),
+                "to_ebb": to_ebb(i),
+            })
+        })
+        .collect();
+    crate::workloads::save("read-heavy", &saved)?;
 
     let mut out = format!(
         "### read-heavy, alternating ({rounds} rounds; each implementation beside ebb on {PER_ROUND} operations, 2 threads)\n\n\

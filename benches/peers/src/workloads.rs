@@ -148,7 +148,7 @@ pub fn results_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(target).join("ebb-peers")
 }
 
-fn save(workload: &str, rows: &[Value]) -> Result<(), String> {
+pub(crate) fn save(workload: &str, rows: &[Value]) -> Result<(), String> {
     let dir = results_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join(format!("{workload}.json"));
