@@ -314,6 +314,7 @@ where
             wakeups: store.signals.wakeups.load(Ordering::Acquire),
             task_closed: store.signals.closed.load(Ordering::Acquire),
             policy_weight: store.policy_weight(),
+            policy_records: store.policy_records(),
         }
     }
 }
@@ -364,4 +365,6 @@ pub struct Internals {
     pub task_closed: bool,
     /// The weight the capacity policy accounts for, for a bounded cache.
     pub policy_weight: Option<u64>,
+    /// Entry weights the capacity policy keeps (one per entry with a weigher; none without).
+    pub policy_records: Option<usize>,
 }

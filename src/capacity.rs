@@ -18,22 +18,31 @@
 //!   map first and then takes the policy shard to [`forget`](Capacity::forget) the entry, so
 //!   it can never forget an entry before its write was accounted for (which would leave the
 //!   policy counting weight that no entry holds: found by the stress test).
-//! - The weigher is user code: it never runs under a map shard lock (it may run under the
-//!   policy shard's, as documented on `CacheBuilder::weigher`). Eviction reads a
-//!   value's weight from a clone taken under the read lock, weighed after it is released.
+//! - The weigher is user code, and it runs only on a value about to be written, before any
+//!   lock is taken. With a weigher, each policy shard keeps the weight of every entry it
+//!   accounts for ([`PolicyShard`]), so that an overwrite, an eviction or a removal learns the
+//!   old weight without asking the weigher again (under a lock, and perhaps getting another
+//!   answer).
 //! - Every entry's weight is added once (new entry), adjusted on overwrite, and subtracted
 //!   once, by whichever path takes the entry out of the map: eviction here, or the store's
 //!   `retire` for removals, expiry and sweeps.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
 use crate::policy::{Residents, Status, TinyLfu};
 use crate::store::{Entry, Store};
 use crate::sync::{lock, Mutex, MutexGuard, TryLockError};
 
+/// One policy shard: the policy, and with a weigher the weight of each entry it accounts for.
+pub(crate) struct PolicyShard<K, S> {
+    policy: TinyLfu<K, S>,
+    weights: Option<HashMap<K, u32, S>>,
+}
+
 /// A policy shard, locked.
-pub(crate) type Held<'a, K, S> = MutexGuard<'a, TinyLfu<K, S>>;
+pub(crate) type Held<'a, K, S> = MutexGuard<'a, PolicyShard<K, S>>;
 
 /// Entries evicted by one write, to be reported once no lock is held. Most writes evict none
 /// or one: those allocate nothing.
@@ -82,7 +91,7 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync + 'stati
 const UNITS_PER_SHARD: u64 = 512;
 
 pub(crate) struct Capacity<K, V, S> {
-    shards: Box<[Mutex<TinyLfu<K, S>>]>,
+    shards: Box<[Mutex<PolicyShard<K, S>>]>,
     hasher: S,
     weigher: Option<Weigher<K, V>>,
 }
@@ -100,7 +109,12 @@ where
         let shards = (0..count)
             .map(|i| {
                 let share = max / count + u64::from(i < max % count);
-                Mutex::new(TinyLfu::new(share, hasher.clone()))
+                Mutex::new(PolicyShard {
+                    policy: TinyLfu::new(share, hasher.clone()),
+                    weights: weigher
+                        .is_some()
+                        .then(|| HashMap::with_hasher(hasher.clone())),
+                })
             })
             .collect();
         Capacity {
@@ -115,18 +129,19 @@ where
         self.weigher.is_none()
     }
 
-    /// The weight of an entry: the weigher's answer, or 1.
+    /// The weight of a value about to be written: the weigher's answer, or 1. Call with no
+    /// lock held.
     pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
         self.weigher
             .as_ref()
             .map_or(1, |weigher| weigher(key, value))
     }
 
-    fn shard(&self, key: &K) -> &Mutex<TinyLfu<K, S>> {
+    fn shard(&self, key: &K) -> &Mutex<PolicyShard<K, S>> {
         self.shard_of(self.hasher.hash_one(key))
     }
 
-    fn shard_of(&self, hash: u64) -> &Mutex<TinyLfu<K, S>> {
+    fn shard_of(&self, hash: u64) -> &Mutex<PolicyShard<K, S>> {
         &self.shards[(hash >> 40) as usize & (self.shards.len() - 1)]
     }
 
@@ -161,14 +176,32 @@ where
         hash: u64,
         weight: u32,
     ) -> Evicted<K, V> {
-        let view = View::new(store, self);
-        if !shard.fits(weight) {
-            view.evict(&key);
-            return view.evicted.into_inner();
+        let PolicyShard { policy, weights } = &mut **shard;
+        if !policy.fits(weight) {
+            // Never accounted for: out again at once, alone.
+            let mut evicted = Evicted::default();
+            if let Some((key, entry)) = store.evict(&key) {
+                evicted.push(key, entry);
+            }
+            return evicted;
         }
-        shard.insert_hashed(key, hash, weight);
-        shard.evict(&view, drop);
+        if let Some(weights) = weights {
+            weights.insert(key.clone(), weight);
+        }
+        policy.insert_hashed(key, hash, weight);
+        let view = View::new(store, weights.as_mut());
+        policy.evict(&view, drop);
         view.evicted.into_inner()
+    }
+
+    /// An overwrite of `key` (its shard held since before the write) wrote a value of
+    /// `weight`: the weight the replaced entry was accounted with, the new one recorded.
+    pub(crate) fn replaced(&self, shard: &mut Held<'_, K, S>, key: &K, weight: u32) -> u32 {
+        match &mut shard.weights {
+            // Every resident entry has its weight here; the replaced one was resident.
+            Some(weights) => weights.insert(key.clone(), weight).unwrap_or(weight),
+            None => 1,
+        }
     }
 
     /// An overwrite changed a resident entry's weight from `old` to `new` (its shard held
@@ -182,41 +215,66 @@ where
         old: u32,
         new: u32,
     ) -> Evicted<K, V> {
-        let view = View::new(store, self);
-        if !shard.fits(new) {
-            shard.remove(main, old);
+        let PolicyShard { policy, weights } = &mut **shard;
+        let view = View::new(store, weights.as_mut());
+        if !policy.fits(new) {
+            policy.remove(main, old);
             view.evict(key);
             return view.evicted.into_inner();
         }
-        shard.update(main, old, new);
-        shard.evict(&view, drop);
+        policy.update(main, old, new);
+        policy.evict(&view, drop);
         view.evicted.into_inner()
     }
 
     /// An entry left the map other than by eviction.
-    pub(crate) fn forget(&self, key: &K, main: bool, weight: u32) {
-        lock(self.shard(key)).remove(main, weight);
+    pub(crate) fn forget(&self, key: &K, main: bool) {
+        let mut shard = lock(self.shard(key));
+        let weight = match &mut shard.weights {
+            Some(weights) => weights.remove(key).unwrap_or(0),
+            None => 1,
+        };
+        shard.policy.remove(main, weight);
     }
 
-    /// Total weight accounted for (test-only visibility).
-    pub(crate) fn weight(&self) -> u64 {
-        self.shards.iter().map(|s| lock(s).weight()).sum()
+    /// Total weight accounted for, and the number of weights recorded (test-only visibility).
+    pub(crate) fn weight(&self) -> (u64, usize) {
+        self.shards.iter().fold((0, 0), |(total, recorded), s| {
+            let shard = lock(s);
+            let n = shard.weights.as_ref().map_or(0, HashMap::len);
+            (total + shard.policy.weight(), recorded + n)
+        })
     }
 }
 
-/// The policy's view of the store's map, collecting what it evicts.
+/// The policy's view of the store's map, collecting what it evicts. Weights come from the
+/// shard's record (with a weigher) or are 1.
 struct View<'a, K, V, S> {
     store: &'a Store<K, V, S>,
-    capacity: &'a Capacity<K, V, S>,
+    weights: RefCell<Option<&'a mut HashMap<K, u32, S>>>,
     evicted: RefCell<Evicted<K, V>>,
 }
 
 impl<'a, K, V, S> View<'a, K, V, S> {
-    fn new(store: &'a Store<K, V, S>, capacity: &'a Capacity<K, V, S>) -> Self {
+    fn new(store: &'a Store<K, V, S>, weights: Option<&'a mut HashMap<K, u32, S>>) -> Self {
         View {
             store,
-            capacity,
+            weights: RefCell::new(weights),
             evicted: RefCell::new(Evicted::default()),
+        }
+    }
+}
+
+impl<K, V, S> View<'_, K, V, S>
+where
+    K: Hash + Eq,
+    S: BuildHasher,
+{
+    /// The weight `key`'s entry is accounted with.
+    fn weight(&self, key: &K) -> u32 {
+        match &*self.weights.borrow() {
+            Some(weights) => weights.get(key).copied().unwrap_or(0),
+            None => 1,
         }
     }
 }
@@ -228,22 +286,11 @@ where
     S: BuildHasher + Clone,
 {
     fn status(&self, key: &K) -> Option<Status> {
-        if self.capacity.weigher.is_none() {
-            return self.store.map.view(key, |_, e| Status {
-                freq: e.freq(),
-                main: e.in_main(),
-                weight: 1,
-            });
-        }
-        // The weigher runs after the read lock is released.
-        let (value, freq, main) = self
-            .store
-            .map
-            .view(key, |_, e| (e.value.clone(), e.freq(), e.in_main()))?;
+        let (freq, main) = self.store.map.view(key, |_, e| (e.freq(), e.in_main()))?;
         Some(Status {
             freq,
             main,
-            weight: self.capacity.weigh(key, &value),
+            weight: self.weight(key),
         })
     }
 
@@ -255,34 +302,24 @@ where
     }
 
     fn pass(&self, key: &K) -> Option<Status> {
-        if self.capacity.weigher.is_none() {
-            return self.store.map.view(key, |_, e| {
-                let (freq, main) = e.pass();
-                Status {
-                    freq,
-                    main,
-                    weight: 1,
-                }
-            });
-        }
-        // The weigher runs after the read lock is released.
-        let (value, (freq, main)) = self
-            .store
-            .map
-            .view(key, |_, e| (e.value.clone(), e.pass()))?;
+        let (freq, main) = self.store.map.view(key, |_, e| e.pass())?;
         Some(Status {
             freq,
             main,
-            weight: self.capacity.weigh(key, &value),
+            weight: self.weight(key),
         })
     }
 
     fn evict(&self, key: &K) -> Option<Status> {
         let (key, entry) = self.store.evict(key)?;
+        let weight = match &mut *self.weights.borrow_mut() {
+            Some(weights) => weights.remove(&key).unwrap_or(0),
+            None => 1,
+        };
         let status = Status {
             freq: entry.freq(),
             main: entry.in_main(),
-            weight: self.capacity.weigh(&key, &entry.value),
+            weight,
         };
         self.evicted.borrow_mut().push(key, entry);
         Some(status)

@@ -104,9 +104,7 @@
 //! write lock and, only when the expiry task must learn a new or earlier deadline, a small
 //! striped hand-off lock. A write to a bounded cache that creates an entry (or, with a
 //! weigher, any write) also takes its key's policy shard lock, and evicts under it. No method
-//! awaits or blocks on I/O. Listeners and loaders never run under a lock; a weigher runs
-//! under the policy shard lock (never a map shard lock), so it must not call into the same
-//! cache.
+//! awaits or blocks on I/O, and no user code (listener, loader, weigher) runs under a lock.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]

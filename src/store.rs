@@ -593,7 +593,7 @@ where
         let evicted = match (&self.capacity, admission.take()) {
             (Some(capacity), Some((mut shard, hash, key, weight))) => match &replaced {
                 None => capacity.admit(&mut shard, self, key, hash, weight),
-                Some(old) => match capacity.weigh(&key, &old.entry.value) {
+                Some(old) => match capacity.replaced(&mut shard, &key, weight) {
                     // Same weight: nothing to account for.
                     same if same == weight => Evicted::None,
                     old_weight => capacity.reweigh(
@@ -823,8 +823,7 @@ where
     pub(crate) fn retire(&self, retired: Retired<K, V>) {
         self.count_removal(retired.cause);
         if let (Some(capacity), Some(key), true) = (&self.capacity, &retired.key, retired.vacated) {
-            let weight = capacity.weigh(key, &retired.entry.value);
-            capacity.forget(key, retired.entry.in_main(), weight);
+            capacity.forget(key, retired.entry.in_main());
         }
         if let Some(key) = retired.key {
             if !self
@@ -849,7 +848,12 @@ where
 
     /// Total weight the capacity policy accounts for (test-only visibility).
     pub(crate) fn policy_weight(&self) -> Option<u64> {
-        self.capacity.as_ref().map(Capacity::weight)
+        self.capacity.as_ref().map(|c| c.weight().0)
+    }
+
+    /// Entry weights the capacity policy keeps, with a weigher (test-only visibility).
+    pub(crate) fn policy_records(&self) -> Option<usize> {
+        self.capacity.as_ref().map(|c| c.weight().1)
     }
 
     /// Make every entry written so far invisible, at once; the task sweeps them later.

@@ -157,6 +157,88 @@ async fn weights_bound_the_total() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_weigher_weighs_each_written_value_once_and_only_that() {
+    // A weigher that answers differently each time it is asked: were it asked again when an
+    // entry is replaced, evicted or removed, the policy's total would drift from the entries.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let c: Cache<u64, u64> = Cache::builder()
+        .max_capacity(100)
+        .time_to_live(10 * SEC)
+        .tick(SEC)
+        .weigher(move |_k, _v| (counted.fetch_add(1, Ordering::Relaxed) % 7) as u32 + 1)
+        .build();
+    let mut writes = 0;
+    for k in 0..300u64 {
+        c.insert(k % 150, k); // new keys, overwrites, evictions
+        writes += 1;
+    }
+    for k in 0..50u64 {
+        c.remove(&k);
+    }
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        writes,
+        "one weighing per write"
+    );
+    let internals = c.__internals();
+    assert!(internals.policy_weight <= Some(100));
+    assert_eq!(internals.policy_records, Some(c.entry_count() as usize));
+    advance(11 * SEC).await; // the rest expires
+    assert_eq!(c.entry_count(), 0);
+    let internals = c.__internals();
+    assert_eq!(
+        internals.policy_weight,
+        Some(0),
+        "the total followed every way out"
+    );
+    assert_eq!(internals.policy_records, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weigher_may_call_into_its_cache() {
+    // It runs before any lock is taken: a weigher that writes to and removes from its own
+    // cache (both take the policy shard) neither waits for itself nor breaks the accounting.
+    thread_local! {
+        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let cell: Arc<std::sync::OnceLock<ebb::WeakCache<u64, u64>>> = Arc::default();
+    let weak = Arc::clone(&cell);
+    let c: Cache<u64, u64> = Cache::builder()
+        .max_capacity(20)
+        .weigher(move |k, _v| {
+            // Not again for the weigher's own write.
+            if !INSIDE.with(|inside| inside.replace(true)) {
+                if let Some(cache) = weak.get().and_then(|w| w.upgrade()) {
+                    cache.insert(k + 1000, 0);
+                    cache.remove(&(k + 1));
+                }
+                INSIDE.with(|inside| inside.set(false));
+            }
+            1
+        })
+        .build();
+    assert!(cell.set(c.downgrade()).is_ok(), "set once");
+    let writer = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            for k in 0..500u64 {
+                c.insert(k % 60, k);
+            }
+        })
+    };
+    wait_until(Duration::from_secs(10), "the writer", || {
+        writer.is_finished()
+    })
+    .await;
+    writer.join().expect("the writer finished");
+    let internals = c.__internals();
+    assert!(c.entry_count() <= 20);
+    assert_eq!(internals.policy_weight, Some(c.entry_count()));
+    assert_eq!(internals.policy_records, Some(c.entry_count() as usize));
+}
+
+#[tokio::test(start_paused = true)]
 async fn zero_capacity_stores_nothing_and_says_so() {
     let (c, log) = logged(Cache::builder().max_capacity(0));
     c.insert(1, 1);
