@@ -666,10 +666,9 @@ where
         generation: u32,
     ) -> Option<Retired<K, V>> {
         let (deadline, cap) = (self.effective(stamp), stamp.cap);
-        let due = self.clock.tick_of(deadline);
         match slot {
             Slot::Vacant(slot) => {
-                let timer = self.hand_off(slot.key(), UNFILED, NEVER, deadline, due);
+                let timer = self.hand_off(slot.key(), UNFILED, NEVER, deadline);
                 slot.insert(E::new(
                     Entry::new(value, deadline, timer, generation, 0),
                     cap,
@@ -679,7 +678,7 @@ where
             }
             Slot::Occupied(mut slot) => {
                 let old = slot.get().entry();
-                let timer = self.hand_off(slot.key(), old.timer, old.deadline(), deadline, due);
+                let timer = self.hand_off(slot.key(), old.timer, old.deadline(), deadline);
                 // Judging the cause needs the time (the write's own, if it read the clock):
                 // only when someone counts or listens.
                 let cause = if self.counters.is_some() || self.notifier.is_active() {
@@ -710,11 +709,13 @@ where
     }
 
     /// The timer of `key`'s entry, under its shard lock, as it goes from the deadline `old`
-    /// with `timer` to `deadline` (due at tick `due`): a node queued for the task if it needs
-    /// one (see [`needs_push`]).
+    /// with `timer` to `deadline`: a node queued for the task if it needs one (see
+    /// [`needs_push`]). The deadline's tick (a division) is worked out only then: most
+    /// overwrites move a deadline later and need nothing.
     #[inline]
-    fn hand_off(&self, key: &K, timer: TimerId, old: u64, deadline: u64, due: u64) -> TimerId {
+    fn hand_off(&self, key: &K, timer: TimerId, old: u64, deadline: u64) -> TimerId {
         if needs_push(timer, old, deadline) {
+            let due = self.clock.tick_of(deadline);
             self.handoff.push(&self.signals, key.clone(), timer, due)
         } else {
             timer
