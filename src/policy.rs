@@ -241,7 +241,8 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             match residents.pass(&key) {
                 Some(s) if s.main && s.freq > 0 => {
                     *budget -= 1;
-                    self.count(self.hasher.hash_one(&key), 1);
+                    // The read the hand just consumed counts once in the sketch.
+                    self.sketch.increment(self.hasher.hash_one(&key));
                     self.main.push_back(key);
                 }
                 Some(s) if s.main && s.weight == 0 => {
@@ -253,13 +254,6 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             }
         }
         None
-    }
-
-    /// Add `reads` reads of the key hashed to `hash`, counted by its entry, to the sketch.
-    fn count(&mut self, hash: u64, reads: u8) {
-        for _ in 0..reads {
-            self.sketch.increment(hash);
-        }
     }
 
     /// Move a window entry to main, with its read counter (main's hand counts those reads as

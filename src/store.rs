@@ -65,6 +65,9 @@ pub(crate) struct Entry<V> {
 /// key, the weight.
 type Admission<'a, K, S> = (Held<'a, K, S>, u64, K, u32);
 
+/// A write done: its policy bookkeeping still to do (if any), and what it replaced.
+type Written<'a, K, V, S> = (Option<Admission<'a, K, S>>, Option<Retired<K, V>>);
+
 /// Generations wrap at 2^29: the bits of `meta` above the policy's.
 pub(crate) const GENERATION_MASK: u32 = u32::MAX >> 3;
 const MAIN_BIT: u32 = 1 << 2;
@@ -548,14 +551,13 @@ where
     /// state under the shard lock), so it needs no policy lock. A new entry does: it is
     /// *tried* under the map's shard lock (see `capacity.rs` for the lock order), and if
     /// another writer holds it, key and value come back for the ordered path.
-    #[allow(clippy::type_complexity)]
     fn insert_unweighted<'a>(
         &'a self,
         capacity: &'a Capacity<K, V, S>,
         key: K,
         value: V,
         cap: Stamp,
-    ) -> Result<(Option<Admission<'a, K, S>>, Option<Retired<K, V>>), (K, V)> {
+    ) -> Result<Written<'a, K, V, S>, (K, V)> {
         with_map!(&self.map, m => {
             let (slot, admit) = match m.entry(key) {
                 Slot::Vacant(vacant) => match capacity.try_hold(vacant.key()) {
