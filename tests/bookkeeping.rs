@@ -161,3 +161,34 @@ async fn a_million_expiring_at_once_do_not_starve_other_tasks() {
     );
     assert!(other_polls >= 100, "the other task ran {other_polls} times");
 }
+
+#[tokio::test(start_paused = true)]
+async fn ttl_churn_at_uneven_rates_hands_out_ids_in_proportion_to_live_entries() {
+    // Distinct keys, a 50 ms TTL, a 1 ms tick; the write rate swings from ms to ms (a busy
+    // period after a quiet one is what outran the writers' pools of free node ids).
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(50 * MS).tick(MS).build();
+    settle().await;
+    let rates = [2000u64, 10, 0, 10, 1500, 3, 10, 700];
+    let (mut key, mut most_live) = (0u64, 0u64);
+    for ms in 0..600 {
+        for _ in 0..rates[ms % rates.len()] {
+            c.insert(key, key);
+            key += 1;
+        }
+        most_live = most_live.max(c.entry_count());
+        advance(MS).await;
+    }
+    for _ in 0..60 {
+        advance(MS).await;
+    }
+    assert_eq!(c.entry_count(), 0);
+    let internals = c.__internals();
+    // Every node id handed out is a wheel slab cell kept for good: the ids must follow the
+    // live entries, not the number of writes.
+    assert!(
+        u64::from(internals.timer_ids) <= 2 * most_live,
+        "{} ids handed out for at most {most_live} live entries ({key} writes): {internals:?}",
+        internals.timer_ids
+    );
+    assert_eq!((internals.timers, internals.records), (0, 0), "{internals:?}");
+}

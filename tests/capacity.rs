@@ -340,3 +340,64 @@ async fn an_entry_heavier_than_the_capacity_is_evicted_at_once() {
         "no overflow in the accounting"
     );
 }
+
+/// Threads write a few keys with short TTLs (and, with `removes`, remove them) through a
+/// weighted cache; once everything has expired the policy must account for nothing, and the
+/// cache must then hold fresh entries up to its capacity.
+fn weighted_books_balance_under_races(removes: bool) {
+    const CAP: u64 = 400;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let c: Cache<u64, u64> = Cache::builder()
+        .max_capacity(CAP)
+        .weigher(|_, v| (*v % 7) as u32 + 1)
+        .tick(Duration::from_millis(1))
+        .build_on(rt.handle());
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let c = c.clone();
+            s.spawn(move || {
+                let mut x = t * 7919 + 1;
+                let start = std::time::Instant::now();
+                let mut i = 0u64;
+                while start.elapsed() < Duration::from_millis(400) {
+                    i += 1;
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let key = x % 8;
+                    if removes && i % 3 == 0 {
+                        c.remove(&key);
+                    } else {
+                        c.insert_with_ttl(key, x, Duration::from_micros(500 + x % 1500));
+                    }
+                }
+            });
+        }
+    });
+    rt.block_on(wait_until(
+        Duration::from_secs(10),
+        "every entry to expire",
+        || c.entry_count() == 0,
+    ));
+    let weight = c.__internals().policy_weight;
+    assert_eq!(weight, Some(0), "an empty cache still counts {weight:?} units");
+    assert_eq!(c.__internals().policy_records, Some(0));
+    for k in 100..100 + CAP {
+        c.insert(k, 0); // weight 1 each
+    }
+    assert_eq!(c.entry_count(), CAP, "fresh entries evicted by phantom weight");
+}
+
+#[test]
+fn weighted_books_balance_when_short_ttls_race_on_a_few_keys() {
+    weighted_books_balance_under_races(false);
+}
+
+#[test]
+fn weighted_books_balance_when_removes_race_inserts() {
+    weighted_books_balance_under_races(true);
+}

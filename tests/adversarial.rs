@@ -1,0 +1,418 @@
+//! Defects an adversarial pass found with the public API only: user code that panics at the
+//! worst moment (a weigher as a load finishes, a key's `Clone` in the middle of an overwrite,
+//! a value's `Clone` or `Drop`, a key's `Hash` on the expiry task), and misuse (a loader that
+//! waits on its own key, a full notification channel without `record_stats`). Each test fails
+//! when the behaviour it names breaks; none of them may hang (time is paused, and every wait
+//! has a deadline).
+
+mod common;
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{advance, settle};
+use ebb::{Cache, RemovalCause};
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A countdown shared by every clone of a [`Trap`]: each trapped operation takes one off it,
+/// and the one that brings it to zero panics. Negative: disarmed.
+#[derive(Debug, Clone, Default)]
+struct Fuse(Arc<AtomicI64>);
+
+impl Fuse {
+    fn disarmed() -> Self {
+        Fuse(Arc::new(AtomicI64::new(-1)))
+    }
+
+    /// The `n`th trapped operation from now panics (1: the next one).
+    fn arm(&self, n: i64) {
+        self.0.store(n, SeqCst);
+    }
+
+    fn disarm(&self) {
+        self.0.store(-1, SeqCst);
+    }
+
+    fn burn(&self, what: &str) {
+        let left = self
+            .0
+            .fetch_update(SeqCst, SeqCst, |n| (n > 0).then(|| n - 1));
+        if left == Ok(1) {
+            panic!("trap: {what}");
+        }
+    }
+}
+
+/// What a [`Trap`] panics in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum In {
+    Clone,
+    Hash,
+    Drop,
+}
+
+/// A key or value whose `Clone`, `Hash` or `Drop` panics when its fuse says so. Equality and
+/// hashing are by `id`.
+#[derive(Debug)]
+struct Trap {
+    id: u64,
+    fuse: Fuse,
+    trapped: In,
+}
+
+impl Trap {
+    fn new(id: u64, fuse: &Fuse, trapped: In) -> Self {
+        Trap {
+            id,
+            fuse: fuse.clone(),
+            trapped,
+        }
+    }
+}
+
+impl Clone for Trap {
+    fn clone(&self) -> Self {
+        if self.trapped == In::Clone {
+            self.fuse.burn("clone");
+        }
+        Trap {
+            id: self.id,
+            fuse: self.fuse.clone(),
+            trapped: self.trapped,
+        }
+    }
+}
+
+impl Hash for Trap {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        if self.trapped == In::Hash {
+            self.fuse.burn("hash");
+        }
+        self.id.hash(state);
+    }
+}
+
+impl PartialEq for Trap {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Trap {}
+
+impl Drop for Trap {
+    fn drop(&mut self) {
+        if self.trapped == In::Drop && !std::thread::panicking() {
+            self.fuse.burn("drop");
+        }
+    }
+}
+
+/// Run `f`, expecting it to panic.
+fn panics(f: impl FnOnce()) {
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    assert!(caught.is_err(), "expected a panic");
+}
+
+/// The message of a caught panic.
+fn message(panic: Box<dyn std::any::Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(s) => *s,
+        Err(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+// ---- Item 1: user code panicking between a load's end and its flight's end -----------------
+
+#[tokio::test(start_paused = true)]
+async fn a_weigher_panicking_as_a_load_finishes_hands_the_key_over() {
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_capacity(100)
+        .weigher(|_, v| {
+            assert_ne!(*v, 666, "the weigher refuses 666");
+            1
+        })
+        .build();
+    let leader = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_with(1, async {
+                    tokio::time::sleep(10 * MS).await;
+                    666
+                })
+                .await
+        }
+    });
+    settle().await;
+    let waiter = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get_with(1, async { 7 }).await }
+    });
+    settle().await;
+    advance(10 * MS).await;
+    assert!(leader.await.unwrap_err().is_panic(), "the weigher's panic");
+    // The waiter starts over and loads with its own loader; nobody waits forever.
+    let got = tokio::time::timeout(LIMIT, waiter)
+        .await
+        .expect("the waiter hangs on a flight nobody will end");
+    assert_eq!(got.unwrap(), 7);
+    let again = tokio::time::timeout(LIMIT, cache.get_with(1, async { 8 }))
+        .await
+        .expect("the key is wedged");
+    assert_eq!(again, 7);
+    assert_eq!(cache.__internals().loads, 0, "a flight left registered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_clone_panicking_as_a_load_finishes_hands_the_key_over() {
+    let fuse = Fuse::disarmed();
+    let cache: Cache<Trap, u64> = Cache::builder().build();
+    let leader = tokio::spawn({
+        let (cache, key) = (cache.clone(), Trap::new(1, &fuse, In::Clone));
+        async move {
+            cache
+                .get_with(key, async {
+                    tokio::time::sleep(10 * MS).await;
+                    5
+                })
+                .await
+        }
+    });
+    settle().await;
+    let waiter = tokio::spawn({
+        let (cache, key) = (cache.clone(), Trap::new(1, &fuse, In::Clone));
+        async move { cache.get_with(key, async { 7 }).await }
+    });
+    settle().await;
+    // The next clone of key 1, as the leader stores its value, panics.
+    fuse.arm(1);
+    advance(10 * MS).await;
+    assert!(leader.await.unwrap_err().is_panic(), "the clone's panic");
+    fuse.disarm();
+    let got = tokio::time::timeout(LIMIT, waiter)
+        .await
+        .expect("the waiter hangs on a flight nobody will end");
+    assert_eq!(got.unwrap(), 7);
+    assert_eq!(cache.__internals().loads, 0, "a flight left registered");
+}
+
+// ---- Item 4: one panic in user code on the expiry task --------------------------------------
+
+/// An entry whose key or value panics in `trapped` while the expiry task removes it (expired,
+/// or swept after `invalidate_all`); then 1,000 later entries must still expire on time, and
+/// the books must balance. With `listen`, a listener and a channel both hear every removal
+/// (so the task clones each key and value once); without, the task drops what it removes.
+async fn the_task_survives(trapped: In, in_key: bool, invalidate: bool, listen: bool) {
+    let fuse = Fuse::disarmed();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let heard = Arc::new(AtomicUsize::new(0));
+    let mut builder = Cache::builder().time_to_live(10 * MS).tick(MS);
+    if listen {
+        let heard = Arc::clone(&heard);
+        builder = builder
+            .eviction_listener(move |_, _, _| {
+                heard.fetch_add(1, SeqCst);
+            })
+            .eviction_channel(tx);
+    }
+    let cache: Cache<Trap, Trap> = builder.build();
+    let plain = Fuse::disarmed();
+    let (key, value) = if in_key {
+        (Trap::new(0, &fuse, trapped), Trap::new(0, &plain, In::Clone))
+    } else {
+        (Trap::new(0, &plain, In::Clone), Trap::new(0, &fuse, trapped))
+    };
+    cache.insert(key, value);
+    settle().await;
+    fuse.arm(1);
+    if invalidate {
+        cache.invalidate_all();
+        settle().await;
+    } else {
+        advance(11 * MS).await;
+    }
+    fuse.disarm();
+    for id in 1..=1000 {
+        cache.insert(Trap::new(id, &plain, In::Clone), Trap::new(id, &plain, In::Clone));
+    }
+    settle().await;
+    advance(20 * MS).await;
+    assert_eq!(
+        cache.entry_count(),
+        0,
+        "the expiry task stopped after a panic in {trapped:?} (in the {})",
+        if in_key { "key" } else { "value" }
+    );
+    let internals = cache.__internals();
+    assert!(!internals.task_closed, "the task ended: {internals:?}");
+    assert_eq!((internals.timers, internals.records), (0, 0), "{internals:?}");
+    if !listen {
+        return;
+    }
+    // Every later entry was reported; the trapped one at most loses its own notification.
+    let listened = heard.load(SeqCst);
+    assert!((1000..=1001).contains(&listened), "{listened} notifications");
+    let mut sent = 0;
+    while rx.try_recv().is_ok() {
+        sent += 1;
+    }
+    assert!((1000..=1001).contains(&sent), "{sent} sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_survives_a_value_clone_panicking_as_it_notifies() {
+    the_task_survives(In::Clone, false, false, true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_survives_a_key_clone_panicking_as_it_notifies() {
+    the_task_survives(In::Clone, true, false, true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_survives_a_value_drop_panicking_as_it_expires() {
+    the_task_survives(In::Drop, false, false, false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_survives_a_key_hash_panicking_as_a_node_fires() {
+    the_task_survives(In::Hash, true, false, true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_survives_a_key_clone_panicking_as_it_sweeps() {
+    the_task_survives(In::Clone, true, true, true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_survives_a_value_drop_panicking_as_it_sweeps() {
+    the_task_survives(In::Drop, false, true, false).await;
+}
+
+// ---- Item 5: a key `Clone` panicking in the middle of an overwrite --------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_key_clone_panicking_mid_overwrite_leaves_the_wheel_whole() {
+    let fuse = Fuse::disarmed();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let cache: Cache<Trap, u64> = Cache::builder()
+        .tick(MS)
+        .eviction_listener({
+            let log = Arc::clone(&log);
+            move |k: Trap, v, cause| log.lock().unwrap().push((k.id, v, cause))
+        })
+        .build();
+    cache.insert_with_ttl(Trap::new(0, &fuse, In::Clone), 1, 100 * MS);
+    settle().await; // its node is linked
+    // An earlier deadline needs a new node; the overwrite clones the key for the hand-off
+    // and for the notification. Whichever clone panics, the write is all or nothing.
+    for nth in 1..=2 {
+        fuse.arm(nth);
+        panics(|| cache.insert_with_ttl(Trap::new(0, &fuse, In::Clone), 2, 50 * MS));
+        fuse.disarm();
+        settle().await;
+    }
+    assert_eq!(cache.get(&Trap::new(0, &fuse, In::Clone)), Some(1));
+    // 64 other keys with a deadline, then key 0 goes away: nothing may free a node twice.
+    for id in 1..=64 {
+        cache.insert_with_ttl(Trap::new(id, &fuse, In::Clone), id, 30 * MS);
+    }
+    settle().await;
+    assert_eq!(cache.remove(&Trap::new(0, &fuse, In::Clone)), Some(1));
+    advance(200 * MS).await;
+    assert_eq!(cache.entry_count(), 0, "entries left after their deadline");
+    let internals = cache.__internals();
+    assert!(!internals.task_closed, "the task died: {internals:?}");
+    assert_eq!((internals.timers, internals.records), (0, 0), "{internals:?}");
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 65, "{log:?}");
+    assert_eq!(
+        log.iter().filter(|(_, _, c)| *c == RemovalCause::Expired).count(),
+        64
+    );
+}
+
+// ---- Item 7: a loader waiting on its own key -----------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_loader_that_waits_on_its_own_key_panics_naming_the_mistake() {
+    let cache: Cache<u64, u64> = Cache::builder().build();
+    let inner = cache.clone();
+    let outer = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_with(1, async move { inner.get_with(1, async { 2 }).await + 1 })
+                .await
+        }
+    });
+    let joined = tokio::time::timeout(LIMIT, outer)
+        .await
+        .expect("the loader waits on its own flight forever");
+    let panic = joined.unwrap_err().into_panic();
+    let message = message(panic);
+    assert!(message.contains("its own key"), "{message}");
+    // The key is not wedged.
+    assert_eq!(cache.get_with(1, async { 3 }).await, 3);
+    assert_eq!(cache.__internals().loads, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn loads_of_one_key_joined_in_one_task_still_share_a_flight() {
+    // Two callers of one key polled by the same task are not a loader waiting on itself.
+    let cache: Cache<u64, u64> = Cache::builder().build();
+    let loads = AtomicUsize::new(0);
+    let load = || async {
+        loads.fetch_add(1, SeqCst);
+        tokio::time::sleep(MS).await;
+        9
+    };
+    let (a, b) = tokio::join!(cache.get_with(1, load()), cache.get_with(1, load()));
+    assert_eq!((a, b, loads.load(SeqCst)), (9, 9, 1));
+}
+
+// ---- Item 9: dropped notifications are counted without `record_stats` ---------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_full_channel_counts_what_it_drops_without_record_stats() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let cache: Cache<u64, u64> = Cache::builder().eviction_channel(tx).build();
+    for k in 0..10 {
+        cache.insert(k, k);
+        cache.remove(&k);
+    }
+    let mut received = 0;
+    while rx.try_recv().is_ok() {
+        received += 1;
+    }
+    assert_eq!(received, 2);
+    assert_eq!(cache.stats().notifications_dropped, 8);
+    assert_eq!(cache.stats().explicit, 0, "removals are counted only with record_stats");
+}
+
+// ---- Item 3 lives in bookkeeping.rs, item 2 in capacity.rs, item 10 in store.rs -------------
+
+#[tokio::test(start_paused = true)]
+async fn a_value_drop_panicking_on_the_caller_costs_only_that_call() {
+    let fuse = Fuse::disarmed();
+    let cache: Cache<u64, Trap> = Cache::builder().time_to_live(SEC).tick(MS).build();
+    cache.insert(1, Trap::new(1, &fuse, In::Drop));
+    fuse.arm(1);
+    // The replaced value's drop panics on the writer, after the write is whole.
+    panics(|| cache.insert(1, Trap::new(2, &fuse, In::Drop)));
+    fuse.disarm();
+    assert_eq!(cache.get(&1).map(|t| t.id), Some(2));
+    advance(SEC + MS).await;
+    assert_eq!(cache.entry_count(), 0);
+    let internals = cache.__internals();
+    assert_eq!((internals.timers, internals.records), (0, 0), "{internals:?}");
+}
