@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::mem::ManuallyDrop;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -91,6 +92,13 @@ impl<V: Clone> Flight<V> {
         lock(&self.outcome).clone()
     }
 
+    /// Whether the flight has an outcome. A settled flight still registered is one whose
+    /// leader unwound between settling and unregistering (a user `Hash` or `Eq` that
+    /// panicked): [`Flights::join_or_lead`] replaces it.
+    fn is_settled(&self) -> bool {
+        lock(&self.outcome).is_some()
+    }
+
     /// Whether a write for the key landed while the flight was registered. Read under the
     /// key's shard lock, which is also where writers set it.
     pub(crate) fn is_superseded(&self) -> bool {
@@ -128,6 +136,49 @@ impl<V: Clone> Flight<V> {
             }
             notified.await;
         }
+    }
+}
+
+/// The flights whose loaders this thread is polling right now, innermost last. A caller about
+/// to wait on one of them is running inside that very loader: it would wait on its own load
+/// forever, so it panics instead, naming the mistake.
+mod loading {
+    use std::cell::RefCell;
+
+    use super::Flight;
+    use crate::sync::Arc;
+
+    thread_local! {
+        static POLLING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn address<V>(flight: &Arc<Flight<V>>) -> usize {
+        Arc::as_ptr(flight) as *const () as usize
+    }
+
+    /// Marks `flight`'s loader as being polled on this thread until dropped.
+    pub(super) struct Polling(());
+
+    pub(super) fn enter<V>(flight: &Arc<Flight<V>>) -> Polling {
+        POLLING.with(|polling| polling.borrow_mut().push(address(flight)));
+        Polling(())
+    }
+
+    impl Drop for Polling {
+        fn drop(&mut self) {
+            POLLING.with(|polling| polling.borrow_mut().pop());
+        }
+    }
+
+    /// Panic if this thread is polling `flight`'s own loader.
+    pub(super) fn refuse_own<V>(flight: &Arc<Flight<V>>) {
+        let own = POLLING.with(|polling| polling.borrow().contains(&address(flight)));
+        assert!(
+            !own,
+            "ebb: a loader asked the cache for its own key (get_with or a sibling, for the key \
+             it is loading), so it would wait on its own load forever. Compute the value inside \
+             the loader without going through the cache for that key."
+        );
     }
 }
 
@@ -175,13 +226,22 @@ where
     /// Join the key's flight, or register a new one and lead it.
     pub(crate) fn join_or_lead(&self, key: &K) -> Role<V> {
         let mut stripe = lock(self.stripe(key));
-        if let Some(flight) = stripe.get(key) {
-            return Role::Wait(Arc::clone(flight));
+        match stripe.get_mut(key) {
+            Some(joined) if !joined.is_settled() => Role::Wait(Arc::clone(joined)),
+            Some(stale) => {
+                let flight = Arc::new(Flight::new());
+                *stale = Arc::clone(&flight);
+                Role::Lead(flight)
+            }
+            None => {
+                let flight = Arc::new(Flight::new());
+                // The key's clone (user code) comes before the count it must match.
+                let key = key.clone();
+                stripe.insert(key, Arc::clone(&flight));
+                self.active.fetch_add(1, Ordering::SeqCst);
+                Role::Lead(flight)
+            }
         }
-        let flight = Arc::new(Flight::new());
-        self.active.fetch_add(1, Ordering::SeqCst);
-        stripe.insert(key.clone(), Arc::clone(&flight));
-        Role::Lead(flight)
     }
 
     /// Mark the key's flight, if any, superseded. Called by writers under the key's shard
@@ -219,10 +279,22 @@ where
         }
     }
 
-    /// Unregister and settle `flight`.
+    /// Unregister and settle `flight`. The flight is settled even if unregistering panics (a
+    /// user `Hash` or `Eq`); the panic then goes on, and the next caller for the key replaces
+    /// the settled flight it finds.
     pub(crate) fn end(&self, key: &K, flight: &Arc<Flight<V>>, outcome: Outcome<V>) {
-        self.unregister(key, flight);
+        let unregistered = catch_unwind(AssertUnwindSafe(|| self.unregister(key, flight)));
         flight.settle(outcome);
+        if let Err(panic) = unregistered {
+            resume_unwind(panic);
+        }
+    }
+
+    /// End `flight` as abandoned, from a leader that is dropped or unwinding: never panics
+    /// (a second panic during an unwind would abort the process).
+    pub(crate) fn abandon(&self, key: &K, flight: &Arc<Flight<V>>) {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.unregister(key, flight)));
+        flight.settle(Outcome::Abandoned);
     }
 
     /// Flights registered now (test-only visibility).
@@ -325,10 +397,7 @@ where
         let state = std::mem::replace(&mut self.state, ManuallyDrop::new(State::Done));
         let state = ManuallyDrop::into_inner(state);
         if let State::Lead { flight, .. } = &state {
-            self.cache
-                .store()
-                .flights
-                .end(&self.key, flight, Outcome::Abandoned);
+            self.cache.store().flights.abandon(&self.key, flight);
         }
     }
 }
@@ -383,17 +452,29 @@ where
             match &mut *self.state {
                 State::Join => match store.flights.join_or_lead(&self.key) {
                     Role::Wait(flight) => {
+                        loading::refuse_own(&flight);
                         *self.state = State::Wait(Box::pin(async move { flight.wait().await }));
                     }
                     Role::Lead(flight) => {
                         // Registered first, looked last: a write before registration shows
-                        // here.
-                        if let Some(value) = store.peek(&self.key) {
-                            *self.state = State::Done;
-                            store
-                                .flights
-                                .end(&self.key, &flight, Outcome::Value(value.clone()));
-                            return Poll::Ready(Outcome::Value(value));
+                        // here. The look clones the value (user code): a panic there
+                        // abandons the flight before it goes on.
+                        let found = catch_unwind(AssertUnwindSafe(|| {
+                            store.peek(&self.key).map(|value| (value.clone(), value))
+                        }));
+                        match found {
+                            Ok(Some((shared, value))) => {
+                                store
+                                    .flights
+                                    .end(&self.key, &flight, Outcome::Value(shared));
+                                *self.state = State::Done;
+                                return Poll::Ready(Outcome::Value(value));
+                            }
+                            Ok(None) => {}
+                            Err(panic) => {
+                                store.flights.abandon(&self.key, &flight);
+                                resume_unwind(panic);
+                            }
                         }
                         let init = self.init.take().expect("a caller leads at most once");
                         *self.state = State::Lead {
@@ -417,18 +498,20 @@ where
                     // next round leads or joins a new one.
                     _ => *self.state = State::Join,
                 },
-                State::Lead { loader, .. } => {
-                    let output = ready!(loader.as_mut().poll(cx));
-                    // Done from here on: dropping this future no longer abandons the flight.
-                    let State::Lead {
-                        flight,
-                        generation,
-                        started,
-                        ..
-                    } = std::mem::replace(&mut *self.state, State::Done)
-                    else {
-                        unreachable!("matched above")
+                State::Lead {
+                    flight,
+                    loader,
+                    generation,
+                    started,
+                } => {
+                    let output = {
+                        let _loading = loading::enter(flight);
+                        ready!(loader.as_mut().poll(cx))
                     };
+                    // The state stays `Lead` until the flight is ended: user code on the way
+                    // (the weigher, a key's or value's `Clone` or `Hash`) that panics drops
+                    // this future as a leader, and `Drop` abandons the flight.
+                    let (flight, generation, started) = (Arc::clone(flight), *generation, *started);
                     let loaded = loaded(output);
                     store.count(Counter::LoadNanos, started.elapsed().as_nanos() as u64);
                     store.count(
@@ -457,6 +540,9 @@ where
                         Loaded::Nothing => Outcome::Nothing,
                     };
                     store.flights.end(&self.key, &flight, outcome.clone());
+                    // Ended: from here on, dropping this future abandons nothing. The loader
+                    // is dropped last, after the flight is settled.
+                    drop(std::mem::replace(&mut *self.state, State::Done));
                     return Poll::Ready(outcome);
                 }
                 State::Start | State::Done => panic!("a loading future polled after completion"),
@@ -756,16 +842,31 @@ mod loom_flights {
 
     type Registry = Flights<u8, u32, BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
 
+    /// How a leader in the model ends.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Ends {
+        /// It stores its value and ends the flight with it.
+        Finishes,
+        /// Its future is dropped mid-load: `Drop` abandons the flight.
+        Cancelled,
+        /// User code panics after the load, once `finish_load` has unregistered the flight
+        /// under the shard lock but before the flight is ended: `Drop` abandons it.
+        PanicsAfterUnregistering,
+        /// User code (the weigher) panics after the load, before anything else: `Drop`
+        /// abandons the flight.
+        PanicsBeforeStoring,
+    }
+
     /// One caller of `get_with` for key 1, as the async code drives the registry: a hit in the
     /// store (`stored`, 0 for absent), or lead (look at the store once more, load, store, end;
-    /// or be cancelled mid-load) or wait until settled, starting over when the flight it waited
+    /// or end as `ends` says) or wait until settled, starting over when the flight it waited
     /// on was abandoned.
     fn caller(
         registry: &Registry,
         stored: &AtomicUsize,
         loading: &AtomicUsize,
         loads: &AtomicUsize,
-        cancelled: bool,
+        ends: Ends,
     ) -> Option<u32> {
         let hit = |stored: &AtomicUsize| match stored.load(Ordering::SeqCst) {
             0 => None,
@@ -785,14 +886,22 @@ mod loom_flights {
                     assert_eq!(others, 0, "two loads of one key at once");
                     loads.fetch_add(1, Ordering::SeqCst);
                     loading.fetch_sub(1, Ordering::SeqCst);
-                    if cancelled {
-                        // What the `Lead` guard does when the leader's future is dropped.
-                        registry.end(&1, &flight, Outcome::Abandoned);
-                        return None;
+                    match ends {
+                        Ends::Finishes => {
+                            stored.store(7, Ordering::SeqCst);
+                            registry.end(&1, &flight, Outcome::Value(7));
+                            return Some(7);
+                        }
+                        Ends::Cancelled | Ends::PanicsBeforeStoring => {
+                            registry.abandon(&1, &flight);
+                            return None;
+                        }
+                        Ends::PanicsAfterUnregistering => {
+                            registry.unregister(&1, &flight);
+                            registry.abandon(&1, &flight);
+                            return None;
+                        }
                     }
-                    stored.store(7, Ordering::SeqCst);
-                    registry.end(&1, &flight, Outcome::Value(7));
-                    return Some(7);
                 }
                 Role::Wait(flight) => match flight.wait_blocking() {
                     Outcome::Value(v) => return Some(v),
@@ -803,36 +912,47 @@ mod loom_flights {
         }
     }
 
-    #[test]
-    fn loom_single_flight_leader_waiters_cancellation() {
-        loom::model(|| {
+    /// Two callers that finish and one that ends as `ends`, racing on one key.
+    fn three_callers(ends: Ends) {
+        loom::model(move || {
             let registry = Arc::new(Registry::new(2, Default::default()));
             let stored = Arc::new(AtomicUsize::new(0));
             let loading = Arc::new(AtomicUsize::new(0));
             let loads = Arc::new(AtomicUsize::new(0));
-            let spawn = |cancelled| {
+            let spawn = |ends| {
                 let (registry, stored, loading, loads) = (
                     Arc::clone(&registry),
                     Arc::clone(&stored),
                     Arc::clone(&loading),
                     Arc::clone(&loads),
                 );
-                thread::spawn(move || caller(&registry, &stored, &loading, &loads, cancelled))
+                thread::spawn(move || caller(&registry, &stored, &loading, &loads, ends))
             };
-            let cancelled = spawn(true);
-            let waiter = spawn(false);
-            let here = caller(&registry, &stored, &loading, &loads, false);
-            let cancelled = cancelled.join().unwrap();
+            let failing = spawn(ends);
+            let waiter = spawn(Ends::Finishes);
+            let here = caller(&registry, &stored, &loading, &loads, Ends::Finishes);
+            let failing = failing.join().unwrap();
             let waiter = waiter.join().unwrap();
-            // Every caller that was not cancelled got the value; nobody was left waiting.
+            // Every caller that did not fail got the value; nobody was left waiting.
             assert_eq!((here, waiter), (Some(7), Some(7)));
-            assert!(cancelled.is_none() || cancelled == Some(7));
-            // The loader ran once, plus once more only if the cancelled caller led first.
-            let expected = if cancelled.is_none() { 2 } else { 1 };
+            assert!(failing.is_none() || failing == Some(7));
+            // The loader ran once, plus once more only if the failing caller led first.
+            let expected = if failing.is_none() { 2 } else { 1 };
             assert!(loads.load(Ordering::SeqCst) <= expected);
             // Nothing left behind.
             assert_eq!(registry.len(), 0);
             assert!(registry.registered_key(&1).is_none());
         });
+    }
+
+    #[test]
+    fn loom_single_flight_leader_waiters_cancellation() {
+        three_callers(Ends::Cancelled);
+    }
+
+    #[test]
+    fn loom_single_flight_panic_between_the_load_and_the_flights_end() {
+        three_callers(Ends::PanicsBeforeStoring);
+        three_callers(Ends::PanicsAfterUnregistering);
     }
 }

@@ -227,9 +227,15 @@ async fn the_task_survives(trapped: In, in_key: bool, invalidate: bool, listen: 
     let cache: Cache<Trap, Trap> = builder.build();
     let plain = Fuse::disarmed();
     let (key, value) = if in_key {
-        (Trap::new(0, &fuse, trapped), Trap::new(0, &plain, In::Clone))
+        (
+            Trap::new(0, &fuse, trapped),
+            Trap::new(0, &plain, In::Clone),
+        )
     } else {
-        (Trap::new(0, &plain, In::Clone), Trap::new(0, &fuse, trapped))
+        (
+            Trap::new(0, &plain, In::Clone),
+            Trap::new(0, &fuse, trapped),
+        )
     };
     cache.insert(key, value);
     settle().await;
@@ -242,7 +248,10 @@ async fn the_task_survives(trapped: In, in_key: bool, invalidate: bool, listen: 
     }
     fuse.disarm();
     for id in 1..=1000 {
-        cache.insert(Trap::new(id, &plain, In::Clone), Trap::new(id, &plain, In::Clone));
+        cache.insert(
+            Trap::new(id, &plain, In::Clone),
+            Trap::new(id, &plain, In::Clone),
+        );
     }
     settle().await;
     advance(20 * MS).await;
@@ -254,13 +263,20 @@ async fn the_task_survives(trapped: In, in_key: bool, invalidate: bool, listen: 
     );
     let internals = cache.__internals();
     assert!(!internals.task_closed, "the task ended: {internals:?}");
-    assert_eq!((internals.timers, internals.records), (0, 0), "{internals:?}");
+    assert_eq!(
+        (internals.timers, internals.records),
+        (0, 0),
+        "{internals:?}"
+    );
     if !listen {
         return;
     }
     // Every later entry was reported; the trapped one at most loses its own notification.
     let listened = heard.load(SeqCst);
-    assert!((1000..=1001).contains(&listened), "{listened} notifications");
+    assert!(
+        (1000..=1001).contains(&listened),
+        "{listened} notifications"
+    );
     let mut sent = 0;
     while rx.try_recv().is_ok() {
         sent += 1;
@@ -313,8 +329,8 @@ async fn a_key_clone_panicking_mid_overwrite_leaves_the_wheel_whole() {
         .build();
     cache.insert_with_ttl(Trap::new(0, &fuse, In::Clone), 1, 100 * MS);
     settle().await; // its node is linked
-    // An earlier deadline needs a new node; the overwrite clones the key for the hand-off
-    // and for the notification. Whichever clone panics, the write is all or nothing.
+                    // An earlier deadline needs a new node; the overwrite clones the key for the hand-off
+                    // and for the notification. Whichever clone panics, the write is all or nothing.
     for nth in 1..=2 {
         fuse.arm(nth);
         panics(|| cache.insert_with_ttl(Trap::new(0, &fuse, In::Clone), 2, 50 * MS));
@@ -332,11 +348,17 @@ async fn a_key_clone_panicking_mid_overwrite_leaves_the_wheel_whole() {
     assert_eq!(cache.entry_count(), 0, "entries left after their deadline");
     let internals = cache.__internals();
     assert!(!internals.task_closed, "the task died: {internals:?}");
-    assert_eq!((internals.timers, internals.records), (0, 0), "{internals:?}");
+    assert_eq!(
+        (internals.timers, internals.records),
+        (0, 0),
+        "{internals:?}"
+    );
     let log = log.lock().unwrap();
     assert_eq!(log.len(), 65, "{log:?}");
     assert_eq!(
-        log.iter().filter(|(_, _, c)| *c == RemovalCause::Expired).count(),
+        log.iter()
+            .filter(|(_, _, c)| *c == RemovalCause::Expired)
+            .count(),
         64
     );
 }
@@ -396,7 +418,11 @@ async fn a_full_channel_counts_what_it_drops_without_record_stats() {
     }
     assert_eq!(received, 2);
     assert_eq!(cache.stats().notifications_dropped, 8);
-    assert_eq!(cache.stats().explicit, 0, "removals are counted only with record_stats");
+    assert_eq!(
+        cache.stats().explicit,
+        0,
+        "removals are counted only with record_stats"
+    );
 }
 
 // ---- Item 3 lives in bookkeeping.rs, item 2 in capacity.rs, item 10 in store.rs -------------
@@ -414,5 +440,9 @@ async fn a_value_drop_panicking_on_the_caller_costs_only_that_call() {
     advance(SEC + MS).await;
     assert_eq!(cache.entry_count(), 0);
     let internals = cache.__internals();
-    assert_eq!((internals.timers, internals.records), (0, 0), "{internals:?}");
+    assert_eq!(
+        (internals.timers, internals.records),
+        (0, 0),
+        "{internals:?}"
+    );
 }

@@ -190,5 +190,9 @@ async fn ttl_churn_at_uneven_rates_hands_out_ids_in_proportion_to_live_entries()
         "{} ids handed out for at most {most_live} live entries ({key} writes): {internals:?}",
         internals.timer_ids
     );
-    assert_eq!((internals.timers, internals.records), (0, 0), "{internals:?}");
+    assert_eq!(
+        (internals.timers, internals.records),
+        (0, 0),
+        "{internals:?}"
+    );
 }

@@ -384,12 +384,20 @@ fn weighted_books_balance_under_races(removes: bool) {
         || c.entry_count() == 0,
     ));
     let weight = c.__internals().policy_weight;
-    assert_eq!(weight, Some(0), "an empty cache still counts {weight:?} units");
+    assert_eq!(
+        weight,
+        Some(0),
+        "an empty cache still counts {weight:?} units"
+    );
     assert_eq!(c.__internals().policy_records, Some(0));
     for k in 100..100 + CAP {
         c.insert(k, 0); // weight 1 each
     }
-    assert_eq!(c.entry_count(), CAP, "fresh entries evicted by phantom weight");
+    assert_eq!(
+        c.entry_count(),
+        CAP,
+        "fresh entries evicted by phantom weight"
+    );
 }
 
 #[test]
