@@ -268,7 +268,12 @@ where
     /// ```
     pub fn stats(&self) -> CacheStats {
         let store = &self.shared.store;
-        CacheStats::read(store.counters(), &store.lag, self.entry_count())
+        CacheStats::read(
+            store.counters(),
+            &store.lag,
+            self.entry_count(),
+            store.notifications_dropped(),
+        )
     }
 
     /// A handle that does not keep the cache alive: for listeners and loaders that call back

@@ -14,10 +14,12 @@
 //!   [`Capacity::try_hold`] taken under the map's shard lock) from before it changes the map
 //!   until the policy has accounted for the change (except an overwrite when there is no
 //!   weigher: it changes no accounting, the new entry taking over the old one's policy state
-//!   under the map's shard lock). A removal changes the
-//!   map first and then takes the policy shard to [`forget`](Capacity::forget) the entry, so
-//!   it can never forget an entry before its write was accounted for (which would leave the
-//!   policy counting weight that no entry holds: found by the stress test).
+//!   under the map's shard lock). A removal (by a caller, the expiry task or a sweep) holds
+//!   the key's policy shard the same way, from before it takes the entry out of the map until
+//!   the policy has [`forgotten`](Capacity::forget) it: so a removal never forgets an entry
+//!   whose write was not accounted for yet, and never a newer entry of the same key written
+//!   between the removal and the forgetting (which would leave the policy counting weight
+//!   that no entry holds, or drop a live entry's weight).
 //! - The weigher is user code, and it runs only on a value about to be written, before any
 //!   lock is taken. With a weigher, each policy shard keeps the weight of every entry it
 //!   accounts for ([`PolicyShard`]), so that an overwrite, an eviction or a removal learns the
@@ -25,11 +27,13 @@
 //!   answer).
 //! - Every entry's weight is added once (new entry), adjusted on overwrite, and subtracted
 //!   once, by whichever path takes the entry out of the map: eviction here, or the store's
-//!   `retire` for removals, expiry and sweeps.
+//!   removals (by a caller, by expiry, by a sweep).
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::policy::{Residents, Status, TinyLfu};
 use crate::store::{Entry, Store};
@@ -137,17 +141,13 @@ where
             .map_or(1, |weigher| weigher(key, value))
     }
 
-    fn shard(&self, key: &K) -> &Mutex<PolicyShard<K, S>> {
-        self.shard_of(self.hasher.hash_one(key))
-    }
-
     fn shard_of(&self, hash: u64) -> &Mutex<PolicyShard<K, S>> {
         &self.shards[(hash >> 40) as usize & (self.shards.len() - 1)]
     }
 
-    /// Lock `key`'s policy shard, for a write to hold until it is accounted for.
-    /// Returns the key's hash too, which the policy reuses.
-    pub(crate) fn hold(&self, key: &K) -> (Held<'_, K, S>, u64) {
+    /// Lock `key`'s policy shard, for a write to hold until it is accounted for, or a removal
+    /// until it is forgotten. Returns the key's hash too, which the policy reuses.
+    pub(crate) fn hold<Q: Hash + ?Sized>(&self, key: &Q) -> (Held<'_, K, S>, u64) {
         let hash = self.hasher.hash_one(key);
         (lock(self.shard_of(hash)), hash)
     }
@@ -227,14 +227,28 @@ where
         view.evicted.into_inner()
     }
 
-    /// An entry left the map other than by eviction.
-    pub(crate) fn forget(&self, key: &K, main: bool) {
-        let mut shard = lock(self.shard(key));
-        let weight = match &mut shard.weights {
-            Some(weights) => weights.remove(key).unwrap_or(0),
+    /// The weight `key`'s resident entry is accounted with (its shard held). A removal reads
+    /// it before it takes the entry out, so that forgetting it runs no user code first.
+    pub(crate) fn weight_of<Q>(&self, shard: &Held<'_, K, S>, key: &Q) -> u32
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match &shard.weights {
+            Some(weights) => weights.get(key).copied().unwrap_or(0),
             None => 1,
-        };
+        }
+    }
+
+    /// An entry of `weight` left the map other than by eviction, its shard held since before
+    /// it was taken out: no write of the key can have been accounted for in between. The
+    /// totals change first; the weight's record goes last (it hashes the key, user code: a
+    /// panic there leaves a record the key's next write replaces, and the totals right).
+    pub(crate) fn forget(&self, shard: &mut Held<'_, K, S>, key: &K, main: bool, weight: u32) {
         shard.policy.remove(main, weight);
+        if let Some(weights) = &mut shard.weights {
+            let _ = catch_unwind(AssertUnwindSafe(|| weights.remove(key)));
+        }
     }
 
     /// Total weight accounted for, and the number of weights recorded (test-only visibility).

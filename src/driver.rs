@@ -27,6 +27,7 @@
 //!   closed so that writers stop queueing records no one will read.
 
 use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -34,15 +35,15 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, trace, Instrument};
+use tracing::{debug, error, info, trace, Instrument};
 
 use crate::builder::BuildError;
 use crate::cache::Shared;
-use crate::clock::{Clock, NEVER};
+use crate::clock::Clock;
 use crate::handoff::{Records, Signals, Taken};
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
-use crate::store::{Retired, Store, UNFILED};
+use crate::store::{Fired, Retired, Store, UNFILED};
 use crate::wheel::{TimerId, Wheel};
 
 /// The most records, removals or fired nodes handled between two yields.
@@ -104,6 +105,8 @@ pub(crate) fn spawn<K, V, S>(
         spare: None,
         links: Vec::new(),
         pools: Vec::new(),
+        free: Vec::new(),
+        sweep_again: false,
         swept: shared.store.generation(),
         work: Work::default(),
         stats_line,
@@ -187,6 +190,10 @@ struct Driver<K: Hash + Eq, V, S: BuildHasher + Clone> {
     /// Per stripe: the ids its writers left in their pool, held for its next pool, and how
     /// many they took last time.
     pools: Vec<(Vec<TimerId>, usize)>,
+    /// A buffer for the free ids that go to the hand-off's reserve.
+    free: Vec<TimerId>,
+    /// A sweep left keys behind (their `Clone` panicked): it runs again at the next wake.
+    sweep_again: bool,
     /// The `invalidate_all` generation swept last.
     swept: u32,
     work: Work,
@@ -251,11 +258,13 @@ where
     /// and no record or sweep is left behind it.
     async fn work(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
         let store = &shared.store;
+        let mut sweep = self.sweep_again;
         loop {
             if let Flow::Stop = self.drain(shared).await {
                 return Flow::Stop;
             }
-            if store.generation() != self.swept {
+            if sweep || store.generation() != self.swept {
+                sweep = false;
                 if let Flow::Stop = self.sweep(shared).await {
                     return Flow::Stop;
                 }
@@ -317,10 +326,12 @@ where
             let mut links = std::mem::take(&mut self.links);
             for (key, record) in records.drain() {
                 for orphan in record.orphans.nodes() {
-                    drop(self.wheel.remove(orphan));
+                    quietly(self.wheel.remove(orphan));
                 }
                 if record.node != UNFILED {
                     links.push((record.node, record.tick, key));
+                } else {
+                    quietly(key);
                 }
             }
             if records.capacity() <= SPARE_CAPACITY {
@@ -342,7 +353,17 @@ where
                 self.links = links;
             }
         }
+        self.stock_reserve(store);
         Flow::Continue
+    }
+
+    /// Hand every free id the pools did not take to the hand-off's reserve, so that a writer
+    /// whose pool runs dry takes one of them before a fresh one.
+    fn stock_reserve(&mut self, store: &Store<K, V, S>) {
+        let mut free = std::mem::take(&mut self.free);
+        free.extend(std::iter::from_fn(|| self.wheel.take_free()));
+        store.handoff.stock(&mut free);
+        self.free = free;
     }
 
     /// The pool to give `stripe`: what it had left last time, topped up with free ids to what
@@ -374,33 +395,24 @@ where
         self.pools[stripe] = (left, taken);
     }
 
-    /// Remove every entry hidden by `invalidate_all`, in batches.
+    /// Remove every entry hidden by `invalidate_all`, in batches. A key whose `Clone` or
+    /// `Hash` panics is left for the next wake's sweep (logged); the others are swept.
     async fn sweep(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
         let store = &shared.store;
+        let count = store.generation_count();
         let target = store.generation();
         // One read-only pass collects the keys; removal then goes in batches.
-        let stale: Vec<K> = store.map.keys_where(|entry| entry.generation() != target);
-        for (done, key) in stale.iter().enumerate() {
-            let now = store.generation();
-            // Its node, queued or linked, goes back through the hand-off like a writer's.
-            let removed = store.map.remove_if(key, |key, e| {
-                let stale = e.generation() != now;
-                if stale {
-                    store.orphan(key, e);
+        let (stale, mut failed) = store.map.stale_keys(target);
+        for (done, key) in stale.into_iter().enumerate() {
+            match catch_unwind(AssertUnwindSafe(|| store.sweep_one(&key))) {
+                Ok(Some(retired)) => {
+                    self.work.swept += 1;
+                    report(store, retired);
                 }
-                stale
-            });
-            if let Some((key, entry)) = removed {
-                self.work.swept += 1;
-                let cause = store.cause(&entry, RemovalCause::Explicit);
-                let key = store.wants_keys().then_some(key);
-                store.retire(Retired {
-                    key,
-                    entry,
-                    cause,
-                    vacated: true,
-                });
+                Ok(None) => {}
+                Err(_) => failed += 1,
             }
+            quietly(key);
             if (done + 1) % BATCH == 0 {
                 if let Flow::Stop = self.pause(shared).await {
                     return Flow::Stop;
@@ -408,6 +420,16 @@ where
             }
         }
         self.swept = target;
+        self.sweep_again = failed > 0;
+        if failed == 0 {
+            store.swept_to(count);
+        } else {
+            error!(
+                failed,
+                "a key's Clone or Hash panicked as the expiry task swept what invalidate_all \
+                 hid; those entries stay hidden and are swept at the task's next wake"
+            );
+        }
         Flow::Continue
     }
 
@@ -430,61 +452,60 @@ where
         Flow::Continue
     }
 
-    /// Decide, under the key's shard lock, what a fired node means.
+    /// Act on what a fired node means (decided by the store under the key's shard lock),
+    /// then report what it removed, with the wheel no longer borrowed. A key's `Hash` or `Eq`
+    /// that panics leaves the entry and its node as they were: the node fires again one tick
+    /// later.
     fn fire(&mut self, store: &Store<K, V, S>, node: TimerId, now: u64) {
-        enum Action {
-            /// No entry holds this node: it was orphaned, and its record, still queued, frees
-            /// it (see handoff.rs).
-            Stale,
-            /// The entry expired (or was invalidated) and is removed.
-            Remove,
-            /// The entry has no deadline any more.
-            Unfile,
-            /// The entry's deadline moved later.
-            Refile(u64),
+        let fired = catch_unwind(AssertUnwindSafe(|| {
+            store.fire(self.wheel.get(node), node, now)
+        }));
+        let removed = match fired {
+            Ok(Fired::Stale) => None,
+            Ok(Fired::Removed(retired)) => {
+                quietly(self.wheel.remove(node));
+                self.work.expired += usize::from(retired.cause == RemovalCause::Expired);
+                Some(retired)
+            }
+            Ok(Fired::Unfiled) => {
+                quietly(self.wheel.remove(node));
+                None
+            }
+            Ok(Fired::Refile(tick)) => {
+                self.wheel.reschedule(node, tick);
+                None
+            }
+            Err(_) => {
+                error!(
+                    "a key's Hash or Eq panicked as its deadline came; it is tried again next tick"
+                );
+                let retry = self.clock.tick_floor(now).saturating_add(1);
+                self.wheel.reschedule(node, retry);
+                None
+            }
+        };
+        if let Some(retired) = removed {
+            report(store, retired);
         }
-        let generation = store.generation();
-        let clock = self.clock;
-        let mut action = Action::Stale;
-        let removed = store.map.remove_if_mut(self.wheel.get(node), |_, entry| {
-            if entry.timer != node {
-                return false;
-            }
-            if !entry.is_live(generation, || now) {
-                action = Action::Remove;
-                return true;
-            }
-            let deadline = entry.deadline();
-            if deadline == NEVER {
-                entry.timer = UNFILED;
-                action = Action::Unfile;
-            } else {
-                action = Action::Refile(clock.tick_of(deadline));
-            }
-            false
-        });
-        match action {
-            Action::Stale => {}
-            Action::Remove | Action::Unfile => {
-                self.wheel.remove(node);
-            }
-            Action::Refile(when) => self.wheel.reschedule(node, when),
-        }
-        // Reported here, outside the shard lock and with the wheel no longer borrowed.
-        if let Some((key, entry)) = removed {
-            // Judged at `now`, the time it was removed for: no clock read per entry.
-            let cause = store.cause_at(&entry, RemovalCause::Explicit, || now);
-            if cause == RemovalCause::Expired {
-                store.lag.record(now.saturating_sub(entry.deadline()));
-                self.work.expired += 1;
-            }
-            let key = store.wants_keys().then_some(key);
-            store.retire(Retired {
-                key,
-                entry,
-                cause,
-                vacated: true,
-            });
-        }
+    }
+}
+
+/// Report a removal from the task: a panic in user code (a value's `Drop`; the listener's
+/// are caught where it is called) costs that notification only, never the task.
+fn report<K, V, S>(store: &Store<K, V, S>, retired: Retired<K, V>)
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    if catch_unwind(AssertUnwindSafe(|| store.retire(retired))).is_err() {
+        error!("a value's Drop panicked as the expiry task removed it; the task goes on");
+    }
+}
+
+/// Drop a key or value on the task: a panic in its `Drop` is logged and goes no further.
+fn quietly<T>(value: T) {
+    if catch_unwind(AssertUnwindSafe(|| drop(value))).is_err() {
+        error!("a key's or value's Drop panicked on the expiry task; the task goes on");
     }
 }

@@ -11,7 +11,8 @@
 //! the task frees.
 //!
 //! Invariants:
-//! - **Every id in one place.** An id is on the wheel's free list; or in a stripe's pool; or
+//! - **Every id in one place.** An id is on the wheel's free list; or in a stripe's pool or
+//!   the reserve; or
 //!   held by an entry (its `timer`) and either named by the queued record of the entry's key
 //!   (not linked yet) or linked in the wheel; or linked in the wheel and named as an orphan by
 //!   a queued record (no entry holds it). A node the task finds held by no entry when it fires
@@ -25,6 +26,12 @@
 //!   operation. A record names at most one node to link (the entry's) and at most two
 //!   orphans (in practice one: the node the entry held when this stripe map became current).
 //!   A pool holds the ids the task gave it plus those of queued nodes whose entry was removed.
+//!   A writer takes an id from its stripe's pool, else from the shared reserve, where the task
+//!   puts every free id it did not pool, and only then a fresh one: so the ids ever handed
+//!   out stay within the most nodes held at once plus what the pools and the reserve hold,
+//!   however the write rate swings.
+//! - **No user code between two writes.** A writer's key `Clone`, `Hash` and `Eq` run here
+//!   before the stripe changes, never between two changes that must both happen.
 //! - **No lost wake-up.** The writer reads the task's published `next_wake` *inside* the stripe
 //!   lock; the task publishes `next_wake` *before* it checks the stripes for records. So either
 //!   the task sees the record, or the writer sees the new `next_wake` and notifies (a
@@ -142,6 +149,9 @@ pub(crate) struct Taken<K, S> {
 pub(crate) struct Handoff<K, S> {
     stripes: Box<[Padded<K, S>]>,
     hasher: S,
+    /// Free ids beyond what the stripes' pools hold, for a writer whose pool ran dry: the
+    /// task stocks it with every id it freed and did not pool.
+    reserve: Mutex<Vec<TimerId>>,
     /// The next id never handed out.
     fresh: AtomicU32,
 }
@@ -161,6 +171,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         Handoff {
             stripes,
             hasher,
+            reserve: Mutex::new(Vec::new()),
             fresh: AtomicU32::new(0),
         }
     }
@@ -204,7 +215,10 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             if timer != UNFILED {
                 record.orphans.add(timer);
             }
-            let id = stripe.pool.pop().unwrap_or_else(|| self.fresh_id());
+            let id = match stripe.pool.pop() {
+                Some(id) => id,
+                None => self.reserved_or_fresh_id(),
+            };
             stripe.taken += 1;
             record.node = id;
             record.tick = tick;
@@ -220,10 +234,23 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         node
     }
 
-    fn fresh_id(&self) -> TimerId {
+    /// An id for a writer whose stripe's pool is empty: a free one from the reserve, else
+    /// one never handed out. Fresh ids are taken only while no free id is in reach, so the
+    /// ids handed out follow the most nodes held at once, not the write rate.
+    fn reserved_or_fresh_id(&self) -> TimerId {
+        if let Some(id) = lock(&self.reserve).pop() {
+            return id;
+        }
         let id = self.fresh.fetch_add(1, Ordering::Relaxed);
         assert!(id < MAX_IDS, "ebb: more than {MAX_IDS} timer nodes");
         id
+    }
+
+    /// Add free ids (the task's) to the reserve.
+    pub(crate) fn stock(&self, ids: &mut Vec<TimerId>) {
+        if !ids.is_empty() {
+            lock(&self.reserve).append(ids);
+        }
     }
 
     /// Swap stripe `i`'s records for `spare` and its pool for `pool`.
@@ -256,6 +283,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     /// Drop every record and pool and refuse new records: the task has stopped.
     pub(crate) fn close(&self, signals: &Signals) {
         signals.closed.store(true, Ordering::SeqCst);
+        drop(std::mem::take(&mut *lock(&self.reserve)));
         for i in 0..self.stripes.len() {
             let mut stripe = self.lock(i);
             let old = (
@@ -281,11 +309,10 @@ impl<K: Hash + Eq + Clone, S: BuildHasher + Clone> Handoff<K, S> {
         let stripe = &mut *guard;
         match stripe.records.get_mut(key) {
             Some(record) if record.node == node => {
+                // The record stays, empty if it orphaned nothing: removing it would hash the
+                // key again (user code) after the pool has the id back.
                 record.node = UNFILED;
                 stripe.pool.push(node);
-                if record.orphans == Orphans::NONE {
-                    stripe.records.remove(key);
-                }
             }
             Some(record) => {
                 // A queued node is always the entry's: this record has none.

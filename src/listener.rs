@@ -16,11 +16,14 @@
 //! expiry task come in the order it removed the entries.
 //!
 //! Invariants: the listener never runs under a shard lock, the wheel's borrow, or a stripe
-//! lock; a panicking listener is caught (unless the binary is built with `panic = "abort"`),
-//! logged with `tracing::error!`, and loses only that notification.
+//! lock; a panicking listener, or a key's or value's `Clone` or `Drop` panicking while a
+//! removal is reported, is caught (unless the binary is built with `panic = "abort"`), logged
+//! with `tracing::error!`, and loses only that notification. Notifications a full channel
+//! drops are always counted.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc::{error::TrySendError, Sender};
 
@@ -64,6 +67,9 @@ pub(crate) type Listener<K, V> = Box<dyn Fn(K, V, RemovalCause) + Send + Sync + 
 pub(crate) struct Notifier<K, V> {
     pub(crate) listener: Option<Listener<K, V>>,
     pub(crate) channel: Option<Sender<Removal<K, V>>>,
+    /// Notifications the full channel dropped, counted whether or not the cache records
+    /// statistics.
+    dropped: AtomicU64,
 }
 
 impl<K, V> Default for Notifier<K, V> {
@@ -71,6 +77,7 @@ impl<K, V> Default for Notifier<K, V> {
         Notifier {
             listener: None,
             channel: None,
+            dropped: AtomicU64::new(0),
         }
     }
 }
@@ -91,36 +98,43 @@ impl<K: Clone, V: Clone> Notifier<K, V> {
         self.listener.is_some() || self.channel.is_some()
     }
 
-    /// Deliver one notification. Returns `false` if the channel was full and the
-    /// notification was dropped there.
-    pub(crate) fn notify(&self, cache: &str, key: K, value: V, cause: RemovalCause) -> bool {
-        let mut delivered = true;
-        let (key, value) = match (&self.listener, &self.channel) {
-            (Some(_), Some(channel)) => {
-                delivered = send(channel, key.clone(), value.clone(), cause);
-                (key, value)
+    /// Deliver one notification. User code runs here (the listener, and a key's or value's
+    /// `Clone` and `Drop`): a panic in any of it is caught, logged with `tracing::error!`, and
+    /// loses only this notification.
+    pub(crate) fn notify(&self, cache: &str, key: K, value: V, cause: RemovalCause) {
+        let delivered = catch_unwind(AssertUnwindSafe(|| {
+            let (key, value) = match (&self.listener, &self.channel) {
+                (Some(_), Some(channel)) => {
+                    self.send(channel, key.clone(), value.clone(), cause);
+                    (key, value)
+                }
+                (None, Some(channel)) => return self.send(channel, key, value, cause),
+                (_, None) => (key, value),
+            };
+            if let Some(listener) = &self.listener {
+                listener(key, value, cause);
             }
-            (None, Some(channel)) => return send(channel, key, value, cause),
-            (_, None) => (key, value),
-        };
-        if let Some(listener) = &self.listener {
-            if catch_unwind(AssertUnwindSafe(|| listener(key, value, cause))).is_err() {
-                tracing::error!(
-                    cache,
-                    ?cause,
-                    "eviction listener panicked; this notification is lost, the cache goes on"
-                );
-            }
+        }));
+        if delivered.is_err() {
+            tracing::error!(
+                cache,
+                ?cause,
+                "user code panicked while a removal was reported (the eviction listener, or a \
+                 key's or value's Clone or Drop); this notification is lost, the cache goes on"
+            );
         }
-        delivered
     }
-}
 
-/// Never blocks: a full channel drops the notification (counted by the caller); a closed one
-/// (the receiver is gone) is ignored.
-fn send<K, V>(channel: &Sender<Removal<K, V>>, key: K, value: V, cause: RemovalCause) -> bool {
-    !matches!(
-        channel.try_send(Removal { key, value, cause }),
-        Err(TrySendError::Full(_))
-    )
+    /// Notifications the channel dropped so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Send without waiting: a full channel drops the notification (and counts it); a closed
+    /// one (the receiver is gone) is ignored.
+    fn send(&self, channel: &Sender<Removal<K, V>>, key: K, value: V, cause: RemovalCause) {
+        if let Err(TrySendError::Full(_)) = channel.try_send(Removal { key, value, cause }) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }

@@ -30,10 +30,9 @@ pub(crate) enum Counter {
     LoadSuccess,
     LoadFailure,
     LoadNanos,
-    Dropped,
 }
 
-const COUNTERS: usize = 12;
+const COUNTERS: usize = 11;
 /// Stripes a thread may own alone.
 const OWNED: usize = 32;
 /// Stripes shared by the threads that own none (more than [`OWNED`] alive at once).
@@ -197,7 +196,12 @@ impl CacheStats {
         }
     }
 
-    pub(crate) fn read(counters: Option<&Counters>, lag: &Lag, entry_count: u64) -> Self {
+    pub(crate) fn read(
+        counters: Option<&Counters>,
+        lag: &Lag,
+        entry_count: u64,
+        notifications_dropped: u64,
+    ) -> Self {
         let count = |c| counters.map_or(0, |counters| counters.sum(c));
         let lags = lag.count.load(Ordering::Relaxed);
         CacheStats {
@@ -220,7 +224,7 @@ impl CacheStats {
                     .checked_div(lags)
                     .unwrap_or(0),
             ),
-            notifications_dropped: count(Counter::Dropped),
+            notifications_dropped,
         }
     }
 }
@@ -310,7 +314,7 @@ mod tests {
         let lag = Lag::default();
         lag.record(10);
         lag.record(30);
-        let stats = CacheStats::read(None, &lag, 3);
+        let stats = CacheStats::read(None, &lag, 3, 0);
         assert_eq!(stats.expiry_lag_max, Duration::from_nanos(30));
         assert_eq!(stats.expiry_lag_mean, Duration::from_nanos(20));
         assert_eq!(stats.hit_ratio(), 1.0);

@@ -31,7 +31,9 @@
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
 use std::sync::Arc;
 
 use dashmap::{DashMap, Entry as Slot};
@@ -315,16 +317,24 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
             .map(|(k, e)| (k, e.into_entry())))
     }
 
-    /// The keys whose entry `f` picks, one shard at a time.
-    pub(crate) fn keys_where(&self, f: impl Fn(&Entry<V>) -> bool) -> Vec<K>
+    /// The keys of the entries written in another generation than `generation`, one shard
+    /// at a time, and how many of them could not be copied (a key's `Clone` panicked: that
+    /// key is left out, the others are not).
+    pub(crate) fn stale_keys(&self, generation: u32) -> (Vec<K>, usize)
     where
         K: Clone,
     {
-        with_map!(self, m => m
+        let mut failed = 0;
+        let keys = with_map!(self, m => m
             .iter()
-            .filter(|e| f(e.value().entry()))
-            .map(|e| e.key().clone())
-            .collect())
+            .filter(|e| e.value().entry().generation() != generation)
+            .filter_map(|e| {
+                let key = catch_unwind(AssertUnwindSafe(|| e.key().clone())).ok();
+                failed += usize::from(key.is_none());
+                key
+            })
+            .collect());
+        (keys, failed)
     }
 }
 
@@ -334,9 +344,21 @@ pub(crate) struct Retired<K, V> {
     pub(crate) key: Option<K>,
     pub(crate) entry: Entry<V>,
     pub(crate) cause: RemovalCause,
-    /// Whether the key's slot is empty now (a removal, not a replacement or an eviction the
-    /// policy already accounted for): the policy then forgets the entry's weight.
-    pub(crate) vacated: bool,
+}
+
+/// What a fired wheel node meant, decided under its key's shard lock: what the expiry task
+/// does with the node next.
+pub(crate) enum Fired<K, V> {
+    /// No entry holds the node: it was orphaned, and its record, still queued, frees it (see
+    /// `handoff.rs`).
+    Stale,
+    /// The entry expired (or was invalidated) and is out of the map: the node is free, and
+    /// this is to be reported.
+    Removed(Retired<K, V>),
+    /// The entry has no deadline any more: the node is free.
+    Unfiled,
+    /// The entry's deadline moved later: re-file the node at this tick.
+    Refile(u64),
 }
 
 /// What the store needs to know beyond the map.
@@ -367,7 +389,12 @@ pub(crate) struct Store<K, V, S> {
     counters: Option<Counters>,
     notifier: Notifier<K, V>,
     capacity: Option<Capacity<K, V, S>>,
-    generation: AtomicU32,
+    /// `invalidate_all` calls so far; entries keep it modulo 2^29 ([`GENERATION_MASK`]).
+    generation: AtomicU64,
+    /// The generation the last complete sweep reached: every entry in the map was written
+    /// in it or later. `invalidate_all` sweeps by itself before its generation could come
+    /// round to one an unswept entry still has (see [`Store::invalidate_all`]).
+    swept: AtomicU64,
     /// When each of the last few generations began (`invalidate_all`), by generation modulo
     /// [`INVALIDATIONS`]: tells an entry that expired before it was hidden from one hidden
     /// while live.
@@ -409,7 +436,8 @@ where
             idle_tolerance: (clock.tick_nanos() / 16).min(settings.idle / 16),
             counters: settings.counters,
             notifier: settings.notifier,
-            generation: AtomicU32::new(0),
+            generation: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
             invalidated_at: std::array::from_fn(|_| AtomicU64::new(0)),
             #[cfg(test)]
             fallbacks: std::sync::atomic::AtomicUsize::new(0),
@@ -419,7 +447,7 @@ where
     /// The current `invalidate_all` generation.
     #[inline]
     pub(crate) fn generation(&self) -> u32 {
-        self.generation.load(Ordering::Acquire) & GENERATION_MASK
+        (self.generation.load(Ordering::Acquire) & u64::from(GENERATION_MASK)) as u32
     }
 
     #[inline]
@@ -610,16 +638,11 @@ where
             },
             _ => Evicted::None,
         };
-        self.retire_all(replaced);
-        for (key, entry) in evicted {
+        let evicted = evicted.into_iter().map(|(key, entry)| {
             let cause = self.cause(&entry, RemovalCause::Size);
-            self.retire(Retired {
-                key: Some(key),
-                entry,
-                cause,
-                vacated: false,
-            });
-        }
+            self.retired(key, entry, cause)
+        });
+        self.retire_all(replaced.into_iter().chain(evicted));
     }
 
     /// Take `key` out of the map for room (the policy accounts for it).
@@ -679,6 +702,9 @@ where
                 None
             }
             Slot::Occupied(mut slot) => {
+                // The key's clone (user code) comes first: the hand-off below and the
+                // replacement after it must both happen.
+                let key = self.notifier.is_active().then(|| slot.key().clone());
                 let old = slot.get().entry();
                 let timer = self.hand_off(slot.key(), old.timer, old.deadline(), deadline);
                 // Judging the cause needs the time (the write's own, if it read the clock):
@@ -697,15 +723,9 @@ where
                     },
                     1,
                 );
-                let key = self.notifier.is_active().then(|| slot.key().clone());
                 let new = Entry::new(value, deadline, timer, generation, old.policy_bits());
                 let entry = std::mem::replace(slot.get_mut(), E::new(new, cap)).into_entry();
-                Some(Retired {
-                    key,
-                    entry,
-                    cause,
-                    vacated: false,
-                })
+                Some(Retired { key, entry, cause })
             }
         }
     }
@@ -730,6 +750,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        let held = self.hold_for_removal(key);
         let removed = match self.flights.registered_key(key) {
             // A load is in flight: take the shard lock even if the key is absent, so that the
             // load cannot store its value after this remove (see load.rs).
@@ -752,19 +773,15 @@ where
             }),
         };
         let (key, entry) = removed?;
+        self.forget(held, &key, &entry);
         let cause = self.cause(&entry, RemovalCause::Explicit);
         let live = cause == RemovalCause::Explicit && entry.generation() == self.generation();
-        if !self.wants_keys() {
+        if !self.notifier.is_active() {
             self.count_removal(cause);
             return live.then_some(entry.value);
         }
         let value = live.then(|| entry.value.clone());
-        self.retire(Retired {
-            key: Some(key),
-            entry,
-            cause,
-            vacated: true,
-        });
+        self.retire(self.retired(key, entry, cause));
         value
     }
 
@@ -822,31 +839,119 @@ where
         );
     }
 
-    /// Count and report one entry that left the map. Never called under a lock.
+    /// Count and report one entry that left the map (its books are already balanced). Never
+    /// called under a lock. The notification's user code catches its own panics; without
+    /// one, the entry is dropped here, and a panic in its `Drop` reaches the caller.
     pub(crate) fn retire(&self, retired: Retired<K, V>) {
         self.count_removal(retired.cause);
-        if let (Some(capacity), Some(key), true) = (&self.capacity, &retired.key, retired.vacated) {
-            capacity.forget(key, retired.entry.in_main());
-        }
-        if let Some(key) = retired.key {
-            if !self
+        match retired.key {
+            Some(key) => self
                 .notifier
-                .notify(&self.name, key, retired.entry.value, retired.cause)
-            {
-                self.count(Counter::Dropped, 1);
+                .notify(&self.name, key, retired.entry.value, retired.cause),
+            None => drop(retired.entry),
+        }
+    }
+
+    /// Notifications the eviction channel dropped because it was full.
+    pub(crate) fn notifications_dropped(&self) -> u64 {
+        self.notifier.dropped()
+    }
+
+    /// What a removal hands to [`retire`](Self::retire): the key only if someone listens.
+    fn retired(&self, key: K, entry: Entry<V>, cause: RemovalCause) -> Retired<K, V> {
+        Retired {
+            key: self.notifier.is_active().then_some(key),
+            entry,
+            cause,
+        }
+    }
+
+    /// For a removal from a bounded cache: the key's policy shard, held from before the entry
+    /// leaves the map until the policy forgets it, and the weight the entry is accounted with
+    /// (read now: it hashes the key, user code that must not run between the two).
+    fn hold_for_removal<Q>(&self, key: &Q) -> Option<(Held<'_, K, S>, u32)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let capacity = self.capacity.as_ref()?;
+        let (shard, _) = capacity.hold(key);
+        let weight = capacity.weight_of(&shard, key);
+        Some((shard, weight))
+    }
+
+    /// The policy forgets an entry a removal took out, with the shard it held since before.
+    fn forget(&self, held: Option<(Held<'_, K, S>, u32)>, key: &K, entry: &Entry<V>) {
+        if let (Some(capacity), Some((mut shard, weight))) = (&self.capacity, held) {
+            capacity.forget(&mut shard, key, entry.in_main(), weight);
+        }
+    }
+
+    /// The expiry task's step for `node`, fired for `key` at `now`: under the key's shard
+    /// lock, the entry is removed if it still holds the node and is no longer live, or its
+    /// node is re-filed or dropped. User code (the key's `Hash` and `Eq`) runs only before
+    /// anything changes: a panic leaves the entry and the node as they were.
+    pub(crate) fn fire(&self, key: &K, node: TimerId, now: u64) -> Fired<K, V> {
+        let held = self.hold_for_removal(key);
+        let generation = self.generation();
+        let mut fired = Fired::Stale;
+        let removed = self.map.remove_if_mut(key, |_, entry| {
+            if entry.timer != node {
+                return false;
+            }
+            if !entry.is_live(generation, || now) {
+                return true;
+            }
+            fired = match entry.deadline() {
+                NEVER => {
+                    entry.timer = UNFILED;
+                    Fired::Unfiled
+                }
+                deadline => Fired::Refile(self.clock.tick_of(deadline)),
+            };
+            false
+        });
+        let Some((key, entry)) = removed else {
+            return fired;
+        };
+        self.forget(held, &key, &entry);
+        // Judged at `now`, the time it was removed for: no clock read per entry.
+        let cause = self.cause_at(&entry, RemovalCause::Explicit, || now);
+        if cause == RemovalCause::Expired {
+            self.lag.record(now.saturating_sub(entry.deadline()));
+        }
+        Fired::Removed(self.retired(key, entry, cause))
+    }
+
+    /// A sweep's step: remove `key`'s entry if `invalidate_all` hid it; what left, to report.
+    /// Its node, queued or linked, goes back through the hand-off like a writer's.
+    pub(crate) fn sweep_one(&self, key: &K) -> Option<Retired<K, V>> {
+        let held = self.hold_for_removal(key);
+        let generation = self.generation();
+        let (key, entry) = self.map.remove_if(key, |key, entry| {
+            let stale = entry.generation() != generation;
+            if stale {
+                self.orphan(key, entry);
+            }
+            stale
+        })?;
+        self.forget(held, &key, &entry);
+        let cause = self.cause(&entry, RemovalCause::Explicit);
+        Some(self.retired(key, entry, cause))
+    }
+
+    /// [`retire`](Self::retire) each; a panic in one value's `Drop` does not keep the others
+    /// from being counted and reported: the first panic goes on to the caller after them.
+    fn retire_all(&self, retired: impl IntoIterator<Item = Retired<K, V>>) {
+        let mut first_panic = None;
+        for r in retired {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.retire(r))) {
+                first_panic.get_or_insert(panic);
             }
         }
-    }
-
-    fn retire_all(&self, retired: impl IntoIterator<Item = Retired<K, V>>) {
-        for r in retired {
-            self.retire(r);
+        if let Some(panic) = first_panic {
+            resume_unwind(panic);
         }
-    }
-
-    /// Whether removals need their key (someone listens, or the policy must forget them).
-    pub(crate) fn wants_keys(&self) -> bool {
-        self.notifier.is_active() || self.capacity.is_some()
     }
 
     /// Total weight the capacity policy accounts for (test-only visibility).
@@ -860,12 +965,45 @@ where
     }
 
     /// Make every entry written so far invisible, at once; the task sweeps them later.
+    ///
+    /// Entries keep their generation modulo 2^29, so the generation must never come round to
+    /// one an entry still in the map has: that entry would be live again. The task's sweeps
+    /// keep the map far from that; if they have not (no task has swept for 2^29 - 1 calls: its
+    /// runtime shut down), this call sweeps the map itself first, once in 2^29 calls.
     pub(crate) fn invalidate_all(&self) {
+        let current = self.generation.load(Ordering::Acquire);
+        if current + 1 - self.swept.load(Ordering::Acquire) > u64::from(GENERATION_MASK) {
+            self.sweep_all();
+        }
         let next = self.generation().wrapping_add(1) & GENERATION_MASK;
         self.invalidated_at[next as usize % INVALIDATIONS]
             .store(self.clock.now(), Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.signals.notify.wake();
+    }
+
+    /// The full generation count, for a sweep to say which generation it reached.
+    pub(crate) fn generation_count(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Every entry written before generation `count` has been swept.
+    pub(crate) fn swept_to(&self, count: u64) {
+        self.swept.fetch_max(count, Ordering::AcqRel);
+    }
+
+    /// Sweep, on the calling thread, every entry `invalidate_all` has hidden so far.
+    fn sweep_all(&self) {
+        let count = self.generation_count();
+        let (keys, _) = self
+            .map
+            .stale_keys((count & u64::from(GENERATION_MASK)) as u32);
+        for key in keys {
+            if let Some(retired) = self.sweep_one(&key) {
+                self.retire(retired);
+            }
+        }
+        self.swept_to(count);
     }
 }
 
