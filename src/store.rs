@@ -1099,6 +1099,33 @@ mod tests {
     }
 
     #[test]
+    fn invalidate_all_never_brings_an_entry_back_when_generations_wrap() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let cache = crate::Cache::<u64, u64>::builder().build_on(rt.handle());
+        // No task will sweep: its runtime is gone.
+        drop(rt);
+        cache.insert(1, 1);
+        cache.invalidate_all();
+        assert_eq!(cache.get(&1), None);
+        // Skip to the last call before the generation comes round to the entry's (0).
+        let store = cache.store();
+        store
+            .generation
+            .fetch_add(u64::from(GENERATION_MASK) - 1, Ordering::AcqRel);
+        assert_eq!(store.generation(), GENERATION_MASK);
+        cache.invalidate_all();
+        assert_eq!(store.generation(), 0);
+        assert_eq!(cache.get(&1), None, "an invalidated entry came back");
+        assert!(!cache.contains_key(&1));
+        assert_eq!(cache.entry_count(), 0, "the wrap swept the map first");
+        cache.insert(2, 2);
+        assert_eq!(cache.get(&2), Some(2));
+    }
+
+    #[test]
     fn entry_stays_small() {
         // Key and value of 8 bytes each: 32 bytes a bucket in the map, 40 with a cap (only
         // with a time-to-idle).
