@@ -398,7 +398,8 @@ mod loom_handoff {
         held: Vec<TimerId>,
     }
 
-    /// The task's drain: free every orphan, link every queued node at its tick.
+    /// The task's drain: free every orphan, link every queued node at its tick, and put
+    /// every id it holds in the reserve.
     fn drain(w: &World, wheel: &mut Wheel) {
         for i in 0..w.handoff.stripe_count() {
             let taken = w.handoff.take(i, w.handoff.empty(), Vec::new());
@@ -417,6 +418,7 @@ mod loom_handoff {
                 }
             }
         }
+        w.handoff.stock(&mut wheel.held);
     }
 
     /// Whether the entry's node is linked at `tick`.
@@ -481,9 +483,11 @@ mod loom_handoff {
             let mut wheel = run_until_linked_at(&w, 10);
             writer.join().unwrap();
             drain(&w, &mut wheel);
-            // Every id handed out is in exactly one place: linked (the entry's), or held.
+            // Every id handed out is in exactly one place: linked (the entry's), held, or in
+            // the reserve (where the writer took the orphaned id back from, if it could).
             let mut ids: Vec<TimerId> = wheel.linked.keys().copied().collect();
             ids.extend(&wheel.held);
+            ids.extend(lock(&w.handoff.reserve).iter());
             ids.sort_unstable();
             assert_eq!(ids, (0..w.handoff.ids()).collect::<Vec<_>>());
             assert_eq!(wheel.linked.len(), 1);
