@@ -187,6 +187,10 @@ where
     /// (and [`Cache::entry_count`]) at most one tick after its deadline. Reads never return an
     /// expired entry, whatever the tick. From [`MIN_TICK`] to [`MAX_TICK`]; anything else is
     /// a [`BuildError::TickOutOfRange`].
+    ///
+    /// When many entries fall due at once, the bound grows with their number: the task
+    /// removes them in batches of 1,024 and yields to other tasks between batches, so the last
+    /// of them leave one tick plus the time it takes to remove the ones before them.
     pub fn tick(mut self, tick: Duration) -> Self {
         self.tick = tick;
         self
@@ -432,6 +436,13 @@ where
     }
 
     /// Build the cache from any thread, spawning its expiry task on `handle`'s runtime.
+    ///
+    /// The task runs only while that runtime runs tasks: a multi-thread runtime always does;
+    /// a current-thread runtime only while some thread is inside its `block_on`. Until then
+    /// reads stay exact (an expired entry is never returned) and writes work, but nothing
+    /// removes expired entries, notifies listeners for them, or frees their bookkeeping: with
+    /// a current-thread runtime that nobody drives, they pile up. Drive it, or use a
+    /// multi-thread runtime.
     ///
     /// ```
     /// let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -232,7 +232,8 @@ where
     /// The number of entries held.
     ///
     /// An expired entry is counted until the expiry task removes it, at most one tick after
-    /// its deadline while the runtime runs; entries hidden by
+    /// its deadline while the runtime runs (later when many fall due at once: see
+    /// [`CacheBuilder::tick`](crate::CacheBuilder::tick)); entries hidden by
     /// [`invalidate_all`](Self::invalidate_all) until the task has swept them. Takes each
     /// shard's read lock in turn, so while other threads write, the sum mixes moments (an
     /// entry evicted from a shard already counted and one inserted into a shard not yet

@@ -55,7 +55,8 @@
 //!   the task has not removed it yet (one clock read per read of an entry with a deadline).
 //! - The tick (1 s by default, [`CacheBuilder::tick`], 1 ms to 60 s) bounds removal lag: an
 //!   expired entry leaves [`entry_count`](Cache::entry_count), and its listener is told, at
-//!   most one tick after its deadline, with no calls at all. A smaller tick costs wake-ups
+//!   most one tick after its deadline, with no calls at all (plus the time to remove the
+//!   entries due before it, when many fall due at once). A smaller tick costs wake-ups
 //!   only while entries are due; an idle cache never wakes.
 //! - A per-cache TTL ([`CacheBuilder::time_to_live`]), optionally spread by
 //!   [`CacheBuilder::expiry_jitter`]; a per-entry TTL ([`Cache::insert_with_ttl`]), which is

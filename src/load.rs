@@ -730,8 +730,15 @@ where
     /// wins, and the loaded value is only returned.
     ///
     /// Cancellation and panics: if the caller running the loader is dropped (a timeout, a
-    /// client that hung up) or its loader panics (the panic goes to that caller), the waiting
-    /// callers start over and one of them runs *its own* `init`. Nobody waits forever.
+    /// client that hung up), or its loader panics, or user code panics as the loaded value is
+    /// stored (the weigher, a key's or value's `Clone` or `Hash`; the panic goes to that
+    /// caller), the waiting callers start over and one of them runs *its own* `init`. Nobody
+    /// waits forever.
+    ///
+    /// A loader must not ask the cache for the key it is loading (through this method or a
+    /// sibling, on a clone of the cache): it would wait on its own load. Awaited inside the
+    /// loader, that call panics with a message naming the mistake; a loader that waits for
+    /// another task which makes that call cannot be told from a slow one, and hangs like it.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

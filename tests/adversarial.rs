@@ -446,3 +446,96 @@ async fn a_value_drop_panicking_on_the_caller_costs_only_that_call() {
         "{internals:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_weigher_panicking_on_insert_costs_only_that_insert() {
+    let cache: Cache<u64, u64> = Cache::builder()
+        .max_capacity(10)
+        .weigher(|_, v| {
+            assert_ne!(*v, 666, "the weigher refuses 666");
+            1
+        })
+        .build();
+    cache.insert(1, 1);
+    panics(|| cache.insert(1, 666));
+    panics(|| cache.insert(2, 666));
+    assert_eq!((cache.get(&1), cache.get(&2)), (Some(1), None));
+    let internals = cache.__internals();
+    assert_eq!(
+        (internals.policy_weight, internals.policy_records),
+        (Some(1), Some(1))
+    );
+    for k in 10..30 {
+        cache.insert(k, k);
+    }
+    assert_eq!(cache.entry_count(), 10, "the bound holds after the panics");
+    assert_eq!(cache.__internals().policy_weight, Some(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_hash_panicking_in_a_call_costs_only_that_call() {
+    let fuse = Fuse::disarmed();
+    let key = |id| Trap::new(id, &fuse, In::Hash);
+    let cache: Cache<Trap, u64> = Cache::builder()
+        .max_capacity(100)
+        .time_to_live(SEC)
+        .tick(MS)
+        .build();
+    cache.insert(key(1), 1);
+    settle().await;
+    // Each call's first, second, ... hash of a key panics (a call that hashes fewer times
+    // completes); whatever it had done before stays whole.
+    let mut panicked = 0;
+    for nth in 1..=6 {
+        for call in 0..3 {
+            fuse.arm(nth);
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match call {
+                0 => cache.insert(key(1), 10 + nth as u64),
+                1 => drop(cache.remove(&key(3))),
+                _ => cache.insert(key(2), 20 + nth as u64),
+            }));
+            panicked += usize::from(caught.is_err());
+            fuse.disarm();
+            cache.insert(key(3), 3);
+            settle().await;
+        }
+    }
+    assert!(panicked >= 6, "only {panicked} calls panicked");
+    assert!(cache.get(&key(1)).is_some(), "key 1 was lost");
+    assert!(cache.get(&key(3)).is_some(), "key 3 was lost");
+    advance(SEC + 2 * MS).await;
+    assert_eq!(cache.entry_count(), 0);
+    let internals = cache.__internals();
+    assert_eq!(
+        (internals.timers, internals.records),
+        (0, 0),
+        "{internals:?}"
+    );
+    assert_eq!(internals.policy_weight, Some(0), "{internals:?}");
+}
+
+#[test]
+fn build_on_a_current_thread_runtime_expires_only_while_it_is_driven() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let cache: Cache<u64, u64> = Cache::builder()
+        .time_to_live(20 * MS)
+        .tick(MS)
+        .build_on(rt.handle());
+    for k in 0..100 {
+        cache.insert(k, k);
+    }
+    std::thread::sleep(40 * MS);
+    // Nobody drives the runtime: reads are exact, but nothing is removed.
+    assert_eq!(cache.get(&1), None);
+    assert_eq!(cache.entry_count(), 100);
+    // Driven, its task removes them.
+    rt.block_on(common::wait_until(
+        LIMIT,
+        "the driven task to expire",
+        || cache.entry_count() == 0,
+    ));
+    assert_eq!(cache.__internals().records, 0);
+}
