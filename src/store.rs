@@ -340,7 +340,8 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
 
 /// An entry that left the map, on its way to being reported.
 pub(crate) struct Retired<K, V> {
-    /// The key, when a listener or the capacity policy wants it.
+    /// The key: `None` for an entry an overwrite replaced when nobody listens (the key
+    /// stays in the map).
     pub(crate) key: Option<K>,
     pub(crate) entry: Entry<V>,
     pub(crate) cause: RemovalCause,
@@ -841,14 +842,15 @@ where
 
     /// Count and report one entry that left the map (its books are already balanced). Never
     /// called under a lock. The notification's user code catches its own panics; without
-    /// one, the entry is dropped here, and a panic in its `Drop` reaches the caller.
+    /// one, the key and entry are dropped here, and a panic in a `Drop` reaches the caller.
     pub(crate) fn retire(&self, retired: Retired<K, V>) {
         self.count_removal(retired.cause);
         match retired.key {
-            Some(key) => self
-                .notifier
-                .notify(&self.name, key, retired.entry.value, retired.cause),
-            None => drop(retired.entry),
+            Some(key) if self.notifier.is_active() => {
+                self.notifier
+                    .notify(&self.name, key, retired.entry.value, retired.cause)
+            }
+            key => drop((key, retired.entry)),
         }
     }
 
@@ -857,10 +859,11 @@ where
         self.notifier.dropped()
     }
 
-    /// What a removal hands to [`retire`](Self::retire): the key only if someone listens.
+    /// What a removal hands to [`retire`](Self::retire). The key goes along even when nobody
+    /// listens, so that it is dropped where the entry is (a `Drop` is user code).
     fn retired(&self, key: K, entry: Entry<V>, cause: RemovalCause) -> Retired<K, V> {
         Retired {
-            key: self.notifier.is_active().then_some(key),
+            key: Some(key),
             entry,
             cause,
         }
