@@ -18,12 +18,14 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::builder::{BuildError, CacheBuilder};
-use crate::clock::{Clock, Stamp};
-use crate::handoff::Signals;
+use crate::builder::CacheBuilder;
+use crate::error::BuildError;
+use crate::time::clock::{Clock, Stamp};
+use crate::store::handoff::Signals;
 use crate::stats::{CacheStats, Counters};
 use crate::store::{Settings, Store};
-use crate::{driver, jitter};
+use crate::task as driver;
+use crate::time::jitter;
 
 /// Shards of the map and stripes of the hand-off: four per core, as DashMap chooses. Asking
 /// the OS for the core count costs tens of microseconds, so it is asked once.

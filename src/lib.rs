@@ -112,11 +112,7 @@
 
 mod builder;
 mod cache;
-mod capacity;
-mod clock;
-mod driver;
-mod handoff;
-mod jitter;
+mod error;
 mod listener;
 mod load;
 mod policy;
@@ -124,9 +120,12 @@ mod sketch;
 mod stats;
 mod store;
 mod sync;
-mod wheel;
+mod task;
+mod time;
 
-pub use builder::{BuildError, CacheBuilder, DEFAULT_TICK, MAX_TICK, MIN_TICK};
+pub use builder::CacheBuilder;
+pub use error::BuildError;
+pub use time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
 pub use cache::{Cache, Internals, WeakCache};
 pub use listener::{Removal, RemovalCause};
 pub use load::{GetWith, GetWithExpiry, OptionallyGetWith, TryGetWith};

@@ -37,14 +37,14 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, Instrument};
 
-use crate::builder::BuildError;
+use crate::error::BuildError;
 use crate::cache::Shared;
-use crate::clock::Clock;
-use crate::handoff::{Records, Signals, Taken};
+use crate::time::clock::Clock;
+use crate::store::handoff::{Records, Signals, Taken};
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::store::{Fired, Retired, Store, UNFILED};
-use crate::wheel::{TimerId, Wheel};
+use crate::time::wheel::{TimerId, Wheel};
 
 /// The most records, removals or fired nodes handled between two yields.
 const BATCH: usize = 1024;

@@ -45,10 +45,10 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
-use crate::clock::NEVER;
+use crate::time::clock::NEVER;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{lock, Mutex, MutexGuard, Wake};
-use crate::wheel::TimerId;
+use crate::time::wheel::TimerId;
 
 /// `timer` value of an entry that holds no node.
 pub(crate) const UNFILED: TimerId = u32::MAX;

@@ -15,6 +15,13 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The shortest tick ebb accepts.
+pub const MIN_TICK: Duration = Duration::from_millis(1);
+/// The longest tick ebb accepts.
+pub const MAX_TICK: Duration = Duration::from_secs(60);
+/// The default tick: expired entries leave the cache at most this long after their deadline.
+pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
+
 /// A deadline that never comes.
 pub(crate) const NEVER: u64 = u64::MAX;
 

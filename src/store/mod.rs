@@ -29,6 +29,9 @@
 //! - Every entry that leaves the map is reported exactly once, by the code path that took it
 //!   out, after the shard lock is released ([`Store::retire`]).
 
+pub(crate) mod capacity;
+pub(crate) mod handoff;
+
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -38,17 +41,17 @@ use std::sync::Arc;
 
 use dashmap::{DashMap, Entry as Slot};
 
-use crate::capacity::{Capacity, Evicted, Held, Weigher};
-use crate::clock::{Clock, Stamp, NEVER};
-use crate::handoff::{needs_push, Handoff, Signals};
+use crate::store::capacity::{Capacity, Evicted, Held, Weigher};
+use crate::time::clock::{Clock, Stamp, NEVER};
+use crate::store::handoff::{needs_push, Handoff, Signals};
 use crate::listener::{Notifier, RemovalCause};
 use crate::load::{Flight, Flights};
 use crate::policy::MAX_FREQ;
 use crate::stats::{Counter, Counters, Lag};
 use crate::sync::Arc as SyncArc;
-use crate::wheel::TimerId;
+use crate::time::wheel::TimerId;
 
-pub(crate) use crate::handoff::UNFILED;
+pub(crate) use crate::store::handoff::UNFILED;
 
 /// One cached value and its bookkeeping.
 pub(crate) struct Entry<V> {

@@ -1,0 +1,64 @@
+//! [`BuildError`]: why a cache could not be built. Each message names the fix.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::time::clock::{MAX_TICK, MIN_TICK};
+
+/// Why a cache could not be built.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `build()` or `try_build()` was called outside a Tokio runtime.
+    NoRuntime,
+    /// The runtime was built without timers.
+    TimersDisabled,
+    /// `tick` is outside [`MIN_TICK`]`..=`[`MAX_TICK`].
+    TickOutOfRange(Duration),
+    /// `time_to_live` is zero.
+    ZeroTimeToLive,
+    /// `expiry_jitter` is not a number in `0.0..1.0`.
+    InvalidJitter(f64),
+    /// `time_to_idle` is zero.
+    ZeroTimeToIdle,
+    /// `stats_interval` is zero.
+    ZeroStatsInterval,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::NoRuntime => f.write_str(
+                "ebb: a cache must be built from within a Tokio runtime, because it spawns its \
+                 expiry task there: call `build()` inside `#[tokio::main]`, `#[tokio::test]` or \
+                 `Runtime::block_on`, or use `build_on(&handle)` from a plain thread",
+            ),
+            BuildError::TimersDisabled => f.write_str(
+                "ebb: the Tokio runtime has timers disabled, and the expiry task needs them: \
+                 call `enable_time()` (or `enable_all()`) on the runtime builder",
+            ),
+            BuildError::TickOutOfRange(tick) => write!(
+                f,
+                "ebb: tick {tick:?} is out of range: choose a tick from {MIN_TICK:?} to {MAX_TICK:?}"
+            ),
+            BuildError::ZeroTimeToLive => f.write_str(
+                "ebb: a time_to_live of zero would expire every entry at once: give a positive \
+                 duration, or leave time_to_live unset for entries that never expire",
+            ),
+            BuildError::InvalidJitter(j) => write!(
+                f,
+                "ebb: expiry_jitter {j} is not a fraction in 0.0..1.0 (0.05 spreads deadlines by ±5%)"
+            ),
+            BuildError::ZeroTimeToIdle => f.write_str(
+                "ebb: a time_to_idle of zero would expire every entry at once: give a positive \
+                 duration, or leave time_to_idle unset",
+            ),
+            BuildError::ZeroStatsInterval => f.write_str(
+                "ebb: a stats_interval of zero would log without pause: give a positive \
+                 duration, such as 60 s",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
