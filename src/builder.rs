@@ -13,13 +13,20 @@ use tokio::runtime::Handle;
 
 use tokio::sync::mpsc::Sender;
 
+use std::sync::{Arc, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
 use crate::cache::Cache;
 use crate::error::BuildError;
-use crate::time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
-use crate::store::capacity::Weigher;
 use crate::listener::{Notifier, Removal, RemovalCause};
-
-
+use crate::stats::Counters;
+use crate::store::capacity::Weigher;
+use crate::store::handoff::Signals;
+use crate::store::{Settings, Store};
+use crate::task;
+use crate::time::clock::Clock;
+use crate::time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
 
 /// Configures and builds a [`Cache`].
 ///
@@ -365,13 +372,16 @@ where
     /// message names the fix. [`try_build`](Self::try_build) returns these as errors.
     #[track_caller]
     pub fn build(self) -> Cache<K, V, S> {
-        self.try_build().unwrap_or_else(|e| panic!("{e}"))
+        match self.try_build() {
+            Ok(cache) => cache,
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// Build the cache, or say why it cannot be built.
     pub fn try_build(self) -> Result<Cache<K, V, S>, BuildError> {
         let handle = Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        Cache::start(self, &handle)
+        self.start(&handle)
     }
 
     /// Build the cache from any thread, spawning its expiry task on `handle`'s runtime.
@@ -395,6 +405,69 @@ where
     /// On a runtime without timers or with an invalid option, like [`build`](Self::build).
     #[track_caller]
     pub fn build_on(self, handle: &Handle) -> Cache<K, V, S> {
-        Cache::start(self, handle).unwrap_or_else(|e| panic!("{e}"))
+        match self.start(handle) {
+            Ok(cache) => cache,
+            Err(e) => panic!("{e}"),
+        }
     }
+
+    /// Validate, make the store, and spawn its expiry task on `handle`'s runtime.
+    fn start(self, handle: &Handle) -> Result<Cache<K, V, S>, BuildError> {
+        self.validate()?;
+        let _runtime = handle.enter();
+        let interval = task::interval(self.tick)?;
+        let clock = Clock::new(self.tick);
+        let shards = shard_count();
+        let signals = Arc::new(Signals::default());
+        let token = CancellationToken::new();
+        let idle = self
+            .time_to_idle
+            .filter(|idle| *idle < clock.horizon())
+            .map_or(0, |idle| idle.as_nanos() as u64);
+        let settings = Settings {
+            name: self.name.as_deref().unwrap_or("ebb").into(),
+            clock,
+            idle,
+            counters: self.record_stats.then(Counters::new),
+            notifier: self.notifier,
+            capacity: self.max_capacity.map(|max| (max, self.weigher)),
+            time_to_live: self.time_to_live,
+            jitter: self.jitter,
+            stop: token.clone().drop_guard(),
+        };
+        let store = Arc::new(Store::new(
+            settings,
+            self.initial_capacity,
+            shards,
+            self.hasher,
+            Arc::clone(&signals),
+        ));
+        task::spawn(
+            handle,
+            &store,
+            signals,
+            token,
+            interval,
+            self.stats_interval,
+        );
+        Ok(Cache::from_store(store))
+    }
+}
+
+impl<K, V> Cache<K, V> {
+    /// A [`CacheBuilder`] with the default settings.
+    pub fn builder() -> CacheBuilder<K, V> {
+        CacheBuilder::new()
+    }
+}
+
+/// Shards of the map and stripes of the hand-off: four per core, as DashMap chooses. Asking
+/// the OS for the core count costs tens of microseconds, so it is asked once.
+fn shard_count() -> usize {
+    static SHARDS: OnceLock<usize> = OnceLock::new();
+    *SHARDS.get_or_init(|| {
+        (std::thread::available_parallelism().map_or(1, usize::from) * 4)
+            .next_power_of_two()
+            .max(2)
+    })
 }

@@ -1,51 +1,23 @@
 //! The [`Cache`] handle: a cheap `Clone` over one shared store, and its public methods.
 //!
 //! Invariants:
-//! - A `Cache` is one `Arc<Shared>`. The expiry task holds only a `Weak` of it (and upgrades it
+//! - A `Cache` is one `Arc<Store>`. The expiry task holds only a `Weak` of it (and upgrades it
 //!   while it works), so user handles alone decide how long the cache lives.
-//! - `Shared` owns the `DropGuard` of the task's `CancellationToken`: when the last strong
+//! - The store owns the `DropGuard` of the task's `CancellationToken`: when the last strong
 //!   reference goes, the token is cancelled and the task exits.
-//! - Values replaced or removed are dropped after the shard lock is released.
+//! - Every method is one store operation; the rules (exact reads, one report per removal)
+//!   are the store's.
 
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::runtime::Handle;
-use tokio_util::sync::{CancellationToken, DropGuard};
-
-use crate::builder::CacheBuilder;
-use crate::error::BuildError;
-use crate::time::clock::{Clock, Stamp};
-use crate::store::handoff::Signals;
-use crate::stats::{CacheStats, Counters};
-use crate::store::{Settings, Store};
-use crate::task as driver;
-use crate::time::jitter;
-
-/// Shards of the map and stripes of the hand-off: four per core, as DashMap chooses. Asking
-/// the OS for the core count costs tens of microseconds, so it is asked once.
-fn shard_count() -> usize {
-    static SHARDS: OnceLock<usize> = OnceLock::new();
-    *SHARDS.get_or_init(|| {
-        (std::thread::available_parallelism().map_or(1, usize::from) * 4)
-            .next_power_of_two()
-            .max(2)
-    })
-}
-
-/// What every handle shares: the store and the cache's settings.
-pub(crate) struct Shared<K, V, S> {
-    pub(crate) store: Store<K, V, S>,
-    time_to_live: Option<Duration>,
-    jitter: f64,
-    /// Cancels the expiry task when the last handle is dropped.
-    _stop: DropGuard,
-}
+use crate::stats::CacheStats;
+use crate::store::Store;
 
 /// A concurrent in-memory cache with per-cache and per-entry TTL, whose one expiry task
 /// removes expired entries on time and ends when the last handle is dropped.
@@ -73,13 +45,13 @@ pub(crate) struct Shared<K, V, S> {
 /// # }
 /// ```
 pub struct Cache<K, V, S = RandomState> {
-    shared: Arc<Shared<K, V, S>>,
+    store: Arc<Store<K, V, S>>,
 }
 
 impl<K, V, S> Clone for Cache<K, V, S> {
     fn clone(&self) -> Self {
         Cache {
-            shared: Arc::clone(&self.shared),
+            store: Arc::clone(&self.store),
         }
     }
 }
@@ -91,17 +63,10 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
-            .field("name", &&*self.shared.store.name)
-            .field("entries", &self.shared.store.map.len())
-            .field("time_to_live", &self.shared.time_to_live)
+            .field("name", &&*self.store.name)
+            .field("entries", &self.store.map.len())
+            .field("time_to_live", &self.store.time_to_live())
             .finish_non_exhaustive()
-    }
-}
-
-impl<K, V> Cache<K, V> {
-    /// A [`CacheBuilder`] with the default settings.
-    pub fn builder() -> CacheBuilder<K, V> {
-        CacheBuilder::new()
     }
 }
 
@@ -111,80 +76,20 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    pub(crate) fn start(
-        builder: CacheBuilder<K, V, S>,
-        handle: &Handle,
-    ) -> Result<Self, BuildError> {
-        builder.validate()?;
-        let _runtime = handle.enter();
-        let interval = driver::interval(builder.tick)?;
-        let clock = Clock::new(builder.tick);
-        let shards = shard_count();
-        let signals = Arc::new(Signals::default());
-        let token = CancellationToken::new();
-        let idle = builder
-            .time_to_idle
-            .filter(|idle| *idle < clock.horizon())
-            .map_or(0, |idle| idle.as_nanos() as u64);
-        let settings = Settings {
-            name: builder.name.as_deref().unwrap_or("ebb").into(),
-            clock,
-            idle,
-            counters: builder.record_stats.then(Counters::new),
-            notifier: builder.notifier,
-            capacity: builder.max_capacity.map(|max| (max, builder.weigher)),
-        };
-        let shared = Arc::new(Shared {
-            store: Store::new(
-                settings,
-                builder.initial_capacity,
-                shards,
-                builder.hasher,
-                Arc::clone(&signals),
-            ),
-            time_to_live: builder.time_to_live,
-            jitter: builder.jitter,
-            _stop: token.clone().drop_guard(),
-        });
-        driver::spawn(
-            handle,
-            &shared,
-            signals,
-            token,
-            interval,
-            builder.stats_interval,
-        );
-        Ok(Cache { shared })
+    /// A handle over `store`, whose task the builder has started.
+    pub(crate) fn from_store(store: Arc<Store<K, V, S>>) -> Self {
+        Cache { store }
     }
 
     pub(crate) fn store(&self) -> &Store<K, V, S> {
-        &self.shared.store
-    }
-
-    /// The deadline of an entry written now with the cache's TTL, jitter applied.
-    #[inline]
-    pub(crate) fn default_deadline(&self) -> Stamp {
-        match self.shared.time_to_live {
-            None => Stamp::NEVER,
-            Some(ttl) => {
-                let clock = &self.shared.store.clock;
-                clock.stamp(jitter::spread(ttl, self.shared.jitter))
-            }
-        }
-    }
-
-    /// The deadline of an entry written now with its own `ttl`; `None` for zero.
-    pub(crate) fn deadline_for_ttl(&self, ttl: Duration) -> Option<Stamp> {
-        (!ttl.is_zero()).then(|| self.shared.store.clock.stamp(ttl))
+        &self.store
     }
 
     /// Insert `value` for `key`, replacing any previous value. It expires after the cache's
     /// `time_to_live` (spread by `expiry_jitter`), or never if none is set.
     #[inline]
     pub fn insert(&self, key: K, value: V) {
-        self.shared
-            .store
-            .insert(key, value, self.default_deadline());
+        self.store.insert(key, value, self.store.default_deadline());
     }
 
     /// Insert `value` for `key` with its own TTL, exactly as given (never jittered). It
@@ -193,8 +98,8 @@ where
     /// A zero `ttl` stores nothing and removes any previous value for `key`. A `ttl` at or
     /// past [`horizon`](Self::horizon) (for example `Duration::MAX`) never expires.
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
-        match self.deadline_for_ttl(ttl) {
-            Some(deadline) => self.shared.store.insert(key, value, deadline),
+        match self.store.deadline_for_ttl(ttl) {
+            Some(deadline) => self.store.insert(key, value, deadline),
             None => drop(self.remove(&key)),
         }
     }
@@ -210,7 +115,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shared.store.get(key)
+        self.store.get(key)
     }
 
     /// Whether `get(key)` would return a value, without cloning it.
@@ -219,7 +124,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shared.store.contains_key(key)
+        self.store.contains_key(key)
     }
 
     /// Remove `key` and return its value, if it was present and not expired.
@@ -228,7 +133,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shared.store.remove(key)
+        self.store.remove(key)
     }
 
     /// The number of entries held.
@@ -241,17 +146,17 @@ where
     /// entry evicted from a shard already counted and one inserted into a shard not yet
     /// counted both count).
     pub fn entry_count(&self) -> u64 {
-        self.shared.store.map.len() as u64
+        self.store.map.len() as u64
     }
 
     /// Hide every entry at once, in O(1); the expiry task then removes them in batches.
     pub fn invalidate_all(&self) {
-        self.shared.store.invalidate_all();
+        self.store.invalidate_all();
     }
 
     /// The name given to the builder, or `"ebb"`.
     pub fn name(&self) -> &str {
-        &self.shared.store.name
+        &self.store.name
     }
 
     /// A snapshot of the cache's statistics. Counters other than `entry_count` and the expiry
@@ -270,7 +175,7 @@ where
     /// # }
     /// ```
     pub fn stats(&self) -> CacheStats {
-        let store = &self.shared.store;
+        let store = &self.store;
         CacheStats::read(
             store.counters(),
             &store.lag,
@@ -295,25 +200,25 @@ where
     /// ```
     pub fn downgrade(&self) -> WeakCache<K, V, S> {
         WeakCache {
-            shared: Arc::downgrade(&self.shared),
+            store: Arc::downgrade(&self.store),
         }
     }
 
     /// The default TTL, if one was set.
     pub fn time_to_live(&self) -> Option<Duration> {
-        self.shared.time_to_live
+        self.store.time_to_live()
     }
 
     /// The TTL from which entries never expire: 2^36 - 1 ticks, capped at about 73 years.
     /// At the default 1 s tick that cap applies; at a 1 ms tick it is about 795 days.
     pub fn horizon(&self) -> Duration {
-        self.shared.store.clock.horizon()
+        self.store.clock.horizon()
     }
 
     /// A snapshot of the expiry task's bookkeeping, for tests of ebb itself.
     #[doc(hidden)]
     pub fn __internals(&self) -> Internals {
-        let store = &self.shared.store;
+        let store = &self.store;
         Internals {
             timers: store.signals.timers.load(Ordering::Acquire),
             records: store.handoff.len(),
@@ -329,13 +234,13 @@ where
 
 /// A handle to a [`Cache`] that does not keep it alive; see [`Cache::downgrade`].
 pub struct WeakCache<K, V, S = RandomState> {
-    shared: Weak<Shared<K, V, S>>,
+    store: Weak<Store<K, V, S>>,
 }
 
 impl<K, V, S> Clone for WeakCache<K, V, S> {
     fn clone(&self) -> Self {
         WeakCache {
-            shared: Weak::clone(&self.shared),
+            store: Weak::clone(&self.store),
         }
     }
 }
@@ -343,7 +248,7 @@ impl<K, V, S> Clone for WeakCache<K, V, S> {
 impl<K, V, S> fmt::Debug for WeakCache<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WeakCache")
-            .field("alive", &(self.shared.strong_count() > 0))
+            .field("alive", &(self.store.strong_count() > 0))
             .finish()
     }
 }
@@ -351,7 +256,7 @@ impl<K, V, S> fmt::Debug for WeakCache<K, V, S> {
 impl<K, V, S> WeakCache<K, V, S> {
     /// The cache, if a strong handle still exists somewhere.
     pub fn upgrade(&self) -> Option<Cache<K, V, S>> {
-        self.shared.upgrade().map(|shared| Cache { shared })
+        self.store.upgrade().map(|store| Cache { store })
     }
 }
 

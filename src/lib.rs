@@ -124,12 +124,12 @@ mod task;
 mod time;
 
 pub use builder::CacheBuilder;
-pub use error::BuildError;
-pub use time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
 pub use cache::{Cache, Internals, WeakCache};
+pub use error::BuildError;
 pub use listener::{Removal, RemovalCause};
 pub use load::{GetWith, GetWithExpiry, OptionallyGetWith, TryGetWith};
 pub use stats::CacheStats;
+pub use time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -38,12 +38,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, Instrument};
 
 use crate::error::BuildError;
-use crate::cache::Shared;
-use crate::time::clock::Clock;
-use crate::store::handoff::{Records, Signals, Taken};
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
+use crate::store::handoff::{Records, Signals, Taken};
 use crate::store::{Fired, Retired, Store, UNFILED};
+use crate::time::clock::Clock;
 use crate::time::wheel::{TimerId, Wheel};
 
 /// The most records, removals or fired nodes handled between two yields.
@@ -68,7 +67,7 @@ pub(crate) fn interval(tick: std::time::Duration) -> Result<Interval, BuildError
 
 pub(crate) fn spawn<K, V, S>(
     handle: &Handle,
-    shared: &Arc<Shared<K, V, S>>,
+    store: &Arc<Store<K, V, S>>,
     signals: Arc<Signals>,
     token: CancellationToken,
     interval: Interval,
@@ -78,7 +77,7 @@ pub(crate) fn spawn<K, V, S>(
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    let span = tracing::debug_span!("ebb", cache = %shared.store.name);
+    let span = tracing::debug_span!("ebb", cache = %store.name);
     let stats_line = stats_interval.map(|period| {
         let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         every.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -93,11 +92,11 @@ pub(crate) fn spawn<K, V, S>(
         // Built before the task first runs, so that a runtime dropping the task unpolled
         // still closes the hand-off.
         _exit: Exit {
-            shared: Arc::downgrade(shared),
+            store: Arc::downgrade(store),
             signals: Arc::clone(&signals),
         },
-        shared: Arc::downgrade(shared),
-        clock: shared.store.clock,
+        store: Arc::downgrade(store),
+        clock: store.clock,
         signals,
         token,
         interval,
@@ -107,7 +106,7 @@ pub(crate) fn spawn<K, V, S>(
         pools: Vec::new(),
         free: Vec::new(),
         sweep_again: false,
-        swept: shared.store.generation(),
+        swept: store.generation(),
         work: Work::default(),
         stats_line,
     };
@@ -178,7 +177,7 @@ enum Flow {
 
 struct Driver<K: Hash + Eq, V, S: BuildHasher + Clone> {
     _exit: Exit<K, V, S>,
-    shared: Weak<Shared<K, V, S>>,
+    store: Weak<Store<K, V, S>>,
     clock: Clock,
     signals: Arc<Signals>,
     token: CancellationToken,
@@ -202,14 +201,14 @@ struct Driver<K: Hash + Eq, V, S: BuildHasher + Clone> {
 
 /// Closes the hand-off however the task ends, including when the runtime drops it.
 struct Exit<K: Hash + Eq, V, S: BuildHasher + Clone> {
-    shared: Weak<Shared<K, V, S>>,
+    store: Weak<Store<K, V, S>>,
     signals: Arc<Signals>,
 }
 
 impl<K: Hash + Eq, V, S: BuildHasher + Clone> Drop for Exit<K, V, S> {
     fn drop(&mut self) {
-        match self.shared.upgrade() {
-            Some(shared) => shared.store.handoff.close(&self.signals),
+        match self.store.upgrade() {
+            Some(store) => store.handoff.close(&self.signals),
             None => self.signals.closed.store(true, Ordering::SeqCst),
         }
         debug!("expiry task stopped");
@@ -225,14 +224,14 @@ where
     async fn run(mut self) {
         debug!("expiry task started");
         loop {
-            let Some(shared) = self.shared.upgrade() else {
+            let Some(store) = self.store.upgrade() else {
                 break;
             };
-            let next = match self.work(&shared).await {
+            let next = match self.work(&store).await {
                 Flow::Continue => self.wheel.next_expiration(),
                 Flow::Stop => break,
             };
-            drop(shared);
+            drop(store);
             if let Some(tick) = next {
                 self.interval.reset_at(self.clock.instant_of_tick(tick));
             }
@@ -247,8 +246,8 @@ where
             }
             self.signals.wakeups.fetch_add(1, Ordering::Relaxed);
             if line_due {
-                if let (Some(line), Some(shared)) = (&mut self.stats_line, self.shared.upgrade()) {
-                    line.emit(&shared.store);
+                if let (Some(line), Some(store)) = (&mut self.stats_line, self.store.upgrade()) {
+                    line.emit(&store);
                 }
             }
         }
@@ -256,20 +255,19 @@ where
 
     /// Everything there is to do now; returns once the wheel's next expiration is published
     /// and no record or sweep is left behind it.
-    async fn work(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
-        let store = &shared.store;
+    async fn work(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
         let mut sweep = self.sweep_again;
         loop {
-            if let Flow::Stop = self.drain(shared).await {
+            if let Flow::Stop = self.drain(store).await {
                 return Flow::Stop;
             }
             if sweep || store.generation() != self.swept {
                 sweep = false;
-                if let Flow::Stop = self.sweep(shared).await {
+                if let Flow::Stop = self.sweep(store).await {
                     return Flow::Stop;
                 }
             }
-            if let Flow::Stop = self.advance(shared).await {
+            if let Flow::Stop = self.advance(store).await {
                 return Flow::Stop;
             }
             self.signals
@@ -298,9 +296,9 @@ where
     }
 
     /// Yield to the runtime between batches; stop if no user handle is left.
-    async fn pause(&self, shared: &Arc<Shared<K, V, S>>) -> Flow {
+    async fn pause(&self, store: &Arc<Store<K, V, S>>) -> Flow {
         tokio::task::yield_now().await;
-        if Arc::strong_count(shared) == 1 || self.token.is_cancelled() {
+        if Arc::strong_count(store) == 1 || self.token.is_cancelled() {
             Flow::Stop
         } else {
             Flow::Continue
@@ -309,8 +307,7 @@ where
 
     /// Link every queued node in the wheel and free every orphan, stripe by stripe, handing
     /// each stripe a pool of free ids for its writers.
-    async fn drain(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
-        let store = &shared.store;
+    async fn drain(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
         for stripe in 0..store.handoff.stripe_count() {
             let spare = self.spare.take().unwrap_or_else(|| store.handoff.empty());
             let pool = self.pool_for(stripe);
@@ -343,7 +340,7 @@ where
                 self.wheel.link(node, tick, key);
                 done += 1;
                 if done % BATCH == 0 {
-                    if let Flow::Stop = self.pause(shared).await {
+                    if let Flow::Stop = self.pause(store).await {
                         return Flow::Stop;
                     }
                 }
@@ -397,8 +394,7 @@ where
 
     /// Remove every entry hidden by `invalidate_all`, in batches. A key whose `Clone` or
     /// `Hash` panics is left for the next wake's sweep (logged); the others are swept.
-    async fn sweep(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
-        let store = &shared.store;
+    async fn sweep(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
         let count = store.generation_count();
         let target = store.generation();
         // One read-only pass collects the keys; removal then goes in batches.
@@ -414,7 +410,7 @@ where
             }
             quietly(key);
             if (done + 1) % BATCH == 0 {
-                if let Flow::Stop = self.pause(shared).await {
+                if let Flow::Stop = self.pause(store).await {
                     return Flow::Stop;
                 }
             }
@@ -434,8 +430,7 @@ where
     }
 
     /// Fire every node due by now.
-    async fn advance(&mut self, shared: &Arc<Shared<K, V, S>>) -> Flow {
-        let store = &shared.store;
+    async fn advance(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
         let now = store.clock.now();
         let now_tick = store.clock.tick_floor(now);
         let mut done = 0;
@@ -443,7 +438,7 @@ where
             self.fire(store, node, now);
             done += 1;
             if done % BATCH == 0 {
-                if let Flow::Stop = self.pause(shared).await {
+                if let Flow::Stop = self.pause(store).await {
                     return Flow::Stop;
                 }
             }

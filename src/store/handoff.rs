@@ -45,9 +45,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
-use crate::time::clock::NEVER;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{lock, Mutex, MutexGuard, Wake};
+use crate::time::clock::NEVER;
 use crate::time::wheel::TimerId;
 
 /// `timer` value of an entry that holds no node.

@@ -30,6 +30,7 @@
 //!   out, after the shard lock is released ([`Store::retire`]).
 
 pub(crate) mod capacity;
+pub(crate) mod flight;
 pub(crate) mod handoff;
 
 use std::borrow::Borrow;
@@ -38,18 +39,21 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::{DashMap, Entry as Slot};
+use tokio_util::sync::DropGuard;
 
-use crate::store::capacity::{Capacity, Evicted, Held, Weigher};
-use crate::time::clock::{Clock, Stamp, NEVER};
-use crate::store::handoff::{needs_push, Handoff, Signals};
 use crate::listener::{Notifier, RemovalCause};
-use crate::load::{Flight, Flights};
 use crate::policy::MAX_FREQ;
 use crate::stats::{Counter, Counters, Lag};
+use crate::store::capacity::{Capacity, Evicted, Held, Weigher};
+use crate::store::handoff::{needs_push, Handoff, Signals};
 use crate::sync::Arc as SyncArc;
+use crate::time::clock::{Clock, Stamp, NEVER};
+use crate::time::jitter;
 use crate::time::wheel::TimerId;
+use flight::{Flight, Flights};
 
 pub(crate) use crate::store::handoff::UNFILED;
 
@@ -375,6 +379,11 @@ pub(crate) struct Settings<K, V> {
     pub(crate) notifier: Notifier<K, V>,
     /// `max_capacity` and the weigher, for a bounded cache.
     pub(crate) capacity: Option<(u64, Option<Weigher<K, V>>)>,
+    /// The default TTL, and the jitter that spreads it.
+    pub(crate) time_to_live: Option<Duration>,
+    pub(crate) jitter: f64,
+    /// Cancels the expiry task when the store goes, with the last handle.
+    pub(crate) stop: DropGuard,
 }
 
 /// The map, the hand-off to the task, the loads in flight, the clock and the
@@ -393,6 +402,10 @@ pub(crate) struct Store<K, V, S> {
     counters: Option<Counters>,
     notifier: Notifier<K, V>,
     capacity: Option<Capacity<K, V, S>>,
+    time_to_live: Option<Duration>,
+    jitter: f64,
+    /// Cancels the expiry task when the last handle drops the store.
+    _stop: DropGuard,
     /// `invalidate_all` calls so far; entries keep it modulo 2^29 ([`GENERATION_MASK`]).
     generation: AtomicU64,
     /// The generation the last complete sweep reached: every entry in the map was written
@@ -406,6 +419,13 @@ pub(crate) struct Store<K, V, S> {
     /// Inserts that found their new key's policy shard busy (test-only visibility).
     #[cfg(test)]
     fallbacks: std::sync::atomic::AtomicUsize,
+}
+
+impl<K, V, S> Store<K, V, S> {
+    /// The default TTL.
+    pub(crate) fn time_to_live(&self) -> Option<Duration> {
+        self.time_to_live
+    }
 }
 
 /// How many `invalidate_all` times [`Store`] remembers.
@@ -440,12 +460,29 @@ where
             idle_tolerance: (clock.tick_nanos() / 16).min(settings.idle / 16),
             counters: settings.counters,
             notifier: settings.notifier,
+            time_to_live: settings.time_to_live,
+            jitter: settings.jitter,
+            _stop: settings.stop,
             generation: AtomicU64::new(0),
             swept: AtomicU64::new(0),
             invalidated_at: std::array::from_fn(|_| AtomicU64::new(0)),
             #[cfg(test)]
             fallbacks: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// The deadline of a write with the default TTL (jittered), now.
+    #[inline]
+    pub(crate) fn default_deadline(&self) -> Stamp {
+        match self.time_to_live {
+            None => Stamp::NEVER,
+            Some(ttl) => self.clock.stamp(jitter::spread(ttl, self.jitter)),
+        }
+    }
+
+    /// The deadline of a write with its own `ttl`, now; `None` for zero (nothing is stored).
+    pub(crate) fn deadline_for_ttl(&self, ttl: Duration) -> Option<Stamp> {
+        (!ttl.is_zero()).then(|| self.clock.stamp(ttl))
     }
 
     /// The current `invalidate_all` generation.

@@ -125,7 +125,6 @@ const HORIZON: u64 = 1 << (SLOT_BITS as u64 * LEVELS as u64);
 /// The slab never grows to this many nodes, keeping ids clear of the reserved values.
 const MAX_NODES: usize = (u32::MAX - 1) as usize;
 
-
 /// Where a linked node is, or belongs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Loc {

@@ -1,0 +1,377 @@
+//! The single-flight registry: which keys are being loaded now, and how each load ends.
+//!
+//! For a key that is missing or expired, the first caller *leads*: it registers a [`Flight`]
+//! for the key and runs its own loader; every caller that arrives while the flight is
+//! registered *waits* for it and gets a clone of its outcome. The registry is a few striped
+//! maps `key -> Arc<Flight>`, separate from the map of entries, holding only loads in
+//! progress. It knows nothing of futures or of the store: `load.rs` drives it, and writers
+//! mark flights superseded through the store.
+//!
+//! Invariants:
+//! - **One leader per flight.** A flight is registered and looked up under its stripe lock, so
+//!   two callers can never both lead the same key at once; each flight is led exactly once.
+//! - **Every flight is settled.** The leader ends its flight with the value, the error, or
+//!   nothing, or abandons it ([`Flights::abandon`]) when it is dropped or unwinds. Ending
+//!   unregisters the flight, then wakes every waiter; an abandoned flight's waiters start
+//!   over, and one of them leads. A flight is settled even when unregistering it panics (a
+//!   user `Hash` or `Eq`): the next caller replaces a settled flight it finds registered.
+//!   Nobody waits on a flight that cannot end.
+//! - **Nothing is left behind.** A flight leaves the registry when it is settled: a million
+//!   loaded keys leave no records.
+//! - A key's `Clone` and `Hash` (user code) run before the registry changes, never between
+//!   two changes that must both happen (the registered count and the map).
+
+use std::any::Any;
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::sync::{lock, Arc, Mutex};
+
+/// An error shared by every caller of one failed load; the concrete type is recovered by the
+/// caller that asked for it.
+pub(crate) type SharedError = std::sync::Arc<dyn Any + Send + Sync>;
+
+/// How a flight ended.
+pub(crate) enum Outcome<V> {
+    /// The loader produced a value.
+    Value(V),
+    /// The loader failed (`try_get_with`).
+    Error(SharedError),
+    /// The loader produced nothing (`optionally_get_with`).
+    Nothing,
+    /// The leader went away without an outcome: start over.
+    Abandoned,
+}
+
+impl<V: Clone> Clone for Outcome<V> {
+    fn clone(&self) -> Self {
+        match self {
+            Outcome::Value(v) => Outcome::Value(v.clone()),
+            Outcome::Error(e) => Outcome::Error(e.clone()),
+            Outcome::Nothing => Outcome::Nothing,
+            Outcome::Abandoned => Outcome::Abandoned,
+        }
+    }
+}
+
+/// One load in progress for one key.
+pub(crate) struct Flight<V> {
+    outcome: Mutex<Option<Outcome<V>>>,
+    superseded: AtomicBool,
+    done: tokio::sync::Notify,
+    /// How loom models wait: a condition variable loom can see (it cannot see `done`).
+    #[cfg(loom)]
+    settled: loom::sync::Condvar,
+}
+
+impl<V: Clone> Flight<V> {
+    fn new() -> Self {
+        Flight {
+            outcome: Mutex::new(None),
+            superseded: AtomicBool::new(false),
+            done: tokio::sync::Notify::new(),
+            #[cfg(loom)]
+            settled: loom::sync::Condvar::new(),
+        }
+    }
+
+    /// The outcome, once the flight is settled.
+    pub(crate) fn outcome(&self) -> Option<Outcome<V>> {
+        lock(&self.outcome).clone()
+    }
+
+    /// Whether the flight has an outcome. A settled flight still registered is one whose
+    /// leader unwound between settling and unregistering (a user `Hash` or `Eq` that
+    /// panicked): [`Flights::join_or_lead`] replaces it.
+    fn is_settled(&self) -> bool {
+        lock(&self.outcome).is_some()
+    }
+
+    /// Whether a write for the key landed while the flight was registered. Read under the
+    /// key's shard lock, which is also where writers set it.
+    pub(crate) fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Relaxed)
+    }
+
+    fn settle(&self, outcome: Outcome<V>) {
+        *lock(&self.outcome) = Some(outcome);
+        self.done.notify_waiters();
+        #[cfg(loom)]
+        self.settled.notify_all();
+    }
+
+    /// Block until the flight is settled: the loom models' stand-in for [`Flight::wait`].
+    #[cfg(all(loom, test))]
+    fn wait_blocking(&self) -> Outcome<V> {
+        let mut outcome = lock(&self.outcome);
+        loop {
+            if let Some(outcome) = outcome.as_ref() {
+                return outcome.clone();
+            }
+            outcome = self.settled.wait(outcome).unwrap();
+        }
+    }
+
+    /// Wait until the flight is settled.
+    pub(crate) async fn wait(&self) -> Outcome<V> {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a settle after it wakes us.
+            notified.as_mut().enable();
+            if let Some(outcome) = self.outcome() {
+                return outcome;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What a caller is to do for a key.
+pub(crate) enum Role<V> {
+    /// Run the loader, then end the flight.
+    Lead(Arc<Flight<V>>),
+    /// Wait for another caller's flight.
+    Wait(Arc<Flight<V>>),
+}
+
+/// One stripe of the registry.
+type Stripe<K, V, S> = Mutex<HashMap<K, Arc<Flight<V>>, S>>;
+
+/// The registry of flights.
+pub(crate) struct Flights<K, V, S> {
+    stripes: Box<[Stripe<K, V, S>]>,
+    hasher: S,
+    /// Flights registered now; lets writers skip the registry while nothing loads.
+    active: AtomicUsize,
+}
+
+impl<K, V, S> Flights<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    pub(crate) fn new(stripes: usize, hasher: S) -> Self {
+        debug_assert!(stripes.is_power_of_two());
+        Flights {
+            stripes: (0..stripes)
+                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
+                .collect(),
+            hasher,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    fn stripe<Q: Hash + ?Sized>(&self, key: &Q) -> &Stripe<K, V, S> {
+        let hash = self.hasher.hash_one(key) >> 32;
+        &self.stripes[hash as usize & (self.stripes.len() - 1)]
+    }
+
+    /// Join the key's flight, or register a new one and lead it.
+    pub(crate) fn join_or_lead(&self, key: &K) -> Role<V> {
+        let mut stripe = lock(self.stripe(key));
+        match stripe.get_mut(key) {
+            Some(joined) if !joined.is_settled() => Role::Wait(Arc::clone(joined)),
+            Some(stale) => {
+                let flight = Arc::new(Flight::new());
+                *stale = Arc::clone(&flight);
+                Role::Lead(flight)
+            }
+            None => {
+                let flight = Arc::new(Flight::new());
+                // The key's clone (user code) comes before the count it must match.
+                let key = key.clone();
+                stripe.insert(key, Arc::clone(&flight));
+                self.active.fetch_add(1, Ordering::SeqCst);
+                Role::Lead(flight)
+            }
+        }
+    }
+
+    /// Mark the key's flight, if any, superseded. Called by writers under the key's shard
+    /// lock, before their write.
+    #[inline]
+    pub(crate) fn supersede(&self, key: &K) {
+        if self.active.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if let Some(flight) = lock(self.stripe(key)).get(key) {
+            flight.superseded.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The registered key equal to `key`, if a flight is registered for it.
+    pub(crate) fn registered_key<Q>(&self, key: &Q) -> Option<K>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if self.active.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let stripe = lock(self.stripe(key));
+        stripe.get_key_value(key).map(|(k, _)| k.clone())
+    }
+
+    /// Unregister `flight` (if it is still the key's) without settling it: the caller settles
+    /// it once its store decision is made.
+    pub(crate) fn unregister(&self, key: &K, flight: &Arc<Flight<V>>) {
+        let mut stripe = lock(self.stripe(key));
+        if stripe.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            stripe.remove(key);
+            self.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Unregister and settle `flight`. The flight is settled even if unregistering panics (a
+    /// user `Hash` or `Eq`); the panic then goes on, and the next caller for the key replaces
+    /// the settled flight it finds.
+    pub(crate) fn end(&self, key: &K, flight: &Arc<Flight<V>>, outcome: Outcome<V>) {
+        let unregistered = catch_unwind(AssertUnwindSafe(|| self.unregister(key, flight)));
+        flight.settle(outcome);
+        if let Err(panic) = unregistered {
+            resume_unwind(panic);
+        }
+    }
+
+    /// End `flight` as abandoned, from a leader that is dropped or unwinding: never panics
+    /// (a second panic during an unwind would abort the process).
+    pub(crate) fn abandon(&self, key: &K, flight: &Arc<Flight<V>>) {
+        let _ = catch_unwind(AssertUnwindSafe(|| self.unregister(key, flight)));
+        flight.settle(Outcome::Abandoned);
+    }
+
+    /// Flights registered now (test-only visibility).
+    pub(crate) fn len(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+}
+
+/// Loom model of the flight registry: leaders, waiters, a cancelled leader, completion.
+/// Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_flights {
+    use super::*;
+    use loom::thread;
+    use std::hash::BuildHasherDefault;
+
+    type Registry = Flights<u8, u32, BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+
+    /// How a leader in the model ends.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Ends {
+        /// It stores its value and ends the flight with it.
+        Finishes,
+        /// Its future is dropped mid-load: `Drop` abandons the flight.
+        Cancelled,
+        /// User code panics after the load, once `finish_load` has unregistered the flight
+        /// under the shard lock but before the flight is ended: `Drop` abandons it.
+        PanicsAfterUnregistering,
+        /// User code (the weigher) panics after the load, before anything else: `Drop`
+        /// abandons the flight.
+        PanicsBeforeStoring,
+    }
+
+    /// One caller of `get_with` for key 1, as the async code drives the registry: a hit in the
+    /// store (`stored`, 0 for absent), or lead (look at the store once more, load, store, end;
+    /// or end as `ends` says) or wait until settled, starting over when the flight it waited
+    /// on was abandoned.
+    fn caller(
+        registry: &Registry,
+        stored: &AtomicUsize,
+        loading: &AtomicUsize,
+        loads: &AtomicUsize,
+        ends: Ends,
+    ) -> Option<u32> {
+        let hit = |stored: &AtomicUsize| match stored.load(Ordering::SeqCst) {
+            0 => None,
+            v => Some(v as u32),
+        };
+        if let Some(v) = hit(stored) {
+            return Some(v);
+        }
+        loop {
+            match registry.join_or_lead(&1) {
+                Role::Lead(flight) => {
+                    if let Some(v) = hit(stored) {
+                        registry.end(&1, &flight, Outcome::Value(v));
+                        return Some(v);
+                    }
+                    let others = loading.fetch_add(1, Ordering::SeqCst);
+                    assert_eq!(others, 0, "two loads of one key at once");
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    loading.fetch_sub(1, Ordering::SeqCst);
+                    match ends {
+                        Ends::Finishes => {
+                            stored.store(7, Ordering::SeqCst);
+                            registry.end(&1, &flight, Outcome::Value(7));
+                            return Some(7);
+                        }
+                        Ends::Cancelled | Ends::PanicsBeforeStoring => {
+                            registry.abandon(&1, &flight);
+                            return None;
+                        }
+                        Ends::PanicsAfterUnregistering => {
+                            registry.unregister(&1, &flight);
+                            registry.abandon(&1, &flight);
+                            return None;
+                        }
+                    }
+                }
+                Role::Wait(flight) => match flight.wait_blocking() {
+                    Outcome::Value(v) => return Some(v),
+                    Outcome::Abandoned => continue,
+                    _ => unreachable!("only values and abandonment in this model"),
+                },
+            }
+        }
+    }
+
+    /// Two callers that finish and one that ends as `ends`, racing on one key.
+    fn three_callers(ends: Ends) {
+        loom::model(move || {
+            let registry = Arc::new(Registry::new(2, Default::default()));
+            let stored = Arc::new(AtomicUsize::new(0));
+            let loading = Arc::new(AtomicUsize::new(0));
+            let loads = Arc::new(AtomicUsize::new(0));
+            let spawn = |ends| {
+                let (registry, stored, loading, loads) = (
+                    Arc::clone(&registry),
+                    Arc::clone(&stored),
+                    Arc::clone(&loading),
+                    Arc::clone(&loads),
+                );
+                thread::spawn(move || caller(&registry, &stored, &loading, &loads, ends))
+            };
+            let failing = spawn(ends);
+            let waiter = spawn(Ends::Finishes);
+            let here = caller(&registry, &stored, &loading, &loads, Ends::Finishes);
+            let failing = failing.join().unwrap();
+            let waiter = waiter.join().unwrap();
+            // Every caller that did not fail got the value; nobody was left waiting.
+            assert_eq!((here, waiter), (Some(7), Some(7)));
+            assert!(failing.is_none() || failing == Some(7));
+            // The loader ran once, plus once more only if the failing caller led first.
+            let expected = if failing.is_none() { 2 } else { 1 };
+            assert!(loads.load(Ordering::SeqCst) <= expected);
+            // Nothing left behind.
+            assert_eq!(registry.len(), 0);
+            assert!(registry.registered_key(&1).is_none());
+        });
+    }
+
+    #[test]
+    fn loom_single_flight_leader_waiters_cancellation() {
+        three_callers(Ends::Cancelled);
+    }
+
+    #[test]
+    fn loom_single_flight_panic_between_the_load_and_the_flights_end() {
+        three_callers(Ends::PanicsBeforeStoring);
+        three_callers(Ends::PanicsAfterUnregistering);
+    }
+}
