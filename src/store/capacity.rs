@@ -1,4 +1,8 @@
-//! Bounded capacity: the policy shards, the weigher, and the policy's view of the store.
+//! Bounded capacity: the policy shards, the weigher, and the policy's view of the map.
+//!
+//! The capacity knows the map (to read and set entries' policy bits) and is handed a way to
+//! evict (the store's, which also tells the task about the entry's wheel node); it never sees
+//! the store itself.
 //!
 //! A bounded cache splits `max_capacity` over a few policy shards (keys go to shards by hash);
 //! each shard runs its own [`TinyLfu`] behind a mutex that only writers of that shard take,
@@ -35,8 +39,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use super::entry::{Entry, Map};
 use crate::policy::{Residents, Status, TinyLfu};
-use crate::store::{Entry, Store};
 use crate::sync::{lock, Mutex, MutexGuard, TryLockError};
 
 /// One policy shard: the policy, and with a weigher the weight of each entry it accounts for.
@@ -171,7 +175,7 @@ where
     pub(crate) fn admit(
         &self,
         shard: &mut Held<'_, K, S>,
-        store: &Store<K, V, S>,
+        room: Room<'_, K, V, S, impl Fn(&K) -> Option<(K, Entry<V>)>>,
         key: K,
         hash: u64,
         weight: u32,
@@ -180,7 +184,7 @@ where
         if !policy.fits(weight) {
             // Never accounted for: out again at once, alone.
             let mut evicted = Evicted::default();
-            if let Some((key, entry)) = store.evict(&key) {
+            if let Some((key, entry)) = (room.evict)(&key) {
                 evicted.push(key, entry);
             }
             return evicted;
@@ -189,7 +193,7 @@ where
             weights.insert(key.clone(), weight);
         }
         policy.insert_hashed(key, hash, weight);
-        let view = View::new(store, weights.as_mut());
+        let view = View::new(room, weights.as_mut());
         policy.evict(&view, drop);
         view.evicted.into_inner()
     }
@@ -209,14 +213,14 @@ where
     pub(crate) fn reweigh(
         &self,
         shard: &mut Held<'_, K, S>,
-        store: &Store<K, V, S>,
+        room: Room<'_, K, V, S, impl Fn(&K) -> Option<(K, Entry<V>)>>,
         key: &K,
         main: bool,
         old: u32,
         new: u32,
     ) -> Evicted<K, V> {
         let PolicyShard { policy, weights } = &mut **shard;
-        let view = View::new(store, weights.as_mut());
+        let view = View::new(room, weights.as_mut());
         if !policy.fits(new) {
             policy.remove(main, old);
             view.evict(key);
@@ -261,25 +265,32 @@ where
     }
 }
 
-/// The policy's view of the store's map, collecting what it evicts. Weights come from the
-/// shard's record (with a weigher) or are 1.
-struct View<'a, K, V, S> {
-    store: &'a Store<K, V, S>,
+/// What the policy may do to the map: read it, and evict from it through the store.
+pub(crate) struct Room<'a, K, V, S, E> {
+    pub(crate) map: &'a Map<K, V, S>,
+    /// Takes a key's entry out of the map for room (the policy accounts for it).
+    pub(crate) evict: E,
+}
+
+/// The policy's view of the map, collecting what it evicts. Weights come from the shard's
+/// record (with a weigher) or are 1.
+struct View<'a, K, V, S, E> {
+    room: Room<'a, K, V, S, E>,
     weights: RefCell<Option<&'a mut HashMap<K, u32, S>>>,
     evicted: RefCell<Evicted<K, V>>,
 }
 
-impl<'a, K, V, S> View<'a, K, V, S> {
-    fn new(store: &'a Store<K, V, S>, weights: Option<&'a mut HashMap<K, u32, S>>) -> Self {
+impl<'a, K, V, S, E> View<'a, K, V, S, E> {
+    fn new(room: Room<'a, K, V, S, E>, weights: Option<&'a mut HashMap<K, u32, S>>) -> Self {
         View {
-            store,
+            room,
             weights: RefCell::new(weights),
             evicted: RefCell::new(Evicted::default()),
         }
     }
 }
 
-impl<K, V, S> View<'_, K, V, S>
+impl<K, V, S, E> View<'_, K, V, S, E>
 where
     K: Hash + Eq,
     S: BuildHasher,
@@ -293,14 +304,15 @@ where
     }
 }
 
-impl<K, V, S> Residents<K> for View<'_, K, V, S>
+impl<K, V, S, E> Residents<K> for View<'_, K, V, S, E>
 where
     K: Hash + Eq + Clone,
     V: Clone,
     S: BuildHasher + Clone,
+    E: Fn(&K) -> Option<(K, Entry<V>)>,
 {
     fn status(&self, key: &K) -> Option<Status> {
-        let (freq, main) = self.store.map.view(key, |_, e| (e.freq(), e.in_main()))?;
+        let (freq, main) = self.room.map.view(key, |_, e| (e.freq(), e.in_main()))?;
         Some(Status {
             freq,
             main,
@@ -309,14 +321,14 @@ where
     }
 
     fn set(&self, key: &K, freq: u8, main: bool) -> bool {
-        self.store
+        self.room
             .map
             .view(key, |_, e| e.set_policy(freq, main))
             .is_some()
     }
 
     fn pass(&self, key: &K) -> Option<Status> {
-        let (freq, main) = self.store.map.view(key, |_, e| e.pass())?;
+        let (freq, main) = self.room.map.view(key, |_, e| e.pass())?;
         Some(Status {
             freq,
             main,
@@ -325,7 +337,7 @@ where
     }
 
     fn evict(&self, key: &K) -> Option<Status> {
-        let (key, entry) = self.store.evict(key)?;
+        let (key, entry) = (self.room.evict)(key)?;
         let weight = match &mut *self.weights.borrow_mut() {
             Some(weights) => weights.remove(&key).unwrap_or(0),
             None => 1,

@@ -30,13 +30,14 @@
 //!   out, after the shard lock is released ([`Store::retire`]).
 
 pub(crate) mod capacity;
+pub(crate) mod entry;
 pub(crate) mod flight;
 pub(crate) mod handoff;
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,30 +46,17 @@ use dashmap::{DashMap, Entry as Slot};
 use tokio_util::sync::DropGuard;
 
 use crate::listener::{Notifier, RemovalCause};
-use crate::policy::MAX_FREQ;
 use crate::stats::{Counter, Counters, Lag};
-use crate::store::capacity::{Capacity, Evicted, Held, Weigher};
 use crate::store::handoff::{needs_push, Handoff, Signals};
 use crate::sync::Arc as SyncArc;
 use crate::time::clock::{Clock, Stamp, NEVER};
 use crate::time::jitter;
 use crate::time::wheel::TimerId;
+use capacity::{Capacity, Evicted, Held, Room, Weigher};
+use entry::{with_map, Entry, Map, Stored, GENERATION_MASK};
 use flight::{Flight, Flights};
 
 pub(crate) use crate::store::handoff::UNFILED;
-
-/// One cached value and its bookkeeping.
-pub(crate) struct Entry<V> {
-    pub(crate) value: V,
-    /// The effective deadline (see the module docs).
-    deadline: AtomicU64,
-    /// [`UNFILED`], or the id of the wheel node for this key (queued or linked).
-    pub(crate) timer: TimerId,
-    /// The `invalidate_all` generation the entry was written in (bits 3 and up), and for
-    /// bounded caches its eviction-policy state: in the main queue (bit 2), reads counted
-    /// since it last passed its queue's head (bits 0-1, at most 3). Readers bump the counter.
-    meta: AtomicU32,
-}
 
 /// A bounded write's policy bookkeeping: its key's policy shard (held), the key's hash, the
 /// key, the weight.
@@ -76,274 +64,6 @@ type Admission<'a, K, S> = (Held<'a, K, S>, u64, K, u32);
 
 /// A write done: its policy bookkeeping still to do (if any), and what it replaced.
 type Written<'a, K, V, S> = (Option<Admission<'a, K, S>>, Option<Retired<K, V>>);
-
-/// Generations wrap at 2^29: the bits of `meta` above the policy's.
-pub(crate) const GENERATION_MASK: u32 = u32::MAX >> 3;
-const MAIN_BIT: u32 = 1 << 2;
-const FREQ_MASK: u32 = 0b11;
-
-impl<V> Entry<V> {
-    fn new(value: V, deadline: u64, timer: TimerId, generation: u32, policy: u32) -> Self {
-        Entry {
-            value,
-            deadline: AtomicU64::new(deadline),
-            timer,
-            meta: AtomicU32::new(generation << 3 | policy),
-        }
-    }
-
-    #[inline]
-    pub(crate) fn deadline(&self) -> u64 {
-        self.deadline.load(Ordering::Relaxed)
-    }
-
-    /// The `invalidate_all` generation it was written in.
-    #[inline]
-    pub(crate) fn generation(&self) -> u32 {
-        self.meta.load(Ordering::Relaxed) >> 3
-    }
-
-    /// The policy bits (main queue, counter), carried over when the entry is overwritten.
-    fn policy_bits(&self) -> u32 {
-        self.meta.load(Ordering::Relaxed) & (MAIN_BIT | FREQ_MASK)
-    }
-
-    /// Whether it is in the policy's main queue.
-    pub(crate) fn in_main(&self) -> bool {
-        self.meta.load(Ordering::Relaxed) & MAIN_BIT != 0
-    }
-
-    /// Reads counted since it last passed its queue's head.
-    pub(crate) fn freq(&self) -> u8 {
-        (self.meta.load(Ordering::Relaxed) & FREQ_MASK) as u8
-    }
-
-    /// Count a read: one relaxed compare-and-swap, none once the counter is saturated. A lost
-    /// race loses one count, which is fine for a policy hint.
-    #[inline]
-    pub(crate) fn bump(&self) {
-        let meta = self.meta.load(Ordering::Relaxed);
-        if meta & FREQ_MASK != FREQ_MASK {
-            let _ =
-                self.meta
-                    .compare_exchange(meta, meta + 1, Ordering::Relaxed, Ordering::Relaxed);
-        }
-    }
-
-    /// The CLOCK hand passes: the counter and queue as they were, and if the entry is in main
-    /// and was read since the hand last passed, its counter one lower (one atomic step,
-    /// no write when there is nothing to count down).
-    pub(crate) fn pass(&self) -> (u8, bool) {
-        let meta = self
-            .meta
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
-                (m & MAIN_BIT != 0 && m & FREQ_MASK != 0).then(|| m - 1)
-            })
-            .unwrap_or_else(|unchanged| unchanged);
-        ((meta & FREQ_MASK) as u8, meta & MAIN_BIT != 0)
-    }
-
-    /// Set the policy bits.
-    pub(crate) fn set_policy(&self, freq: u8, main: bool) {
-        let bits = u32::from(freq.min(MAX_FREQ)) | if main { MAIN_BIT } else { 0 };
-        let _ = self
-            .meta
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
-                Some(m & !(MAIN_BIT | FREQ_MASK) | bits)
-            });
-    }
-
-    /// Whether a read at `generation` may return this entry.
-    #[inline]
-    pub(crate) fn is_live(&self, generation: u32, now: impl FnOnce() -> u64) -> bool {
-        let deadline = self.deadline();
-        self.generation() == generation && (deadline == NEVER || deadline > now())
-    }
-
-    /// Whether the entry has a node in the wheel.
-    pub(crate) fn node(&self) -> Option<TimerId> {
-        (self.timer != UNFILED).then_some(self.timer)
-    }
-}
-
-/// What the map holds for a key: an [`Entry`], and its cap where the cap can differ from the
-/// deadline.
-pub(crate) trait Stored<V> {
-    /// Whether readers may move the deadline, up to [`cap`](Self::cap).
-    const IDLE: bool;
-    fn new(entry: Entry<V>, cap: u64) -> Self;
-    fn entry(&self) -> &Entry<V>;
-    fn entry_mut(&mut self) -> &mut Entry<V>;
-    fn into_entry(self) -> Entry<V>;
-    /// The latest the deadline may become: the TTL's deadline, or [`NEVER`].
-    fn cap(&self) -> u64;
-}
-
-/// Without a time-to-idle the deadline never moves and is its own cap: the map holds the
-/// bare entry.
-impl<V> Stored<V> for Entry<V> {
-    const IDLE: bool = false;
-
-    #[inline]
-    fn new(entry: Entry<V>, cap: u64) -> Self {
-        debug_assert_eq!(
-            entry.deadline(),
-            cap,
-            "a deadline below its cap without an idle time"
-        );
-        entry
-    }
-
-    #[inline]
-    fn entry(&self) -> &Entry<V> {
-        self
-    }
-
-    #[inline]
-    fn entry_mut(&mut self) -> &mut Entry<V> {
-        self
-    }
-
-    #[inline]
-    fn into_entry(self) -> Entry<V> {
-        self
-    }
-
-    #[inline]
-    fn cap(&self) -> u64 {
-        self.deadline()
-    }
-}
-
-/// An entry of a cache with a time-to-idle, with the cap its deadline may move up to.
-pub(crate) struct Capped<V> {
-    entry: Entry<V>,
-    cap: u64,
-}
-
-impl<V> Stored<V> for Capped<V> {
-    const IDLE: bool = true;
-
-    #[inline]
-    fn new(entry: Entry<V>, cap: u64) -> Self {
-        Capped { entry, cap }
-    }
-
-    #[inline]
-    fn entry(&self) -> &Entry<V> {
-        &self.entry
-    }
-
-    #[inline]
-    fn entry_mut(&mut self) -> &mut Entry<V> {
-        &mut self.entry
-    }
-
-    #[inline]
-    fn into_entry(self) -> Entry<V> {
-        self.entry
-    }
-
-    #[inline]
-    fn cap(&self) -> u64 {
-        self.cap
-    }
-}
-
-/// The map: bare entries for a cache without a time-to-idle, capped ones for a cache with
-/// one. Its methods give every other module the [`Entry`] whichever it holds.
-pub(crate) enum Map<K, V, S> {
-    Plain(DashMap<K, Entry<V>, S>),
-    Idle(DashMap<K, Capped<V>, S>),
-}
-
-/// Runs `$body` with `$map` bound to whichever `DashMap` a [`Map`] holds.
-macro_rules! with_map {
-    ($map:expr, $m:ident => $body:expr) => {
-        match $map {
-            Map::Plain($m) => $body,
-            Map::Idle($m) => $body,
-        }
-    };
-}
-
-impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
-    fn new(idle: bool, capacity: usize, hasher: S, shards: usize) -> Self {
-        if idle {
-            Map::Idle(DashMap::with_capacity_and_hasher_and_shard_amount(
-                capacity, hasher, shards,
-            ))
-        } else {
-            Map::Plain(DashMap::with_capacity_and_hasher_and_shard_amount(
-                capacity, hasher, shards,
-            ))
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        with_map!(self, m => m.len())
-    }
-
-    /// `f` of the entry for `key`, under the shard's read lock.
-    #[inline]
-    pub(crate) fn view<Q, R>(&self, key: &Q, f: impl FnOnce(&K, &Entry<V>) -> R) -> Option<R>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        with_map!(self, m => m.view(key, |k, e| f(k, e.entry())))
-    }
-
-    /// Remove `key` if `f` says so, under the shard's write lock.
-    pub(crate) fn remove_if<Q>(
-        &self,
-        key: &Q,
-        f: impl FnOnce(&K, &Entry<V>) -> bool,
-    ) -> Option<(K, Entry<V>)>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        with_map!(self, m => m
-            .remove_if(key, |k, e| f(k, e.entry()))
-            .map(|(k, e)| (k, e.into_entry())))
-    }
-
-    /// Remove `key` if `f`, which may change the entry, says so, under the shard's write lock.
-    pub(crate) fn remove_if_mut<Q>(
-        &self,
-        key: &Q,
-        f: impl FnOnce(&K, &mut Entry<V>) -> bool,
-    ) -> Option<(K, Entry<V>)>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        with_map!(self, m => m
-            .remove_if_mut(key, |k, e| f(k, e.entry_mut()))
-            .map(|(k, e)| (k, e.into_entry())))
-    }
-
-    /// The keys of the entries written in another generation than `generation`, one shard
-    /// at a time, and how many of them could not be copied (a key's `Clone` panicked: that
-    /// key is left out, the others are not).
-    pub(crate) fn stale_keys(&self, generation: u32) -> (Vec<K>, usize)
-    where
-        K: Clone,
-    {
-        let mut failed = 0;
-        let keys = with_map!(self, m => m
-            .iter()
-            .filter(|e| e.value().entry().generation() != generation)
-            .filter_map(|e| {
-                let key = catch_unwind(AssertUnwindSafe(|| e.key().clone())).ok();
-                failed += usize::from(key.is_none());
-                key
-            })
-            .collect());
-        (keys, failed)
-    }
-}
 
 /// An entry that left the map, on its way to being reported.
 pub(crate) struct Retired<K, V> {
@@ -663,13 +383,13 @@ where
     ) {
         let evicted = match (&self.capacity, admission.take()) {
             (Some(capacity), Some((mut shard, hash, key, weight))) => match &replaced {
-                None => capacity.admit(&mut shard, self, key, hash, weight),
+                None => capacity.admit(&mut shard, self.room(), key, hash, weight),
                 Some(old) => match capacity.replaced(&mut shard, &key, weight) {
                     // Same weight: nothing to account for.
                     same if same == weight => Evicted::None,
                     old_weight => capacity.reweigh(
                         &mut shard,
-                        self,
+                        self.room(),
                         &key,
                         old.entry.in_main(),
                         old_weight,
@@ -686,12 +406,18 @@ where
         self.retire_all(replaced.into_iter().chain(evicted));
     }
 
-    /// Take `key` out of the map for room (the policy accounts for it).
-    pub(crate) fn evict(&self, key: &K) -> Option<(K, Entry<V>)> {
-        self.map.remove_if(key, |key, entry| {
-            self.orphan(key, entry);
-            true
-        })
+    /// What the capacity policy may do to the map: read it, and take a key's entry out for
+    /// room (the policy accounts for it; its wheel node goes back through the hand-off).
+    fn room(&self) -> Room<'_, K, V, S, impl Fn(&K) -> Option<(K, Entry<V>)> + '_> {
+        Room {
+            map: &self.map,
+            evict: |key: &K| {
+                self.map.remove_if(key, |key, entry| {
+                    self.orphan(key, entry);
+                    true
+                })
+            },
+        }
     }
 
     /// Store the value a load produced, unless a write or `invalidate_all` landed while it
@@ -1054,56 +780,6 @@ where
 mod tests {
     use super::*;
 
-    fn entry(deadline: u64, generation: u32) -> Entry<u64> {
-        Entry::new(1, deadline, UNFILED, generation, 0)
-    }
-
-    #[test]
-    fn liveness_honours_deadline_and_generation() {
-        let e = entry(100, 3);
-        assert!(e.is_live(3, || 99));
-        assert!(!e.is_live(3, || 100));
-        assert!(!e.is_live(4, || 0));
-        let forever = entry(NEVER, 3);
-        assert!(forever.is_live(3, || panic!("no clock read for an entry without deadline")));
-    }
-
-    #[test]
-    fn policy_bits_live_beside_the_generation() {
-        let e = entry(NEVER, GENERATION_MASK);
-        assert_eq!(
-            (e.generation(), e.freq(), e.in_main()),
-            (GENERATION_MASK, 0, false)
-        );
-        for _ in 0..10 {
-            e.bump();
-        }
-        assert_eq!(
-            (e.generation(), e.freq()),
-            (GENERATION_MASK, 3),
-            "saturates at 3"
-        );
-        e.set_policy(1, true);
-        assert_eq!(
-            (e.generation(), e.freq(), e.in_main()),
-            (GENERATION_MASK, 1, true)
-        );
-    }
-
-    #[test]
-    fn the_clock_hand_counts_down_main_entries_only() {
-        let e = entry(NEVER, 7);
-        e.set_policy(3, false);
-        assert_eq!(e.pass(), (3, false));
-        assert_eq!(e.freq(), 3, "a window entry keeps its count");
-        e.set_policy(2, true);
-        assert_eq!(e.pass(), (2, true));
-        assert_eq!(e.pass(), (1, true));
-        assert_eq!(e.pass(), (0, true));
-        assert_eq!(e.pass(), (0, true), "stops at zero");
-        assert_eq!((e.generation(), e.in_main()), (7, true));
-    }
-
     #[test]
     fn a_new_key_whose_policy_shard_is_busy_waits_for_it() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1166,13 +842,5 @@ mod tests {
         assert_eq!(cache.entry_count(), 0, "the wrap swept the map first");
         cache.insert(2, 2);
         assert_eq!(cache.get(&2), Some(2));
-    }
-
-    #[test]
-    fn entry_stays_small() {
-        // Key and value of 8 bytes each: 32 bytes a bucket in the map, 40 with a cap (only
-        // with a time-to-idle).
-        assert_eq!(std::mem::size_of::<(u64, Entry<u64>)>(), 32);
-        assert_eq!(std::mem::size_of::<(u64, Capped<u64>)>(), 40);
     }
 }
