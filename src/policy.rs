@@ -100,6 +100,10 @@ pub(crate) struct TinyLfu<K, S> {
     residents: usize,
     sketch: Sketch,
     hasher: S,
+    /// Scan steps of the last [`evict`](Self::evict): queue items main's hand passed over
+    /// without evicting them (test-only visibility).
+    #[cfg(test)]
+    scanned: usize,
 }
 
 impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
@@ -114,6 +118,8 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             residents: 0,
             sketch: Sketch::new(capacity),
             hasher,
+            #[cfg(test)]
+            scanned: 0,
         }
     }
 
@@ -177,6 +183,10 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
     pub(crate) fn evict(&mut self, residents: &impl Residents<K>, mut evicted: impl FnMut(K)) {
         // Each item can come round at most MAX_FREQ + 1 times before its counter is spent.
         let mut budget = (usize::from(MAX_FREQ) + 2) * (self.window.len() + self.main.len()) + 2;
+        #[cfg(test)]
+        {
+            self.scanned = 0;
+        }
         while budget > 0 {
             let over = self.weight() > self.capacity;
             if !over && self.window_weight <= self.window_capacity {
@@ -241,12 +251,20 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             match residents.pass(&key) {
                 Some(s) if s.main && s.freq > 0 => {
                     *budget -= 1;
+                    #[cfg(test)]
+                    {
+                        self.scanned += 1;
+                    }
                     // The read the hand just consumed counts once in the sketch.
                     self.sketch.increment(self.hasher.hash_one(&key));
                     self.main.push_back(key);
                 }
                 Some(s) if s.main && s.weight == 0 => {
                     weightless += 1;
+                    #[cfg(test)]
+                    {
+                        self.scanned += 1;
+                    }
                     self.main.push_back(key);
                 }
                 Some(s) if s.main => return Some(key),
@@ -683,5 +701,26 @@ mod tests {
             );
         }
         assert_eq!(policy.weight(), 0);
+    }
+
+    #[test]
+    fn the_hand_counts_the_entries_it_passes_over() {
+        let map = Map::default();
+        let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(10, RandomState::new());
+        for k in 0..10 {
+            map.admit(&mut policy, k, 1, |_| panic!("evicted below capacity"));
+        }
+        // Main holds 0..9 and the window 9; each of main's entries is read once.
+        assert_eq!(policy.main.len(), 9);
+        for k in 0..9 {
+            assert!(map.read(k));
+        }
+        // The hand passes all nine, lowering their counters, and comes back to 0.
+        map.admit(&mut policy, 10, 1, |_| {});
+        assert_eq!(policy.scanned, 9);
+        // Nothing read since: the first entry at the hand goes, without a step.
+        map.admit(&mut policy, 11, 1, |_| {});
+        assert_eq!(policy.scanned, 0);
+        assert_eq!(policy.weight(), 10);
     }
 }
