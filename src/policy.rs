@@ -7,8 +7,8 @@
 //! the shard is over its capacity, main offers a *victim*: main is a CLOCK,
 //! so the hand passes over entries read since it last passed them (their read counter, at most 3,
 //! counts down) and stops at the first one not read, or, once it has passed [`SCAN_BUDGET`]
-//! entries in this eviction, at the first entry it reaches, read or not. The candidate replaces the victim only if a
-//! frequency [`Sketch`] says it was asked for more often, by a margin of more than one request (its
+//! entries in this eviction, at the first entry it reaches, read or not. The candidate replaces
+//! the victim only if a frequency [`Sketch`] says it was asked for more often, by a margin of more than one request (its
 //! reads while in the window count too); otherwise the candidate is evicted and the victim stays.
 //! The sketch counts every *miss* (each time a key was inserted), so it remembers keys the cache no
 //! longer holds, and an entry's reads, each once: the CLOCK hand counts one read each time it
@@ -41,7 +41,7 @@
 //! new key asked for often still gets in; when main is over its share with no candidate, that
 //! victim goes, so the capacity bound holds. Rejecting the candidate outright once the budget is
 //! spent would keep hot entries as well, but it never lets a popular new key in while the set stays
-//! hot, and it kept fewer hits on the traces. The budget trades hit ratio for the slowest insert:
+//! hot, and it kept no more hits on the traces. The budget trades hit ratio for the slowest insert:
 //! a smaller one loses hits on the Zipf traces in a single policy shard, where the hand meets long
 //! runs of read entries; a larger one costs more per insert and gains little (`ebb-peers
 //! hit-ratio` and `ebb-peers clock-scan`).
@@ -65,8 +65,8 @@
 //!   holds weighs anything.
 //! - Every entry of main that weighs something has an item in main's queue.
 //! - One [`TinyLfu::evict`] passes over at most [`SCAN_BUDGET`] items (entries whose counter the
-//!   hand lowers and puts back); everything else it does takes an item off a queue for good, so
-//!   it always ends.
+//!   hand lowers and puts back); everything else it does takes an item off a queue for good (a
+//!   rejected victim goes back, but its candidate leaves the window), so it always ends.
 //! - No user code runs here; [`Residents`] implementations must not take this policy's lock.
 
 use std::collections::{HashSet, VecDeque};
@@ -322,8 +322,9 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
     }
 
     /// Move a window entry to main, with its read counter (main's hand counts those reads as
-    /// it consumes them); a weightless one gets no item in main's queue. If it left the cache since its status was read, its weight stays
-    /// with the window, where its removal takes it from.
+    /// it consumes them); a weightless one gets no item in main's queue. If it left the cache
+    /// since its status was read, its weight stays with the window, where its removal takes it
+    /// from.
     fn promote(&mut self, residents: &impl Residents<K>, key: K, status: Status) {
         let weight = status.weight;
         if !residents.set(&key, status.freq, true) {
