@@ -226,7 +226,7 @@ where
             view.evict(key);
             return view.evicted.into_inner();
         }
-        policy.update(main, old, new);
+        policy.update(key, main, old, new);
         policy.evict(&view, drop);
         view.evicted.into_inner()
     }

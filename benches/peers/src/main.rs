@@ -9,11 +9,14 @@
 //! - `ebb-peers hit-ratio`: hit ratios on seeded traces (see `hit_ratio.rs`).
 //! - `ebb-peers read-heavy [ROUNDS]`: the `read_heavy` workload, every implementation in
 //!   turn, round after round (see `read_heavy.rs`).
+//! - `ebb-peers clock-scan [ROUNDS]`: inserts into a full bounded ebb cache with and without
+//!   a hot resident set, alternating (see `clock_scan.rs`).
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
 mod alloc;
 mod chart;
+mod clock_scan;
 mod hit_ratio;
 mod mixed;
 mod read_heavy;
@@ -31,6 +34,7 @@ const USAGE: &str =
        ebb-peers per-request|memory|idle|expiry|all [IMPL [N]]
        ebb-peers hit-ratio
        ebb-peers read-heavy [ROUNDS]
+       ebb-peers clock-scan [ROUNDS]
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         }
         Some("hit-ratio") => hit_ratio::run(),
         Some("read-heavy") => read_heavy::run(&args[1..]),
+        Some("clock-scan") => clock_scan::run(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
