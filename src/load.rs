@@ -103,8 +103,11 @@ struct Lead<K, V, S, F> {
     started: tokio::time::Instant,
     /// Abandons the flight: a plain function made where the cache's bounds hold, so that
     /// neither `Load` nor its `Drop` needs them.
-    abandon: fn(&Store<K, V, S>, &K, &Arc<Flight<V>>),
+    abandon: Abandon<K, V, S>,
 }
+
+/// See [`Lead::abandon`].
+type Abandon<K, V, S> = fn(&Store<K, V, S>, &K, &Arc<Flight<V>>);
 
 /// [`Lead::abandon`].
 fn abandon<K, V, S>(store: &Store<K, V, S>, key: &K, flight: &Arc<Flight<V>>)

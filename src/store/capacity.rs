@@ -39,7 +39,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::entry::{Entry, Map};
+use super::entry::{Entry, Map, Removed};
 use crate::policy::{Residents, Status, TinyLfu};
 use crate::sync::{lock, Mutex, MutexGuard, TryLockError};
 
@@ -175,7 +175,7 @@ where
     pub(crate) fn admit(
         &self,
         shard: &mut Held<'_, K, S>,
-        room: Room<'_, K, V, S, impl Fn(&K) -> Option<(K, Entry<V>)>>,
+        room: Room<'_, K, V, S>,
         key: K,
         hash: u64,
         weight: u32,
@@ -213,7 +213,7 @@ where
     pub(crate) fn reweigh(
         &self,
         shard: &mut Held<'_, K, S>,
-        room: Room<'_, K, V, S, impl Fn(&K) -> Option<(K, Entry<V>)>>,
+        room: Room<'_, K, V, S>,
         key: &K,
         main: bool,
         old: u32,
@@ -266,22 +266,22 @@ where
 }
 
 /// What the policy may do to the map: read it, and evict from it through the store.
-pub(crate) struct Room<'a, K, V, S, E> {
+pub(crate) struct Room<'a, K, V, S> {
     pub(crate) map: &'a Map<K, V, S>,
     /// Takes a key's entry out of the map for room (the policy accounts for it).
-    pub(crate) evict: E,
+    pub(crate) evict: &'a dyn Fn(&K) -> Option<Removed<K, V>>,
 }
 
 /// The policy's view of the map, collecting what it evicts. Weights come from the shard's
 /// record (with a weigher) or are 1.
-struct View<'a, K, V, S, E> {
-    room: Room<'a, K, V, S, E>,
+struct View<'a, K, V, S> {
+    room: Room<'a, K, V, S>,
     weights: RefCell<Option<&'a mut HashMap<K, u32, S>>>,
     evicted: RefCell<Evicted<K, V>>,
 }
 
-impl<'a, K, V, S, E> View<'a, K, V, S, E> {
-    fn new(room: Room<'a, K, V, S, E>, weights: Option<&'a mut HashMap<K, u32, S>>) -> Self {
+impl<'a, K, V, S> View<'a, K, V, S> {
+    fn new(room: Room<'a, K, V, S>, weights: Option<&'a mut HashMap<K, u32, S>>) -> Self {
         View {
             room,
             weights: RefCell::new(weights),
@@ -290,7 +290,7 @@ impl<'a, K, V, S, E> View<'a, K, V, S, E> {
     }
 }
 
-impl<K, V, S, E> View<'_, K, V, S, E>
+impl<K, V, S> View<'_, K, V, S>
 where
     K: Hash + Eq,
     S: BuildHasher,
@@ -304,12 +304,11 @@ where
     }
 }
 
-impl<K, V, S, E> Residents<K> for View<'_, K, V, S, E>
+impl<K, V, S> Residents<K> for View<'_, K, V, S>
 where
     K: Hash + Eq + Clone,
     V: Clone,
     S: BuildHasher + Clone,
-    E: Fn(&K) -> Option<(K, Entry<V>)>,
 {
     fn status(&self, key: &K) -> Option<Status> {
         let (freq, main) = self.room.map.view(key, |_, e| (e.freq(), e.in_main()))?;

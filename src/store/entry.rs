@@ -137,6 +137,9 @@ impl<V> Entry<V> {
     }
 }
 
+/// A key and its entry, taken out of the map.
+pub(crate) type Removed<K, V> = (K, Entry<V>);
+
 /// What the map holds for a key: an [`Entry`], and its cap where the cap can differ from the
 /// deadline.
 pub(crate) trait Stored<V> {

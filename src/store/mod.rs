@@ -53,7 +53,7 @@ use crate::time::clock::{Clock, Stamp, NEVER};
 use crate::time::jitter;
 use crate::time::wheel::TimerId;
 use capacity::{Capacity, Evicted, Held, Room, Weigher};
-use entry::{with_map, Entry, Map, Stored, GENERATION_MASK};
+use entry::{with_map, Entry, Map, Removed, Stored, GENERATION_MASK};
 use flight::{Flight, Flights};
 
 pub(crate) use crate::store::handoff::UNFILED;
@@ -381,15 +381,20 @@ where
         admission: &mut Option<Admission<'_, K, S>>,
         replaced: Option<Retired<K, V>>,
     ) {
+        let evict = |key: &K| self.evict(key);
+        let room = || Room {
+            map: &self.map,
+            evict: &evict,
+        };
         let evicted = match (&self.capacity, admission.take()) {
             (Some(capacity), Some((mut shard, hash, key, weight))) => match &replaced {
-                None => capacity.admit(&mut shard, self.room(), key, hash, weight),
+                None => capacity.admit(&mut shard, room(), key, hash, weight),
                 Some(old) => match capacity.replaced(&mut shard, &key, weight) {
                     // Same weight: nothing to account for.
                     same if same == weight => Evicted::None,
                     old_weight => capacity.reweigh(
                         &mut shard,
-                        self.room(),
+                        room(),
                         &key,
                         old.entry.in_main(),
                         old_weight,
@@ -406,18 +411,13 @@ where
         self.retire_all(replaced.into_iter().chain(evicted));
     }
 
-    /// What the capacity policy may do to the map: read it, and take a key's entry out for
-    /// room (the policy accounts for it; its wheel node goes back through the hand-off).
-    fn room(&self) -> Room<'_, K, V, S, impl Fn(&K) -> Option<(K, Entry<V>)> + '_> {
-        Room {
-            map: &self.map,
-            evict: |key: &K| {
-                self.map.remove_if(key, |key, entry| {
-                    self.orphan(key, entry);
-                    true
-                })
-            },
-        }
+    /// Take `key`'s entry out of the map for room (the policy accounts for it); its wheel
+    /// node goes back through the hand-off.
+    fn evict(&self, key: &K) -> Option<Removed<K, V>> {
+        self.map.remove_if(key, |key, entry| {
+            self.orphan(key, entry);
+            true
+        })
     }
 
     /// Store the value a load produced, unless a write or `invalidate_all` landed while it
