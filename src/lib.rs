@@ -116,7 +116,6 @@ mod error;
 mod listener;
 mod load;
 mod policy;
-mod sketch;
 mod stats;
 mod store;
 mod sync;
