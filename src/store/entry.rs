@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use dashmap::DashMap;
 
 use super::handoff::UNFILED;
+use crate::listener::RemovalCause;
 use crate::policy::MAX_FREQ;
 use crate::time::clock::NEVER;
 use crate::time::wheel::TimerId;
@@ -318,6 +319,30 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
             .collect());
         (keys, failed)
     }
+}
+
+/// An entry that left the map, on its way to being reported.
+pub(crate) struct Retired<K, V> {
+    /// The key: `None` for an entry an overwrite replaced when nobody listens (the key
+    /// stays in the map).
+    pub(crate) key: Option<K>,
+    pub(crate) entry: Entry<V>,
+    pub(crate) cause: RemovalCause,
+}
+
+/// What a fired wheel node meant, decided under its key's shard lock: what the expiry task
+/// does with the node next.
+pub(crate) enum Fired<K, V> {
+    /// No entry holds the node: it was orphaned, and its record, still queued, frees it (see
+    /// `handoff.rs`).
+    Stale,
+    /// The entry expired (or was invalidated) and is out of the map: the node is free, and
+    /// this is to be reported.
+    Removed(Retired<K, V>),
+    /// The entry has no deadline any more: the node is free.
+    Unfiled,
+    /// The entry's deadline moved later: re-file the node at this tick.
+    Refile(u64),
 }
 
 #[cfg(test)]

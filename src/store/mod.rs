@@ -33,61 +33,30 @@ pub(crate) mod capacity;
 pub(crate) mod entry;
 pub(crate) mod flight;
 pub(crate) mod handoff;
+mod remove;
+mod write;
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::{DashMap, Entry as Slot};
+use dashmap::DashMap;
 use tokio_util::sync::DropGuard;
 
-use crate::listener::{Notifier, RemovalCause};
+use crate::listener::Notifier;
 use crate::stats::{Counter, Counters, Lag};
-use crate::store::handoff::{needs_push, Handoff, Signals};
-use crate::sync::Arc as SyncArc;
+use crate::store::handoff::{Handoff, Signals};
 use crate::time::clock::{Clock, Stamp, NEVER};
 use crate::time::jitter;
-use crate::time::wheel::TimerId;
-use capacity::{Capacity, Evicted, Held, Room, Weigher};
-use entry::{with_map, Entry, Map, Removed, Stored, GENERATION_MASK};
-use flight::{Flight, Flights};
+use capacity::{Capacity, Weigher};
+use entry::{with_map, Map, Stored, GENERATION_MASK};
+pub(crate) use entry::{Fired, Retired};
+use flight::Flights;
 
 pub(crate) use crate::store::handoff::UNFILED;
-
-/// A bounded write's policy bookkeeping: its key's policy shard (held), the key's hash, the
-/// key, the weight.
-type Admission<'a, K, S> = (Held<'a, K, S>, u64, K, u32);
-
-/// A write done: its policy bookkeeping still to do (if any), and what it replaced.
-type Written<'a, K, V, S> = (Option<Admission<'a, K, S>>, Option<Retired<K, V>>);
-
-/// An entry that left the map, on its way to being reported.
-pub(crate) struct Retired<K, V> {
-    /// The key: `None` for an entry an overwrite replaced when nobody listens (the key
-    /// stays in the map).
-    pub(crate) key: Option<K>,
-    pub(crate) entry: Entry<V>,
-    pub(crate) cause: RemovalCause,
-}
-
-/// What a fired wheel node meant, decided under its key's shard lock: what the expiry task
-/// does with the node next.
-pub(crate) enum Fired<K, V> {
-    /// No entry holds the node: it was orphaned, and its record, still queued, frees it (see
-    /// `handoff.rs`).
-    Stale,
-    /// The entry expired (or was invalidated) and is out of the map: the node is free, and
-    /// this is to be reported.
-    Removed(Retired<K, V>),
-    /// The entry has no deadline any more: the node is free.
-    Unfiled,
-    /// The entry's deadline moved later: re-file the node at this tick.
-    Refile(u64),
-}
 
 /// What the store needs to know beyond the map.
 pub(crate) struct Settings<K, V> {
@@ -136,8 +105,8 @@ pub(crate) struct Store<K, V, S> {
     /// [`INVALIDATIONS`]: tells an entry that expired before it was hidden from one hidden
     /// while live.
     invalidated_at: [AtomicU64; INVALIDATIONS],
-    /// Inserts that found their new key's policy shard busy (test-only visibility).
-    #[cfg(test)]
+    /// Inserts that found their new key's policy shard busy and took the ordered way (a
+    /// rare path; test-only visibility).
     fallbacks: std::sync::atomic::AtomicUsize,
 }
 
@@ -186,7 +155,6 @@ where
             generation: AtomicU64::new(0),
             swept: AtomicU64::new(0),
             invalidated_at: std::array::from_fn(|_| AtomicU64::new(0)),
-            #[cfg(test)]
             fallbacks: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -302,427 +270,6 @@ where
             .unwrap_or(false)
     }
 
-    /// The effective deadline of an entry written now with `stamp`.
-    fn effective(&self, stamp: Stamp) -> u64 {
-        if self.idle == 0 {
-            stamp.cap
-        } else {
-            let now = stamp.now.unwrap_or_else(|| self.clock.now());
-            stamp.cap.min(now.saturating_add(self.idle))
-        }
-    }
-
-    /// Store `value` under `key` with the TTL deadline `cap`, and report what it replaced.
-    #[inline]
-    pub(crate) fn insert(&self, key: K, value: V, cap: Stamp) {
-        let (key, value) = match self.capacity.as_ref().filter(|c| c.unweighted()) {
-            Some(capacity) => match self.insert_unweighted(capacity, key, value, cap) {
-                Ok((mut admit, replaced)) => return self.after_write(&mut admit, replaced),
-                Err(back) => {
-                    #[cfg(test)]
-                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    back
-                }
-            },
-            None => (key, value),
-        };
-        let mut admit = self.admission(&key, &value);
-        let replaced = with_map!(&self.map, m => {
-            let slot = m.entry(key);
-            self.flights.supersede(slot.key());
-            self.write(slot, value, cap, self.generation())
-        });
-        self.after_write(&mut admit, replaced);
-    }
-
-    /// An insert into a bounded cache whose entries all weigh 1, in one map lookup. An
-    /// overwrite changes no policy accounting (the new entry inherits the old one's policy
-    /// state under the shard lock), so it needs no policy lock. A new entry does: it is
-    /// *tried* under the map's shard lock (see `capacity.rs` for the lock order), and if
-    /// another writer holds it, key and value come back for the ordered path.
-    fn insert_unweighted<'a>(
-        &'a self,
-        capacity: &'a Capacity<K, V, S>,
-        key: K,
-        value: V,
-        cap: Stamp,
-    ) -> Result<Written<'a, K, V, S>, (K, V)> {
-        with_map!(&self.map, m => {
-            let (slot, admit) = match m.entry(key) {
-                Slot::Vacant(vacant) => match capacity.try_hold(vacant.key()) {
-                    Some((shard, hash)) => {
-                        let key = vacant.key().clone();
-                        (Slot::Vacant(vacant), Some((shard, hash, key, 1)))
-                    }
-                    None => return Err((vacant.into_key(), value)),
-                },
-                occupied => (occupied, None),
-            };
-            self.flights.supersede(slot.key());
-            Ok((admit, self.write(slot, value, cap, self.generation())))
-        })
-    }
-
-    /// For a bounded cache: the key's policy shard, held from before the write until it is
-    /// accounted for (see `capacity.rs`), the key for the policy's queue, and the weight of
-    /// the value about to be written, taken before the map's shard lock (the weigher is user
-    /// code).
-    fn admission(&self, key: &K, value: &V) -> Option<Admission<'_, K, S>> {
-        let capacity = self.capacity.as_ref()?;
-        let weight = capacity.weigh(key, value);
-        let (shard, hash) = capacity.hold(key);
-        Some((shard, hash, key.clone(), weight))
-    }
-
-    /// After a write, with no map lock held: account for it in the policy (evicting for room),
-    /// release the policy shard, then report what the write replaced and what was evicted.
-    fn after_write(
-        &self,
-        admission: &mut Option<Admission<'_, K, S>>,
-        replaced: Option<Retired<K, V>>,
-    ) {
-        let evict = |key: &K| self.evict(key);
-        let room = || Room {
-            map: &self.map,
-            evict: &evict,
-        };
-        let evicted = match (&self.capacity, admission.take()) {
-            (Some(capacity), Some((mut shard, hash, key, weight))) => match &replaced {
-                None => capacity.admit(&mut shard, room(), key, hash, weight),
-                Some(old) => match capacity.replaced(&mut shard, &key, weight) {
-                    // Same weight: nothing to account for.
-                    same if same == weight => Evicted::None,
-                    old_weight => capacity.reweigh(
-                        &mut shard,
-                        room(),
-                        &key,
-                        old.entry.in_main(),
-                        old_weight,
-                        weight,
-                    ),
-                },
-            },
-            _ => Evicted::None,
-        };
-        let evicted = evicted.into_iter().map(|(key, entry)| {
-            let cause = self.cause(&entry, RemovalCause::Size);
-            self.retired(key, entry, cause)
-        });
-        self.retire_all(replaced.into_iter().chain(evicted));
-    }
-
-    /// Take `key`'s entry out of the map for room (the policy accounts for it); its wheel
-    /// node goes back through the hand-off.
-    fn evict(&self, key: &K) -> Option<Removed<K, V>> {
-        self.map.remove_if(key, |key, entry| {
-            self.orphan(key, entry);
-            true
-        })
-    }
-
-    /// Store the value a load produced, unless a write or `invalidate_all` landed while it
-    /// loaded (see `load.rs`), or `cap` is `None` (a zero TTL: returned, not stored).
-    pub(crate) fn finish_load(
-        &self,
-        key: K,
-        flight: &SyncArc<Flight<V>>,
-        value: V,
-        cap: Option<Stamp>,
-        generation: u32,
-    ) {
-        let mut admit = self.admission(&key, &value);
-        let written = with_map!(&self.map, m => {
-            let slot = m.entry(key);
-            // Unregistered under the shard lock: a writer either marked the flight before
-            // this point, or finds no flight and writes after us.
-            self.flights.unregister(slot.key(), flight);
-            match cap {
-                Some(cap) if !flight.is_superseded() && self.generation() == generation => {
-                    Some(self.write(slot, value, cap, generation))
-                }
-                _ => None,
-            }
-        });
-        if let Some(replaced) = written {
-            self.after_write(&mut admit, replaced);
-        }
-    }
-
-    /// Write an entry into `slot`, held under its shard lock, telling the task about a new or
-    /// earlier deadline. Returns the entry it replaced.
-    fn write<E: Stored<V>>(
-        &self,
-        slot: Slot<'_, K, E>,
-        value: V,
-        stamp: Stamp,
-        generation: u32,
-    ) -> Option<Retired<K, V>> {
-        let (deadline, cap) = (self.effective(stamp), stamp.cap);
-        match slot {
-            Slot::Vacant(slot) => {
-                let timer = self.hand_off(slot.key(), UNFILED, NEVER, deadline);
-                slot.insert(E::new(
-                    Entry::new(value, deadline, timer, generation, 0),
-                    cap,
-                ));
-                self.count(Counter::Insert, 1);
-                None
-            }
-            Slot::Occupied(mut slot) => {
-                // The key's clone (user code) comes first: the hand-off below and the
-                // replacement after it must both happen.
-                let key = self.notifier.is_active().then(|| slot.key().clone());
-                let old = slot.get().entry();
-                let timer = self.hand_off(slot.key(), old.timer, old.deadline(), deadline);
-                // Judging the cause needs the time (the write's own, if it read the clock):
-                // only when someone counts or listens.
-                let cause = if self.counters.is_some() || self.notifier.is_active() {
-                    let now = || stamp.now.unwrap_or_else(|| self.clock.now());
-                    self.cause_at(old, RemovalCause::Replaced, now)
-                } else {
-                    RemovalCause::Replaced
-                };
-                self.count(
-                    if cause == RemovalCause::Replaced {
-                        Counter::Update
-                    } else {
-                        Counter::Insert
-                    },
-                    1,
-                );
-                let new = Entry::new(value, deadline, timer, generation, old.policy_bits());
-                let entry = std::mem::replace(slot.get_mut(), E::new(new, cap)).into_entry();
-                Some(Retired { key, entry, cause })
-            }
-        }
-    }
-
-    /// The timer of `key`'s entry, under its shard lock, as it goes from the deadline `old`
-    /// with `timer` to `deadline`: a node queued for the task if it needs one (see
-    /// [`needs_push`]). The deadline's tick (a division) is worked out only then: most
-    /// overwrites move a deadline later and need nothing.
-    #[inline]
-    fn hand_off(&self, key: &K, timer: TimerId, old: u64, deadline: u64) -> TimerId {
-        if needs_push(timer, old, deadline) {
-            let due = self.clock.tick_of(deadline);
-            self.handoff.push(&self.signals, key.clone(), timer, due)
-        } else {
-            timer
-        }
-    }
-
-    /// Remove `key`; its value if it was live.
-    pub(crate) fn remove<Q>(&self, key: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let held = self.hold_for_removal(key);
-        let removed = match self.flights.registered_key(key) {
-            // A load is in flight: take the shard lock even if the key is absent, so that the
-            // load cannot store its value after this remove (see load.rs).
-            Some(key) => with_map!(&self.map, m => match m.entry(key) {
-                Slot::Occupied(slot) => {
-                    self.flights.supersede(slot.key());
-                    self.orphan(slot.key(), slot.get().entry());
-                    let (key, stored) = slot.remove_entry();
-                    Some((key, stored.into_entry()))
-                }
-                Slot::Vacant(slot) => {
-                    self.flights.supersede(slot.key());
-                    None
-                }
-            }),
-            None => self.map.remove_if(key, |key, entry| {
-                self.flights.supersede(key);
-                self.orphan(key, entry);
-                true
-            }),
-        };
-        let (key, entry) = removed?;
-        self.forget(held, &key, &entry);
-        let cause = self.cause(&entry, RemovalCause::Explicit);
-        let live = cause == RemovalCause::Explicit && entry.generation() == self.generation();
-        if !self.notifier.is_active() {
-            self.count_removal(cause);
-            return live.then_some(entry.value);
-        }
-        let value = live.then(|| entry.value.clone());
-        self.retire(self.retired(key, entry, cause));
-        value
-    }
-
-    /// Tell the task that `entry`, being removed under its shard lock, leaves its wheel node
-    /// behind (see handoff.rs).
-    pub(crate) fn orphan(&self, key: &K, entry: &Entry<V>) {
-        if let Some(node) = entry.node() {
-            self.handoff.orphan(&self.signals, key, node);
-        }
-    }
-
-    /// Why `entry` leaves the map, judged at the moment it stopped being live: `Expired` if
-    /// its deadline came first (whoever removes it), `Explicit` if `invalidate_all` hid it
-    /// first, else `live_cause`.
-    pub(crate) fn cause(&self, entry: &Entry<V>, live_cause: RemovalCause) -> RemovalCause {
-        self.cause_at(entry, live_cause, || self.clock.now())
-    }
-
-    /// [`cause`](Self::cause), with `now` for the clock when it is needed: the expiry task
-    /// judges a batch at the time it removes it for.
-    pub(crate) fn cause_at(
-        &self,
-        entry: &Entry<V>,
-        live_cause: RemovalCause,
-        now: impl FnOnce() -> u64,
-    ) -> RemovalCause {
-        let deadline = entry.deadline();
-        let generation = self.generation();
-        // When `invalidate_all` hid the entry, if it did and we still know when.
-        let hidden_at = (entry.generation() != generation).then(|| {
-            let hider = entry.generation().wrapping_add(1) & GENERATION_MASK;
-            if generation.wrapping_sub(hider) & GENERATION_MASK < INVALIDATIONS as u32 {
-                self.invalidated_at[hider as usize % INVALIDATIONS].load(Ordering::Acquire)
-            } else {
-                0
-            }
-        });
-        match hidden_at {
-            Some(at) if deadline != NEVER && deadline <= at => RemovalCause::Expired,
-            Some(_) => RemovalCause::Explicit,
-            None if deadline != NEVER && deadline <= now() => RemovalCause::Expired,
-            None => live_cause,
-        }
-    }
-
-    fn count_removal(&self, cause: RemovalCause) {
-        self.count(
-            match cause {
-                RemovalCause::Expired => Counter::Expired,
-                RemovalCause::Explicit => Counter::Explicit,
-                RemovalCause::Replaced => Counter::Replaced,
-                RemovalCause::Size => Counter::Size,
-            },
-            1,
-        );
-    }
-
-    /// Count and report one entry that left the map (its books are already balanced). Never
-    /// called under a lock. The notification's user code catches its own panics; without
-    /// one, the key and entry are dropped here, and a panic in a `Drop` reaches the caller.
-    pub(crate) fn retire(&self, retired: Retired<K, V>) {
-        self.count_removal(retired.cause);
-        match retired.key {
-            Some(key) if self.notifier.is_active() => {
-                self.notifier
-                    .notify(&self.name, key, retired.entry.value, retired.cause)
-            }
-            key => drop((key, retired.entry)),
-        }
-    }
-
-    /// Notifications the eviction channel dropped because it was full.
-    pub(crate) fn notifications_dropped(&self) -> u64 {
-        self.notifier.dropped()
-    }
-
-    /// What a removal hands to [`retire`](Self::retire). The key goes along even when nobody
-    /// listens, so that it is dropped where the entry is (a `Drop` is user code).
-    fn retired(&self, key: K, entry: Entry<V>, cause: RemovalCause) -> Retired<K, V> {
-        Retired {
-            key: Some(key),
-            entry,
-            cause,
-        }
-    }
-
-    /// For a removal from a bounded cache: the key's policy shard, held from before the entry
-    /// leaves the map until the policy forgets it, and the weight the entry is accounted with
-    /// (read now: it hashes the key, user code that must not run between the two).
-    fn hold_for_removal<Q>(&self, key: &Q) -> Option<(Held<'_, K, S>, u32)>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let capacity = self.capacity.as_ref()?;
-        let (shard, _) = capacity.hold(key);
-        let weight = capacity.weight_of(&shard, key);
-        Some((shard, weight))
-    }
-
-    /// The policy forgets an entry a removal took out, with the shard it held since before.
-    fn forget(&self, held: Option<(Held<'_, K, S>, u32)>, key: &K, entry: &Entry<V>) {
-        if let (Some(capacity), Some((mut shard, weight))) = (&self.capacity, held) {
-            capacity.forget(&mut shard, key, entry.in_main(), weight);
-        }
-    }
-
-    /// The expiry task's step for `node`, fired for `key` at `now`: under the key's shard
-    /// lock, the entry is removed if it still holds the node and is no longer live, or its
-    /// node is re-filed or dropped. User code (the key's `Hash` and `Eq`) runs only before
-    /// anything changes: a panic leaves the entry and the node as they were.
-    pub(crate) fn fire(&self, key: &K, node: TimerId, now: u64) -> Fired<K, V> {
-        let held = self.hold_for_removal(key);
-        let generation = self.generation();
-        let mut fired = Fired::Stale;
-        let removed = self.map.remove_if_mut(key, |_, entry| {
-            if entry.timer != node {
-                return false;
-            }
-            if !entry.is_live(generation, || now) {
-                return true;
-            }
-            fired = match entry.deadline() {
-                NEVER => {
-                    entry.timer = UNFILED;
-                    Fired::Unfiled
-                }
-                deadline => Fired::Refile(self.clock.tick_of(deadline)),
-            };
-            false
-        });
-        let Some((key, entry)) = removed else {
-            return fired;
-        };
-        self.forget(held, &key, &entry);
-        // Judged at `now`, the time it was removed for: no clock read per entry.
-        let cause = self.cause_at(&entry, RemovalCause::Explicit, || now);
-        if cause == RemovalCause::Expired {
-            self.lag.record(now.saturating_sub(entry.deadline()));
-        }
-        Fired::Removed(self.retired(key, entry, cause))
-    }
-
-    /// A sweep's step: remove `key`'s entry if `invalidate_all` hid it; what left, to report.
-    /// Its node, queued or linked, goes back through the hand-off like a writer's.
-    pub(crate) fn sweep_one(&self, key: &K) -> Option<Retired<K, V>> {
-        let held = self.hold_for_removal(key);
-        let generation = self.generation();
-        let (key, entry) = self.map.remove_if(key, |key, entry| {
-            let stale = entry.generation() != generation;
-            if stale {
-                self.orphan(key, entry);
-            }
-            stale
-        })?;
-        self.forget(held, &key, &entry);
-        let cause = self.cause(&entry, RemovalCause::Explicit);
-        Some(self.retired(key, entry, cause))
-    }
-
-    /// [`retire`](Self::retire) each; a panic in one value's `Drop` does not keep the others
-    /// from being counted and reported: the first panic goes on to the caller after them.
-    fn retire_all(&self, retired: impl IntoIterator<Item = Retired<K, V>>) {
-        let mut first_panic = None;
-        for r in retired {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| self.retire(r))) {
-                first_panic.get_or_insert(panic);
-            }
-        }
-        if let Some(panic) = first_panic {
-            resume_unwind(panic);
-        }
-    }
-
     /// Total weight the capacity policy accounts for (test-only visibility).
     pub(crate) fn policy_weight(&self) -> Option<u64> {
         self.capacity.as_ref().map(|c| c.weight().0)
@@ -731,48 +278,6 @@ where
     /// Entry weights the capacity policy keeps, with a weigher (test-only visibility).
     pub(crate) fn policy_records(&self) -> Option<usize> {
         self.capacity.as_ref().map(|c| c.weight().1)
-    }
-
-    /// Make every entry written so far invisible, at once; the task sweeps them later.
-    ///
-    /// Entries keep their generation modulo 2^29, so the generation must never come round to
-    /// one an entry still in the map has: that entry would be live again. The task's sweeps
-    /// keep the map far from that; if they have not (no task has swept for 2^29 - 1 calls: its
-    /// runtime shut down), this call sweeps the map itself first, once in 2^29 calls.
-    pub(crate) fn invalidate_all(&self) {
-        let current = self.generation.load(Ordering::Acquire);
-        if current + 1 - self.swept.load(Ordering::Acquire) > u64::from(GENERATION_MASK) {
-            self.sweep_all();
-        }
-        let next = self.generation().wrapping_add(1) & GENERATION_MASK;
-        self.invalidated_at[next as usize % INVALIDATIONS]
-            .store(self.clock.now(), Ordering::Release);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.signals.notify.wake();
-    }
-
-    /// The full generation count, for a sweep to say which generation it reached.
-    pub(crate) fn generation_count(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Every entry written before generation `count` has been swept.
-    pub(crate) fn swept_to(&self, count: u64) {
-        self.swept.fetch_max(count, Ordering::AcqRel);
-    }
-
-    /// Sweep, on the calling thread, every entry `invalidate_all` has hidden so far.
-    fn sweep_all(&self) {
-        let count = self.generation_count();
-        let (keys, _) = self
-            .map
-            .stale_keys((count & u64::from(GENERATION_MASK)) as u32);
-        for key in keys {
-            if let Some(retired) = self.sweep_one(&key) {
-                self.retire(retired);
-            }
-        }
-        self.swept_to(count);
     }
 }
 

@@ -1,0 +1,250 @@
+//! Writes: `insert`, a load's fill, and what every write does after it (the policy's
+//! accounting, evictions, and the report of what it replaced).
+//!
+//! Invariants:
+//! - A write takes its key's shard lock once; it hands the task a new or earlier deadline
+//!   (see `handoff.rs`) under that lock, and clones what it needs (user code) before it
+//!   changes anything.
+//! - A bounded write holds its key's policy shard from before it changes the map until the
+//!   policy has accounted for it (see `capacity.rs` for the lock order); the weigher runs
+//!   before any lock.
+//! - Writes win over loads: a writer marks the key's flight superseded under the shard lock,
+//!   and a load's fill, under that same lock, stores nothing once superseded.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::Ordering;
+
+use dashmap::Entry as Slot;
+
+use super::capacity::{Capacity, Evicted, Held, Room};
+use super::entry::{with_map, Entry, Removed, Retired, Stored};
+use super::flight::Flight;
+use super::handoff::{needs_push, UNFILED};
+use super::Store;
+use crate::listener::RemovalCause;
+use crate::stats::Counter;
+use crate::sync::Arc as SyncArc;
+use crate::time::clock::{Stamp, NEVER};
+use crate::time::wheel::TimerId;
+
+/// A bounded write's policy bookkeeping: its key's policy shard (held), the key's hash, the
+/// key, the weight.
+type Admission<'a, K, S> = (Held<'a, K, S>, u64, K, u32);
+
+/// A write done: its policy bookkeeping still to do (if any), and what it replaced.
+type Written<'a, K, V, S> = (Option<Admission<'a, K, S>>, Option<Retired<K, V>>);
+
+impl<K, V, S> Store<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    /// The effective deadline of an entry written now with `stamp`.
+    fn effective(&self, stamp: Stamp) -> u64 {
+        if self.idle == 0 {
+            stamp.cap
+        } else {
+            let now = stamp.now.unwrap_or_else(|| self.clock.now());
+            stamp.cap.min(now.saturating_add(self.idle))
+        }
+    }
+
+    /// Store `value` under `key` with the TTL deadline `cap`, and report what it replaced.
+    #[inline]
+    pub(crate) fn insert(&self, key: K, value: V, cap: Stamp) {
+        let (key, value) = match self.capacity.as_ref().filter(|c| c.unweighted()) {
+            Some(capacity) => match self.insert_unweighted(capacity, key, value, cap) {
+                Ok((mut admit, replaced)) => return self.after_write(&mut admit, replaced),
+                Err(back) => {
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    back
+                }
+            },
+            None => (key, value),
+        };
+        let mut admit = self.admission(&key, &value);
+        let replaced = with_map!(&self.map, m => {
+            let slot = m.entry(key);
+            self.flights.supersede(slot.key());
+            self.write(slot, value, cap, self.generation())
+        });
+        self.after_write(&mut admit, replaced);
+    }
+
+    /// An insert into a bounded cache whose entries all weigh 1, in one map lookup. An
+    /// overwrite changes no policy accounting (the new entry inherits the old one's policy
+    /// state under the shard lock), so it needs no policy lock. A new entry does: it is
+    /// *tried* under the map's shard lock (see `capacity.rs` for the lock order), and if
+    /// another writer holds it, key and value come back for the ordered path.
+    fn insert_unweighted<'a>(
+        &'a self,
+        capacity: &'a Capacity<K, V, S>,
+        key: K,
+        value: V,
+        cap: Stamp,
+    ) -> Result<Written<'a, K, V, S>, (K, V)> {
+        with_map!(&self.map, m => {
+            let (slot, admit) = match m.entry(key) {
+                Slot::Vacant(vacant) => match capacity.try_hold(vacant.key()) {
+                    Some((shard, hash)) => {
+                        let key = vacant.key().clone();
+                        (Slot::Vacant(vacant), Some((shard, hash, key, 1)))
+                    }
+                    None => return Err((vacant.into_key(), value)),
+                },
+                occupied => (occupied, None),
+            };
+            self.flights.supersede(slot.key());
+            Ok((admit, self.write(slot, value, cap, self.generation())))
+        })
+    }
+
+    /// For a bounded cache: the key's policy shard, held from before the write until it is
+    /// accounted for (see `capacity.rs`), the key for the policy's queue, and the weight of
+    /// the value about to be written, taken before the map's shard lock (the weigher is user
+    /// code).
+    fn admission(&self, key: &K, value: &V) -> Option<Admission<'_, K, S>> {
+        let capacity = self.capacity.as_ref()?;
+        let weight = capacity.weigh(key, value);
+        let (shard, hash) = capacity.hold(key);
+        Some((shard, hash, key.clone(), weight))
+    }
+
+    /// After a write, with no map lock held: account for it in the policy (evicting for room),
+    /// release the policy shard, then report what the write replaced and what was evicted.
+    fn after_write(
+        &self,
+        admission: &mut Option<Admission<'_, K, S>>,
+        replaced: Option<Retired<K, V>>,
+    ) {
+        let evict = |key: &K| self.evict(key);
+        let room = || Room {
+            map: &self.map,
+            evict: &evict,
+        };
+        let evicted = match (&self.capacity, admission.take()) {
+            (Some(capacity), Some((mut shard, hash, key, weight))) => match &replaced {
+                None => capacity.admit(&mut shard, room(), key, hash, weight),
+                Some(old) => match capacity.replaced(&mut shard, &key, weight) {
+                    // Same weight: nothing to account for.
+                    same if same == weight => Evicted::None,
+                    old_weight => capacity.reweigh(
+                        &mut shard,
+                        room(),
+                        &key,
+                        old.entry.in_main(),
+                        old_weight,
+                        weight,
+                    ),
+                },
+            },
+            _ => Evicted::None,
+        };
+        let evicted = evicted.into_iter().map(|(key, entry)| {
+            let cause = self.cause(&entry, RemovalCause::Size);
+            self.retired(key, entry, cause)
+        });
+        self.retire_all(replaced.into_iter().chain(evicted));
+    }
+
+    /// Take `key`'s entry out of the map for room (the policy accounts for it); its wheel
+    /// node goes back through the hand-off.
+    fn evict(&self, key: &K) -> Option<Removed<K, V>> {
+        self.map.remove_if(key, |key, entry| {
+            self.orphan(key, entry);
+            true
+        })
+    }
+
+    /// Store the value a load produced, unless a write or `invalidate_all` landed while it
+    /// loaded (see `load.rs`), or `cap` is `None` (a zero TTL: returned, not stored).
+    pub(crate) fn finish_load(
+        &self,
+        key: K,
+        flight: &SyncArc<Flight<V>>,
+        value: V,
+        cap: Option<Stamp>,
+        generation: u32,
+    ) {
+        let mut admit = self.admission(&key, &value);
+        let written = with_map!(&self.map, m => {
+            let slot = m.entry(key);
+            // Unregistered under the shard lock: a writer either marked the flight before
+            // this point, or finds no flight and writes after us.
+            self.flights.unregister(slot.key(), flight);
+            match cap {
+                Some(cap) if !flight.is_superseded() && self.generation() == generation => {
+                    Some(self.write(slot, value, cap, generation))
+                }
+                _ => None,
+            }
+        });
+        if let Some(replaced) = written {
+            self.after_write(&mut admit, replaced);
+        }
+    }
+
+    /// Write an entry into `slot`, held under its shard lock, telling the task about a new or
+    /// earlier deadline. Returns the entry it replaced.
+    fn write<E: Stored<V>>(
+        &self,
+        slot: Slot<'_, K, E>,
+        value: V,
+        stamp: Stamp,
+        generation: u32,
+    ) -> Option<Retired<K, V>> {
+        let (deadline, cap) = (self.effective(stamp), stamp.cap);
+        match slot {
+            Slot::Vacant(slot) => {
+                let timer = self.hand_off(slot.key(), UNFILED, NEVER, deadline);
+                slot.insert(E::new(
+                    Entry::new(value, deadline, timer, generation, 0),
+                    cap,
+                ));
+                self.count(Counter::Insert, 1);
+                None
+            }
+            Slot::Occupied(mut slot) => {
+                // The key's clone (user code) comes first: the hand-off below and the
+                // replacement after it must both happen.
+                let key = self.notifier.is_active().then(|| slot.key().clone());
+                let old = slot.get().entry();
+                let timer = self.hand_off(slot.key(), old.timer, old.deadline(), deadline);
+                // Judging the cause needs the time (the write's own, if it read the clock):
+                // only when someone counts or listens.
+                let cause = if self.counters.is_some() || self.notifier.is_active() {
+                    let now = || stamp.now.unwrap_or_else(|| self.clock.now());
+                    self.cause_at(old, RemovalCause::Replaced, now)
+                } else {
+                    RemovalCause::Replaced
+                };
+                self.count(
+                    if cause == RemovalCause::Replaced {
+                        Counter::Update
+                    } else {
+                        Counter::Insert
+                    },
+                    1,
+                );
+                let new = Entry::new(value, deadline, timer, generation, old.policy_bits());
+                let entry = std::mem::replace(slot.get_mut(), E::new(new, cap)).into_entry();
+                Some(Retired { key, entry, cause })
+            }
+        }
+    }
+
+    /// The timer of `key`'s entry, under its shard lock, as it goes from the deadline `old`
+    /// with `timer` to `deadline`: a node queued for the task if it needs one (see
+    /// [`needs_push`]). The deadline's tick (a division) is worked out only then: most
+    /// overwrites move a deadline later and need nothing.
+    #[inline]
+    fn hand_off(&self, key: &K, timer: TimerId, old: u64, deadline: u64) -> TimerId {
+        if needs_push(timer, old, deadline) {
+            let due = self.clock.tick_of(deadline);
+            self.handoff.push(&self.signals, key.clone(), timer, due)
+        } else {
+            timer
+        }
+    }
+}
