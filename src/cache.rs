@@ -89,7 +89,7 @@ where
     /// `time_to_live` (spread by `expiry_jitter`), or never if none is set.
     #[inline]
     pub fn insert(&self, key: K, value: V) {
-        self.store.insert(key, value, self.store.default_deadline());
+        self.store.insert(key, value, self.store.default_cap());
     }
 
     /// Insert `value` for `key` with its own TTL, exactly as given (never jittered). It
@@ -98,7 +98,7 @@ where
     /// A zero `ttl` stores nothing and removes any previous value for `key`. A `ttl` at or
     /// past [`horizon`](Self::horizon) (for example `Duration::MAX`) never expires.
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
-        match self.store.deadline_for_ttl(ttl) {
+        match self.store.cap_for_ttl(ttl) {
             Some(deadline) => self.store.insert(key, value, deadline),
             None => drop(self.remove(&key)),
         }
@@ -220,9 +220,9 @@ where
     pub fn __internals(&self) -> Internals {
         let store = &self.store;
         Internals {
-            timers: store.signals.timers.load(Ordering::Acquire),
+            nodes: store.signals.nodes.load(Ordering::Acquire),
             records: store.handoff.len(),
-            timer_ids: store.handoff.ids(),
+            node_ids: store.handoff.ids(),
             loads: store.flights.len(),
             wakeups: store.signals.wakeups.load(Ordering::Acquire),
             task_closed: store.signals.closed.load(Ordering::Acquire),
@@ -265,11 +265,11 @@ impl<K, V, S> WeakCache<K, V, S> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Internals {
     /// Wheel nodes the task held after its last wake.
-    pub timers: usize,
+    pub nodes: usize,
     /// Hand-off records queued for the task now.
     pub records: usize,
     /// Wheel node ids handed out so far: a bound on the wheel's slab.
-    pub timer_ids: u32,
+    pub node_ids: u32,
     /// Loads in flight now.
     pub loads: usize,
     /// Times the task has woken up.

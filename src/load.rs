@@ -284,8 +284,8 @@ where
         match loaded {
             Loaded::Value(value, ttl) => {
                 let deadline = match ttl {
-                    Some(ttl) => store.deadline_for_ttl(ttl),
-                    None => Some(store.default_deadline()),
+                    Some(ttl) => store.cap_for_ttl(ttl),
+                    None => Some(store.default_cap()),
                 };
                 store.finish_load(
                     self.key.clone(),

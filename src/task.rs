@@ -43,7 +43,7 @@ use crate::stats::Counter;
 use crate::store::handoff::{Records, Signals, Taken};
 use crate::store::{Fired, Retired, Store, UNFILED};
 use crate::time::clock::Clock;
-use crate::time::wheel::{TimerId, Wheel};
+use crate::time::wheel::{NodeId, Wheel};
 
 /// The most records, removals or fired nodes handled between two yields.
 const BATCH: usize = 1024;
@@ -185,12 +185,12 @@ struct Driver<K: Hash + Eq, V, S: BuildHasher + Clone> {
     wheel: Wheel<K>,
     spare: Option<Records<K, S>>,
     /// The nodes of a drained map, to link in id order.
-    links: Vec<(TimerId, u64, K)>,
+    links: Vec<(NodeId, u64, K)>,
     /// Per stripe: the ids its writers left in their pool, held for its next pool, and how
     /// many they took last time.
-    pools: Vec<(Vec<TimerId>, usize)>,
+    pools: Vec<(Vec<NodeId>, usize)>,
     /// A buffer for the free ids that go to the hand-off's reserve.
-    free: Vec<TimerId>,
+    free: Vec<NodeId>,
     /// A sweep left keys behind (their `Clone` panicked): it runs again at the next wake.
     sweep_again: bool,
     /// The `invalidate_all` generation swept last.
@@ -271,7 +271,7 @@ where
                 return Flow::Stop;
             }
             self.signals
-                .timers
+                .nodes
                 .store(self.wheel.len(), Ordering::Release);
             let next = self.wheel.next_expiration().unwrap_or(u64::MAX);
             // Publish before looking for records: a writer either sees this value (and
@@ -288,7 +288,7 @@ where
                 fired = work.fired,
                 expired = work.expired,
                 swept = work.swept,
-                timers = self.wheel.len(),
+                nodes = self.wheel.len(),
                 "expiry tick"
             );
         }
@@ -365,7 +365,7 @@ where
 
     /// The pool to give `stripe`: what it had left last time, topped up with free ids to what
     /// its writers took last time, plus [`MIN_POOL`].
-    fn pool_for(&mut self, stripe: usize) -> Vec<TimerId> {
+    fn pool_for(&mut self, stripe: usize) -> Vec<NodeId> {
         if self.pools.len() <= stripe {
             self.pools.resize_with(stripe + 1, Default::default);
         }
@@ -383,7 +383,7 @@ where
 
     /// Keep the ids `stripe`'s writers left in the pool swapped out (they took `taken`), for
     /// its next pool; free those beyond what it may want.
-    fn keep_pool(&mut self, stripe: usize, mut left: Vec<TimerId>, taken: usize) {
+    fn keep_pool(&mut self, stripe: usize, mut left: Vec<NodeId>, taken: usize) {
         let want = taken + MIN_POOL;
         while left.len() > want {
             let id = left.pop().expect("longer than want");
@@ -451,7 +451,7 @@ where
     /// then report what it removed, with the wheel no longer borrowed. A key's `Hash` or `Eq`
     /// that panics leaves the entry and its node as they were: the node fires again one tick
     /// later.
-    fn fire(&mut self, store: &Store<K, V, S>, node: TimerId, now: u64) {
+    fn fire(&mut self, store: &Store<K, V, S>, node: NodeId, now: u64) {
         let fired = catch_unwind(AssertUnwindSafe(|| {
             store.fire(self.wheel.get(node), node, now)
         }));

@@ -264,7 +264,7 @@ async fn the_task_survives(trapped: In, in_key: bool, invalidate: bool, listen: 
     let internals = cache.__internals();
     assert!(!internals.task_closed, "the task ended: {internals:?}");
     assert_eq!(
-        (internals.timers, internals.records),
+        (internals.nodes, internals.records),
         (0, 0),
         "{internals:?}"
     );
@@ -349,7 +349,7 @@ async fn a_key_clone_panicking_mid_overwrite_leaves_the_wheel_whole() {
     let internals = cache.__internals();
     assert!(!internals.task_closed, "the task died: {internals:?}");
     assert_eq!(
-        (internals.timers, internals.records),
+        (internals.nodes, internals.records),
         (0, 0),
         "{internals:?}"
     );
@@ -441,7 +441,7 @@ async fn a_value_drop_panicking_on_the_caller_costs_only_that_call() {
     assert_eq!(cache.entry_count(), 0);
     let internals = cache.__internals();
     assert_eq!(
-        (internals.timers, internals.records),
+        (internals.nodes, internals.records),
         (0, 0),
         "{internals:?}"
     );
@@ -507,7 +507,7 @@ async fn a_key_hash_panicking_in_a_call_costs_only_that_call() {
     assert_eq!(cache.entry_count(), 0);
     let internals = cache.__internals();
     assert_eq!(
-        (internals.timers, internals.records),
+        (internals.nodes, internals.records),
         (0, 0),
         "{internals:?}"
     );

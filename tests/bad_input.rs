@@ -115,7 +115,7 @@ async fn time_to_idle_zero_is_an_error_and_duration_max_disables_it() {
         c.insert_with_ttl(2, 2, 10 * SEC);
         settle().await;
         assert_eq!(
-            c.__internals().timers,
+            c.__internals().nodes,
             1,
             "no idle deadline, only key 2's TTL"
         );
@@ -144,7 +144,7 @@ async fn duration_max_ttl_and_tti_together_never_expire() {
     );
     assert_eq!(c.get_with_expiry(4, async { (4, None) }).await, 4);
     settle().await;
-    assert_eq!(c.__internals().timers, 0, "nothing to schedule");
+    assert_eq!(c.__internals().nodes, 0, "nothing to schedule");
     advance(2 * YEAR).await;
     assert_eq!(
         (c.get(&1), c.get(&2), c.get(&3), c.get(&4)),

@@ -67,13 +67,13 @@ async fn a_million_overwrites_of_one_key_leave_one_timer() {
     // The last overwrite may still wait in the hand-off: records for deadlines later than
     // the task's next wake are drained at that wake, not sooner.
     let internals = c.__internals();
-    assert_eq!(internals.timers, 1, "{internals:?}");
+    assert_eq!(internals.nodes, 1, "{internals:?}");
     assert!(internals.records <= 1, "{internals:?}");
     assert_eq!(c.entry_count(), 1);
     // The entry still expires at its latest deadline, and nothing is left behind.
     advance(300 * SEC).await;
     assert_eq!(c.entry_count(), 0);
-    assert_eq!((c.__internals().timers, c.__internals().records), (0, 0));
+    assert_eq!((c.__internals().nodes, c.__internals().records), (0, 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -93,13 +93,13 @@ async fn insert_remove_churn_leaves_one_timer_per_live_key() {
     advance(MS).await;
     // At most one wheel node and one hand-off record per key ever written.
     let internals = c.__internals();
-    assert!(internals.timers <= 1000, "{internals:?}");
+    assert!(internals.nodes <= 1000, "{internals:?}");
     assert!(internals.records <= 1000, "{internals:?}");
     assert_eq!(c.entry_count(), 200);
     // Once the deadlines pass, everything is gone: no dead node outlives one drain.
     advance(301 * SEC).await;
     assert_eq!(c.entry_count(), 0);
-    assert_eq!((c.__internals().timers, c.__internals().records), (0, 0));
+    assert_eq!((c.__internals().nodes, c.__internals().records), (0, 0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -122,7 +122,7 @@ async fn churn_over_distinct_keys_keeps_the_hand_off_bounded() {
     );
     settle().await;
     assert_eq!(c.entry_count(), 0);
-    assert!(c.__internals().timers <= 64 * 1024, "{:?}", c.__internals());
+    assert!(c.__internals().nodes <= 64 * 1024, "{:?}", c.__internals());
 }
 
 #[tokio::test(start_paused = true)]
@@ -186,12 +186,12 @@ async fn ttl_churn_at_uneven_rates_hands_out_ids_in_proportion_to_live_entries()
     // Every node id handed out is a wheel slab cell kept for good: the ids must follow the
     // live entries, not the number of writes.
     assert!(
-        u64::from(internals.timer_ids) <= 2 * most_live,
+        u64::from(internals.node_ids) <= 2 * most_live,
         "{} ids handed out for at most {most_live} live entries ({key} writes): {internals:?}",
-        internals.timer_ids
+        internals.node_ids
     );
     assert_eq!(
-        (internals.timers, internals.records),
+        (internals.nodes, internals.records),
         (0, 0),
         "{internals:?}"
     );

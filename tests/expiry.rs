@@ -43,7 +43,7 @@ async fn removed_within_one_tick_with_no_calls() {
     // Deadline + one tick, no calls in between.
     advance(SEC + MS).await;
     assert_eq!(c.entry_count(), 0);
-    assert_eq!(c.__internals().timers, 0);
+    assert_eq!(c.__internals().nodes, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -106,7 +106,7 @@ async fn an_overwrite_just_before_the_deadline_survives_with_its_new_ttl() {
     advance(2 * SEC).await; // the old node fires and must re-file, not remove
     assert_eq!(c.get(&1), Some(2));
     assert_eq!(c.entry_count(), 1);
-    assert_eq!(c.__internals().timers, 1);
+    assert_eq!(c.__internals().nodes, 1);
     advance(8 * SEC - 2 * MS).await; // 20 s - 3 ms
     assert_eq!(c.get(&1), Some(2));
     advance(SEC + 3 * MS).await; // 21 s
@@ -119,14 +119,14 @@ async fn an_overwrite_with_a_shorter_ttl_is_removed_at_the_shorter_deadline() {
     let c = cache(100 * SEC, SEC);
     c.insert(1, 1);
     settle().await;
-    assert_eq!(c.__internals().timers, 1);
+    assert_eq!(c.__internals().nodes, 1);
     c.insert_with_ttl(1, 2, 2 * SEC);
     advance(2 * SEC).await;
     assert_eq!(c.get(&1), None);
     advance(SEC).await;
     assert_eq!(c.entry_count(), 0, "removed at the new, earlier deadline");
     assert_eq!(
-        c.__internals().timers,
+        c.__internals().nodes,
         0,
         "the old node was reused, not left behind"
     );
@@ -141,7 +141,7 @@ async fn an_overwrite_without_ttl_never_expires() {
     advance(5 * SEC).await;
     assert_eq!(c.get(&1), Some(2));
     assert_eq!(
-        c.__internals().timers,
+        c.__internals().nodes,
         0,
         "the node was dropped when it fired"
     );
@@ -179,7 +179,7 @@ async fn huge_ttls_never_expire_and_never_overflow() {
         c.insert_with_ttl(3, 3, c.horizon());
         c.insert_with_ttl(4, 4, c.horizon() - tick);
         settle().await;
-        assert_eq!(c.__internals().timers, 1, "only key 4 has a deadline");
+        assert_eq!(c.__internals().nodes, 1, "only key 4 has a deadline");
         advance(Duration::from_secs(86_400 * 365 * 3)).await;
         assert_eq!(c.get(&1), Some(1));
         assert_eq!(c.get(&2), Some(2));
@@ -246,7 +246,7 @@ async fn invalidate_all_hides_everything_at_once_then_sweeps() {
         1,
         "the task swept the rest without waiting for a tick"
     );
-    assert_eq!(c.__internals().timers, 0, "swept entries' nodes are freed");
+    assert_eq!(c.__internals().nodes, 0, "swept entries' nodes are freed");
     advance(200 * SEC).await;
     assert_eq!(c.get(&5001), Some(42));
 }
@@ -282,8 +282,8 @@ async fn timer_ids_are_reused_under_churn() {
     }
     advance(20 * MS).await;
     assert_eq!(c.entry_count(), 0);
-    assert_eq!(c.__internals().timers, 0);
+    assert_eq!(c.__internals().nodes, 0);
     // About four rounds' entries (4,000) are alive at once, out of 200,000 writes.
-    let ids = c.__internals().timer_ids;
+    let ids = c.__internals().node_ids;
     assert!(ids <= 12_000, "{ids} node ids handed out");
 }

@@ -24,7 +24,7 @@ async fn one_task_per_cache_however_many_entries() {
         c.insert(k, k);
     }
     settle().await;
-    assert_eq!(c.__internals().timers, 10_000);
+    assert_eq!(c.__internals().nodes, 10_000);
     assert_eq!(alive_tasks(), base + 1);
     drop(c);
     settle().await;

@@ -1,7 +1,7 @@
 //! An entry of the map and the map itself.
 //!
 //! An [`Entry`] holds the value, its deadline, the `invalidate_all` generation it was written
-//! in, its policy bits, and its wheel node ([`timer`](Entry::timer)). Deadlines are
+//! in, its policy bits, and its wheel node ([`node`](Entry::node)). Deadlines are
 //! nanoseconds since the cache's epoch ([`NEVER`] when there is none).
 //!
 //! The map ([`Map`]) holds bare entries (16 bytes plus the value) unless the cache has a
@@ -28,7 +28,7 @@ use super::handoff::UNFILED;
 use crate::listener::RemovalCause;
 use crate::policy::MAX_FREQ;
 use crate::time::clock::NEVER;
-use crate::time::wheel::TimerId;
+use crate::time::wheel::NodeId;
 
 /// One cached value and its bookkeeping.
 pub(crate) struct Entry<V> {
@@ -36,7 +36,7 @@ pub(crate) struct Entry<V> {
     /// The effective deadline (see the module docs).
     pub(super) deadline: AtomicU64,
     /// [`UNFILED`], or the id of the wheel node for this key (queued or linked).
-    pub(crate) timer: TimerId,
+    pub(crate) node: NodeId,
     /// The `invalidate_all` generation the entry was written in (bits 3 and up), and for
     /// bounded caches its eviction-policy state: in the main queue (bit 2), reads counted
     /// since it last passed its queue's head (bits 0-1, at most 3). Readers bump the counter.
@@ -49,17 +49,11 @@ const MAIN_BIT: u32 = 1 << 2;
 const FREQ_MASK: u32 = 0b11;
 
 impl<V> Entry<V> {
-    pub(super) fn new(
-        value: V,
-        deadline: u64,
-        timer: TimerId,
-        generation: u32,
-        policy: u32,
-    ) -> Self {
+    pub(super) fn new(value: V, deadline: u64, node: NodeId, generation: u32, policy: u32) -> Self {
         Entry {
             value,
             deadline: AtomicU64::new(deadline),
-            timer,
+            node,
             meta: AtomicU32::new(generation << 3 | policy),
         }
     }
@@ -133,8 +127,8 @@ impl<V> Entry<V> {
     }
 
     /// Whether the entry has a node in the wheel.
-    pub(crate) fn node(&self) -> Option<TimerId> {
-        (self.timer != UNFILED).then_some(self.timer)
+    pub(crate) fn filed_node(&self) -> Option<NodeId> {
+        (self.node != UNFILED).then_some(self.node)
     }
 }
 

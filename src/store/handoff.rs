@@ -13,7 +13,7 @@
 //! Invariants:
 //! - **Every id in one place.** An id is on the wheel's free list; or in a stripe's pool or
 //!   the reserve; or
-//!   held by an entry (its `timer`) and either named by the queued record of the entry's key
+//!   held by an entry (its `node`) and either named by the queued record of the entry's key
 //!   (not linked yet) or linked in the wheel; or linked in the wheel and named as an orphan by
 //!   a queued record (no entry holds it). A node the task finds held by no entry when it fires
 //!   is such an orphan: the task leaves it for its record to free.
@@ -48,21 +48,21 @@ use std::hash::{BuildHasher, Hash};
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{lock, Mutex, MutexGuard, Wake};
 use crate::time::clock::NEVER;
-use crate::time::wheel::TimerId;
+use crate::time::wheel::NodeId;
 
-/// `timer` value of an entry that holds no node.
-pub(crate) const UNFILED: TimerId = u32::MAX;
+/// The `node` of an entry that holds no wheel node.
+pub(crate) const UNFILED: NodeId = u32::MAX;
 
 /// Ids stop short of the two values the wheel reserves (`u32::MAX - 1` and `u32::MAX`).
 const MAX_IDS: u32 = u32::MAX - 1;
 
 /// Whether a writer holding an entry's shard lock must [`push`](Handoff::push) when it gives
-/// the entry the (effective) deadline `deadline`, over an entry whose timer is `timer` and
-/// deadline `old` (a vacant entry is `UNFILED`): for a first deadline, or an earlier one. A
-/// later deadline, or none, needs nothing: a node the entry holds fires early, and the task
-/// re-files or drops it.
-pub(crate) fn needs_push(timer: TimerId, old: u64, deadline: u64) -> bool {
-    deadline != NEVER && (timer == UNFILED || deadline < old)
+/// the entry the (effective) deadline `deadline`, over an entry that holds the node `held`
+/// and had the deadline `old` (a vacant entry holds `UNFILED`): for a first deadline, or an
+/// earlier one. A later deadline, or none, needs nothing: a node the entry holds fires early,
+/// and the task re-files or drops it.
+pub(crate) fn needs_push(held: NodeId, old: u64, deadline: u64) -> bool {
+    deadline != NEVER && (held == UNFILED || deadline < old)
 }
 
 /// A stripe this large wakes the task even if no deadline is near, so drains stay small.
@@ -72,7 +72,7 @@ const WAKE_AT_RECORDS: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Record {
     /// The node to link, or `UNFILED`.
-    pub(crate) node: TimerId,
+    pub(crate) node: NodeId,
     /// The tick to link it at.
     pub(crate) tick: u64,
     pub(crate) orphans: Orphans,
@@ -91,20 +91,20 @@ pub(crate) type Records<K, S> = HashMap<K, Record, S>;
 
 /// The wheel nodes a record orphaned: at most two (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Orphans([TimerId; 2]);
+pub(crate) struct Orphans([NodeId; 2]);
 
 impl Orphans {
     /// No node.
     pub(crate) const NONE: Orphans = Orphans([UNFILED; 2]);
 
-    fn add(&mut self, node: TimerId) {
+    fn add(&mut self, node: NodeId) {
         let free = if self.0[0] == UNFILED { 0 } else { 1 };
         debug_assert_eq!(self.0[free], UNFILED, "a third orphaned node for one key");
         self.0[free] = node;
     }
 
     /// The orphaned nodes.
-    pub(crate) fn nodes(self) -> impl Iterator<Item = TimerId> {
+    pub(crate) fn nodes(self) -> impl Iterator<Item = NodeId> {
         self.0.into_iter().filter(|n| *n != UNFILED)
     }
 }
@@ -122,14 +122,14 @@ pub(crate) struct Signals {
     /// How many times the task woke (test-only visibility).
     pub(crate) wakeups: AtomicU64,
     /// Wheel nodes the task holds, as of its last wake (test-only visibility).
-    pub(crate) timers: AtomicUsize,
+    pub(crate) nodes: AtomicUsize,
 }
 
 /// A stripe's records, and the ids its writers hand out.
 struct Stripe<K, S> {
     records: Records<K, S>,
     /// Ids the task freed (or queued nodes whose entry went), for writers to take first.
-    pool: Vec<TimerId>,
+    pool: Vec<NodeId>,
     /// Ids writers took since the task last swapped the pool.
     taken: usize,
 }
@@ -141,7 +141,7 @@ struct Padded<K, S>(Mutex<Stripe<K, S>>);
 pub(crate) struct Taken<K, S> {
     pub(crate) records: Records<K, S>,
     /// The ids left in the pool the task swapped out: still held, now by the task.
-    pub(crate) pool: Vec<TimerId>,
+    pub(crate) pool: Vec<NodeId>,
     /// Ids writers took from the stripe since the previous swap.
     pub(crate) taken: usize,
 }
@@ -151,7 +151,7 @@ pub(crate) struct Handoff<K, S> {
     hasher: S,
     /// Free ids beyond what the stripes' pools hold, for a writer whose pool ran dry: the
     /// task stocks it with every id it freed and did not pool.
-    reserve: Mutex<Vec<TimerId>>,
+    reserve: Mutex<Vec<NodeId>>,
     /// The next id never handed out.
     fresh: AtomicU32,
 }
@@ -193,27 +193,27 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         self.fresh.load(Ordering::Relaxed)
     }
 
-    /// Queue a node for `key`, whose entry holds `timer` (`UNFILED` or a node), to be linked at
+    /// Queue a node for `key`, whose entry holds `held` (`UNFILED` or a node), to be linked at
     /// `tick`; called with the key's shard lock held, when [`needs_push`] says so. Returns the
-    /// entry's timer from now on: `timer` itself if its node is still queued here (the
-    /// record's tick is lowered), else a newly taken id (and `timer`'s node, linked in the
-    /// wheel, becomes an orphan). Once the task has stopped: `timer`, and nothing queued.
-    pub(crate) fn push(&self, signals: &Signals, key: K, timer: TimerId, tick: u64) -> TimerId {
+    /// entry's node from now on: `held` itself if it is still queued here (the record's tick
+    /// is lowered), else a newly taken id (and `held`, linked in the wheel, becomes an
+    /// orphan). Once the task has stopped: `held`, and nothing queued.
+    pub(crate) fn push(&self, signals: &Signals, key: K, held: NodeId, tick: u64) -> NodeId {
         let mut guard = self.lock(self.stripe_of(&key));
         if signals.closed.load(Ordering::Acquire) {
-            return timer;
+            return held;
         }
         let stripe = &mut *guard;
         let len_before = stripe.records.len();
         let record = stripe.records.entry(key).or_insert(Record::EMPTY);
-        let node = if timer != UNFILED && record.node == timer {
+        let node = if held != UNFILED && record.node == held {
             record.tick = record.tick.min(tick);
-            timer
+            held
         } else {
             // A queued node is always the entry's: this record has none.
             debug_assert_eq!(record.node, UNFILED, "a queued node no entry holds");
-            if timer != UNFILED {
-                record.orphans.add(timer);
+            if held != UNFILED {
+                record.orphans.add(held);
             }
             let id = match stripe.pool.pop() {
                 Some(id) => id,
@@ -237,24 +237,24 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     /// An id for a writer whose stripe's pool is empty: a free one from the reserve, else
     /// one never handed out. Fresh ids are taken only while no free id is in reach, so the
     /// ids handed out follow the most nodes held at once, not the write rate.
-    fn reserved_or_fresh_id(&self) -> TimerId {
+    fn reserved_or_fresh_id(&self) -> NodeId {
         if let Some(id) = lock(&self.reserve).pop() {
             return id;
         }
         let id = self.fresh.fetch_add(1, Ordering::Relaxed);
-        assert!(id < MAX_IDS, "ebb: more than {MAX_IDS} timer nodes");
+        assert!(id < MAX_IDS, "ebb: more than {MAX_IDS} wheel nodes");
         id
     }
 
     /// Add free ids (the task's) to the reserve.
-    pub(crate) fn stock(&self, ids: &mut Vec<TimerId>) {
+    pub(crate) fn stock(&self, ids: &mut Vec<NodeId>) {
         if !ids.is_empty() {
             lock(&self.reserve).append(ids);
         }
     }
 
     /// Swap stripe `i`'s records for `spare` and its pool for `pool`.
-    pub(crate) fn take(&self, i: usize, spare: Records<K, S>, pool: Vec<TimerId>) -> Taken<K, S> {
+    pub(crate) fn take(&self, i: usize, spare: Records<K, S>, pool: Vec<NodeId>) -> Taken<K, S> {
         let mut stripe = self.lock(i);
         Taken {
             records: std::mem::replace(&mut stripe.records, spare),
@@ -301,7 +301,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher + Clone> Handoff<K, S> {
     /// behind. A node still queued here was never linked: its id goes back to the pool, and the
     /// record forgets it. Else the node is linked (or about to be, from a map the task swapped
     /// out) and the record orphans it.
-    pub(crate) fn orphan(&self, signals: &Signals, key: &K, node: TimerId) {
+    pub(crate) fn orphan(&self, signals: &Signals, key: &K, node: NodeId) {
         let mut guard = self.lock(self.stripe_of(key));
         if signals.closed.load(Ordering::Acquire) {
             return;
@@ -348,7 +348,7 @@ mod loom_handoff {
 
     struct Entry {
         deadline: u64,
-        timer: TimerId,
+        node: NodeId,
     }
 
     struct World {
@@ -363,7 +363,7 @@ mod loom_handoff {
             signals: Signals::default(),
             entry: Mutex::new(Entry {
                 deadline: NEVER,
-                timer: UNFILED,
+                node: UNFILED,
             }),
         })
     }
@@ -371,8 +371,8 @@ mod loom_handoff {
     /// A writer: `Store::write` for key 1 (deadlines stand for their own ticks).
     fn write(w: &World, deadline: u64) {
         let mut entry = lock(&w.entry);
-        if needs_push(entry.timer, entry.deadline, deadline) {
-            entry.timer = w.handoff.push(&w.signals, 1, entry.timer, deadline);
+        if needs_push(entry.node, entry.deadline, deadline) {
+            entry.node = w.handoff.push(&w.signals, 1, entry.node, deadline);
         }
         entry.deadline = deadline;
         assert!(w.handoff.len() <= 1, "more than one record for one key");
@@ -381,12 +381,12 @@ mod loom_handoff {
     /// A writer: `Store::remove` of key 1.
     fn remove(w: &World) {
         let mut entry = lock(&w.entry);
-        if entry.timer != UNFILED {
-            w.handoff.orphan(&w.signals, &1, entry.timer);
+        if entry.node != UNFILED {
+            w.handoff.orphan(&w.signals, &1, entry.node);
         }
         *entry = Entry {
             deadline: NEVER,
-            timer: UNFILED,
+            node: UNFILED,
         };
     }
 
@@ -394,8 +394,8 @@ mod loom_handoff {
     /// took back from pools.
     #[derive(Default)]
     struct Wheel {
-        linked: BTreeMap<TimerId, u64>,
-        held: Vec<TimerId>,
+        linked: BTreeMap<NodeId, u64>,
+        held: Vec<NodeId>,
     }
 
     /// The task's drain: free every orphan, link every queued node at its tick, and put
@@ -424,7 +424,7 @@ mod loom_handoff {
     /// Whether the entry's node is linked at `tick`.
     fn linked_at(w: &World, wheel: &Wheel, tick: u64) -> bool {
         let entry = lock(&w.entry);
-        wheel.linked.get(&entry.timer) == Some(&tick)
+        wheel.linked.get(&entry.node) == Some(&tick)
     }
 
     /// The task until the entry's node is linked at `tick`: drain, publish when it would wake
@@ -485,7 +485,7 @@ mod loom_handoff {
             drain(&w, &mut wheel);
             // Every id handed out is in exactly one place: linked (the entry's), held, or in
             // the reserve (where the writer took the orphaned id back from, if it could).
-            let mut ids: Vec<TimerId> = wheel.linked.keys().copied().collect();
+            let mut ids: Vec<NodeId> = wheel.linked.keys().copied().collect();
             ids.extend(&wheel.held);
             ids.extend(lock(&w.handoff.reserve).iter());
             ids.sort_unstable();

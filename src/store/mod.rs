@@ -1,33 +1,31 @@
-//! The store: the entry layout and every operation the handles perform on it, each in one
-//! shard lock, plus the reporting of what those operations removed.
+//! The store: the one owner of entries and of their rules. The handles and the expiry task
+//! call its operations; nothing else touches the map.
 //!
-//! An [`Entry`] holds the value, its deadline, the `invalidate_all` generation it was written
-//! in, and its [`timer`](Entry::timer) state. Deadlines are nanoseconds since the cache's
-//! epoch ([`NEVER`] when there is none).
+//! Layout: `mod.rs` the struct and the reads; `write.rs` inserts and a load's fill;
+//! `remove.rs` every removal and the one place each is reported; `entry.rs` the entry and the
+//! map; `flight.rs` the loads in flight; `handoff.rs` what writers tell the expiry task;
+//! `capacity.rs` the bound and its policy shards.
 //!
-//! The map ([`Map`]) holds bare entries (16 bytes plus the value) unless the cache has a
-//! time-to-idle: then each entry has its *cap* beside it ([`Capped`], 8 bytes more). Each
-//! operation picks the map's kind once; everything outside this module sees an [`Entry`].
+//! Words used throughout: an entry's *deadline* is when it stops being live (the earlier of
+//! its cap and its last access plus the time-to-idle); its *cap* is the latest the deadline may
+//! become, the TTL's deadline ([`Cap`] carries it with the clock reading it came from); its
+//! *node* is its place in the expiry task's wheel, named by a [`NodeId`] (`UNFILED` for none).
 //!
 //! Invariants:
-//! - An entry is *live* when its generation is the cache's current one and its deadline is in
-//!   the future. Reads return live entries only, whatever the task has or has not done yet;
-//!   they read the clock only for an entry that has a deadline.
-//! - `deadline` is the effective deadline. The cap is the TTL's deadline (or [`NEVER`]).
-//!   Without a time-to-idle the deadline *is* the cap and never moves (so it is not stored
-//!   twice). With one, the deadline is the earlier of the cap and the last access plus the
-//!   idle time. Writers set both under the shard lock; readers may only move `deadline`
-//!   later, up to the cap, with `fetch_max`, and only when it moves by more than the
-//!   tolerance (so a hot entry is not written on every read).
-//! - `timer` says where the entry's deadline is known to the task:
-//!   - [`UNFILED`]: nowhere; the entry has no deadline, or the task dropped its node.
-//!   - a wheel node id, which the writer took when it queued a hand-off record for the key
-//!     (see `handoff.rs`): the node is queued there or linked in the wheel, at a tick no later
-//!     than `deadline`'s. A later deadline needs nothing (the node fires early and the task
-//!     re-files it); a first or an earlier one goes through the hand-off, which lowers the
-//!     queued tick or queues a new node and orphans the linked one.
-//! - Every entry that leaves the map is reported exactly once, by the code path that took it
-//!   out, after the shard lock is released ([`Store::retire`]).
+//! - **Exact reads.** An entry is live while its generation is the current one and its
+//!   deadline is in the future; reads return live entries only, whatever the task has or has
+//!   not done yet, and read the clock only for an entry that has a deadline.
+//! - **Deadlines only move later under readers.** Writers set deadline and cap under the shard
+//!   lock; readers may only move a deadline later, up to the cap, with `fetch_max`, and only
+//!   by more than a tolerance (so a hot entry is not written on every read).
+//! - **The task always knows a deadline in time.** An entry's node is queued in the hand-off or
+//!   linked in the wheel at a tick no later than its deadline's. A later deadline needs nothing
+//!   (the node fires early and the task re-files it); a first or an earlier one goes through
+//!   the hand-off (see `handoff.rs`).
+//! - **Every removal is reported once**, by the path that took the entry out, after the shard
+//!   lock is released (see `remove.rs`).
+//! - **User code never runs between two writes that must both happen**: keys are cloned and
+//!   values weighed before anything changes.
 
 pub(crate) mod capacity;
 pub(crate) mod entry;
@@ -49,8 +47,10 @@ use tokio_util::sync::DropGuard;
 use crate::listener::Notifier;
 use crate::stats::{Counter, Counters, Lag};
 use crate::store::handoff::{Handoff, Signals};
-use crate::time::clock::{Clock, Stamp, NEVER};
+use crate::time::clock::{Cap, Clock, NEVER};
 use crate::time::jitter;
+#[cfg(doc)]
+use crate::time::wheel::NodeId;
 use capacity::{Capacity, Weigher};
 use entry::{with_map, Map, Stored, GENERATION_MASK};
 pub(crate) use entry::{Fired, Retired};
@@ -161,16 +161,16 @@ where
 
     /// The deadline of a write with the default TTL (jittered), now.
     #[inline]
-    pub(crate) fn default_deadline(&self) -> Stamp {
+    pub(crate) fn default_cap(&self) -> Cap {
         match self.time_to_live {
-            None => Stamp::NEVER,
-            Some(ttl) => self.clock.stamp(jitter::spread(ttl, self.jitter)),
+            None => Cap::NEVER,
+            Some(ttl) => self.clock.cap_after(jitter::spread(ttl, self.jitter)),
         }
     }
 
     /// The deadline of a write with its own `ttl`, now; `None` for zero (nothing is stored).
-    pub(crate) fn deadline_for_ttl(&self, ttl: Duration) -> Option<Stamp> {
-        (!ttl.is_zero()).then(|| self.clock.stamp(ttl))
+    pub(crate) fn cap_for_ttl(&self, ttl: Duration) -> Option<Cap> {
+        (!ttl.is_zero()).then(|| self.clock.cap_after(ttl))
     }
 
     /// The current `invalidate_all` generation.

@@ -25,7 +25,7 @@ use super::{Store, INVALIDATIONS};
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::time::clock::NEVER;
-use crate::time::wheel::TimerId;
+use crate::time::wheel::NodeId;
 
 impl<K, V, S> Store<K, V, S>
 where
@@ -77,7 +77,7 @@ where
     /// Tell the task that `entry`, being removed under its shard lock, leaves its wheel node
     /// behind (see handoff.rs).
     pub(crate) fn orphan(&self, key: &K, entry: &Entry<V>) {
-        if let Some(node) = entry.node() {
+        if let Some(node) = entry.filed_node() {
             self.handoff.orphan(&self.signals, key, node);
         }
     }
@@ -182,12 +182,12 @@ where
     /// lock, the entry is removed if it still holds the node and is no longer live, or its
     /// node is re-filed or dropped. User code (the key's `Hash` and `Eq`) runs only before
     /// anything changes: a panic leaves the entry and the node as they were.
-    pub(crate) fn fire(&self, key: &K, node: TimerId, now: u64) -> Fired<K, V> {
+    pub(crate) fn fire(&self, key: &K, node: NodeId, now: u64) -> Fired<K, V> {
         let held = self.hold_for_removal(key);
         let generation = self.generation();
         let mut fired = Fired::Stale;
         let removed = self.map.remove_if_mut(key, |_, entry| {
-            if entry.timer != node {
+            if entry.node != node {
                 return false;
             }
             if !entry.is_live(generation, || now) {
@@ -195,7 +195,7 @@ where
             }
             fired = match entry.deadline() {
                 NEVER => {
-                    entry.timer = UNFILED;
+                    entry.node = UNFILED;
                     Fired::Unfiled
                 }
                 deadline => Fired::Refile(self.clock.tick_of(deadline)),

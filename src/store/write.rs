@@ -24,15 +24,25 @@ use super::Store;
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::sync::Arc as SyncArc;
-use crate::time::clock::{Stamp, NEVER};
-use crate::time::wheel::TimerId;
+use crate::time::clock::{Cap, NEVER};
+use crate::time::wheel::NodeId;
 
-/// A bounded write's policy bookkeeping: its key's policy shard (held), the key's hash, the
-/// key, the weight.
-type Admission<'a, K, S> = (Held<'a, K, S>, u64, K, u32);
+/// A bounded write's policy bookkeeping: its key's policy shard, held from before the write
+/// until the policy has accounted for it, and what the policy needs.
+struct Admission<'a, K, S> {
+    shard: Held<'a, K, S>,
+    /// The key's hash by the policy's hasher.
+    hash: u64,
+    key: K,
+    weight: u32,
+}
 
-/// A write done: its policy bookkeeping still to do (if any), and what it replaced.
-type Written<'a, K, V, S> = (Option<Admission<'a, K, S>>, Option<Retired<K, V>>);
+/// A write done under the map's shard lock: its policy bookkeeping still to do, if any, and
+/// the entry it replaced.
+struct Written<'a, K, V, S> {
+    admission: Option<Admission<'a, K, S>>,
+    replaced: Option<Retired<K, V>>,
+}
 
 impl<K, V, S> Store<K, V, S>
 where
@@ -40,22 +50,22 @@ where
     V: Clone,
     S: BuildHasher + Clone,
 {
-    /// The effective deadline of an entry written now with `stamp`.
-    fn effective(&self, stamp: Stamp) -> u64 {
+    /// The effective deadline of an entry written now with `cap`.
+    fn effective(&self, cap: Cap) -> u64 {
         if self.idle == 0 {
-            stamp.cap
+            cap.at
         } else {
-            let now = stamp.now.unwrap_or_else(|| self.clock.now());
-            stamp.cap.min(now.saturating_add(self.idle))
+            let now = cap.now.unwrap_or_else(|| self.clock.now());
+            cap.at.min(now.saturating_add(self.idle))
         }
     }
 
-    /// Store `value` under `key` with the TTL deadline `cap`, and report what it replaced.
+    /// Store `value` under `key` with the cap `cap`, and report what it replaced.
     #[inline]
-    pub(crate) fn insert(&self, key: K, value: V, cap: Stamp) {
+    pub(crate) fn insert(&self, key: K, value: V, cap: Cap) {
         let (key, value) = match self.capacity.as_ref().filter(|c| c.unweighted()) {
             Some(capacity) => match self.insert_unweighted(capacity, key, value, cap) {
-                Ok((mut admit, replaced)) => return self.after_write(&mut admit, replaced),
+                Ok(written) => return self.after_write(written.admission, written.replaced),
                 Err(back) => {
                     self.fallbacks.fetch_add(1, Ordering::Relaxed);
                     back
@@ -63,13 +73,13 @@ where
             },
             None => (key, value),
         };
-        let mut admit = self.admission(&key, &value);
+        let admission = self.admission(&key, &value);
         let replaced = with_map!(&self.map, m => {
             let slot = m.entry(key);
             self.flights.supersede(slot.key());
             self.write(slot, value, cap, self.generation())
         });
-        self.after_write(&mut admit, replaced);
+        self.after_write(admission, replaced);
     }
 
     /// An insert into a bounded cache whose entries all weigh 1, in one map lookup. An
@@ -82,21 +92,23 @@ where
         capacity: &'a Capacity<K, V, S>,
         key: K,
         value: V,
-        cap: Stamp,
+        cap: Cap,
     ) -> Result<Written<'a, K, V, S>, (K, V)> {
         with_map!(&self.map, m => {
-            let (slot, admit) = match m.entry(key) {
+            let (slot, admission) = match m.entry(key) {
                 Slot::Vacant(vacant) => match capacity.try_hold(vacant.key()) {
                     Some((shard, hash)) => {
                         let key = vacant.key().clone();
-                        (Slot::Vacant(vacant), Some((shard, hash, key, 1)))
+                        let admission = Admission { shard, hash, key, weight: 1 };
+                        (Slot::Vacant(vacant), Some(admission))
                     }
                     None => return Err((vacant.into_key(), value)),
                 },
                 occupied => (occupied, None),
             };
             self.flights.supersede(slot.key());
-            Ok((admit, self.write(slot, value, cap, self.generation())))
+            let replaced = self.write(slot, value, cap, self.generation());
+            Ok(Written { admission, replaced })
         })
     }
 
@@ -108,23 +120,32 @@ where
         let capacity = self.capacity.as_ref()?;
         let weight = capacity.weigh(key, value);
         let (shard, hash) = capacity.hold(key);
-        Some((shard, hash, key.clone(), weight))
+        Some(Admission {
+            shard,
+            hash,
+            key: key.clone(),
+            weight,
+        })
     }
 
     /// After a write, with no map lock held: account for it in the policy (evicting for room),
     /// release the policy shard, then report what the write replaced and what was evicted.
-    fn after_write(
-        &self,
-        admission: &mut Option<Admission<'_, K, S>>,
-        replaced: Option<Retired<K, V>>,
-    ) {
+    fn after_write(&self, admission: Option<Admission<'_, K, S>>, replaced: Option<Retired<K, V>>) {
         let evict = |key: &K| self.evict(key);
         let room = || Room {
             map: &self.map,
             evict: &evict,
         };
-        let evicted = match (&self.capacity, admission.take()) {
-            (Some(capacity), Some((mut shard, hash, key, weight))) => match &replaced {
+        let evicted = match (&self.capacity, admission) {
+            (
+                Some(capacity),
+                Some(Admission {
+                    mut shard,
+                    hash,
+                    key,
+                    weight,
+                }),
+            ) => match &replaced {
                 None => capacity.admit(&mut shard, room(), key, hash, weight),
                 Some(old) => match capacity.replaced(&mut shard, &key, weight) {
                     // Same weight: nothing to account for.
@@ -164,10 +185,10 @@ where
         key: K,
         flight: &SyncArc<Flight<V>>,
         value: V,
-        cap: Option<Stamp>,
+        cap: Option<Cap>,
         generation: u32,
     ) {
-        let mut admit = self.admission(&key, &value);
+        let admission = self.admission(&key, &value);
         let written = with_map!(&self.map, m => {
             let slot = m.entry(key);
             // Unregistered under the shard lock: a writer either marked the flight before
@@ -181,7 +202,7 @@ where
             }
         });
         if let Some(replaced) = written {
-            self.after_write(&mut admit, replaced);
+            self.after_write(admission, replaced);
         }
     }
 
@@ -191,16 +212,16 @@ where
         &self,
         slot: Slot<'_, K, E>,
         value: V,
-        stamp: Stamp,
+        cap: Cap,
         generation: u32,
     ) -> Option<Retired<K, V>> {
-        let (deadline, cap) = (self.effective(stamp), stamp.cap);
+        let deadline = self.effective(cap);
         match slot {
             Slot::Vacant(slot) => {
-                let timer = self.hand_off(slot.key(), UNFILED, NEVER, deadline);
+                let node = self.hand_off(slot.key(), UNFILED, NEVER, deadline);
                 slot.insert(E::new(
-                    Entry::new(value, deadline, timer, generation, 0),
-                    cap,
+                    Entry::new(value, deadline, node, generation, 0),
+                    cap.at,
                 ));
                 self.count(Counter::Insert, 1);
                 None
@@ -210,11 +231,11 @@ where
                 // replacement after it must both happen.
                 let key = self.notifier.is_active().then(|| slot.key().clone());
                 let old = slot.get().entry();
-                let timer = self.hand_off(slot.key(), old.timer, old.deadline(), deadline);
+                let node = self.hand_off(slot.key(), old.node, old.deadline(), deadline);
                 // Judging the cause needs the time (the write's own, if it read the clock):
                 // only when someone counts or listens.
                 let cause = if self.counters.is_some() || self.notifier.is_active() {
-                    let now = || stamp.now.unwrap_or_else(|| self.clock.now());
+                    let now = || cap.now.unwrap_or_else(|| self.clock.now());
                     self.cause_at(old, RemovalCause::Replaced, now)
                 } else {
                     RemovalCause::Replaced
@@ -227,24 +248,24 @@ where
                     },
                     1,
                 );
-                let new = Entry::new(value, deadline, timer, generation, old.policy_bits());
-                let entry = std::mem::replace(slot.get_mut(), E::new(new, cap)).into_entry();
+                let new = Entry::new(value, deadline, node, generation, old.policy_bits());
+                let entry = std::mem::replace(slot.get_mut(), E::new(new, cap.at)).into_entry();
                 Some(Retired { key, entry, cause })
             }
         }
     }
 
-    /// The timer of `key`'s entry, under its shard lock, as it goes from the deadline `old`
-    /// with `timer` to `deadline`: a node queued for the task if it needs one (see
+    /// The node of `key`'s entry, under its shard lock, as it goes from the deadline `old`
+    /// with the node `held` to `deadline`: a node queued for the task if it needs one (see
     /// [`needs_push`]). The deadline's tick (a division) is worked out only then: most
     /// overwrites move a deadline later and need nothing.
     #[inline]
-    fn hand_off(&self, key: &K, timer: TimerId, old: u64, deadline: u64) -> TimerId {
-        if needs_push(timer, old, deadline) {
+    fn hand_off(&self, key: &K, held: NodeId, old: u64, deadline: u64) -> NodeId {
+        if needs_push(held, old, deadline) {
             let due = self.clock.tick_of(deadline);
-            self.handoff.push(&self.signals, key.clone(), timer, due)
+            self.handoff.push(&self.signals, key.clone(), held, due)
         } else {
-            timer
+            held
         }
     }
 }

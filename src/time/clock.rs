@@ -25,19 +25,20 @@ pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 /// A deadline that never comes.
 pub(crate) const NEVER: u64 = u64::MAX;
 
-/// A write's TTL deadline (its *cap*), with the clock reading it was computed from when one
-/// was taken, so that a write that needs the time again (for a time-to-idle) does not read
-/// the clock twice.
+/// A write's *cap*: the TTL's deadline, the latest its entry's deadline may become, with the
+/// clock reading it was computed from when one was taken, so that a write that needs the time
+/// again (for a time-to-idle) does not read the clock twice.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Stamp {
-    pub(crate) cap: u64,
+pub(crate) struct Cap {
+    /// The TTL's deadline, or [`NEVER`].
+    pub(crate) at: u64,
     pub(crate) now: Option<u64>,
 }
 
-impl Stamp {
+impl Cap {
     /// No TTL: a cap that never comes, no clock read.
-    pub(crate) const NEVER: Stamp = Stamp {
-        cap: NEVER,
+    pub(crate) const NEVER: Cap = Cap {
+        at: NEVER,
         now: None,
     };
 }
@@ -86,12 +87,12 @@ impl Clock {
             .as_nanos() as u64
     }
 
-    /// The stamp of a write now with `ttl`.
+    /// The cap of a write now with `ttl`.
     #[inline]
-    pub(crate) fn stamp(&self, ttl: Duration) -> Stamp {
+    pub(crate) fn cap_after(&self, ttl: Duration) -> Cap {
         let now = self.now();
-        Stamp {
-            cap: self.deadline_after(now, ttl),
+        Cap {
+            at: self.deadline_after(now, ttl),
             now: Some(now),
         }
     }

@@ -106,7 +106,7 @@ use slab::{Cell, Node, Slab, NIL, RESERVED, UNLINKED};
 
 /// Index of a node in the wheel's slab. Values `u32::MAX` and `u32::MAX - 1` are reserved by
 /// the caller and never returned.
-pub(crate) type TimerId = u32;
+pub(crate) type NodeId = u32;
 
 /// Number of levels.
 const LEVELS: usize = 6;
@@ -199,8 +199,8 @@ impl<T> Wheel<T> {
     /// a `when` at or before `elapsed` is due at the next poll. For a wheel whose ids nobody
     /// else hands out (see [`link`](Self::link)).
     #[cfg(test)]
-    pub(crate) fn insert(&mut self, when: u64, item: T) -> TimerId {
-        let id = self.take_free().unwrap_or(self.entries.len() as TimerId);
+    pub(crate) fn insert(&mut self, when: u64, item: T) -> NodeId {
+        let id = self.take_free().unwrap_or(self.entries.len() as NodeId);
         self.link(id, when, item);
         id
     }
@@ -212,7 +212,7 @@ impl<T> Wheel<T> {
     /// # Panics
     ///
     /// If `id` is a reserved value, a live node, or on the free list.
-    pub(crate) fn link(&mut self, id: TimerId, when: u64, item: T) {
+    pub(crate) fn link(&mut self, id: NodeId, when: u64, item: T) {
         assert!(
             (id as usize) < MAX_NODES,
             "wheel: node id {id} out of range"
@@ -230,7 +230,7 @@ impl<T> Wheel<T> {
     }
 
     /// An id off the free list, for the caller to hold until it links it or gives it back.
-    pub(crate) fn take_free(&mut self) -> Option<TimerId> {
+    pub(crate) fn take_free(&mut self) -> Option<NodeId> {
         if self.free_head == NIL {
             return None;
         }
@@ -252,7 +252,7 @@ impl<T> Wheel<T> {
     /// # Panics
     ///
     /// If `id` is a live node or already free.
-    pub(crate) fn release(&mut self, id: TimerId) {
+    pub(crate) fn release(&mut self, id: NodeId) {
         assert!(
             (id as usize) < MAX_NODES,
             "wheel: node id {id} out of range"
@@ -277,7 +277,7 @@ impl<T> Wheel<T> {
 
     /// Moves node `id` (scheduled or fired) to tick `when` (at most [`MAX_TICK`]). The id
     /// stays valid.
-    pub(crate) fn reschedule(&mut self, id: TimerId, when: u64) {
+    pub(crate) fn reschedule(&mut self, id: NodeId, when: u64) {
         self.unlink(id);
         self.node_mut(id).inverted_when = Node::<T>::invert(when);
         self.file(id);
@@ -288,7 +288,7 @@ impl<T> Wheel<T> {
     /// # Panics
     ///
     /// If `id` is not an allocated node.
-    pub(crate) fn remove(&mut self, id: TimerId) -> T {
+    pub(crate) fn remove(&mut self, id: NodeId) -> T {
         self.unlink(id);
         let cell = Cell::Free {
             next_free: self.free_head,
@@ -309,7 +309,7 @@ impl<T> Wheel<T> {
     /// # Panics
     ///
     /// If `id` is not an allocated node.
-    pub(crate) fn get(&self, id: TimerId) -> &T {
+    pub(crate) fn get(&self, id: NodeId) -> &T {
         &self.node(id).item
     }
 
@@ -318,7 +318,7 @@ impl<T> Wheel<T> {
     /// # Panics
     ///
     /// If `id` is not an allocated node.
-    pub(crate) fn when(&self, id: TimerId) -> u64 {
+    pub(crate) fn when(&self, id: NodeId) -> u64 {
         self.node(id).when()
     }
 
@@ -346,7 +346,7 @@ impl<T> Wheel<T> {
     /// [`next_expiration`]: Self::next_expiration
     /// [`remove`]: Self::remove
     /// [`reschedule`]: Self::reschedule
-    pub(crate) fn poll(&mut self, now: u64) -> Option<TimerId> {
+    pub(crate) fn poll(&mut self, now: u64) -> Option<NodeId> {
         let now = now.max(self.elapsed);
         loop {
             if self.due_head != NIL {
@@ -451,7 +451,7 @@ impl<T> Wheel<T> {
     }
 
     /// Links an unlinked node where its `when` belongs.
-    fn file(&mut self, id: TimerId) {
+    fn file(&mut self, id: NodeId) {
         let loc = self.loc_for(self.node(id).when());
         let head = match loc {
             Loc::Slot { level, slot } => {
@@ -473,7 +473,7 @@ impl<T> Wheel<T> {
     }
 
     /// Takes node `id` out of its list, if it is in one, leaving it unlinked.
-    fn unlink(&mut self, id: TimerId) {
+    fn unlink(&mut self, id: NodeId) {
         let node = self.node(id);
         let (prev, next) = (node.prev, node.next);
         if prev == UNLINKED {
@@ -503,17 +503,17 @@ impl<T> Wheel<T> {
         node.next = NIL;
     }
 
-    fn node(&self, id: TimerId) -> &Node<T> {
+    fn node(&self, id: NodeId) -> &Node<T> {
         match self.entries.get(id) {
             Some(Cell::Live(node)) => node,
-            _ => panic!("wheel: timer id {id} is not allocated"),
+            _ => panic!("wheel: node {id} is not allocated"),
         }
     }
 
-    fn node_mut(&mut self, id: TimerId) -> &mut Node<T> {
+    fn node_mut(&mut self, id: NodeId) -> &mut Node<T> {
         match self.entries.get_mut(id) {
             Some(Cell::Live(node)) => node,
-            _ => panic!("wheel: timer id {id} is not allocated"),
+            _ => panic!("wheel: node {id} is not allocated"),
         }
     }
 }

@@ -18,7 +18,7 @@ const P: [u64; 7] = [
 ];
 
 /// Polls at `now` until `None`, returning the ids in order and checking each is due.
-fn drain(wheel: &mut Wheel<u64>, now: u64) -> Vec<TimerId> {
+fn drain(wheel: &mut Wheel<u64>, now: u64) -> Vec<NodeId> {
     let mut out = Vec::new();
     // A `now` behind `elapsed` counts as `elapsed`.
     let now = now.max(wheel.elapsed());
@@ -536,9 +536,9 @@ fn rng(state: &mut u64) -> u64 {
     state.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
-type Model = BTreeMap<TimerId, (u64, u64)>;
+type Model = BTreeMap<NodeId, (u64, u64)>;
 
-fn pick(model: &Model, index: &Index) -> Option<TimerId> {
+fn pick(model: &Model, index: &Index) -> Option<NodeId> {
     (!model.is_empty()).then(|| *model.keys().nth(index.index(model.len())).unwrap())
 }
 
@@ -546,7 +546,7 @@ fn pick(model: &Model, index: &Index) -> Option<TimerId> {
 fn settle(
     wheel: &mut Wheel<u64>,
     model: &mut Model,
-    id: TimerId,
+    id: NodeId,
     item: u64,
     now: u64,
     seed: &mut u64,
@@ -567,9 +567,9 @@ fn settle(
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut wheel = Wheel::<u64>::new();
     let mut model = Model::new();
-    let mut held: Vec<TimerId> = Vec::new();
+    let mut held: Vec<NodeId> = Vec::new();
     // Ids handed out so far, free or not.
-    let mut fresh: TimerId = 0;
+    let mut fresh: NodeId = 0;
     let mut next_item = 0u64;
     for op in ops {
         let elapsed = wheel.elapsed();
@@ -621,7 +621,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             wheel.release(id);
                         }
                         // Never seen, maybe past the slab's end.
-                        let id = fresh + TimerId::from(gap);
+                        let id = fresh + NodeId::from(gap);
                         fresh = id + 1;
                         id
                     }
