@@ -36,7 +36,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use ebb::Cache;
+use ebb_cache::Cache;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ebb::Cache;
+use ebb_cache::Cache;
 
 /// A stand-in for a database that takes 50 ms a query and counts them.
 #[derive(Default)]

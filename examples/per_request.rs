@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use ebb::Cache;
+use ebb_cache::Cache;
 
 const PER_SECOND: u64 = 20_000;
 const SECONDS: u64 = 5;

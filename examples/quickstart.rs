@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ebb::Cache;
+use ebb_cache::Cache;
 
 /// What a service keeps for its handlers.
 #[derive(Clone)]

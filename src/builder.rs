@@ -35,7 +35,7 @@ use crate::time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let cache: ebb::Cache<u64, String> = ebb::Cache::builder()
+/// let cache: ebb_cache::Cache<u64, String> = ebb_cache::Cache::builder()
 ///     .name("users")
 ///     .time_to_live(Duration::from_secs(30))
 ///     .expiry_jitter(0.05)
@@ -190,7 +190,7 @@ where
     /// use std::time::Duration;
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
-    /// let sessions: ebb::Cache<u32, &str> = ebb::Cache::builder()
+    /// let sessions: ebb_cache::Cache<u32, &str> = ebb_cache::Cache::builder()
     ///     .time_to_idle(Duration::from_secs(10))
     ///     .build();
     /// sessions.insert(1, "alice");
@@ -225,9 +225,9 @@ where
     /// # async fn main() {
     /// let removed = Arc::new(AtomicUsize::new(0));
     /// let seen = Arc::clone(&removed);
-    /// let cache: ebb::Cache<u32, u32> = ebb::Cache::builder()
+    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder()
     ///     .eviction_listener(move |_key, _value, cause| {
-    ///         assert_eq!(cause, ebb::RemovalCause::Explicit);
+    ///         assert_eq!(cause, ebb_cache::RemovalCause::Explicit);
     ///         seen.fetch_add(1, Ordering::Relaxed);
     ///     })
     ///     .build();
@@ -257,12 +257,12 @@ where
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    /// let cache: ebb::Cache<u32, String> = ebb::Cache::builder().eviction_channel(tx).build();
+    /// let cache: ebb_cache::Cache<u32, String> = ebb_cache::Cache::builder().eviction_channel(tx).build();
     /// cache.insert(1, "one".into());
     /// cache.insert(1, "uno".into());
     /// let removal = rx.recv().await.unwrap();
     /// assert_eq!((removal.key, removal.value.as_str()), (1, "one"));
-    /// assert_eq!(removal.cause, ebb::RemovalCause::Replaced);
+    /// assert_eq!(removal.cause, ebb_cache::RemovalCause::Replaced);
     /// # }
     /// ```
     pub fn eviction_channel(mut self, sender: Sender<Removal<K, V>>) -> Self {
@@ -289,7 +289,7 @@ where
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let cache: ebb::Cache<u32, u32> = ebb::Cache::builder().max_capacity(100).build();
+    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().max_capacity(100).build();
     /// for k in 0..1000 {
     ///     cache.insert(k, k);
     ///     assert!(cache.entry_count() <= 100);
@@ -313,7 +313,7 @@ where
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let pages: ebb::Cache<u32, Vec<u8>> = ebb::Cache::builder()
+    /// let pages: ebb_cache::Cache<u32, Vec<u8>> = ebb_cache::Cache::builder()
     ///     .max_capacity(1 << 20) // bytes
     ///     .weigher(|_key, page: &Vec<u8>| page.len().try_into().unwrap_or(u32::MAX))
     ///     .build();
@@ -395,7 +395,7 @@ where
     ///
     /// ```
     /// let runtime = tokio::runtime::Runtime::new().unwrap();
-    /// let cache: ebb::Cache<u32, u32> = ebb::Cache::builder().build_on(runtime.handle());
+    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().build_on(runtime.handle());
     /// cache.insert(1, 1);
     /// assert_eq!(cache.get(&1), Some(1));
     /// ```

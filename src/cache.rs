@@ -12,7 +12,6 @@ use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use crate::store::Store;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
-/// let cache: ebb::Cache<&str, u32> = ebb::Cache::builder()
+/// let cache: ebb_cache::Cache<&str, u32> = ebb_cache::Cache::builder()
 ///     .time_to_live(Duration::from_secs(60))
 ///     .build();
 ///
@@ -165,7 +164,7 @@ where
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let cache: ebb::Cache<u32, u32> = ebb::Cache::builder().record_stats().build();
+    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().record_stats().build();
     /// cache.insert(1, 1);
     /// cache.get(&1);
     /// cache.get(&2);
@@ -190,7 +189,7 @@ where
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let cache: ebb::Cache<u32, u32> = ebb::Cache::builder().build();
+    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().build();
     /// let weak = cache.downgrade();
     /// weak.upgrade().unwrap().insert(1, 1);
     /// assert_eq!(cache.get(&1), Some(1));
@@ -215,9 +214,12 @@ where
         self.store.clock.horizon()
     }
 
-    /// A snapshot of the expiry task's bookkeeping, for tests of ebb itself.
+    /// A snapshot of the expiry task's bookkeeping, for tests of ebb itself (the
+    /// `internals` cargo feature; not part of the public API).
+    #[cfg(feature = "internals")]
     #[doc(hidden)]
     pub fn __internals(&self) -> Internals {
+        use std::sync::atomic::Ordering;
         let store = &self.store;
         Internals {
             nodes: store.signals.nodes.load(Ordering::Acquire),
@@ -260,7 +262,9 @@ impl<K, V, S> WeakCache<K, V, S> {
     }
 }
 
-/// The expiry task's bookkeeping, for tests of ebb itself; not part of the stable API.
+/// The expiry task's bookkeeping, for tests of ebb itself (the `internals` cargo feature);
+/// not part of the public API.
+#[cfg(feature = "internals")]
 #[doc(hidden)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Internals {

@@ -11,7 +11,7 @@
 //!
 //! #[tokio::main]
 //! async fn main() {
-//!     let sessions: ebb::Cache<u64, String> = ebb::Cache::builder()
+//!     let sessions: ebb_cache::Cache<u64, String> = ebb_cache::Cache::builder()
 //!         .name("sessions")
 //!         .time_to_live(Duration::from_millis(300))
 //!         .tick(Duration::from_millis(50))
@@ -123,7 +123,7 @@ mod task;
 mod time;
 
 pub use builder::CacheBuilder;
-pub use cache::{Cache, Internals, WeakCache};
+pub use cache::{Cache, WeakCache};
 pub use error::BuildError;
 pub use listener::{Removal, RemovalCause};
 pub use load::{GetWith, GetWithExpiry, OptionallyGetWith, TryGetWith};

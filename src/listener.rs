@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc::{error::TrySendError, Sender};
 
-/// Why an entry left the cache.
+/// Why an entry left the cache. Later versions may add causes: match with a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RemovalCause {
     /// Its TTL (or time-to-idle) ran out.
     Expired,

@@ -484,7 +484,7 @@ where
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let cache: ebb::Cache<u32, String> = ebb::Cache::builder().build();
+    /// let cache: ebb_cache::Cache<u32, String> = ebb_cache::Cache::builder().build();
     /// let name = cache.get_with(7, async { "loaded once".to_string() }).await;
     /// assert_eq!(name, "loaded once");
     /// // A hit: the loader is not run.
@@ -511,7 +511,7 @@ where
     /// use std::time::Duration;
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
-    /// let tokens: ebb::Cache<&str, String> = ebb::Cache::builder().build();
+    /// let tokens: ebb_cache::Cache<&str, String> = ebb_cache::Cache::builder().build();
     /// let token = tokens
     ///     .get_with_expiry("api", async { ("t0k3n".to_string(), Some(Duration::from_secs(60))) })
     ///     .await;
@@ -540,7 +540,7 @@ where
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let cache: ebb::Cache<u32, u64> = ebb::Cache::builder().build();
+    /// let cache: ebb_cache::Cache<u32, u64> = ebb_cache::Cache::builder().build();
     /// let err = cache.try_get_with(1, async { "db down".parse::<u64>() }).await;
     /// assert!(err.is_err());
     /// let ok = cache.try_get_with(1, async { "42".parse::<u64>() }).await;
@@ -564,7 +564,7 @@ where
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let cache: ebb::Cache<u32, String> = ebb::Cache::builder().build();
+    /// let cache: ebb_cache::Cache<u32, String> = ebb_cache::Cache::builder().build();
     /// assert_eq!(cache.optionally_get_with(1, async { None }).await, None);
     /// assert!(cache.get(&1).is_none());
     /// # }

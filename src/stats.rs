@@ -149,6 +149,7 @@ impl Lag {
 /// [`record_stats`](crate::CacheBuilder::record_stats) (or `stats_interval`); otherwise they
 /// read zero. `entry_count` and the expiry lag are always there.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Lookups (`get`, and `get_with` and its family) that found a live value.
     pub hits: u64,

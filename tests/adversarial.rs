@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{advance, settle};
-use ebb::{Cache, RemovalCause};
+use ebb_cache::{Cache, RemovalCause};
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);

@@ -24,7 +24,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use common::{advance, alive_tasks, logged, settle, taken, wait_until_blocking, Counted};
-use ebb::{BuildError, Cache, RemovalCause, WeakCache};
+use ebb_cache::{BuildError, Cache, RemovalCause, WeakCache};
 
 const NS: Duration = Duration::from_nanos(1);
 const MS: Duration = Duration::from_millis(1);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{advance, logged, settle, wait_until, Log};
-use ebb::{Cache, RemovalCause};
+use ebb_cache::{Cache, RemovalCause};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -202,7 +202,7 @@ async fn a_weigher_may_call_into_its_cache() {
     thread_local! {
         static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
-    let cell: Arc<std::sync::OnceLock<ebb::WeakCache<u64, u64>>> = Arc::default();
+    let cell: Arc<std::sync::OnceLock<ebb_cache::WeakCache<u64, u64>>> = Arc::default();
     let weak = Arc::clone(&cell);
     let c: Cache<u64, u64> = Cache::builder()
         .max_capacity(20)

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{advance, settle};
-use ebb::{BuildError, Cache};
+use ebb_cache::{BuildError, Cache};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{alive_tasks, settle, wait_until, wait_until_blocking, Counted};
-use ebb::{BuildError, Cache};
+use ebb_cache::{BuildError, Cache};
 
 const LIMIT: Duration = Duration::from_secs(10);
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::settle;
-use ebb::Cache;
+use ebb_cache::Cache;
 use tokio::time::{sleep, Instant};
 
 const SEC: Duration = Duration::from_secs(1);

@@ -38,7 +38,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ebb::{Cache, RemovalCause};
+use ebb_cache::{Cache, RemovalCause};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError};
 use tokio::time::Instant;

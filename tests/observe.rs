@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{advance, logged, settle, taken, wait_until};
-use ebb::{Cache, RemovalCause};
+use ebb_cache::{Cache, RemovalCause};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -129,7 +129,7 @@ async fn an_insert_over_an_expired_entry_reports_it_once_as_expired() {
 
 #[tokio::test(start_paused = true)]
 async fn a_listener_can_write_back_through_a_weak_handle() {
-    let slot: Arc<Mutex<Option<ebb::WeakCache<u64, u64>>>> = Arc::default();
+    let slot: Arc<Mutex<Option<ebb_cache::WeakCache<u64, u64>>>> = Arc::default();
     let weak = Arc::clone(&slot);
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);

@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use common::{wait_until_blocking, Counted};
-use ebb::{Cache, RemovalCause};
+use ebb_cache::{Cache, RemovalCause};
 
 /// The cache's capacity, below the 64 keys the workers use.
 const CAPACITY: u64 = 48;

@@ -256,6 +256,7 @@ where
     }
 
     /// Total weight accounted for, and the number of weights recorded (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn weight(&self) -> (u64, usize) {
         self.shards.iter().fold((0, 0), |(total, recorded), s| {
             let shard = lock(s);

@@ -246,6 +246,7 @@ where
     }
 
     /// Flights registered now (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn len(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }

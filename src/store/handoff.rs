@@ -189,6 +189,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     }
 
     /// Ids handed out so far, pooled or not: the wheel's slab holds no more cells than this.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn ids(&self) -> u32 {
         self.fresh.load(Ordering::Relaxed)
     }
@@ -274,6 +275,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     }
 
     /// The number of queued records (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn len(&self) -> usize {
         (0..self.stripes.len())
             .map(|i| self.lock(i).records.len())

@@ -271,11 +271,13 @@ where
     }
 
     /// Total weight the capacity policy accounts for (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn policy_weight(&self) -> Option<u64> {
         self.capacity.as_ref().map(|c| c.weight().0)
     }
 
     /// Entry weights the capacity policy keeps, with a weigher (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn policy_records(&self) -> Option<usize> {
         self.capacity.as_ref().map(|c| c.weight().1)
     }

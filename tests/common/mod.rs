@@ -73,10 +73,10 @@ impl Drop for Counted {
 }
 
 /// Every notification a listener received: `(key, value, cause)`.
-pub type Log = Arc<std::sync::Mutex<Vec<(u64, u64, ebb::RemovalCause)>>>;
+pub type Log = Arc<std::sync::Mutex<Vec<(u64, u64, ebb_cache::RemovalCause)>>>;
 
 /// Build `builder` with a listener that records every notification in the returned log.
-pub fn logged(builder: ebb::CacheBuilder<u64, u64>) -> (ebb::Cache<u64, u64>, Log) {
+pub fn logged(builder: ebb_cache::CacheBuilder<u64, u64>) -> (ebb_cache::Cache<u64, u64>, Log) {
     let log: Log = Arc::default();
     let sink = Arc::clone(&log);
     let cache = builder
@@ -86,6 +86,6 @@ pub fn logged(builder: ebb::CacheBuilder<u64, u64>) -> (ebb::Cache<u64, u64>, Lo
 }
 
 /// The notifications so far, emptying the log.
-pub fn taken(log: &Log) -> Vec<(u64, u64, ebb::RemovalCause)> {
+pub fn taken(log: &Log) -> Vec<(u64, u64, ebb_cache::RemovalCause)> {
     std::mem::take(&mut *log.lock().unwrap())
 }

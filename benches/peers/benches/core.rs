@@ -4,7 +4,7 @@
 //! `cargo run -p ebb-peers --release -- report`.
 //!
 //! Implementations compared in every group:
-//! - `ebb`: `ebb::Cache<u64, u64>`, 300 s TTL (30 s in `build_insert_get_drop`).
+//! - `ebb`: `ebb_cache::Cache<u64, u64>`, 300 s TTL (30 s in `build_insert_get_drop`).
 //! - `dashmap_no_ttl`: a raw `DashMap<u64, u64>`; no expiry at all, an upper bound.
 //! - `exact_limit`: a raw `DashMap<u64, (u64, tokio::time::Instant)>` holding a deadline;
 //!   every get reads `Instant::now()` once and returns the value only before the deadline,
@@ -47,8 +47,8 @@ fn runtime() -> Runtime {
         .expect("tokio runtime")
 }
 
-fn ebb_cache(rt: &Runtime, ttl: Duration) -> ebb::Cache<u64, u64> {
-    ebb::Cache::builder()
+fn ebb_cache(rt: &Runtime, ttl: Duration) -> ebb_cache::Cache<u64, u64> {
+    ebb_cache::Cache::builder()
         .time_to_live(ttl)
         .build_on(rt.handle())
 }
@@ -188,8 +188,8 @@ fn build_insert_get_drop(c: &mut Criterion) {
         b.iter_custom(|iters| {
             on_worker(&rt, async move {
                 for _ in 0..iters {
-                    let cache: ebb::Cache<u64, u64> =
-                        ebb::Cache::builder().time_to_live(SHORT_TTL).build();
+                    let cache: ebb_cache::Cache<u64, u64> =
+                        ebb_cache::Cache::builder().time_to_live(SHORT_TTL).build();
                     cache.insert(black_box(1), black_box(2));
                     black_box(cache.get(black_box(&1)));
                     drop(cache);

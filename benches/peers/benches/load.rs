@@ -63,8 +63,8 @@ fn runtime() -> Runtime {
         .expect("tokio runtime")
 }
 
-fn ebb_cache(rt: &Runtime) -> ebb::Cache<u64, u64> {
-    ebb::Cache::builder()
+fn ebb_cache(rt: &Runtime) -> ebb_cache::Cache<u64, u64> {
+    ebb_cache::Cache::builder()
         .time_to_live(TTL)
         .build_on(rt.handle())
 }
@@ -102,14 +102,14 @@ trait GetWith: Send + Sync + 'static {
     ) -> impl Future<Output = u64> + Send + 'a;
 }
 
-impl GetWith for ebb::Cache<u64, u64> {
+impl GetWith for ebb_cache::Cache<u64, u64> {
     #[inline]
     fn get_with<'a>(
         &'a self,
         key: u64,
         init: impl Future<Output = u64> + Send + 'a,
     ) -> impl Future<Output = u64> + Send + 'a {
-        ebb::Cache::get_with(self, key, init)
+        ebb_cache::Cache::get_with(self, key, init)
     }
 }
 

@@ -37,7 +37,7 @@ struct Run {
 }
 
 fn run_mode(rt: &Runtime, capacity: u64, inserts: usize, hot: bool) -> Run {
-    let cache: ebb::Cache<u64, u64> = ebb::Cache::builder()
+    let cache: ebb_cache::Cache<u64, u64> = ebb_cache::Cache::builder()
         .max_capacity(capacity)
         .build_on(rt.handle());
     let mut resident: Vec<u64> = (0..capacity).collect();

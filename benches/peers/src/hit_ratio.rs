@@ -139,7 +139,7 @@ pub fn run() -> Result<String, String> {
     for (name, trace) in traces() {
         for cap in [1_000u64, 10_000] {
             // ebb
-            let ebb: ebb::Cache<u64, u64> = ebb::Cache::builder()
+            let ebb: ebb_cache::Cache<u64, u64> = ebb_cache::Cache::builder()
                 .max_capacity(cap)
                 .build_on(rt.handle());
             let mut hits = 0usize;

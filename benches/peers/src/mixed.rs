@@ -121,7 +121,7 @@ where
 /// same way plus `record_stats()`, filled the same way, runs `OPS` of the same operations on
 /// two threads. Returns the evictions for size and the hit ratio of those operations.
 pub(crate) fn count_evictions(rt: &Runtime, ops: &Arc<[u32]>, ttl: Duration) -> (u64, f64) {
-    let cache = ebb::Cache::builder()
+    let cache = ebb_cache::Cache::builder()
         .time_to_live(ttl)
         .max_capacity(KEYS / 10)
         .record_stats()
@@ -209,7 +209,7 @@ macro_rules! read_heavy {
     };
 }
 
-read_heavy!(ebb::Cache<u64, u64>, settle(cache) {
+read_heavy!(ebb_cache::Cache<u64, u64>, settle(cache) {
     assert!(cache.entry_count() <= KEYS);
 });
 read_heavy!(ExactLimit);
@@ -270,10 +270,11 @@ impl Contender {
 /// Every implementation of a mixed workload with `ttl`, in the `core` bench's order; with
 /// `variants`, also `ebb_stats`, `ebb_tti` and `ebb_bounded`. ebb's caches are built on `rt`.
 pub(crate) fn contenders(rt: &Runtime, ttl: Duration, variants: bool) -> Vec<Contender> {
-    let ebb = |builder: fn(ebb::CacheBuilder<u64, u64>) -> ebb::CacheBuilder<u64, u64>| {
-        let handle = rt.handle().clone();
-        move || builder(ebb::Cache::builder().time_to_live(ttl)).build_on(&handle)
-    };
+    let ebb =
+        |builder: fn(ebb_cache::CacheBuilder<u64, u64>) -> ebb_cache::CacheBuilder<u64, u64>| {
+            let handle = rt.handle().clone();
+            move || builder(ebb_cache::Cache::builder().time_to_live(ttl)).build_on(&handle)
+        };
     let mut all = vec![Contender::new(EBB, ebb(|b| b))];
     if variants {
         all.push(Contender::new(EBB_STATS, ebb(|b| b.record_stats())));

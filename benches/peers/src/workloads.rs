@@ -289,8 +289,9 @@ async fn cycles(name: &str, n: u64) -> Duration {
     match name {
         EBB => {
             for _ in 0..n {
-                let cache: ebb::Cache<u64, u64> =
-                    ebb::Cache::builder().time_to_live(REQUEST_TTL).build();
+                let cache: ebb_cache::Cache<u64, u64> = ebb_cache::Cache::builder()
+                    .time_to_live(REQUEST_TTL)
+                    .build();
                 cache.insert(black_box(1), black_box(2));
                 black_box(cache.get(black_box(&1)));
             }
@@ -405,23 +406,23 @@ fn memory(name: &str, n: u64) -> Value {
         match name {
             EBB => measure!(
                 {
-                    let c: ebb::Cache<u64, u64> =
-                        ebb::Cache::builder().time_to_live(MEMORY_TTL).build();
+                    let c: ebb_cache::Cache<u64, u64> =
+                        ebb_cache::Cache::builder().time_to_live(MEMORY_TTL).build();
                     (0..n).for_each(|k| c.insert(k, k));
                     c
                 },
-                |c: &ebb::Cache<u64, u64>| c.entry_count()
+                |c: &ebb_cache::Cache<u64, u64>| c.entry_count()
             ),
             EBB_BOUNDED => measure!(
                 {
-                    let c: ebb::Cache<u64, u64> = ebb::Cache::builder()
+                    let c: ebb_cache::Cache<u64, u64> = ebb_cache::Cache::builder()
                         .time_to_live(MEMORY_TTL)
                         .max_capacity(n)
                         .build();
                     (0..n).for_each(|k| c.insert(k, k));
                     c
                 },
-                |c: &ebb::Cache<u64, u64>| c.entry_count()
+                |c: &ebb_cache::Cache<u64, u64>| c.entry_count()
             ),
             MOKA_FUTURE | MOKA_BOUNDED => {
                 let mut builder = moka::future::Cache::builder().time_to_live(MEMORY_TTL);
@@ -590,11 +591,11 @@ fn idle(name: &str) -> Value {
         let r = Arc::clone(&removals);
         match name {
             EBB => {
-                let c: ebb::Cache<u64, u64> = ebb::Cache::builder()
+                let c: ebb_cache::Cache<u64, u64> = ebb_cache::Cache::builder()
                     .time_to_live(IDLE_TTL)
                     .tick(TICK)
                     .eviction_listener(move |_, _, cause| {
-                        r.record(cause == ebb::RemovalCause::Expired)
+                        r.record(cause == ebb_cache::RemovalCause::Expired)
                     })
                     .build();
                 (0..IDLE_ENTRIES).for_each(|k| c.insert(k, k));
@@ -723,7 +724,7 @@ trait Expiring {
     fn maintain(&self, rt: &Runtime);
 }
 
-impl Expiring for ebb::Cache<u64, u64> {
+impl Expiring for ebb_cache::Cache<u64, u64> {
     fn count(&self) -> u64 {
         self.entry_count()
     }
@@ -786,7 +787,7 @@ fn expiry(name: &str, fill_only: bool) -> Value {
     let t0 = Instant::now();
     match name {
         EBB => {
-            let c: ebb::Cache<u64, u64> = ebb::Cache::builder()
+            let c: ebb_cache::Cache<u64, u64> = ebb_cache::Cache::builder()
                 .time_to_live(ttl)
                 .tick(TICK)
                 .build_on(rt.handle());
