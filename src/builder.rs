@@ -244,7 +244,7 @@ where
         self
     }
 
-    /// Send a [`Removal`](crate::Removal) for every entry that leaves the cache to `sender`,
+    /// Send a [`Removal`] for every entry that leaves the cache to `sender`,
     /// for a consumer that drains the channel in its own task (async work included).
     ///
     /// The cache never waits on the channel: when it is full, the notification is dropped

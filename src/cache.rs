@@ -159,7 +159,7 @@ where
     }
 
     /// A snapshot of the cache's statistics. Counters other than `entry_count` and the expiry
-    /// lag need [`record_stats`](CacheBuilder::record_stats).
+    /// lag need [`record_stats`](crate::CacheBuilder::record_stats).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

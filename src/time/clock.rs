@@ -5,7 +5,7 @@
 //!
 //! Invariants kept here:
 //! - Deadlines round **up** to ticks ([`Clock::tick_of`]) and the current tick rounds **down**
-//!   ([`Clock::now_tick`]): a deadline's tick is never reached before the deadline itself, so
+//!   ([`Clock::tick_floor`]): a deadline's tick is never reached before the deadline itself, so
 //!   the wheel never fires early and the expiry task removes an entry less than one tick after
 //!   its deadline.
 //! - A TTL at or past the horizon ([`Clock::deadline_after`] returns [`NEVER`]) never expires,

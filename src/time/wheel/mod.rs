@@ -2,7 +2,7 @@
 //!
 //! The wheel is a plain data structure. It knows nothing about clocks, tasks or locks: the
 //! caller turns time into `u64` ticks (rounding deadlines up), files nodes with
-//! [`Wheel::insert`], and drains whatever is due with [`Wheel::poll`], using
+//! [`Wheel::link`] (under ids it hands out itself, or the caller's), and drains whatever is due with [`Wheel::poll`], using
 //! [`Wheel::next_expiration`] to decide how long to sleep.
 //!
 //! # Layout
@@ -157,8 +157,6 @@ pub(crate) struct Wheel<T> {
     slots_visited: u64,
 }
 
-// The expiry task is the only user; until it is wired up parts of this may be unused.
-#[allow(dead_code)]
 impl<T> Wheel<T> {
     /// An empty wheel at tick 0.
     pub(crate) fn new() -> Self {
@@ -181,21 +179,24 @@ impl<T> Wheel<T> {
     }
 
     /// Whether no node is allocated.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// The wheel's current tick.
+    #[cfg(test)]
     pub(crate) fn elapsed(&self) -> u64 {
         self.elapsed
     }
 
     /// Slots emptied by [`poll`](Self::poll) so far.
+    #[cfg(test)]
     pub(crate) fn slots_visited(&self) -> u64 {
         self.slots_visited
     }
 
-    /// Files `item` at tick `when` (at most [`MAX_TICK`]) under an id of the wheel's choosing;
+    /// Files `item` at tick `when` (at most `MAX_TICK`) under an id of the wheel's choosing;
     /// a `when` at or before `elapsed` is due at the next poll. For a wheel whose ids nobody
     /// else hands out (see [`link`](Self::link)).
     #[cfg(test)]
@@ -205,7 +206,7 @@ impl<T> Wheel<T> {
         id
     }
 
-    /// Files `item` at tick `when` (at most [`MAX_TICK`]) as node `id`, which the caller holds:
+    /// Files `item` at tick `when` (at most `MAX_TICK`) as node `id`, which the caller holds:
     /// taken with [`take_free`](Self::take_free), or never seen by the wheel (a cell beyond the
     /// slab, which grows to it). A `when` at or before `elapsed` is due at the next poll.
     ///
@@ -271,11 +272,12 @@ impl<T> Wheel<T> {
     }
 
     /// Ids on the free list.
+    #[cfg(test)]
     pub(crate) fn free_len(&self) -> usize {
         self.free
     }
 
-    /// Moves node `id` (scheduled or fired) to tick `when` (at most [`MAX_TICK`]). The id
+    /// Moves node `id` (scheduled or fired) to tick `when` (at most `MAX_TICK`). The id
     /// stays valid.
     pub(crate) fn reschedule(&mut self, id: NodeId, when: u64) {
         self.unlink(id);
@@ -318,6 +320,7 @@ impl<T> Wheel<T> {
     /// # Panics
     ///
     /// If `id` is not an allocated node.
+    #[cfg(test)]
     pub(crate) fn when(&self, id: NodeId) -> u64 {
         self.node(id).when()
     }

@@ -17,7 +17,7 @@ pub(super) const UNLINKED: u32 = u32::MAX - 1;
 pub(super) const MAX_TICK: u64 = u64::MAX - 1;
 
 /// An allocated node. It does not record where it is linked: a linked node is always where
-/// [`Wheel::loc_for`] puts its `when` (see the invariant), and an unlinked one has `prev ==
+/// [`Wheel::loc_for`](super::Wheel::loc_for) puts its `when` (see the invariant), and an unlinked one has `prev ==
 /// UNLINKED`. That keeps a node at 16 bytes plus its item.
 pub(super) struct Node<T> {
     pub(super) item: T,
@@ -56,7 +56,7 @@ pub(super) enum Cell<T> {
     },
 }
 
-/// `next_free` of a cell whose id the caller holds (see [`Wheel::link`]).
+/// `next_free` of a cell whose id the caller holds (see [`Wheel::link`](super::Wheel::link)).
 pub(super) const RESERVED: u32 = UNLINKED;
 
 /// Cells per chunk of the slab: 2^12.
