@@ -32,23 +32,18 @@
 //!
 //! Pure data: no locks, no tokio. Keys arrive as 64-bit hashes.
 //!
-//! The constants below were measured with each row in its own array; with the blocked layout
-//! the hit-ratio traces gave the same figures within 0.05 points (the sweep at capacity
-//! 10,000 aside, which moved the policy's window; see `policy.rs`). Both doorkeeper bits in
-//! one word raise its false positives a little at the clearing threshold (about 16% where
-//! two independent words would give 15.5%).
+//! The constants below were chosen on the hit-ratio traces (`ebb-peers hit-ratio`); the
+//! figures behind each are in `benches/peers/README.md`.
 
 /// The largest count a counter holds.
 pub(crate) const MAX: u8 = 15;
 
-/// Counters per row for each key the policy holds. Measured on the hit-ratio traces: 8
-/// did no better, 6 lost up to 0.1 points, 4 up to 0.3 (and without a doorkeeper, 4 lost
-/// 0.3-0.5 points at capacity 1,000, 2 up to 1.1); each counter per key costs 2 bytes an
-/// entry.
+/// Counters per row for each key the policy holds: fewer lose hits, more gain none; each
+/// counter per key costs 2 bytes an entry.
 const COUNTERS_PER_KEY: usize = 7;
 
-/// Small sketches get up to 16 counters a key, up to this many a row (44 KiB in all): it
-/// costs little, and gained 0.15 points on the sweep trace at capacity 1,000 (none at 10,000).
+/// Small sketches get up to 16 counters a key, up to this many a row (44 KiB in all): cheap,
+/// and it helps small caches on cyclic traces.
 const SMALL_WIDTH: usize = 16_384;
 
 /// Counters a row for a policy holding `keys` keys.
@@ -65,13 +60,12 @@ const BLOCK_ROW: usize = 32;
 #[repr(align(64))]
 struct Block([u64; 8]);
 
-/// Updates between agings, per counter in a row. Measured on the traces: a shorter memory
-/// (fewer updates between halvings) ranks keys worse, a longer one changes little.
+/// Updates between agings, per counter in a row: a shorter memory (fewer updates between
+/// halvings) ranks keys worse, a longer one changes little.
 const SAMPLE_PER_COUNTER: u64 = 20;
 
-/// Doorkeeper bits per counter in a row (42 bits a key). Measured: a hot set of 500 keys
-/// kept all 500 through a one-pass scan of 100,000 keys in a cache of 1,000 (310 without a
-/// doorkeeper), and every hit-ratio trace did as well as with 8 bits, within 0.1 points.
+/// Doorkeeper bits per counter in a row (42 bits a key): enough to keep a one-pass scan out
+/// of the counts, as well as more bits would.
 const DOOR_BITS_PER_COUNTER: usize = 6;
 
 /// Odd multipliers that mix a hash into independent-looking indexes.

@@ -9,10 +9,8 @@ use super::sketch::Sketch;
 /// The largest value of an entry's read counter.
 pub(crate) const MAX_FREQ: u8 = 3;
 
-/// The window's share of the capacity, in thousandths. Measured on the traces (two runs
-/// each): 0.1%, 0.2% and 0.3% beat 0.5% by 0.1-0.2 points on the sweep at capacity 10,000 and
-/// tie with it elsewhere; 1% and 2% lose up to 0.4 points on the sweep at
-/// capacity 10,000, 10% and 20% lose on every trace.
+/// The window's share of the capacity, in thousandths (chosen on the hit-ratio traces; larger
+/// windows lose hits on the cyclic trace).
 const WINDOW_PER_MILLE: u64 = 2;
 
 /// The most queue items main's CLOCK hand passes over in one [`TinyLfu::evict`] (an entry read
