@@ -26,11 +26,14 @@ use std::time::{Duration, Instant as StdInstant};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use dashmap::DashMap;
+use ebb_peers::mixed::{
+    contenders, count_evictions, moka_cache, quick_cache, two_threads, zipf_ops, ExactLimit,
+    INSERT_BIT, OPS, SETTLE,
+};
+use ebb_peers::names::{
+    DASHMAP_NO_TTL, EBB, EBB_BOUNDED, EXACT_LIMIT, MOKA_FUTURE, QUICK_CACHE_NO_TTL,
+};
 use tokio::runtime::Runtime;
-
-#[path = "../src/mixed.rs"]
-mod mixed;
-use mixed::*;
 
 const TTL: Duration = Duration::from_secs(300);
 const SHORT_TTL: Duration = Duration::from_secs(30);
@@ -75,19 +78,21 @@ fn get_hit(c: &mut Criterion) {
 
     let raw = DashMap::new();
     raw.insert(key, 7u64);
-    group.bench_function(DASHMAP, |b| {
+    group.bench_function(DASHMAP_NO_TTL, |b| {
         b.iter(|| black_box(raw.get(black_box(&key)).map(|e| *e)))
     });
 
     let exact = ExactLimit::new(TTL);
     exact.insert(key, 7);
     assert_eq!(exact.get(&key), Some(7));
-    group.bench_function(EXACT, |b| b.iter(|| black_box(exact.get(black_box(&key)))));
+    group.bench_function(EXACT_LIMIT, |b| {
+        b.iter(|| black_box(exact.get(black_box(&key))))
+    });
 
     let moka = moka_cache(TTL);
     pollster::block_on(moka.insert(key, 7));
     assert_eq!(pollster::block_on(moka.get(&key)), Some(7));
-    group.bench_function(MOKA, |b| {
+    group.bench_function(MOKA_FUTURE, |b| {
         b.iter_custom(|iters| {
             pollster::block_on(async {
                 let start = StdInstant::now();
@@ -102,7 +107,9 @@ fn get_hit(c: &mut Criterion) {
     let quick = quick_cache(1024);
     quick.insert(key, 7);
     assert_eq!(quick.get(&key), Some(7));
-    group.bench_function(QUICK, |b| b.iter(|| black_box(quick.get(black_box(&key)))));
+    group.bench_function(QUICK_CACHE_NO_TTL, |b| {
+        b.iter(|| black_box(quick.get(black_box(&key))))
+    });
 
     group.finish();
     drop(ebb);
@@ -129,7 +136,7 @@ fn insert_overwrite(c: &mut Criterion) {
 
     let raw = DashMap::new();
     raw.insert(key, 0u64);
-    group.bench_function(DASHMAP, |b| {
+    group.bench_function(DASHMAP_NO_TTL, |b| {
         b.iter(|| {
             v = v.wrapping_add(1);
             black_box(raw.insert(black_box(key), black_box(v)));
@@ -138,7 +145,7 @@ fn insert_overwrite(c: &mut Criterion) {
 
     let exact = ExactLimit::new(TTL);
     exact.insert(key, 0);
-    group.bench_function(EXACT, |b| {
+    group.bench_function(EXACT_LIMIT, |b| {
         b.iter(|| {
             v = v.wrapping_add(1);
             exact.insert(black_box(key), black_box(v));
@@ -147,7 +154,7 @@ fn insert_overwrite(c: &mut Criterion) {
 
     let moka = moka_cache(TTL);
     pollster::block_on(moka.insert(key, 0));
-    group.bench_function(MOKA, |b| {
+    group.bench_function(MOKA_FUTURE, |b| {
         b.iter_custom(|iters| {
             pollster::block_on(async {
                 let start = StdInstant::now();
@@ -162,7 +169,7 @@ fn insert_overwrite(c: &mut Criterion) {
 
     let quick = quick_cache(1024);
     quick.insert(key, 0);
-    group.bench_function(QUICK, |b| {
+    group.bench_function(QUICK_CACHE_NO_TTL, |b| {
         b.iter(|| {
             v = v.wrapping_add(1);
             quick.insert(black_box(key), black_box(v));
@@ -198,7 +205,7 @@ fn build_insert_get_drop(c: &mut Criterion) {
         })
     });
 
-    group.bench_function(DASHMAP, |b| {
+    group.bench_function(DASHMAP_NO_TTL, |b| {
         b.iter_custom(|iters| {
             on_worker(&rt, async move {
                 for _ in 0..iters {
@@ -211,7 +218,7 @@ fn build_insert_get_drop(c: &mut Criterion) {
         })
     });
 
-    group.bench_function(EXACT, |b| {
+    group.bench_function(EXACT_LIMIT, |b| {
         b.iter_custom(|iters| {
             on_worker(&rt, async move {
                 for _ in 0..iters {
@@ -224,7 +231,7 @@ fn build_insert_get_drop(c: &mut Criterion) {
         })
     });
 
-    group.bench_function(MOKA, |b| {
+    group.bench_function(MOKA_FUTURE, |b| {
         b.iter_custom(|iters| {
             on_worker(&rt, async move {
                 for _ in 0..iters {
@@ -237,7 +244,7 @@ fn build_insert_get_drop(c: &mut Criterion) {
         })
     });
 
-    group.bench_function(QUICK, |b| {
+    group.bench_function(QUICK_CACHE_NO_TTL, |b| {
         b.iter_custom(|iters| {
             on_worker(&rt, async move {
                 for _ in 0..iters {
@@ -295,8 +302,8 @@ fn write_heavy(c: &mut Criterion) {
 }
 
 /// A two-thread mixed workload over `ops` (see `two_threads`) for every implementation
-/// (`mixed::contenders`), each filled with all `KEYS` keys and left to settle just before it
-/// is measured; `ebb_variants` adds `ebb_stats`, `ebb_tti` and `ebb_bounded`.
+/// (`ebb_peers::mixed::contenders`), each filled with all `KEYS` keys and left to settle just
+/// before it is measured; `ebb_variants` adds `ebb_stats`, `ebb_tti` and `ebb_bounded`.
 fn mixed(c: &mut Criterion, name: &str, ops: Arc<[u32]>, ttl: Duration, ebb_variants: bool) {
     let rt = runtime();
     let mut group = c.benchmark_group(name);

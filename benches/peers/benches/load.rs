@@ -27,22 +27,13 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
 };
+use ebb_peers::names::{EBB, EBB_GET, EBB_GET_WITH, MOKA_FUTURE, MOKA_GET, MOKA_GET_WITH};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
 use tokio::runtime::Runtime;
 
 const TTL: Duration = Duration::from_secs(300);
-
-/// Implementation names in `miss_storm` and `miss_heavy` (the names `core` uses).
-const EBB: &str = "ebb";
-const MOKA: &str = "moka_future";
-
-/// Implementation names in `get_with_hit`.
-const EBB_GET_WITH: &str = "ebb_get_with";
-const EBB_GET: &str = "ebb_get";
-const MOKA_GET_WITH: &str = "moka_get_with";
-const MOKA_GET: &str = "moka_get";
 
 /// Tasks per `miss_storm` storm.
 const STORM: usize = 1_000;
@@ -293,10 +284,10 @@ fn miss_storm(c: &mut Criterion) {
     });
 
     let moka = Storm::new(moka_cache());
-    group.bench_function(MOKA, |b| b.iter_custom(|iters| moka.run(&rt, iters)));
+    group.bench_function(MOKA_FUTURE, |b| b.iter_custom(|iters| moka.run(&rt, iters)));
 
     group.finish();
-    for (name, storm) in [(EBB, ebb.counts()), (MOKA, moka.counts())] {
+    for (name, storm) in [(EBB, ebb.counts()), (MOKA_FUTURE, moka.counts())] {
         let (storms, loads) = storm;
         eprintln!(
             "miss_storm/{name}: {loads} loader runs in {storms} storms of {STORM} callers \
@@ -413,7 +404,7 @@ fn miss_heavy(c: &mut Criterion) {
     });
 
     let (moka_loads, moka_batches) = (AtomicU64::new(0), AtomicU64::new(0));
-    group.bench_function(MOKA, |b| {
+    group.bench_function(MOKA_FUTURE, |b| {
         b.iter_custom(|iters| batches(iters, &keys, &moka_loads, &moka_batches, moka_cache))
     });
 
@@ -425,7 +416,7 @@ fn miss_heavy(c: &mut Criterion) {
     );
     for (name, loads, batches) in [
         (EBB, &ebb_loads, &ebb_batches),
-        (MOKA, &moka_loads, &moka_batches),
+        (MOKA_FUTURE, &moka_loads, &moka_batches),
     ] {
         let (loads, batches) = (
             loads.load(Ordering::Relaxed),

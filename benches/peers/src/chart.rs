@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde_json::Value;
 
+use crate::names::{
+    DASHMAP, DASHMAP_NO_TTL, EBB, EBB_STATS, EXACT_LIMIT, MINI_MOKA, MOKA_FUTURE, MOKA_SYNC,
+    QUICK_CACHE, QUICK_CACHE_NO_TTL,
+};
 use crate::report::read_row;
 use crate::workloads::results_dir;
 
@@ -83,7 +87,7 @@ fn memory_bars() -> Result<Bars, String> {
     let rows = names
         .into_iter()
         .map(|n| match n.as_str() {
-            "dashmap" | "quick_cache" => format!("{n} (no TTL)"),
+            DASHMAP | QUICK_CACHE => format!("{n} (no TTL)"),
             _ => n,
         })
         .collect();
@@ -97,14 +101,14 @@ fn memory_bars() -> Result<Bars, String> {
 
 fn throughput_bars(criterion: &Path) -> Result<Bars, String> {
     const IMPLS: [&str; 8] = [
-        "ebb",
-        "exact_limit",
-        "dashmap_no_ttl",
-        "moka_future",
-        "moka_sync",
-        "mini_moka",
-        "quick_cache_no_ttl",
-        "ebb_stats",
+        EBB,
+        EXACT_LIMIT,
+        DASHMAP_NO_TTL,
+        MOKA_FUTURE,
+        MOKA_SYNC,
+        MINI_MOKA,
+        QUICK_CACHE_NO_TTL,
+        EBB_STATS,
     ];
     let mut series = Vec::new();
     for group in ["read_heavy", "write_heavy"] {

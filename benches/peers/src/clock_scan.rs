@@ -69,7 +69,7 @@ fn run_mode(rt: &Runtime, capacity: u64, inserts: usize, hot: bool) -> Run {
     }
 }
 
-pub(crate) fn run(args: &[String]) -> Result<String, String> {
+pub fn run(args: &[String]) -> Result<String, String> {
     let rounds: usize = match args.first() {
         Some(n) => n
             .parse()

@@ -1,4 +1,5 @@
-//! `ebb-peers`: the benchmark tool of the `ebb-peers` workspace member.
+//! `ebb-peers`: the benchmark tool of the `ebb-peers` workspace member. Each subcommand is a
+//! module of the `ebb_peers` library (`src/lib.rs`); this binary picks one by its arguments.
 //!
 //! - `ebb-peers report [TARGET_DIR]`: Markdown ratio tables from criterion's results for the
 //!   `core` and `load` benches (see `report.rs`).
@@ -14,18 +15,13 @@
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
-mod alloc;
-mod chart;
-mod clock_scan;
-mod hit_ratio;
-mod mixed;
-mod read_heavy;
-mod report;
-mod workloads;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use ebb_peers::{alloc, chart, clock_scan, hit_ratio, read_heavy, report, workloads};
+
+/// Counts this process's heap for the process-level workloads (the benches keep the system
+/// allocator).
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
 

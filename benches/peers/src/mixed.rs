@@ -1,7 +1,7 @@
 //! The mixed workloads (`read_heavy`, `write_heavy`): the seeded operation sequence, every
 //! implementation behind one trait, one thread's walk, the two-thread driver, and the
-//! eviction count of the bounded configuration. Used by the `core` bench (through `#[path]`)
-//! and by `ebb-peers read-heavy`.
+//! eviction count of the bounded configuration. Used by the `core` bench and by
+//! `ebb-peers read-heavy`.
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
@@ -14,33 +14,23 @@ use rand_distr::{Distribution, Zipf};
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
 
-pub(crate) const EBB: &str = "ebb";
-pub(crate) const DASHMAP: &str = "dashmap_no_ttl";
-pub(crate) const EXACT: &str = "exact_limit";
-pub(crate) const MOKA: &str = "moka_future";
-pub(crate) const QUICK: &str = "quick_cache_no_ttl";
-pub(crate) const EBB_STATS: &str = "ebb_stats";
-pub(crate) const EBB_TTI: &str = "ebb_tti";
-/// `read_heavy` with `max_capacity` at 10% of the key space, so that evictions happen. The
-/// measured cache differs from `ebb` by the capacity alone (no listener, no `record_stats()`);
-/// its evictions are counted in an untimed replay of the same operations (see
-/// `count_evictions`).
-pub(crate) const EBB_BOUNDED: &str = "ebb_bounded";
-pub(crate) const MOKA_SYNC: &str = "moka_sync";
-pub(crate) const MINI_MOKA: &str = "mini_moka";
+use crate::names::{
+    DASHMAP_NO_TTL, EBB, EBB_BOUNDED, EBB_STATS, EBB_TTI, EXACT_LIMIT, MINI_MOKA, MOKA_FUTURE,
+    MOKA_SYNC, QUICK_CACHE_NO_TTL,
+};
 
 /// The time-to-idle of `ebb_tti` in `read_heavy`.
-pub(crate) const TTI: Duration = Duration::from_secs(60);
+pub const TTI: Duration = Duration::from_secs(60);
 /// Keys in the `read_heavy` key space.
-pub(crate) const KEYS: u64 = 100_000;
+pub const KEYS: u64 = 100_000;
 /// Length of the pre-generated `read_heavy` operation sequence.
-pub(crate) const OPS: usize = 1 << 20;
+pub const OPS: usize = 1 << 20;
 /// Flag bit marking an insert in a packed operation (keys fit in the low 17 bits).
-pub(crate) const INSERT_BIT: u32 = 1 << 31;
+pub const INSERT_BIT: u32 = 1 << 31;
 
 /// The `read_heavy` operation sequence: Zipf(s = 1.0) keys over `KEYS`, 10% inserts,
 /// packed as `key | INSERT_BIT`. Fixed seed, so every implementation sees the same ops.
-pub(crate) fn zipf_ops() -> Arc<[u32]> {
+pub fn zipf_ops() -> Arc<[u32]> {
     let mut rng = StdRng::seed_from_u64(0x00eb_b5ee_d000_0001);
     let zipf = Zipf::new(KEYS as f64, 1.0).expect("valid Zipf parameters");
     (0..OPS)
@@ -57,7 +47,7 @@ pub(crate) fn zipf_ops() -> Arc<[u32]> {
 }
 
 /// The operations one implementation must offer to `read_heavy`.
-pub(crate) trait ReadHeavy: Sync {
+pub trait ReadHeavy: Sync {
     fn insert(&self, key: u64, value: u64);
     fn get(&self, key: u64) -> Option<u64>;
     /// After the fill: run pending housekeeping, for caches that defer it, and check the fill.
@@ -67,7 +57,7 @@ pub(crate) trait ReadHeavy: Sync {
 /// One thread's share of `read_heavy`: `n` ops from `offset`, wrapping around the sequence.
 /// Returns a checksum of the values read so that nothing is optimised away.
 #[inline]
-pub(crate) fn walk_sync<C: ReadHeavy>(cache: &C, ops: &[u32], offset: usize, n: u64) -> u64 {
+pub fn walk_sync<C: ReadHeavy>(cache: &C, ops: &[u32], offset: usize, n: u64) -> u64 {
     let mut sum = 0u64;
     let mut i = offset;
     for _ in 0..n {
@@ -88,7 +78,7 @@ pub(crate) fn walk_sync<C: ReadHeavy>(cache: &C, ops: &[u32], offset: usize, n: 
 
 /// Run `iters` ops split over 2 OS threads started together at a barrier; the elapsed
 /// time is from the earliest start to the latest finish.
-pub(crate) fn two_threads<F>(iters: u64, ops: &Arc<[u32]>, work: F) -> Duration
+pub fn two_threads<F>(iters: u64, ops: &Arc<[u32]>, work: F) -> Duration
 where
     F: Fn(&[u32], usize, u64) -> u64 + Sync,
 {
@@ -120,7 +110,7 @@ where
 /// `ebb_bounded`'s evictions, counted without slowing the measured cache: a cache built the
 /// same way plus `record_stats()`, filled the same way, runs `OPS` of the same operations on
 /// two threads. Returns the evictions for size and the hit ratio of those operations.
-pub(crate) fn count_evictions(rt: &Runtime, ops: &Arc<[u32]>, ttl: Duration) -> (u64, f64) {
+pub fn count_evictions(rt: &Runtime, ops: &Arc<[u32]>, ttl: Duration) -> (u64, f64) {
     let cache = ebb_cache::Cache::builder()
         .time_to_live(ttl)
         .max_capacity(KEYS / 10)
@@ -139,32 +129,32 @@ pub(crate) fn count_evictions(rt: &Runtime, ops: &Arc<[u32]>, ttl: Duration) -> 
 }
 /// Time for a freshly filled cache to settle (ebb's expiry task files the fill's timers,
 /// moka's housekeeping runs) before it is measured; every implementation waits the same.
-pub(crate) const SETTLE: Duration = Duration::from_secs(1);
+pub const SETTLE: Duration = Duration::from_secs(1);
 
-pub(crate) fn moka_cache(ttl: Duration) -> moka::future::Cache<u64, u64> {
+pub fn moka_cache(ttl: Duration) -> moka::future::Cache<u64, u64> {
     moka::future::Cache::builder().time_to_live(ttl).build()
 }
 
-pub(crate) fn moka_sync_cache(ttl: Duration) -> moka::sync::Cache<u64, u64> {
+pub fn moka_sync_cache(ttl: Duration) -> moka::sync::Cache<u64, u64> {
     moka::sync::Cache::builder().time_to_live(ttl).build()
 }
 
-pub(crate) fn mini_moka_cache(ttl: Duration) -> mini_moka::sync::Cache<u64, u64> {
+pub fn mini_moka_cache(ttl: Duration) -> mini_moka::sync::Cache<u64, u64> {
     mini_moka::sync::Cache::builder().time_to_live(ttl).build()
 }
 
-pub(crate) fn quick_cache(capacity: usize) -> quick_cache::sync::Cache<u64, u64> {
+pub fn quick_cache(capacity: usize) -> quick_cache::sync::Cache<u64, u64> {
     quick_cache::sync::Cache::new(capacity)
 }
 
 /// The exact-read limit: a deadline stored beside the value, checked on every read.
-pub(crate) struct ExactLimit {
+pub struct ExactLimit {
     map: DashMap<u64, (u64, Instant)>,
     ttl: Duration,
 }
 
 impl ExactLimit {
-    pub(crate) fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration) -> Self {
         ExactLimit {
             map: DashMap::new(),
             ttl,
@@ -172,13 +162,13 @@ impl ExactLimit {
     }
 
     #[inline]
-    pub(crate) fn insert(&self, key: u64, value: u64) {
+    pub fn insert(&self, key: u64, value: u64) {
         let deadline = Instant::now() + self.ttl;
         self.map.insert(key, (value, deadline));
     }
 
     #[inline]
-    pub(crate) fn get(&self, key: &u64) -> Option<u64> {
+    pub fn get(&self, key: &u64) -> Option<u64> {
         let now = Instant::now();
         let entry = self.map.get(key)?;
         let (value, deadline) = *entry;
@@ -235,13 +225,13 @@ impl ReadHeavy for DashMap<u64, u64> {
 /// One implementation in a mixed workload, not yet built: [`Contender::fill`] builds it,
 /// inserts every key of `KEYS`, and returns its walk (one thread's share of the operations,
 /// see [`walk_sync`]), ready for [`two_threads`].
-pub(crate) struct Contender {
-    pub(crate) name: &'static str,
+pub struct Contender {
+    pub name: &'static str,
     build: Box<dyn FnOnce() -> Walk>,
 }
 
 /// One thread's share of a mixed workload: `(ops, offset, n) -> checksum`.
-pub(crate) type Walk = Box<dyn Fn(&[u32], usize, u64) -> u64 + Sync>;
+pub type Walk = Box<dyn Fn(&[u32], usize, u64) -> u64 + Sync>;
 
 impl Contender {
     fn new<C: ReadHeavy + 'static>(
@@ -262,14 +252,14 @@ impl Contender {
     }
 
     /// Build and fill it.
-    pub(crate) fn fill(self) -> Walk {
+    pub fn fill(self) -> Walk {
         (self.build)()
     }
 }
 
 /// Every implementation of a mixed workload with `ttl`, in the `core` bench's order; with
 /// `variants`, also `ebb_stats`, `ebb_tti` and `ebb_bounded`. ebb's caches are built on `rt`.
-pub(crate) fn contenders(rt: &Runtime, ttl: Duration, variants: bool) -> Vec<Contender> {
+pub fn contenders(rt: &Runtime, ttl: Duration, variants: bool) -> Vec<Contender> {
     let ebb =
         |builder: fn(ebb_cache::CacheBuilder<u64, u64>) -> ebb_cache::CacheBuilder<u64, u64>| {
             let handle = rt.handle().clone();
@@ -284,11 +274,11 @@ pub(crate) fn contenders(rt: &Runtime, ttl: Duration, variants: bool) -> Vec<Con
             ebb(|b| b.max_capacity(KEYS / 10)),
         ));
     }
-    all.push(Contender::new(DASHMAP, DashMap::<u64, u64>::new));
-    all.push(Contender::new(EXACT, move || ExactLimit::new(ttl)));
+    all.push(Contender::new(DASHMAP_NO_TTL, DashMap::<u64, u64>::new));
+    all.push(Contender::new(EXACT_LIMIT, move || ExactLimit::new(ttl)));
     // moka's future cache: one `block_on` per measured walk, never one per operation.
     all.push(Contender {
-        name: MOKA,
+        name: MOKA_FUTURE,
         build: Box::new(move || {
             let moka = moka_cache(ttl);
             pollster::block_on(async {
@@ -304,11 +294,13 @@ pub(crate) fn contenders(rt: &Runtime, ttl: Duration, variants: bool) -> Vec<Con
     });
     all.push(Contender::new(MOKA_SYNC, move || moka_sync_cache(ttl)));
     all.push(Contender::new(MINI_MOKA, move || mini_moka_cache(ttl)));
-    all.push(Contender::new(QUICK, || quick_cache(2 * KEYS as usize)));
+    all.push(Contender::new(QUICK_CACHE_NO_TTL, || {
+        quick_cache(2 * KEYS as usize)
+    }));
     all
 }
 
-pub(crate) async fn walk_moka(
+pub async fn walk_moka(
     cache: &moka::future::Cache<u64, u64>,
     ops: &[u32],
     offset: usize,

@@ -11,6 +11,11 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::names::{
+    DASHMAP_NO_TTL, EBB, EBB_BOUNDED, EBB_GET, EBB_GET_WITH, EBB_STATS, EBB_TTI, EXACT_LIMIT,
+    MINI_MOKA, MOKA_FUTURE, MOKA_GET, MOKA_GET_WITH, MOKA_SYNC, QUICK_CACHE_NO_TTL,
+};
+
 /// Groups of the `core` bench, then of the `load` bench, in the order they run.
 const GROUPS: [&str; 8] = [
     "get_hit",
@@ -25,28 +30,28 @@ const GROUPS: [&str; 8] = [
 
 /// Implementations, in the order they are listed; others found on disk follow.
 const IMPLS: [&str; 14] = [
-    "ebb",
-    "ebb_stats",
-    "ebb_tti",
-    "ebb_bounded",
-    "ebb_get_with",
-    "ebb_get",
-    "exact_limit",
-    "dashmap_no_ttl",
-    "moka_future",
-    "moka_sync",
-    "moka_get_with",
-    "moka_get",
-    "mini_moka",
-    "quick_cache_no_ttl",
+    EBB,
+    EBB_STATS,
+    EBB_TTI,
+    EBB_BOUNDED,
+    EBB_GET_WITH,
+    EBB_GET,
+    EXACT_LIMIT,
+    DASHMAP_NO_TTL,
+    MOKA_FUTURE,
+    MOKA_SYNC,
+    MOKA_GET_WITH,
+    MOKA_GET,
+    MINI_MOKA,
+    QUICK_CACHE_NO_TTL,
 ];
 
 /// The row every other row of a group is divided by: `ebb_get` in `get_with_hit` (so that
 /// the `ebb_get_with` row reads as the get_with-hit overhead), else `ebb`.
 fn baseline(group: &str) -> &'static str {
     match group {
-        "get_with_hit" => "ebb_get",
-        _ => "ebb",
+        "get_with_hit" => EBB_GET,
+        _ => EBB,
     }
 }
 
@@ -186,12 +191,12 @@ fn notes(group: &str, rows: &BTreeMap<String, Row>) -> Vec<String> {
         "read_heavy" | "write_heavy" => {
             // Throughput ratio: `fast`'s ops/s over `slow`'s ops/s, i.e. time(slow)/time(fast).
             for (peer, label, target) in [
-                ("exact_limit", "exact-limit", Some(0.90)),
-                ("moka_future", "moka future", Some(4.0)),
-                ("moka_sync", "moka sync", None),
-                ("mini_moka", "mini-moka", None),
+                (EXACT_LIMIT, "exact-limit", Some(0.90)),
+                (MOKA_FUTURE, "moka future", Some(4.0)),
+                (MOKA_SYNC, "moka sync", None),
+                (MINI_MOKA, "mini-moka", None),
             ] {
-                if let Some(x) = times(peer, "ebb") {
+                if let Some(x) = times(peer, EBB) {
                     match target.filter(|_| group == "read_heavy") {
                         Some(t) => notes.push(format!(
                             "ebb/{label} throughput = {x:.2} (target ≥ {t:.2}: {})",
@@ -201,12 +206,8 @@ fn notes(group: &str, rows: &BTreeMap<String, Row>) -> Vec<String> {
                     }
                 }
             }
-            for (variant, target) in [
-                ("ebb_stats", 0.95),
-                ("ebb_tti", 0.90),
-                ("ebb_bounded", 0.85),
-            ] {
-                if let Some(x) = times("ebb", variant) {
+            for (variant, target) in [(EBB_STATS, 0.95), (EBB_TTI, 0.90), (EBB_BOUNDED, 0.85)] {
+                if let Some(x) = times(EBB, variant) {
                     notes.push(format!(
                         "{variant}/ebb throughput = {x:.2} (target ≥ {target:.2}: {})",
                         verdict(x >= target)
@@ -215,25 +216,25 @@ fn notes(group: &str, rows: &BTreeMap<String, Row>) -> Vec<String> {
             }
         }
         "get_with_hit" => {
-            if let Some(x) = times("ebb_get_with", "ebb_get") {
+            if let Some(x) = times(EBB_GET_WITH, EBB_GET) {
                 notes.push(format!(
                     "ebb get_with hit ÷ ebb get time = {x:.2} (target ≤ 1.10: {})",
                     verdict(x <= 1.10)
                 ));
             }
-            if let Some(x) = times("moka_get_with", "moka_get") {
+            if let Some(x) = times(MOKA_GET_WITH, MOKA_GET) {
                 notes.push(format!("moka get_with hit ÷ moka get time = {x:.2}"));
             }
-            if let Some(x) = times("moka_get_with", "ebb_get_with") {
+            if let Some(x) = times(MOKA_GET_WITH, EBB_GET_WITH) {
                 notes.push(format!("moka ÷ ebb get_with hit time = {x:.2}"));
             }
-            if let Some(x) = times("moka_get", "ebb_get") {
+            if let Some(x) = times(MOKA_GET, EBB_GET) {
                 notes.push(format!("moka ÷ ebb get time = {x:.2}"));
             }
         }
         "miss_storm" => {
             notes.push("one op is one storm of 1,000 callers".to_string());
-            if let Some(x) = times("moka_future", "ebb") {
+            if let Some(x) = times(MOKA_FUTURE, EBB) {
                 notes.push(format!(
                     "moka ÷ ebb storm time = {x:.2} (target ≥ 1.00, ebb at least as fast: {})",
                     verdict(x >= 1.0)
@@ -241,7 +242,7 @@ fn notes(group: &str, rows: &BTreeMap<String, Row>) -> Vec<String> {
             }
         }
         "miss_heavy" => {
-            if let Some(x) = times("moka_future", "ebb") {
+            if let Some(x) = times(MOKA_FUTURE, EBB) {
                 notes.push(format!(
                     "ebb/moka throughput = {x:.2} (target ≥ 1.00, ebb at least as fast: {})",
                     verdict(x >= 1.0)

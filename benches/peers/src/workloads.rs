@@ -16,16 +16,9 @@ use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
 use crate::alloc::{live_bytes, peak_bytes, reset_peak};
-
-const EBB: &str = "ebb";
-const MOKA_FUTURE: &str = "moka_future";
-const MOKA_SYNC: &str = "moka_sync";
-const MINI_MOKA: &str = "mini_moka";
-const QUICK: &str = "quick_cache";
-const DASHMAP: &str = "dashmap";
-/// `memory`: ebb and moka future with a capacity (N, so nothing is evicted) and a TTL.
-const EBB_BOUNDED: &str = "ebb_bounded";
-const MOKA_BOUNDED: &str = "moka_future_bounded";
+use crate::names::{
+    DASHMAP, EBB, EBB_BOUNDED, MINI_MOKA, MOKA_FUTURE, MOKA_FUTURE_BOUNDED, MOKA_SYNC, QUICK_CACHE,
+};
 
 /// `per-request`: cycles of build, insert, get, drop.
 const CYCLES: u64 = 100_000;
@@ -55,18 +48,18 @@ pub fn is_workload(name: &str) -> bool {
 /// The implementations each workload compares, in table order.
 fn impls(workload: &str) -> &'static [&'static str] {
     match workload {
-        "per-request" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, QUICK],
+        "per-request" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, QUICK_CACHE],
         "memory" => &[
             EBB,
             MOKA_FUTURE,
             EBB_BOUNDED,
-            MOKA_BOUNDED,
+            MOKA_FUTURE_BOUNDED,
             MOKA_SYNC,
             MINI_MOKA,
             DASHMAP,
-            QUICK,
+            QUICK_CACHE,
         ],
-        "idle" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, QUICK],
+        "idle" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, QUICK_CACHE],
         "expiry" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA],
         _ => &[],
     }
@@ -148,7 +141,7 @@ pub fn results_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(target).join("ebb-peers")
 }
 
-pub(crate) fn save(workload: &str, rows: &[Value]) -> Result<(), String> {
+pub fn save(workload: &str, rows: &[Value]) -> Result<(), String> {
     let dir = results_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join(format!("{workload}.json"));
@@ -323,7 +316,7 @@ async fn cycles(name: &str, n: u64) -> Duration {
                 black_box(cache.get(black_box(&1)));
             }
         }
-        QUICK => {
+        QUICK_CACHE => {
             for _ in 0..n {
                 let cache: quick_cache::sync::Cache<u64, u64> = quick_cache::sync::Cache::new(16);
                 cache.insert(black_box(1), black_box(2));
@@ -424,9 +417,9 @@ fn memory(name: &str, n: u64) -> Value {
                 },
                 |c: &ebb_cache::Cache<u64, u64>| c.entry_count()
             ),
-            MOKA_FUTURE | MOKA_BOUNDED => {
+            MOKA_FUTURE | MOKA_FUTURE_BOUNDED => {
                 let mut builder = moka::future::Cache::builder().time_to_live(MEMORY_TTL);
-                if name == MOKA_BOUNDED {
+                if name == MOKA_FUTURE_BOUNDED {
                     builder = builder.max_capacity(n);
                 }
                 let c: moka::future::Cache<u64, u64> = builder.build();
@@ -474,7 +467,7 @@ fn memory(name: &str, n: u64) -> Value {
                 },
                 |c: &dashmap::DashMap<u64, u64>| c.len() as u64
             ),
-            QUICK => measure!(
+            QUICK_CACHE => measure!(
                 {
                     let c: quick_cache::sync::Cache<u64, u64> =
                         quick_cache::sync::Cache::new(n as usize);
@@ -521,7 +514,7 @@ fn memory_table(rows: &[Value]) -> String {
             let h = f(r, "heap_per_entry");
             s.push_str(&format!(
                 "| {n} | {name} | {} | {} | {h:.1} | {} | {} | {:.1} |\n",
-                if matches!(name, DASHMAP | QUICK) {
+                if matches!(name, DASHMAP | QUICK_CACHE) {
                     "none"
                 } else {
                     "300 s"
@@ -539,7 +532,7 @@ fn memory_table(rows: &[Value]) -> String {
                 verdict(e / m <= 0.4)
             ));
         }
-        if let (Some(e), Some(m)) = (heap_of(EBB_BOUNDED), heap_of(MOKA_BOUNDED)) {
+        if let (Some(e), Some(m)) = (heap_of(EBB_BOUNDED), heap_of(MOKA_FUTURE_BOUNDED)) {
             verdicts.push(format!(
                 "N = {n}, with a capacity: ebb ÷ moka future heap = {:.2} (target ≤ 0.50: {})",
                 e / m,
@@ -638,7 +631,7 @@ fn idle(name: &str) -> Value {
                 tokio::time::sleep(IDLE_WAIT).await;
                 (Some(c.entry_count()), false, fill_end)
             }
-            QUICK => {
+            QUICK_CACHE => {
                 // No TTL: it can only hold every entry.
                 let c: quick_cache::sync::Cache<u64, u64> =
                     quick_cache::sync::Cache::new(2 * IDLE_ENTRIES as usize);
@@ -676,7 +669,7 @@ fn idle_table(rows: &[Value]) -> String {
     );
     for r in rows {
         let name = r["impl"].as_str().unwrap_or("?");
-        let no_ttl = name == QUICK;
+        let no_ttl = name == QUICK_CACHE;
         s.push_str(&format!(
             "| {name} | {}{} | {} | {} | {:.0} ms | {} | {} |\n",
             r["count"],
