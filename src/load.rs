@@ -79,18 +79,14 @@ enum Loaded<V> {
     Nothing,
 }
 
-/// Where a [`Load`] is. A plain enum: assigning a new state drops the old one.
+/// Where a [`Load`] is after a miss. A plain enum: assigning a new state drops the old one.
 enum State<K, V, S, F> {
-    /// Not polled yet: the store is looked at first.
-    Start,
-    /// Missed: join the key's flight, or register one and lead it.
+    /// Join the key's flight, or register one and lead it.
     Join,
     /// Waiting for another caller's flight.
     Wait(Pin<Box<dyn Future<Output = Outcome<V>> + Send + Sync>>),
     /// Leading a flight: the loader runs.
     Lead(Lead<K, V, S, F>),
-    /// The outcome was returned.
-    Done,
 }
 
 /// A flight this caller leads. Until the flight is ended this state stays in place, so that a
@@ -127,13 +123,17 @@ where
 /// `async fn` would move its arguments into its body on the first poll, a wide copy of a
 /// loader the caller had just written that stalls every hit. The loader is moved, into a
 /// box, only when this caller leads; it is never polled in place, so `Load` is `Unpin`
-/// whatever the loader is, with no unsafe pinning.
+/// whatever the loader is, with no unsafe pinning. What a miss needs lives in a box, so that
+/// a hit, done at its first poll, leaves nothing behind but an empty `Option` to drop.
 struct Load<'a, K, V, S, F> {
     store: &'a Store<K, V, S>,
     key: K,
     /// The loader, until this caller leads.
     init: Option<F>,
-    state: State<K, V, S, F>,
+    /// Whether the first poll has looked at the store.
+    looked: bool,
+    /// After a miss, until the outcome is returned.
+    miss: Option<Box<State<K, V, S, F>>>,
 }
 
 // The loader is only ever polled inside its own `Pin<Box<_>>`, never in place.
@@ -142,7 +142,7 @@ impl<K, V, S, F> Unpin for Load<'_, K, V, S, F> {}
 impl<K, V, S, F> Drop for Load<'_, K, V, S, F> {
     #[inline]
     fn drop(&mut self) {
-        if let State::Lead(lead) = &self.state {
+        if let Some(State::Lead(lead)) = self.miss.as_deref() {
             (lead.abandon)(self.store, &self.key, &lead.flight);
         }
     }
@@ -161,7 +161,8 @@ where
             store,
             key,
             init: Some(init),
-            state: State::Start,
+            looked: false,
+            miss: None,
         }
     }
 
@@ -170,12 +171,12 @@ where
     /// [`poll_miss`](Self::poll_miss)).
     #[inline]
     fn hit(&mut self) -> Option<V> {
-        if let State::Start = self.state {
+        if !self.looked {
+            self.looked = true;
             if let Some(value) = self.store.get(&self.key) {
-                self.state = State::Done;
                 return Some(value);
             }
-            self.state = State::Join;
+            self.miss = Some(Box::new(State::Join));
         }
         None
     }
@@ -193,11 +194,14 @@ where
     ) -> Poll<Outcome<V>> {
         let store = self.store;
         loop {
-            match &mut self.state {
+            let Some(state) = self.miss.as_deref_mut() else {
+                panic!("a loading future polled after completion");
+            };
+            match state {
                 State::Join => match store.flights.join_or_lead(&self.key) {
                     Role::Wait(flight) => {
                         loading::refuse_own(&flight);
-                        self.state = State::Wait(Box::pin(async move { flight.wait().await }));
+                        *state = State::Wait(Box::pin(async move { flight.wait().await }));
                     }
                     Role::Lead(flight) => {
                         // Registered first, looked last: a write before registration shows
@@ -211,7 +215,7 @@ where
                                 store
                                     .flights
                                     .end(&self.key, &flight, Outcome::Value(shared));
-                                self.state = State::Done;
+                                self.miss = None;
                                 return Poll::Ready(Outcome::Value(value));
                             }
                             Ok(None) => {}
@@ -221,7 +225,7 @@ where
                             }
                         }
                         let init = self.init.take().expect("a caller leads at most once");
-                        self.state = State::Lead(Lead {
+                        *state = State::Lead(Lead {
                             flight,
                             loader: Box::pin(init),
                             generation: store.generation(),
@@ -232,16 +236,16 @@ where
                 },
                 State::Wait(wait) => match ready!(wait.as_mut().poll(cx)) {
                     outcome @ Outcome::Value(_) => {
-                        self.state = State::Done;
+                        self.miss = None;
                         return Poll::Ready(outcome);
                     }
                     outcome if accepts(&outcome) => {
-                        self.state = State::Done;
+                        self.miss = None;
                         return Poll::Ready(outcome);
                     }
                     // Abandoned, or an outcome of another kind: the flight is gone, so the
                     // next round leads or joins a new one.
-                    _ => self.state = State::Join,
+                    _ => *state = State::Join,
                 },
                 State::Lead(lead) => {
                     let output = {
@@ -254,10 +258,9 @@ where
                     store.flights.end(&self.key, &flight, outcome.clone());
                     // Ended: from here on, dropping this future abandons nothing. The loader
                     // is dropped last, after the flight is settled.
-                    drop(std::mem::replace(&mut self.state, State::Done));
+                    drop(self.miss.take());
                     return Poll::Ready(outcome);
                 }
-                State::Start | State::Done => panic!("a loading future polled after completion"),
             }
         }
     }

@@ -14,11 +14,17 @@
 //!   current batch ends when it works.
 //! - **Filing takes no shard lock**: a queued node is linked at the tick its record names,
 //!   without looking at the entry; the entry is looked at when the node fires.
-//! - **Removal re-checks under the shard lock**: a node that fires removes its entry only if the
-//!   entry still points at that node and is expired (or invalidated) *now*; a later deadline is
-//!   re-filed, a missing entry or another node means the node was orphaned, and its record,
-//!   still queued, frees it (see handoff.rs). The task's own removals (the sweep) orphan
-//!   nodes through the hand-off too.
+//! - **The store decides, the task acts**: for a node that fires the store removes the entry
+//!   (only if it still holds that node and is expired or invalidated *now*), or says to
+//!   re-file or drop the node, or that the node was orphaned and its record, still queued,
+//!   frees it (see `store/handoff.rs`); the task only updates its wheel and hands the removal
+//!   to the store's report. The sweep's removals orphan nodes through the hand-off too.
+//! - **User code cannot stop it**: a panic in a key's `Hash` or `Eq` as a node fires leaves
+//!   the entry as it was and the node fires again a tick later; one in a key's `Clone` as it
+//!   sweeps leaves that key for the next wake's sweep; one in a `Drop` or a notification costs
+//!   that notification. Each is logged.
+//! - **Node ids follow the live entries**: every id the task frees goes to a stripe's pool or
+//!   to the hand-off's reserve, where writers take ids before any fresh one.
 //! - **Idle costs nothing**: with no node in the wheel the interval is not polled at all; with
 //!   nodes it is reset to the next occupied slot, so a far deadline costs a handful of wake-ups.
 //!   `MissedTickBehavior::Delay`: after a stall the task runs once, not in a burst.
@@ -88,7 +94,7 @@ pub(crate) fn spawn<K, V, S>(
             misses: 0,
         }
     });
-    let driver = Driver {
+    let task = Task {
         // Built before the task first runs, so that a runtime dropping the task unpolled
         // still closes the hand-off.
         _exit: Exit {
@@ -110,7 +116,7 @@ pub(crate) fn spawn<K, V, S>(
         work: Work::default(),
         stats_line,
     };
-    drop(handle.spawn(driver.run().instrument(span)));
+    drop(handle.spawn(task.run().instrument(span)));
 }
 
 /// What one wake did, for the trace line.
@@ -175,7 +181,7 @@ enum Flow {
     Stop,
 }
 
-struct Driver<K: Hash + Eq, V, S: BuildHasher + Clone> {
+struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
     _exit: Exit<K, V, S>,
     store: Weak<Store<K, V, S>>,
     clock: Clock,
@@ -215,7 +221,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Drop for Exit<K, V, S> {
     }
 }
 
-impl<K, V, S> Driver<K, V, S>
+impl<K, V, S> Task<K, V, S>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,

@@ -335,7 +335,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher + Clone> Handoff<K, S> {
 }
 
 /// Loom models of the hand-off, with the writer's and the task's steps as `Store::write`,
-/// `Store::remove` and the driver take them (an entry behind a mutex stands in for the shard
+/// `Store::remove` and the expiry task take them (an entry behind a mutex stands in for the shard
 /// lock, a map of linked nodes for the wheel).
 /// Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
 #[cfg(all(test, loom))]
