@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{advance, settle};
+use common::{advance, message, settle};
 use ebb_cache::{Cache, RemovalCause};
 
 const MS: Duration = Duration::from_millis(1);
@@ -117,17 +117,6 @@ impl Drop for Trap {
 fn panics(f: impl FnOnce()) {
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     assert!(caught.is_err(), "expected a panic");
-}
-
-/// The message of a caught panic.
-fn message(panic: Box<dyn std::any::Any + Send>) -> String {
-    match panic.downcast::<String>() {
-        Ok(s) => *s,
-        Err(panic) => panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
-    }
 }
 
 // ---- Item 1: user code panicking between a load's end and its flight's end -----------------

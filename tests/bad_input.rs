@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-use common::{advance, alive_tasks, logged, settle, taken, wait_until_blocking, Counted};
+use common::{advance, alive_tasks, logged, message, settle, taken, wait_until_blocking, Counted};
 use ebb_cache::{BuildError, Cache, RemovalCause, WeakCache};
 
 const NS: Duration = Duration::from_nanos(1);
@@ -31,17 +31,6 @@ const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 const YEAR: Duration = Duration::from_secs(365 * 86_400);
 const LIMIT: Duration = Duration::from_secs(10);
-
-/// The message of a caught panic.
-fn message(panic: Box<dyn std::any::Any + Send>) -> String {
-    match panic.downcast::<String>() {
-        Ok(s) => *s,
-        Err(panic) => panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
-    }
-}
 
 /// A current-thread runtime with paused time.
 fn paused() -> tokio::runtime::Runtime {

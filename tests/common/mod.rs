@@ -89,3 +89,14 @@ pub fn logged(builder: ebb_cache::CacheBuilder<u64, u64>) -> (ebb_cache::Cache<u
 pub fn taken(log: &Log) -> Vec<(u64, u64, ebb_cache::RemovalCause)> {
     std::mem::take(&mut *log.lock().unwrap())
 }
+
+/// The message of a caught panic.
+pub fn message(panic: Box<dyn std::any::Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(s) => *s,
+        Err(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+    }
+}
