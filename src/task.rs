@@ -237,6 +237,12 @@ where
                 Flow::Continue => self.wheel.next_expiration(),
                 Flow::Stop => break,
             };
+            // A sweep that left keys behind runs again a tick from now, even in a cache with
+            // nothing else to wake for.
+            let retry = self
+                .sweep_again
+                .then(|| self.clock.tick_floor(self.clock.now()).saturating_add(1));
+            let next = next.into_iter().chain(retry).min();
             drop(store);
             if let Some(tick) = next {
                 self.interval.reset_at(self.clock.instant_of_tick(tick));

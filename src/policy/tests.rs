@@ -50,7 +50,7 @@ impl Map {
         policy: &mut TinyLfu<u32, impl BuildHasher>,
         key: u32,
         weight: u32,
-        evicted: impl FnMut(u32),
+        evicted: impl FnMut(&u32),
     ) {
         policy.insert(key, weight);
         let status = Status {
@@ -278,14 +278,14 @@ proptest! {
                             policy.update(&k, old.main, old.weight, w);
                             map.0.borrow_mut().insert(k, Status { weight: w, ..old });
                             reference.update(k, old, w);
-                            policy.evict(&map, |k| evicted.push(k));
+                            policy.evict(&map, |k| evicted.push(*k));
                             prop_assert_eq!(&evicted, &reference.evict());
                         }
                         None => {
                             policy.insert(k, w);
             let main = false;
                             map.0.borrow_mut().insert(k, Status { freq: 0, main, weight: w });
-                            policy.evict(&map, |k| evicted.push(k));
+                            policy.evict(&map, |k| evicted.push(*k));
                             prop_assert_eq!(&evicted, &reference.insert(k, w));
                         }
                     }
@@ -383,10 +383,10 @@ fn zero_capacity_keeps_nothing_and_zero_weight_is_never_evicted() {
     let map = Map::default();
     let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(0, RandomState::new());
     let mut evicted = Vec::new();
-    map.admit(&mut policy, 1, 1, |k| evicted.push(k));
+    map.admit(&mut policy, 1, 1, |k| evicted.push(*k));
     assert_eq!(evicted, vec![1]);
-    map.admit(&mut policy, 2, 0, |k| evicted.push(k));
-    map.admit(&mut policy, 3, 1, |k| evicted.push(k));
+    map.admit(&mut policy, 2, 0, |k| evicted.push(*k));
+    map.admit(&mut policy, 3, 1, |k| evicted.push(*k));
     assert_eq!(
         evicted,
         vec![1, 3],
@@ -453,7 +453,7 @@ fn weightless_entries_cost_the_hand_nothing_and_stay() {
                 map.read(key);
             }
         }
-        map.admit(&mut policy, k, 1, |k| assert!(k >= 10_000));
+        map.admit(&mut policy, k, 1, |k| assert!(*k >= 10_000));
         assert!(policy.scanned <= SCAN_BUDGET, "{} steps", policy.scanned);
         assert!(policy.weight() <= capacity);
         // Main's queue holds only entries that weigh something.
@@ -493,7 +493,7 @@ fn a_weightless_main_entry_that_gains_weight_can_be_evicted() {
     // One more unit, in the window (within its share): main is over its share, and key 0
     // is all it holds that weighs.
     let mut evicted = Vec::new();
-    map.admit(&mut policy, 100, 1, |k| evicted.push(k));
+    map.admit(&mut policy, 100, 1, |k| evicted.push(*k));
     assert_eq!(evicted, vec![0]);
     assert_eq!(policy.weight(), 1);
 }

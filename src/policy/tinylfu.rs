@@ -159,7 +159,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
     /// queue every entry there (16 bytes an item) only to move them all at once when it first
     /// overflows. However many victims it takes, main's hand passes over at most the scan
     /// budget in all (see [`victim`](Self::victim)).
-    pub(crate) fn evict(&mut self, residents: &impl Residents<K>, mut evicted: impl FnMut(K)) {
+    pub(crate) fn evict(&mut self, residents: &impl Residents<K>, mut evicted: impl FnMut(&K)) {
         // Items main's hand passed over (at most the budget).
         let mut steps = 0;
         // Every round takes a window item off for good, or main's victim (a rejected victim
@@ -268,12 +268,12 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
     }
 
     /// Evict `key`'s entry for room.
-    fn drop_entry(&mut self, residents: &impl Residents<K>, key: &K, evicted: &mut impl FnMut(K)) {
+    fn drop_entry(&mut self, residents: &impl Residents<K>, key: &K, evicted: &mut impl FnMut(&K)) {
         if let Some(gone) = residents.evict(key) {
             let queue = self.weight_of(gone.main);
             *queue = queue.saturating_sub(u64::from(gone.weight));
             self.residents = self.residents.saturating_sub(1);
-            evicted(key.clone());
+            evicted(key);
         }
     }
 

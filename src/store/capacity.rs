@@ -182,29 +182,45 @@ where
     ) -> Evicted<K, V> {
         let PolicyShard { policy, weights } = &mut **shard;
         if !policy.fits(weight) {
-            // Never accounted for: out again at once, alone.
+            // Never accounted for: out again at once, alone, and its record with it.
+            if let Some(weights) = weights {
+                let _ = catch_unwind(AssertUnwindSafe(|| weights.remove(&key)));
+            }
             let mut evicted = Evicted::default();
             if let Some((key, entry)) = (room.evict)(&key) {
                 evicted.push(key, entry);
             }
             return evicted;
         }
-        if let Some(weights) = weights {
-            weights.insert(key.clone(), weight);
-        }
         policy.insert_hashed(key, hash, weight);
         let view = View::new(room, weights.as_mut());
-        policy.evict(&view, drop);
+        policy.evict(&view, |_| ());
         view.evicted.into_inner()
     }
 
-    /// An overwrite of `key` (its shard held since before the write) wrote a value of
-    /// `weight`: the weight the replaced entry was accounted with, the new one recorded.
-    pub(crate) fn replaced(&self, shard: &mut Held<'_, K, S>, key: &K, weight: u32) -> u32 {
-        match &mut shard.weights {
-            // Every resident entry has its weight here; the replaced one was resident.
-            Some(weights) => weights.insert(key.clone(), weight).unwrap_or(weight),
-            None => 1,
+    /// Record `weight` for `key` before a write of it changes the map (its shard held since
+    /// before): the record's `Clone` and `Hash` of the key (user code) run before any change.
+    /// Returns the weight recorded before, for the write to give back if it stores nothing
+    /// ([`unrecord`](Self::unrecord)) or to account an overwrite from.
+    pub(crate) fn record(&self, shard: &mut Held<'_, K, S>, key: &K, weight: u32) -> Option<u32> {
+        let weights = shard.weights.as_mut()?;
+        match weights.get_mut(key) {
+            Some(recorded) => Some(std::mem::replace(recorded, weight)),
+            None => {
+                weights.insert(key.clone(), weight);
+                None
+            }
+        }
+    }
+
+    /// A recorded write stored nothing: put the record back as it was. Nothing else changed,
+    /// so a panic in the key's `Hash` here loses only the record.
+    pub(crate) fn unrecord(&self, shard: &mut Held<'_, K, S>, key: &K, previous: Option<u32>) {
+        if let Some(weights) = &mut shard.weights {
+            let _ = catch_unwind(AssertUnwindSafe(|| match previous {
+                Some(weight) => drop(weights.get_mut(key).map(|w| *w = weight)),
+                None => drop(weights.remove(key)),
+            }));
         }
     }
 
@@ -227,7 +243,7 @@ where
             return view.evicted.into_inner();
         }
         policy.update(key, main, old, new);
-        policy.evict(&view, drop);
+        policy.evict(&view, |_| ());
         view.evicted.into_inner()
     }
 
@@ -337,11 +353,13 @@ where
     }
 
     fn evict(&self, key: &K) -> Option<Status> {
+        // The weight is read before the entry leaves (hashing the key is user code); the
+        // record goes after, and a panic there leaves a record the key's next write replaces.
+        let weight = self.weight(key);
         let (key, entry) = (self.room.evict)(key)?;
-        let weight = match &mut *self.weights.borrow_mut() {
-            Some(weights) => weights.remove(&key).unwrap_or(0),
-            None => 1,
-        };
+        if let Some(weights) = &mut *self.weights.borrow_mut() {
+            let _ = catch_unwind(AssertUnwindSafe(|| weights.remove(&key)));
+        }
         let status = Status {
             freq: entry.freq(),
             main: entry.in_main(),

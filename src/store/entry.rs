@@ -294,6 +294,17 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
             .map(|(k, e)| (k, e.into_entry())))
     }
 
+    /// Give every entry written in another generation than `generation` a deadline in the
+    /// past, one shard at a time, with no user code (no key is copied).
+    pub(crate) fn expire_stale(&self, generation: u32) {
+        with_map!(self, m => m.iter_mut().for_each(|mut e| {
+            let entry = e.value_mut().entry_mut();
+            if entry.generation() != generation {
+                entry.deadline.store(0, Ordering::Relaxed);
+            }
+        }));
+    }
+
     /// The keys of the entries written in another generation than `generation`, one shard
     /// at a time, and how many of them could not be copied (a key's `Clone` panicked: that
     /// key is left out, the others are not).

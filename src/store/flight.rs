@@ -96,8 +96,16 @@ impl<V: Clone> Flight<V> {
         self.superseded.load(Ordering::Relaxed)
     }
 
+    /// Settle the flight with `outcome`, unless it is settled already: the first outcome
+    /// stands (a leader whose `end` unwound after settling also abandons the flight).
     fn settle(&self, outcome: Outcome<V>) {
-        *lock(&self.outcome) = Some(outcome);
+        {
+            let mut settled = lock(&self.outcome);
+            if settled.is_some() {
+                return;
+            }
+            *settled = Some(outcome);
+        }
         self.done.notify_waiters();
         #[cfg(loom)]
         self.settled.notify_all();
@@ -222,8 +230,11 @@ where
     pub(crate) fn unregister(&self, key: &K, flight: &Arc<Flight<V>>) {
         let mut stripe = lock(self.stripe(key));
         if stripe.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            stripe.remove(key);
+            let removed = stripe.remove_entry(key);
             self.active.fetch_sub(1, Ordering::SeqCst);
+            drop(stripe);
+            // The registered key's `Drop` (user code) runs last, with the count right.
+            drop(removed);
         }
     }
 

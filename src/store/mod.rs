@@ -325,6 +325,43 @@ mod tests {
     }
 
     #[test]
+    fn a_wrap_sweep_that_cannot_copy_a_key_still_brings_nothing_back() {
+        static TRAP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        #[derive(Debug, PartialEq, Eq, Hash)]
+        struct K(u64);
+        impl Clone for K {
+            fn clone(&self) -> Self {
+                if self.0 == 2 && TRAP.swap(false, Ordering::SeqCst) {
+                    panic!("trap: clone");
+                }
+                K(self.0)
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let cache = crate::Cache::<K, u64>::builder().build_on(rt.handle());
+        drop(rt);
+        cache.insert(K(1), 1);
+        cache.insert(K(2), 2);
+        cache.invalidate_all();
+        let store = cache.store();
+        store
+            .generation
+            .fetch_add(u64::from(GENERATION_MASK) - 1, Ordering::AcqRel);
+        TRAP.store(true, Ordering::SeqCst);
+        cache.invalidate_all();
+        assert_eq!(store.generation(), 0);
+        assert_eq!(cache.get(&K(1)), None);
+        assert_eq!(
+            cache.get(&K(2)),
+            None,
+            "an entry the sweep could not copy came back"
+        );
+    }
+
+    #[test]
     fn invalidate_all_never_brings_an_entry_back_when_generations_wrap() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use dashmap::Entry as Slot;
 
 use super::capacity::Held;
-use super::entry::{with_map, Entry, Fired, Retired, Stored, GENERATION_MASK};
+use super::entry::{with_map, Entry, Fired, Retired, GENERATION_MASK};
 use super::handoff::UNFILED;
 use super::{Store, INVALIDATIONS};
 use crate::listener::RemovalCause;
@@ -40,26 +40,35 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let held = self.hold_for_removal(key);
-        let removed = match self.flights.registered_key(key) {
-            // A load is in flight: take the shard lock even if the key is absent, so that the
-            // load cannot store its value after this remove (see load.rs).
-            Some(key) => with_map!(&self.map, m => match m.entry(key) {
-                Slot::Occupied(slot) => {
-                    self.flights.supersede(slot.key());
-                    self.orphan(slot.key(), slot.get().entry());
-                    let (key, stored) = slot.remove_entry();
-                    Some((key, stored.into_entry()))
-                }
-                Slot::Vacant(slot) => {
-                    self.flights.supersede(slot.key());
-                    None
-                }
-            }),
-            None => self.map.remove_if(key, |key, entry| {
+        let take = |key: &Q| {
+            self.map.remove_if(key, |key, entry| {
                 self.flights.supersede(key);
                 self.orphan(key, entry);
                 true
-            }),
+            })
+        };
+        // Declared before the removal, so that its `Drop` (user code) runs after the books.
+        let registered = self.flights.registered_key(key);
+        let removed = match &registered {
+            // A load is in flight: take the shard lock even if the key is absent, so that the
+            // load cannot store its value after this remove (see load.rs). If it stored one
+            // just now, that is removed too.
+            Some(registered) => loop {
+                if let Some(removed) = take(key) {
+                    break Some(removed);
+                }
+                let vacant = with_map!(&self.map, m => match m.entry(registered.clone()) {
+                    Slot::Vacant(slot) => {
+                        self.flights.supersede(slot.key());
+                        true
+                    }
+                    Slot::Occupied(_) => false,
+                });
+                if vacant {
+                    break None;
+                }
+            },
+            None => take(key),
         };
         let (key, entry) = removed?;
         self.forget(held, &key, &entry);
@@ -252,14 +261,25 @@ where
     /// keep the map far from that; if they have not (no task has swept for 2^29 - 1 calls: its
     /// runtime shut down), this call sweeps the map itself first, once in 2^29 calls.
     pub(crate) fn invalidate_all(&self) {
-        let current = self.generation.load(Ordering::Acquire);
-        if current + 1 - self.swept.load(Ordering::Acquire) > u64::from(GENERATION_MASK) {
-            self.sweep_all();
+        let mut current = self.generation.load(Ordering::Acquire);
+        loop {
+            if current + 1 - self.swept.load(Ordering::Acquire) > u64::from(GENERATION_MASK) {
+                self.sweep_all();
+            }
+            let next = (current + 1) & u64::from(GENERATION_MASK);
+            self.invalidated_at[next as usize % INVALIDATIONS]
+                .store(self.clock.now(), Ordering::Release);
+            // One step at a time: two calls at the wrap boundary cannot both skip the sweep.
+            match self.generation.compare_exchange(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
         }
-        let next = self.generation().wrapping_add(1) & GENERATION_MASK;
-        self.invalidated_at[next as usize % INVALIDATIONS]
-            .store(self.clock.now(), Ordering::Release);
-        self.generation.fetch_add(1, Ordering::AcqRel);
         self.signals.notify.wake();
     }
 
@@ -276,13 +296,17 @@ where
     /// Sweep, on the calling thread, every entry `invalidate_all` has hidden so far.
     fn sweep_all(&self) {
         let count = self.generation_count();
-        let (keys, _) = self
-            .map
-            .stale_keys((count & u64::from(GENERATION_MASK)) as u32);
+        let generation = (count & u64::from(GENERATION_MASK)) as u32;
+        let (keys, failed) = self.map.stale_keys(generation);
         for key in keys {
             if let Some(retired) = self.sweep_one(&key) {
                 self.retire(retired);
             }
+        }
+        if failed > 0 {
+            // Keys whose `Clone` panicked stay in the map: their deadline goes to the past,
+            // so that no generation can make them readable again.
+            self.map.expire_stale(generation);
         }
         self.swept_to(count);
     }

@@ -35,6 +35,9 @@ struct Admission<'a, K, S> {
     hash: u64,
     key: K,
     weight: u32,
+    /// With a weigher: the weight recorded for the key before this write (see
+    /// `Capacity::record`).
+    previous: Option<u32>,
 }
 
 /// A write done under the map's shard lock: its policy bookkeeping still to do, if any, and
@@ -99,7 +102,13 @@ where
                 Slot::Vacant(vacant) => match capacity.try_hold(vacant.key()) {
                     Some((shard, hash)) => {
                         let key = vacant.key().clone();
-                        let admission = Admission { shard, hash, key, weight: 1 };
+                        let admission = Admission {
+                            shard,
+                            hash,
+                            key,
+                            weight: 1,
+                            previous: None,
+                        };
                         (Slot::Vacant(vacant), Some(admission))
                     }
                     None => return Err((vacant.into_key(), value)),
@@ -119,12 +128,15 @@ where
     fn admission(&self, key: &K, value: &V) -> Option<Admission<'_, K, S>> {
         let capacity = self.capacity.as_ref()?;
         let weight = capacity.weigh(key, value);
-        let (shard, hash) = capacity.hold(key);
+        let (mut shard, hash) = capacity.hold(key);
+        let key = key.clone();
+        let previous = capacity.record(&mut shard, &key, weight);
         Some(Admission {
             shard,
             hash,
-            key: key.clone(),
+            key,
             weight,
+            previous,
         })
     }
 
@@ -144,10 +156,12 @@ where
                     hash,
                     key,
                     weight,
+                    previous,
                 }),
             ) => match &replaced {
                 None => capacity.admit(&mut shard, room(), key, hash, weight),
-                Some(old) => match capacity.replaced(&mut shard, &key, weight) {
+                // The replaced entry was resident: its weight is the one recorded before.
+                Some(old) => match previous.unwrap_or(weight) {
                     // Same weight: nothing to account for.
                     same if same == weight => Evicted::None,
                     old_weight => capacity.reweigh(
@@ -201,8 +215,12 @@ where
                 _ => None,
             }
         });
-        if let Some(replaced) = written {
-            self.after_write(admission, replaced);
+        match (written, &self.capacity, admission) {
+            (Some(replaced), _, admission) => self.after_write(admission, replaced),
+            (None, Some(capacity), Some(mut admission)) => {
+                capacity.unrecord(&mut admission.shard, &admission.key, admission.previous);
+            }
+            (None, ..) => {}
         }
     }
 
@@ -226,10 +244,7 @@ where
                 self.count(Counter::Insert, 1);
                 None
             }
-            Slot::Occupied(mut slot) => {
-                // The key's clone (user code) comes first: the hand-off below and the
-                // replacement after it must both happen.
-                let key = self.notifier.is_active().then(|| slot.key().clone());
+            Slot::Occupied(slot) => {
                 let old = slot.get().entry();
                 let node = self.hand_off(slot.key(), old.node, old.deadline(), deadline);
                 // Judging the cause needs the time (the write's own, if it read the clock):
@@ -249,8 +264,15 @@ where
                     1,
                 );
                 let new = Entry::new(value, deadline, node, generation, old.policy_bits());
-                let entry = std::mem::replace(slot.get_mut(), E::new(new, cap.at)).into_entry();
-                Some(Retired { key, entry, cause })
+                // The map keeps the caller's key and hands back its own with the old entry,
+                // so no key is cloned or dropped here: both go with the report, after the
+                // policy has accounted for the write.
+                let (key, old) = slot.replace_entry(E::new(new, cap.at));
+                Some(Retired {
+                    key: Some(key),
+                    entry: old.into_entry(),
+                    cause,
+                })
             }
         }
     }
