@@ -33,17 +33,17 @@ use crate::time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
 /// ```
 /// use std::time::Duration;
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let cache: ebb_cache::Cache<u64, String> = ebb_cache::Cache::builder()
-///     .name("users")
-///     .time_to_live(Duration::from_secs(30))
-///     .expiry_jitter(0.05)
-///     .tick(Duration::from_millis(100))
-///     .build();
-/// cache.insert(1, "ada".to_string());
-/// assert_eq!(cache.get(&1).as_deref(), Some("ada"));
-/// # }
+/// #[tokio::main]
+/// async fn main() {
+///     let cache: ebb_cache::Cache<u64, String> = ebb_cache::Cache::builder()
+///         .name("users")
+///         .time_to_live(Duration::from_secs(30))
+///         .expiry_jitter(0.05)
+///         .tick(Duration::from_millis(100))
+///         .build();
+///     cache.insert(1, "ada".to_string());
+///     assert_eq!(cache.get(&1).as_deref(), Some("ada"));
+/// }
 /// ```
 #[must_use = "a builder does nothing until you call `build`"]
 pub struct CacheBuilder<K, V, S = RandomState> {
@@ -129,9 +129,11 @@ where
         self
     }
 
-    /// The wheel's resolution, [`DEFAULT_TICK`] unless set: an expired entry leaves the cache
-    /// (and [`Cache::entry_count`]) at most one tick after its deadline. Reads never return an
-    /// expired entry, whatever the tick. From [`MIN_TICK`] to [`MAX_TICK`]; anything else is
+    /// The removal lag bound, [`DEFAULT_TICK`] unless set: an expired entry leaves the cache
+    /// (and [`Cache::entry_count`]), and its listener hears of it, at most one tick after its
+    /// deadline, with no calls needed. Reads never return an expired entry, whatever the tick:
+    /// the tick only says how soon the memory is freed. A smaller tick wakes the task more
+    /// often, but only while entries are due. From [`MIN_TICK`] to [`MAX_TICK`]; anything else is
     /// a [`BuildError::TickOutOfRange`].
     ///
     /// When many entries fall due at once, the bound grows with their number: the task
@@ -188,19 +190,20 @@ where
     ///
     /// ```
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let sessions: ebb_cache::Cache<u32, &str> = ebb_cache::Cache::builder()
-    ///     .time_to_idle(Duration::from_secs(10))
-    ///     .build();
-    /// sessions.insert(1, "alice");
-    /// tokio::time::sleep(Duration::from_secs(8)).await;
-    /// assert!(sessions.get(&1).is_some()); // read: idle again from now
-    /// tokio::time::sleep(Duration::from_secs(8)).await;
-    /// assert!(sessions.get(&1).is_some());
-    /// tokio::time::sleep(Duration::from_secs(10)).await;
-    /// assert!(sessions.get(&1).is_none()); // idle for 10 s
-    /// # }
+    ///
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let sessions: ebb_cache::Cache<u32, &str> = ebb_cache::Cache::builder()
+    ///         .time_to_idle(Duration::from_secs(2))
+    ///         .build();
+    ///     sessions.insert(1, "alice");
+    ///     tokio::time::sleep(Duration::from_millis(200)).await;
+    ///     assert!(sessions.get(&1).is_some()); // read: idle again from now
+    ///     tokio::time::sleep(Duration::from_millis(200)).await;
+    ///     assert!(sessions.get(&1).is_some());
+    ///     tokio::time::sleep(Duration::from_secs(2)).await;
+    ///     assert!(sessions.get(&1).is_none()); // idle for 2 s: gone
+    /// }
     /// ```
     pub fn time_to_idle(mut self, idle: Duration) -> Self {
         self.time_to_idle = Some(idle);
@@ -208,7 +211,10 @@ where
     }
 
     /// Call `listener(key, value, cause)` for every entry that leaves the cache, exactly once,
-    /// never under a lock. See [`RemovalCause`] for the causes, and which thread reports each.
+    /// never under a lock: despite the name, every removal, not only evictions (expired,
+    /// removed or invalidated, replaced by a write, evicted for size; see [`RemovalCause`],
+    /// and which thread reports each). [`eviction_channel`](Self::eviction_channel) reports
+    /// the same removals to a channel instead; a cache may have both.
     ///
     /// The listener runs on the expiry task (for expiry and `invalidate_all`) or on the
     /// thread that removed or replaced the entry, so keep it short: for slow or async work,
@@ -221,20 +227,20 @@ where
     /// ```
     /// use std::sync::atomic::{AtomicUsize, Ordering};
     /// use std::sync::Arc;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let removed = Arc::new(AtomicUsize::new(0));
-    /// let seen = Arc::clone(&removed);
-    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder()
-    ///     .eviction_listener(move |_key, _value, cause| {
-    ///         assert_eq!(cause, ebb_cache::RemovalCause::Explicit);
-    ///         seen.fetch_add(1, Ordering::Relaxed);
-    ///     })
-    ///     .build();
-    /// cache.insert(1, 1);
-    /// cache.remove(&1);
-    /// assert_eq!(removed.load(Ordering::Relaxed), 1);
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let removed = Arc::new(AtomicUsize::new(0));
+    ///     let seen = Arc::clone(&removed);
+    ///     let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder()
+    ///         .eviction_listener(move |_key, _value, cause| {
+    ///             assert_eq!(cause, ebb_cache::RemovalCause::Explicit);
+    ///             seen.fetch_add(1, Ordering::Relaxed);
+    ///         })
+    ///         .build();
+    ///     cache.insert(1, 1);
+    ///     cache.remove(&1);
+    ///     assert_eq!(removed.load(Ordering::Relaxed), 1);
+    /// }
     /// ```
     pub fn eviction_listener(
         mut self,
@@ -254,16 +260,16 @@ where
     /// [`eviction_listener`](Self::eviction_listener).
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    /// let cache: ebb_cache::Cache<u32, String> = ebb_cache::Cache::builder().eviction_channel(tx).build();
-    /// cache.insert(1, "one".into());
-    /// cache.insert(1, "uno".into());
-    /// let removal = rx.recv().await.unwrap();
-    /// assert_eq!((removal.key, removal.value.as_str()), (1, "one"));
-    /// assert_eq!(removal.cause, ebb_cache::RemovalCause::Replaced);
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    ///     let cache: ebb_cache::Cache<u32, String> = ebb_cache::Cache::builder().eviction_channel(tx).build();
+    ///     cache.insert(1, "one".into());
+    ///     cache.insert(1, "uno".into());
+    ///     let removal = rx.recv().await.unwrap();
+    ///     assert_eq!((removal.key, removal.value.as_str()), (1, "one"));
+    ///     assert_eq!(removal.cause, ebb_cache::RemovalCause::Replaced);
+    /// }
     /// ```
     pub fn eviction_channel(mut self, sender: Sender<Removal<K, V>>) -> Self {
         self.notifier.channel = Some(sender);
@@ -287,14 +293,14 @@ where
     /// Expired entries stop counting as soon as they are removed.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().max_capacity(100).build();
-    /// for k in 0..1000 {
-    ///     cache.insert(k, k);
-    ///     assert!(cache.entry_count() <= 100);
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().max_capacity(100).build();
+    ///     for k in 0..1000 {
+    ///         cache.insert(k, k);
+    ///         assert!(cache.entry_count() <= 100);
+    ///     }
     /// }
-    /// # }
     /// ```
     pub fn max_capacity(mut self, max: u64) -> Self {
         self.max_capacity = Some(max);
@@ -311,14 +317,14 @@ where
     /// share (the capacity divided by up to 8 shards) is evicted as soon as it is written.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let pages: ebb_cache::Cache<u32, Vec<u8>> = ebb_cache::Cache::builder()
-    ///     .max_capacity(1 << 20) // bytes
-    ///     .weigher(|_key, page: &Vec<u8>| page.len().try_into().unwrap_or(u32::MAX))
-    ///     .build();
-    /// pages.insert(1, vec![0; 4096]);
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let pages: ebb_cache::Cache<u32, Vec<u8>> = ebb_cache::Cache::builder()
+    ///         .max_capacity(1 << 20) // bytes
+    ///         .weigher(|_key, page: &Vec<u8>| page.len().try_into().unwrap_or(u32::MAX))
+    ///         .build();
+    ///     pages.insert(1, vec![0; 4096]);
+    /// }
     /// ```
     pub fn weigher(mut self, weigher: impl Fn(&K, &V) -> u32 + Send + Sync + 'static) -> Self {
         self.weigher = Some(Box::new(weigher));
@@ -335,8 +341,10 @@ where
 
     /// Every `interval`, have the expiry task log one `tracing::info!` line for the cache if
     /// it had any lookups since the last one, in the spirit of go-zero's
-    /// `cache(NAME) - qpm: N, hit_ratio: P%, elements: E, hit: H, miss: M` (also as
-    /// structured fields). Implies [`record_stats`](Self::record_stats). This is the one
+    /// `cache(NAME) - qpm: N, hit_ratio: P%, elements: E, hit: H, miss: M`. A plain-text log
+    /// shows each figure twice: once in that message, for people, and once as a structured
+    /// field (`qpm=…`), for log pipelines that parse fields. The counts are those since the
+    /// last line. Implies [`record_stats`](Self::record_stats). This is the one
     /// reason an otherwise idle cache wakes up. Zero is a
     /// [`BuildError::ZeroStatsInterval`].
     pub fn stats_interval(mut self, interval: Duration) -> Self {
@@ -394,10 +402,14 @@ where
     /// multi-thread runtime.
     ///
     /// ```
-    /// let runtime = tokio::runtime::Runtime::new().unwrap();
-    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().build_on(runtime.handle());
-    /// cache.insert(1, 1);
-    /// assert_eq!(cache.get(&1), Some(1));
+    /// // A plain `main`: no Tokio context here, so the runtime is named.
+    /// fn main() {
+    ///     let runtime = tokio::runtime::Runtime::new().unwrap();
+    ///     let cache: ebb_cache::Cache<u32, u32> =
+    ///         ebb_cache::Cache::builder().build_on(runtime.handle());
+    ///     cache.insert(1, 1);
+    ///     assert_eq!(cache.get(&1), Some(1));
+    /// }
     /// ```
     ///
     /// # Panics

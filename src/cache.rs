@@ -28,20 +28,20 @@ use crate::store::Store;
 /// ```
 /// use std::time::Duration;
 ///
-/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-/// # async fn main() {
-/// let cache: ebb_cache::Cache<&str, u32> = ebb_cache::Cache::builder()
-///     .time_to_live(Duration::from_secs(60))
-///     .build();
+/// #[tokio::main]
+/// async fn main() {
+///     let cache: ebb_cache::Cache<&str, u32> = ebb_cache::Cache::builder()
+///         .time_to_live(Duration::from_secs(60))
+///         .build();
 ///
-/// cache.insert("a", 1);
-/// cache.insert_with_ttl("b", 2, Duration::from_secs(5));
-/// assert_eq!(cache.get("a"), Some(1));
+///     cache.insert("a", 1);
+///     cache.insert_with_ttl("b", 2, Duration::from_millis(50));
+///     assert_eq!(cache.get("a"), Some(1));
 ///
-/// tokio::time::sleep(Duration::from_secs(5)).await;
-/// assert_eq!(cache.get("b"), None); // expired at its own deadline
-/// assert_eq!(cache.get("a"), Some(1));
-/// # }
+///     tokio::time::sleep(Duration::from_millis(50)).await;
+///     assert_eq!(cache.get("b"), None); // expired at its own deadline
+///     assert_eq!(cache.get("a"), Some(1));
+/// }
 /// ```
 pub struct Cache<K, V, S = RandomState> {
     store: Arc<Store<K, V, S>>,
@@ -162,16 +162,16 @@ where
     /// lag need [`record_stats`](crate::CacheBuilder::record_stats).
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().record_stats().build();
-    /// cache.insert(1, 1);
-    /// cache.get(&1);
-    /// cache.get(&2);
-    /// let stats = cache.stats();
-    /// assert_eq!((stats.hits, stats.misses, stats.inserts), (1, 1, 1));
-    /// assert_eq!(stats.hit_ratio(), 0.5);
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().record_stats().build();
+    ///     cache.insert(1, 1);
+    ///     cache.get(&1);
+    ///     cache.get(&2);
+    ///     let stats = cache.stats();
+    ///     assert_eq!((stats.hits, stats.misses, stats.inserts), (1, 1, 1));
+    ///     assert_eq!(stats.hit_ratio(), 0.5);
+    /// }
     /// ```
     pub fn stats(&self) -> CacheStats {
         let store = &self.store;
@@ -187,15 +187,15 @@ where
     /// into their own cache.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().build();
-    /// let weak = cache.downgrade();
-    /// weak.upgrade().unwrap().insert(1, 1);
-    /// assert_eq!(cache.get(&1), Some(1));
-    /// drop(cache);
-    /// assert!(weak.upgrade().is_none());
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().build();
+    ///     let weak = cache.downgrade();
+    ///     weak.upgrade().unwrap().insert(1, 1);
+    ///     assert_eq!(cache.get(&1), Some(1));
+    ///     drop(cache);
+    ///     assert!(weak.upgrade().is_none());
+    /// }
     /// ```
     pub fn downgrade(&self) -> WeakCache<K, V, S> {
         WeakCache {
@@ -208,8 +208,10 @@ where
         self.store.time_to_live()
     }
 
-    /// The TTL from which entries never expire: 2^36 - 1 ticks, capped at about 73 years.
-    /// At the default 1 s tick that cap applies; at a 1 ms tick it is about 795 days.
+    /// The horizon: the longest TTL that still expires. An entry given this TTL or a longer
+    /// one (`Duration::MAX` included) never expires, and nothing is scheduled for it. It is
+    /// 2^36 - 1 ticks, capped at about 73 years: the cap at the default 1 s tick, about 795
+    /// days at a 1 ms tick.
     pub fn horizon(&self) -> Duration {
         self.store.clock.horizon()
     }

@@ -109,6 +109,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
+// Every example shows its `main`, so that it runs as pasted into a new `main.rs`.
+#![allow(clippy::needless_doctest_main)]
 
 mod builder;
 mod cache;
@@ -134,3 +136,10 @@ pub use time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The code in `docs/`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/migration.md")]
+#[doc = include_str!("../docs/bad-input.md")]
+#[doc = include_str!("../docs/performance.md")]
+pub struct DocsDoctests;

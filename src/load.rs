@@ -485,15 +485,15 @@ where
     /// another task which makes that call cannot be told from a slow one, and hangs like it.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let cache: ebb_cache::Cache<u32, String> = ebb_cache::Cache::builder().build();
-    /// let name = cache.get_with(7, async { "loaded once".to_string() }).await;
-    /// assert_eq!(name, "loaded once");
-    /// // A hit: the loader is not run.
-    /// let again = cache.get_with(7, async { unreachable!() }).await;
-    /// assert_eq!(again, "loaded once");
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<u32, String> = ebb_cache::Cache::builder().build();
+    ///     let name = cache.get_with(7, async { "loaded once".to_string() }).await;
+    ///     assert_eq!(name, "loaded once");
+    ///     // A hit: the loader is not run.
+    ///     let again = cache.get_with(7, async { unreachable!() }).await;
+    ///     assert_eq!(again, "loaded once");
+    /// }
     /// ```
     #[inline]
     pub fn get_with<F>(&self, key: K, init: F) -> GetWith<'_, K, V, S, F>
@@ -512,16 +512,18 @@ where
     ///
     /// ```
     /// use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-    /// # async fn main() {
-    /// let tokens: ebb_cache::Cache<&str, String> = ebb_cache::Cache::builder().build();
-    /// let token = tokens
-    ///     .get_with_expiry("api", async { ("t0k3n".to_string(), Some(Duration::from_secs(60))) })
-    ///     .await;
-    /// assert_eq!(token, "t0k3n");
-    /// tokio::time::sleep(Duration::from_secs(60)).await;
-    /// assert_eq!(tokens.get("api"), None);
-    /// # }
+    ///
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let tokens: ebb_cache::Cache<&str, String> = ebb_cache::Cache::builder().build();
+    ///     let ttl = Duration::from_millis(100); // the token's own lifetime
+    ///     let token = tokens
+    ///         .get_with_expiry("api", async move { ("t0k3n".to_string(), Some(ttl)) })
+    ///         .await;
+    ///     assert_eq!(token, "t0k3n");
+    ///     tokio::time::sleep(ttl).await;
+    ///     assert_eq!(tokens.get("api"), None);
+    /// }
     /// ```
     #[inline]
     pub fn get_with_expiry<F>(&self, key: K, init: F) -> GetWithExpiry<'_, K, V, S, F>
@@ -541,14 +543,14 @@ where
     /// cannot fail, that ends without a value runs its own `init`.
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let cache: ebb_cache::Cache<u32, u64> = ebb_cache::Cache::builder().build();
-    /// let err = cache.try_get_with(1, async { "db down".parse::<u64>() }).await;
-    /// assert!(err.is_err());
-    /// let ok = cache.try_get_with(1, async { "42".parse::<u64>() }).await;
-    /// assert_eq!(ok.unwrap(), 42);
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<u32, u64> = ebb_cache::Cache::builder().build();
+    ///     let err = cache.try_get_with(1, async { "db down".parse::<u64>() }).await;
+    ///     assert!(err.is_err());
+    ///     let ok = cache.try_get_with(1, async { "42".parse::<u64>() }).await;
+    ///     assert_eq!(ok.unwrap(), 42);
+    /// }
     /// ```
     #[inline]
     pub fn try_get_with<F, E>(&self, key: K, init: F) -> TryGetWith<'_, K, V, S, F>
@@ -565,12 +567,12 @@ where
     /// (`None` is returned and not cached).
     ///
     /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let cache: ebb_cache::Cache<u32, String> = ebb_cache::Cache::builder().build();
-    /// assert_eq!(cache.optionally_get_with(1, async { None }).await, None);
-    /// assert!(cache.get(&1).is_none());
-    /// # }
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<u32, String> = ebb_cache::Cache::builder().build();
+    ///     assert_eq!(cache.optionally_get_with(1, async { None }).await, None);
+    ///     assert!(cache.get(&1).is_none());
+    /// }
     /// ```
     #[inline]
     pub fn optionally_get_with<F>(&self, key: K, init: F) -> OptionallyGetWith<'_, K, V, S, F>

@@ -157,13 +157,15 @@ pub struct CacheStats {
     pub misses: u64,
     /// Writes that created an entry (including over an expired or invalidated one).
     pub inserts: u64,
-    /// Writes that replaced a live entry.
+    /// Writes that replaced a live entry, counted on the write side: with `inserts`, every
+    /// write. (`replaced` counts the same events on the removal side, with the other causes.)
     pub updates: u64,
     /// Entries removed because they expired.
     pub expired: u64,
     /// Entries removed by `remove`, a zero TTL or `invalidate_all`.
     pub explicit: u64,
-    /// Entries replaced by a write.
+    /// Entries that left because a write replaced them, counted with the other removals
+    /// (`expired`, `explicit`, `evicted_for_size`); equal to `updates`.
     pub replaced: u64,
     /// Entries evicted for room.
     pub evicted_for_size: u64,
@@ -189,7 +191,7 @@ impl CacheStats {
         self.hits + self.misses
     }
 
-    /// `hits / requests`, or 1.0 with no requests.
+    /// `hits / requests`. With no requests yet it is 1.0: nothing has missed.
     pub fn hit_ratio(&self) -> f64 {
         match self.requests() {
             0 => 1.0,

@@ -221,3 +221,46 @@ async fn the_cache_is_send_sync_clone_debug() {
     assert!(format!("{c:?}").contains("named"));
     assert_eq!(c.name(), "named");
 }
+
+/// The file and line a panic reported, caught on this thread.
+fn panic_location(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let this_thread = std::thread::current().id();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // Other tests of this binary may panic at the same time, on their own threads.
+        if std::thread::current().id() != this_thread {
+            return;
+        }
+        if let Some(location) = info.location() {
+            *sink.lock().unwrap() = Some(format!("{}:{}", location.file(), location.line()));
+        }
+    }));
+    let caught = std::panic::catch_unwind(f);
+    std::panic::set_hook(previous);
+    assert!(caught.is_err(), "expected a panic");
+    let location = seen.lock().unwrap().clone();
+    location.unwrap_or_default()
+}
+
+#[test]
+fn every_builder_panic_points_at_the_callers_line() {
+    let outside = panic_location(|| drop(Cache::<u64, u64>::builder().build()));
+    assert!(outside.starts_with("tests/lifecycle.rs:"), "{outside}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let handle = rt.handle().clone();
+    let bad_tick = panic_location(move || {
+        drop(
+            Cache::<u64, u64>::builder()
+                .tick(Duration::ZERO)
+                .build_on(&handle),
+        )
+    });
+    assert!(bad_tick.starts_with("tests/lifecycle.rs:"), "{bad_tick}");
+    let inside = panic_location(|| {
+        rt.block_on(async { drop(Cache::<u64, u64>::builder().tick(Duration::ZERO).build()) })
+    });
+    assert!(inside.starts_with("tests/lifecycle.rs:"), "{inside}");
+}

@@ -217,7 +217,7 @@ enum Mode {
 
 impl Model {
     fn is_live(&self, deadline: Option<Instant>) -> bool {
-        deadline.map_or(true, |d| self.now < d)
+        deadline.is_none_or(|d| self.now < d)
     }
 
     /// The deadline of an entry written now with `ttl`: none at or past the horizon.
@@ -243,7 +243,7 @@ impl Model {
     fn live_at(&self, t: Instant) -> usize {
         self.entries
             .values()
-            .filter(|(_, d)| d.map_or(true, |d| t < d))
+            .filter(|(_, d)| d.is_none_or(|d| t < d))
             .count()
     }
 
