@@ -70,14 +70,7 @@ fn run_mode(rt: &Runtime, capacity: u64, inserts: usize, hot: bool) -> Run {
 }
 
 pub fn run(args: &[String]) -> Result<String, String> {
-    let rounds: usize = match args.first() {
-        Some(n) => n
-            .parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("ROUNDS must be a positive integer, not {n:?}"))?,
-        None => 7,
-    };
+    let rounds = crate::rounds(args, 7)?;
     // Never driven: no entry has a deadline, so the expiry task has nothing to do.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -17,3 +17,15 @@ pub mod names;
 pub mod read_heavy;
 pub mod report;
 pub mod workloads;
+
+/// The `[ROUNDS]` argument of the alternating subcommands: a positive number, or `default`.
+pub fn rounds(args: &[String], default: usize) -> Result<usize, String> {
+    match args.first() {
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("ROUNDS must be a positive integer, not {n:?}")),
+        None => Ok(default),
+    }
+}

@@ -34,14 +34,7 @@ const TARGETS: [(&str, &str, f64); 5] = [
 ];
 
 pub fn run(args: &[String]) -> Result<String, String> {
-    let rounds: usize = match args.first() {
-        Some(n) => n
-            .parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("ROUNDS must be a positive integer, not {n:?}"))?,
-        None => 9,
-    };
+    let rounds = crate::rounds(args, 9)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
