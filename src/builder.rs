@@ -372,12 +372,14 @@ where
         Ok(())
     }
 
-    /// Build the cache and spawn its expiry task on the current Tokio runtime.
+    /// Build the cache. Inside a Tokio runtime its expiry task starts there at once; outside
+    /// any (a cache in a `static`, say), the cache works at once (reads, writes, exact
+    /// expiry on reads) and its task starts on the first runtime that writes to it.
     ///
     /// # Panics
     ///
-    /// Outside a Tokio runtime, on a runtime without timers, or with an invalid option; the
-    /// message names the fix. [`try_build`](Self::try_build) returns these as errors.
+    /// With an invalid option, or inside a runtime without timers; the message names the fix.
+    /// [`try_build`](Self::try_build) returns these as errors.
     #[track_caller]
     pub fn build(self) -> Cache<K, V, S> {
         match self.try_build() {
@@ -386,10 +388,11 @@ where
         }
     }
 
-    /// Build the cache, or say why it cannot be built.
+    /// Build the cache, or say why it cannot be built: like [`build`](Self::build), with the
+    /// errors returned.
     pub fn try_build(self) -> Result<Cache<K, V, S>, BuildError> {
-        let handle = Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        self.start(&handle)
+        let handle = Handle::try_current().ok();
+        self.start(handle.as_ref())
     }
 
     /// Build the cache from any thread, spawning its expiry task on `handle`'s runtime.
@@ -417,21 +420,18 @@ where
     /// On a runtime without timers or with an invalid option, like [`build`](Self::build).
     #[track_caller]
     pub fn build_on(self, handle: &Handle) -> Cache<K, V, S> {
-        match self.start(handle) {
+        match self.start(Some(handle)) {
             Ok(cache) => cache,
             Err(e) => panic!("{e}"),
         }
     }
 
-    /// Validate, make the store, and spawn its expiry task on `handle`'s runtime.
-    fn start(self, handle: &Handle) -> Result<Cache<K, V, S>, BuildError> {
+    /// Validate, make the store, and start its expiry task on `handle`'s runtime, if any.
+    fn start(self, handle: Option<&Handle>) -> Result<Cache<K, V, S>, BuildError> {
         self.validate()?;
-        let _runtime = handle.enter();
-        let interval = task::interval(self.tick)?;
         let clock = Clock::new(self.tick);
         let shards = shard_count();
-        let signals = Arc::new(Signals::default());
-        let token = CancellationToken::new();
+        let signals = Arc::new(Signals::new());
         let idle = self
             .time_to_idle
             .filter(|idle| *idle < clock.horizon())
@@ -445,7 +445,8 @@ where
             capacity: self.max_capacity.map(|max| (max, self.weigher)),
             time_to_live: self.time_to_live,
             jitter: self.jitter,
-            stop: token.clone().drop_guard(),
+            token: CancellationToken::new(),
+            stats_interval: self.stats_interval,
         };
         let store = Arc::new(Store::new(
             settings,
@@ -454,14 +455,9 @@ where
             self.hasher,
             Arc::clone(&signals),
         ));
-        task::spawn(
-            handle,
-            &store,
-            signals,
-            token,
-            interval,
-            self.stats_interval,
-        );
+        if let Some(handle) = handle {
+            task::start(&store, handle)?;
+        }
         Ok(Cache::from_store(store))
     }
 }

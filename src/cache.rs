@@ -15,8 +15,13 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use std::future::Future;
+
+use tokio::runtime::Handle;
+
 use crate::stats::CacheStats;
 use crate::store::Store;
+use crate::task;
 
 /// A concurrent in-memory cache with per-cache and per-entry TTL, whose one expiry task
 /// removes expired entries on time and ends when the last handle is dropped.
@@ -84,10 +89,54 @@ where
         &self.store
     }
 
+    /// Start the expiry task on the current runtime if none runs: a cache built outside any
+    /// runtime, or whose task's runtime shut down. One relaxed load while a task runs.
+    #[inline]
+    #[track_caller]
+    pub(crate) fn ensure_task(&self) {
+        if !self.store.signals.task_running() {
+            self.start_task();
+        }
+    }
+
+    #[cold]
+    #[track_caller]
+    fn start_task(&self) {
+        if let Ok(handle) = Handle::try_current() {
+            if let Err(e) = task::start(&self.store, &handle) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    /// A future that resolves once the last handle has been dropped and the expiry task has
+    /// exited (or none ran): everything the cache held has been dropped. It holds no handle,
+    /// so it does not keep the cache alive. A task that ends because its runtime shut down
+    /// does not resolve it: the cache can still start another.
+    ///
+    /// ```
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<u32, u32> = ebb_cache::Cache::builder().build();
+    ///     let closed = cache.closed();
+    ///     drop(cache);
+    ///     closed.await; // the task has exited
+    /// }
+    /// ```
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let signals = Arc::clone(&self.store.signals);
+        async move { signals.ended().await }
+    }
+
     /// Insert `value` for `key`, replacing any previous value. It expires after the cache's
     /// `time_to_live` (spread by `expiry_jitter`), or never if none is set.
+    ///
+    /// Outside any runtime the write works, and the expiry task starts on the first runtime
+    /// that writes. Panics (naming `enable_time`) when that runtime has no timers.
     #[inline]
+    #[track_caller]
     pub fn insert(&self, key: K, value: V) {
+        self.ensure_task();
         self.store.insert(key, value, self.store.default_cap());
     }
 
@@ -96,7 +145,9 @@ where
     ///
     /// A zero `ttl` stores nothing and removes any previous value for `key`. A `ttl` at or
     /// past [`horizon`](Self::horizon) (for example `Duration::MAX`) never expires.
+    #[track_caller]
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+        self.ensure_task();
         match self.store.cap_for_ttl(ttl) {
             Some(deadline) => self.store.insert(key, value, deadline),
             None => drop(self.remove(&key)),
@@ -144,12 +195,20 @@ where
     /// shard's read lock in turn, so while other threads write, the sum mixes moments (an
     /// entry evicted from a shard already counted and one inserted into a shard not yet
     /// counted both count).
+    ///
+    /// Like a write, it starts the expiry task on the current runtime if none runs (the
+    /// runtime that ran it shut down): a caller waiting for the count to drop gets its
+    /// entries removed.
+    #[track_caller]
     pub fn entry_count(&self) -> u64 {
+        self.ensure_task();
         self.store.map.len() as u64
     }
 
     /// Hide every entry at once, in O(1); the expiry task then removes them in batches.
+    #[track_caller]
     pub fn invalidate_all(&self) {
+        self.ensure_task();
         self.store.invalidate_all();
     }
 
@@ -230,6 +289,9 @@ where
             loads: store.flights.len(),
             wakeups: store.signals.wakeups.load(Ordering::Acquire),
             task_closed: store.signals.closed.load(Ordering::Acquire),
+            task_running: store.signals.task_running(),
+            tasks_started: store.signals.tasks_started.load(Ordering::Acquire),
+            tasks_alive: store.signals.tasks_alive.load(Ordering::Acquire),
             policy_weight: store.policy_weight(),
             policy_records: store.policy_records(),
         }
@@ -282,6 +344,12 @@ pub struct Internals {
     pub wakeups: u64,
     /// Whether the task has stopped.
     pub task_closed: bool,
+    /// Whether an expiry task runs now.
+    pub task_running: bool,
+    /// Expiry tasks started so far.
+    pub tasks_started: u64,
+    /// Expiry tasks that exist now (at most one).
+    pub tasks_alive: usize,
     /// The weight the capacity policy accounts for, for a bounded cache.
     pub policy_weight: Option<u64>,
     /// Entry weights the capacity policy keeps (one per entry with a weigher; none without).

@@ -496,10 +496,12 @@ where
     /// }
     /// ```
     #[inline]
+    #[track_caller]
     pub fn get_with<F>(&self, key: K, init: F) -> GetWith<'_, K, V, S, F>
     where
         F: Future<Output = V>,
     {
+        self.ensure_task();
         GetWith {
             load: Load::new(self.store(), key, init),
         }
@@ -526,10 +528,12 @@ where
     /// }
     /// ```
     #[inline]
+    #[track_caller]
     pub fn get_with_expiry<F>(&self, key: K, init: F) -> GetWithExpiry<'_, K, V, S, F>
     where
         F: Future<Output = (V, Option<Duration>)>,
     {
+        self.ensure_task();
         GetWithExpiry {
             load: Load::new(self.store(), key, init),
         }
@@ -553,11 +557,13 @@ where
     /// }
     /// ```
     #[inline]
+    #[track_caller]
     pub fn try_get_with<F, E>(&self, key: K, init: F) -> TryGetWith<'_, K, V, S, F>
     where
         F: Future<Output = Result<V, E>>,
         E: Send + Sync + 'static,
     {
+        self.ensure_task();
         TryGetWith {
             load: Load::new(self.store(), key, init),
         }
@@ -575,10 +581,12 @@ where
     /// }
     /// ```
     #[inline]
+    #[track_caller]
     pub fn optionally_get_with<F>(&self, key: K, init: F) -> OptionallyGetWith<'_, K, V, S, F>
     where
         F: Future<Output = Option<V>>,
     {
+        self.ensure_task();
         OptionallyGetWith {
             load: Load::new(self.store(), key, init),
         }

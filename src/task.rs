@@ -48,7 +48,7 @@ use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::store::handoff::{Records, Signals, Taken};
 use crate::store::{Fired, Retired, Store, UNFILED};
-use crate::time::clock::Clock;
+use crate::time::clock::{Clock, NEVER};
 use crate::time::wheel::{NodeId, Wheel};
 
 /// The most records, removals or fired nodes handled between two yields.
@@ -60,9 +60,9 @@ const SPARE_CAPACITY: usize = 4096;
 /// Free ids a stripe's pool gets beyond what its writers took since the last swap.
 const MIN_POOL: usize = 16;
 
-/// The task's interval, created by the building thread inside the runtime so that a runtime
-/// without timers is reported to the builder rather than killing the task.
-pub(crate) fn interval(tick: std::time::Duration) -> Result<Interval, BuildError> {
+/// The task's interval, created on the starting thread inside the runtime, so that a
+/// runtime without timers is reported to the caller rather than killing the task.
+fn interval(tick: Duration) -> Result<Interval, BuildError> {
     std::panic::catch_unwind(|| {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -71,20 +71,32 @@ pub(crate) fn interval(tick: std::time::Duration) -> Result<Interval, BuildError
     .map_err(|_| BuildError::TimersDisabled)
 }
 
-pub(crate) fn spawn<K, V, S>(
-    handle: &Handle,
+/// Start the cache's expiry task on `handle`'s runtime, unless one runs already (or the last
+/// handle is gone). Returns whether this call started it. The new task takes over every
+/// entry in the map (a task before it may have died with its runtime).
+pub(crate) fn start<K, V, S>(
     store: &Arc<Store<K, V, S>>,
-    signals: Arc<Signals>,
-    token: CancellationToken,
-    interval: Interval,
-    stats_interval: Option<Duration>,
-) where
+    handle: &Handle,
+) -> Result<bool, BuildError>
+where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
+    let signals = Arc::clone(&store.signals);
+    if !signals.claim_task() {
+        return Ok(false);
+    }
+    let _runtime = handle.enter();
+    let interval = match interval(store.clock.tick()) {
+        Ok(interval) => interval,
+        Err(e) => {
+            signals.task_ended();
+            return Err(e);
+        }
+    };
     let span = tracing::debug_span!("ebb", cache = %store.name);
-    let stats_line = stats_interval.map(|period| {
+    let stats_line = store.stats_interval.map(|period| {
         let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         every.set_missed_tick_behavior(MissedTickBehavior::Skip);
         StatsLine {
@@ -94,29 +106,36 @@ pub(crate) fn spawn<K, V, S>(
             misses: 0,
         }
     });
+    // Built before the hand-off opens and before the task first runs, so that a runtime
+    // dropping the task unpolled still closes it and lets another task start.
+    signals.tasks_alive.fetch_add(1, Ordering::SeqCst);
+    let exit = Exit {
+        store: Arc::downgrade(store),
+        signals: Arc::clone(&signals),
+    };
+    let base = store.handoff.open(&signals);
     let task = Task {
-        // Built before the task first runs, so that a runtime dropping the task unpolled
-        // still closes the hand-off.
-        _exit: Exit {
-            store: Arc::downgrade(store),
-            signals: Arc::clone(&signals),
-        },
+        _exit: exit,
         store: Arc::downgrade(store),
         clock: store.clock,
+        token: store.token.clone(),
         signals,
-        token,
         interval,
         wheel: Wheel::new(),
+        base,
+        takeover: true,
         spare: None,
         links: Vec::new(),
         pools: Vec::new(),
         free: Vec::new(),
-        sweep_again: false,
+        // Whatever `invalidate_all` hid before this task is swept at its first wake.
+        sweep_again: true,
         swept: store.generation(),
         work: Work::default(),
         stats_line,
     };
     drop(handle.spawn(task.run().instrument(span)));
+    Ok(true)
 }
 
 /// What one wake did, for the trace line.
@@ -188,7 +207,12 @@ struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
     signals: Arc<Signals>,
     token: CancellationToken,
     interval: Interval,
+    /// Indexed by `id - base`: ids below `base` belong to a task that is gone.
     wheel: Wheel<K>,
+    /// The first node id of this task's epoch (see `Handoff::open`).
+    base: NodeId,
+    /// Whether the entries in the map are still to be taken over (at the first wake).
+    takeover: bool,
     spare: Option<Records<K, S>>,
     /// The nodes of a drained map, to link in id order.
     links: Vec<(NodeId, u64, K)>,
@@ -217,6 +241,9 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Drop for Exit<K, V, S> {
             Some(store) => store.handoff.close(&self.signals),
             None => self.signals.closed.store(true, Ordering::SeqCst),
         }
+        // Closed first: a task started after this line finds the hand-off empty.
+        self.signals.tasks_alive.fetch_sub(1, Ordering::SeqCst);
+        self.signals.task_ended();
         debug!("expiry task stopped");
     }
 }
@@ -268,6 +295,12 @@ where
     /// Everything there is to do now; returns once the wheel's next expiration is published
     /// and no record or sweep is left behind it.
     async fn work(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
+        if self.takeover {
+            if let Flow::Stop = self.take_over(store).await {
+                return Flow::Stop;
+            }
+            self.takeover = false;
+        }
         let mut sweep = self.sweep_again;
         loop {
             if let Flow::Stop = self.drain(store).await {
@@ -334,8 +367,10 @@ where
             // slab in order, and walking them later does not miss the cache at every node.
             let mut links = std::mem::take(&mut self.links);
             for (key, record) in records.drain() {
-                for orphan in record.orphans.nodes() {
-                    quietly(self.wheel.remove(orphan));
+                // An orphan from before `base` was handed out for a task that is gone: this
+                // wheel never linked it.
+                for orphan in record.orphans.nodes().filter(|&id| id >= self.base) {
+                    quietly(self.wheel.remove(orphan - self.base));
                 }
                 if record.node != UNFILED {
                     links.push((record.node, record.tick, key));
@@ -349,7 +384,7 @@ where
             links.sort_unstable_by_key(|(node, ..)| *node);
             let mut done = 0;
             for (node, tick, key) in links.drain(..) {
-                self.wheel.link(node, tick, key);
+                self.wheel.link(node - self.base, tick, key);
                 done += 1;
                 if done % BATCH == 0 {
                     if let Flow::Stop = self.pause(store).await {
@@ -370,7 +405,8 @@ where
     /// whose pool runs dry takes one of them before a fresh one.
     fn stock_reserve(&mut self, store: &Store<K, V, S>) {
         let mut free = std::mem::take(&mut self.free);
-        free.extend(std::iter::from_fn(|| self.wheel.take_free()));
+        let base = self.base;
+        free.extend(std::iter::from_fn(|| self.wheel.take_free()).map(|id| id + base));
         store.handoff.stock(&mut free);
         self.free = free;
     }
@@ -386,7 +422,7 @@ where
         let want = *demand + MIN_POOL;
         while pool.len() < want {
             match self.wheel.take_free() {
-                Some(id) => pool.push(id),
+                Some(id) => pool.push(id + self.base),
                 None => break,
             }
         }
@@ -399,9 +435,38 @@ where
         let want = taken + MIN_POOL;
         while left.len() > want {
             let id = left.pop().expect("longer than want");
-            self.wheel.release(id);
+            self.wheel.release(id - self.base);
         }
         self.pools[stripe] = (left, taken);
+    }
+
+    /// File every entry with a deadline that no running wheel knows: all of them for a task
+    /// that replaces one that died with its runtime, none for a cache's first task (writers
+    /// filed them). In batches; a key whose `Clone` panics is logged and left unfiled.
+    async fn take_over(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
+        let base = self.base;
+        let (keys, mut failed) = store.map.keys_where(|entry| {
+            entry.deadline() != NEVER && (entry.node == UNFILED || entry.node < base)
+        });
+        for (done, key) in keys.into_iter().enumerate() {
+            if catch_unwind(AssertUnwindSafe(|| store.refile(&key, base))).is_err() {
+                failed += 1;
+            }
+            quietly(key);
+            if (done + 1) % BATCH == 0 {
+                if let Flow::Stop = self.pause(store).await {
+                    return Flow::Stop;
+                }
+            }
+        }
+        if failed > 0 {
+            error!(
+                failed,
+                "a key's Clone or Hash panicked as the expiry task took over the cache's \
+                 entries; those entries are not removed on time (reads still refuse them)"
+            );
+        }
+        Flow::Continue
     }
 
     /// Remove every entry hidden by `invalidate_all`, in batches. A key whose `Clone` or
@@ -463,9 +528,10 @@ where
     /// then report what it removed, with the wheel no longer borrowed. A key's `Hash` or `Eq`
     /// that panics leaves the entry and its node as they were: the node fires again one tick
     /// later.
+    /// `node` is the wheel's index (the id less `base`).
     fn fire(&mut self, store: &Store<K, V, S>, node: NodeId, now: u64) {
         let fired = catch_unwind(AssertUnwindSafe(|| {
-            store.fire(self.wheel.get(node), node, now)
+            store.fire(self.wheel.get(node), node + self.base, now)
         }));
         let removed = match fired {
             Ok(Fired::Stale) => None,

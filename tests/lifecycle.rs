@@ -124,17 +124,26 @@ fn many_build_insert_get_drop_cycles_leave_nothing_behind() {
 }
 
 #[test]
-fn build_outside_a_runtime_panics_with_the_fix() {
-    let err = std::panic::catch_unwind(|| Cache::<u64, u64>::builder().build()).unwrap_err();
-    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(
-        msg.contains("Tokio runtime") && msg.contains("build_on"),
-        "{msg}"
-    );
-    assert_eq!(
-        Cache::<u64, u64>::builder().try_build().unwrap_err(),
-        BuildError::NoRuntime
-    );
+fn build_outside_a_runtime_works_and_its_task_starts_on_the_first_write_inside_one() {
+    let cache = Cache::<u64, u64>::builder()
+        .time_to_live(Duration::from_millis(20))
+        .tick(Duration::from_millis(5))
+        .try_build()
+        .expect("no runtime needed");
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+    assert!(!cache.__internals().task_running, "no runtime, no task");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        cache.insert(2, 2);
+        assert!(cache.__internals().task_running);
+        // Both entries, the one written before any task, expire with no calls.
+        wait_until(Duration::from_secs(10), "both entries to expire", || {
+            cache.entry_count() == 0
+        })
+        .await;
+    });
+    assert_eq!(cache.__internals().tasks_started, 1);
 }
 
 #[test]
@@ -247,8 +256,17 @@ fn panic_location(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
 
 #[test]
 fn every_builder_panic_points_at_the_callers_line() {
-    let outside = panic_location(|| drop(Cache::<u64, u64>::builder().build()));
-    assert!(outside.starts_with("tests/lifecycle.rs:"), "{outside}");
+    let no_timers = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let cache = Cache::<u64, u64>::builder().build(); // no runtime here: no task yet
+    let first_write = panic_location(std::panic::AssertUnwindSafe(|| {
+        no_timers.block_on(async { cache.insert(1, 1) })
+    }));
+    assert!(
+        first_write.starts_with("tests/lifecycle.rs:"),
+        "{first_write}"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let handle = rt.handle().clone();
     let bad_tick = panic_location(move || {

@@ -312,10 +312,19 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
     where
         K: Clone,
     {
+        self.keys_where(|entry| entry.generation() != generation)
+    }
+
+    /// The keys of the entries `pick` chooses, one shard at a time, and how many of them
+    /// could not be copied (a key's `Clone` panicked: that key is left out).
+    pub(crate) fn keys_where(&self, pick: impl Fn(&Entry<V>) -> bool) -> (Vec<K>, usize)
+    where
+        K: Clone,
+    {
         let mut failed = 0;
         let keys = with_map!(self, m => m
             .iter()
-            .filter(|e| e.value().entry().generation() != generation)
+            .filter(|e| pick(e.value().entry()))
             .filter_map(|e| {
                 let key = catch_unwind(AssertUnwindSafe(|| e.key().clone())).ok();
                 failed += usize::from(key.is_none());

@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
-use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use crate::sync::{lock, Mutex, MutexGuard, Wake};
 use crate::time::clock::NEVER;
 use crate::time::wheel::NodeId;
@@ -117,12 +117,107 @@ pub(crate) struct Signals {
     pub(crate) notify: Wake,
     /// The tick the task sleeps until; `u64::MAX` when it has no timer at all.
     pub(crate) next_wake: AtomicU64,
-    /// Set once the task has stopped for good.
+    /// Set while no task reads the hand-off (before the first task starts, and after one
+    /// stops): writers then queue nothing and take no ids.
     pub(crate) closed: AtomicBool,
+    /// The cache's lifecycle: whether a task runs ([`TASK`]), whether the last handle is
+    /// gone ([`GONE`]). At most one task at a time: a task is started only by the caller that
+    /// sets `TASK` ([`Signals::claim_task`]).
+    lifecycle: AtomicU8,
+    /// Tasks started so far (test-only visibility).
+    pub(crate) tasks_started: AtomicU64,
+    /// Tasks that exist now, from their start until their exit guard drops: at most one
+    /// (test-only visibility).
+    pub(crate) tasks_alive: AtomicUsize,
+    /// Set once the last handle is gone and no task runs: what `Cache::closed` waits for.
+    ended: AtomicBool,
+    end: tokio::sync::Notify,
     /// How many times the task woke (test-only visibility).
     pub(crate) wakeups: AtomicU64,
     /// Wheel nodes the task holds, as of its last wake (test-only visibility).
     pub(crate) nodes: AtomicUsize,
+}
+
+/// [`Signals::lifecycle`]: a task runs.
+const TASK: u8 = 1;
+/// [`Signals::lifecycle`]: the last handle is gone.
+const GONE: u8 = 2;
+
+impl Signals {
+    /// Signals of a cache no task serves yet: the hand-off is closed.
+    pub(crate) fn new() -> Self {
+        let signals = Signals::default();
+        signals.closed.store(true, Ordering::SeqCst);
+        signals
+    }
+
+    /// Whether a task runs now (a hint for writers: one relaxed load).
+    #[inline]
+    pub(crate) fn task_running(&self) -> bool {
+        self.lifecycle.load(Ordering::Relaxed) & TASK != 0
+    }
+
+    /// Claim the right to start the task: true for exactly one caller while no task runs and
+    /// a handle is still alive.
+    pub(crate) fn claim_task(&self) -> bool {
+        let mut state = self.lifecycle.load(Ordering::Acquire);
+        loop {
+            if state & (TASK | GONE) != 0 {
+                return false;
+            }
+            match self.lifecycle.compare_exchange(
+                state,
+                state | TASK,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.tasks_started.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(actual) => state = actual,
+            }
+        }
+    }
+
+    /// The task has stopped (its hand-off already closed), or could not start: another may
+    /// be claimed. Ends the cache if the last handle is gone too.
+    pub(crate) fn task_ended(&self) {
+        if self.lifecycle.fetch_and(!TASK, Ordering::AcqRel) & GONE != 0 {
+            self.end();
+        }
+    }
+
+    /// The last handle is gone. Ends the cache if no task runs.
+    pub(crate) fn handles_gone(&self) {
+        if self.lifecycle.fetch_or(GONE, Ordering::AcqRel) & TASK == 0 {
+            self.end();
+        }
+    }
+
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.end.notify_waiters();
+    }
+
+    /// Whether the last handle is gone and no task runs.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Wait until the last handle is gone and no task runs.
+    pub(crate) async fn ended(&self) {
+        loop {
+            let notified = self.end.notified();
+            tokio::pin!(notified);
+            // Registered before the check: an end after it wakes us.
+            notified.as_mut().enable();
+            if self.is_ended() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// A stripe's records, and the ids its writers hand out.
@@ -288,6 +383,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         drop(std::mem::take(&mut *lock(&self.reserve)));
         for i in 0..self.stripes.len() {
             let mut stripe = self.lock(i);
+            stripe.taken = 0;
             let old = (
                 std::mem::replace(&mut stripe.records, self.empty()),
                 std::mem::take(&mut stripe.pool),
@@ -295,6 +391,16 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             drop(stripe);
             drop(old);
         }
+    }
+
+    /// Accept records again, for a task that starts now with an empty wheel. Returns the
+    /// first id of its epoch: ids below it were handed out for a task that is gone, and an
+    /// entry may still hold one (the new task files such entries again, and ignores such ids
+    /// when they come back as orphans). While closed nobody took an id, so none is in flight.
+    pub(crate) fn open(&self, signals: &Signals) -> NodeId {
+        let base = self.fresh.load(Ordering::Relaxed);
+        signals.closed.store(false, Ordering::SeqCst);
+        base
     }
 }
 
@@ -544,6 +650,70 @@ mod loom_handoff {
             write(&w, 5);
             assert_eq!(w.handoff.len(), 0);
             assert_eq!(w.handoff.ids(), ids);
+        });
+    }
+
+    #[test]
+    fn loom_lifecycle_starts_one_task_at_a_time() {
+        loom::model(|| {
+            let signals = Arc::new(Signals::new());
+            assert!(signals.claim_task(), "the first task");
+            let alive = Arc::new(AtomicUsize::new(1));
+            let starts = Arc::new(AtomicUsize::new(0));
+            // The old task's exit guard, as its runtime shuts down.
+            let dying = {
+                let (signals, alive) = (Arc::clone(&signals), Arc::clone(&alive));
+                thread::spawn(move || {
+                    alive.fetch_sub(1, Ordering::SeqCst);
+                    signals.task_ended();
+                })
+            };
+            // Two writers on other runtimes, each starting a task if none runs.
+            let writers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (signals, alive, starts) = (
+                        Arc::clone(&signals),
+                        Arc::clone(&alive),
+                        Arc::clone(&starts),
+                    );
+                    thread::spawn(move || {
+                        if signals.claim_task() {
+                            let now = alive.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert_eq!(now, 1, "two tasks alive at once");
+                            starts.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            dying.join().unwrap();
+            for writer in writers {
+                writer.join().unwrap();
+            }
+            assert!(starts.load(Ordering::SeqCst) <= 1);
+            assert_eq!(signals.task_running(), starts.load(Ordering::SeqCst) == 1);
+        });
+    }
+
+    #[test]
+    fn loom_lifecycle_ends_once_the_handles_and_the_task_are_gone() {
+        loom::model(|| {
+            let signals = Arc::new(Signals::new());
+            assert!(signals.claim_task());
+            let task = {
+                let signals = Arc::clone(&signals);
+                thread::spawn(move || signals.task_ended())
+            };
+            let handles = {
+                let signals = Arc::clone(&signals);
+                thread::spawn(move || signals.handles_gone())
+            };
+            task.join().unwrap();
+            handles.join().unwrap();
+            assert!(signals.is_ended());
+            assert!(
+                !signals.claim_task(),
+                "a task started after the last handle"
+            );
         });
     }
 }

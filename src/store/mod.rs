@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio_util::sync::DropGuard;
+use tokio_util::sync::CancellationToken;
 
 use crate::listener::Notifier;
 use crate::stats::{Counter, Counters, Lag};
@@ -71,8 +71,10 @@ pub(crate) struct Settings<K, V> {
     /// The default TTL, and the jitter that spreads it.
     pub(crate) time_to_live: Option<Duration>,
     pub(crate) jitter: f64,
-    /// Cancels the expiry task when the store goes, with the last handle.
-    pub(crate) stop: DropGuard,
+    /// Cancelled when the store goes, with the last handle: ends the expiry task.
+    pub(crate) token: CancellationToken,
+    /// Every how long the task logs a stats line, if asked.
+    pub(crate) stats_interval: Option<Duration>,
 }
 
 /// The map, the hand-off to the task, the loads in flight, the clock and the
@@ -93,8 +95,10 @@ pub(crate) struct Store<K, V, S> {
     capacity: Option<Capacity<K, V, S>>,
     time_to_live: Option<Duration>,
     jitter: f64,
-    /// Cancels the expiry task when the last handle drops the store.
-    _stop: DropGuard,
+    /// Cancelled when the last handle drops the store: ends the expiry task (each task the
+    /// cache starts waits on a clone).
+    pub(crate) token: CancellationToken,
+    pub(crate) stats_interval: Option<Duration>,
     /// `invalidate_all` calls so far; entries keep it modulo 2^29 ([`GENERATION_MASK`]).
     generation: AtomicU64,
     /// The generation the last complete sweep reached: every entry in the map was written
@@ -108,6 +112,13 @@ pub(crate) struct Store<K, V, S> {
     /// Inserts that found their new key's policy shard busy and took the ordered way (a
     /// rare path; test-only visibility).
     fallbacks: std::sync::atomic::AtomicUsize,
+}
+
+impl<K, V, S> Drop for Store<K, V, S> {
+    fn drop(&mut self) {
+        self.token.cancel();
+        self.signals.handles_gone();
+    }
 }
 
 impl<K, V, S> Store<K, V, S> {
@@ -151,7 +162,8 @@ where
             notifier: settings.notifier,
             time_to_live: settings.time_to_live,
             jitter: settings.jitter,
-            _stop: settings.stop,
+            token: settings.token,
+            stats_interval: settings.stats_interval,
             generation: AtomicU64::new(0),
             swept: AtomicU64::new(0),
             invalidated_at: std::array::from_fn(|_| AtomicU64::new(0)),

@@ -277,6 +277,24 @@ where
         }
     }
 
+    /// The expiry task's takeover of `key`: an entry with a deadline whose node no running
+    /// wheel knows (`UNFILED`, or an id from before `base`, handed out for a task that is
+    /// gone) is handed to the task as a writer would hand it, under its shard lock.
+    pub(crate) fn refile(&self, key: &K, base: NodeId) {
+        with_map!(&self.map, m => {
+            if let Some(mut stored) = m.get_mut(key) {
+                let (deadline, node) = (stored.entry().deadline(), stored.entry().node);
+                if deadline != NEVER && (node == UNFILED || node < base) {
+                    // The key's clone (user code) comes before the two writes.
+                    let key = stored.key().clone();
+                    let due = self.clock.tick_of(deadline);
+                    let node = self.handoff.push(&self.signals, key, UNFILED, due);
+                    stored.entry_mut().node = node;
+                }
+            }
+        })
+    }
+
     /// The node of `key`'s entry, under its shard lock, as it goes from the deadline `old`
     /// with the node `held` to `deadline`: a node queued for the task if it needs one (see
     /// [`needs_push`]). The deadline's tick (a division) is worked out only then: most

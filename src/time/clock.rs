@@ -74,7 +74,12 @@ impl Clock {
         Duration::from_nanos(self.horizon_nanos)
     }
 
-    /// The tick's length in nanoseconds.
+    /// The tick.
+    pub(crate) fn tick(&self) -> Duration {
+        Duration::from_nanos(self.tick_nanos)
+    }
+
+    /// The tick in nanoseconds.
     pub(crate) fn tick_nanos(&self) -> u64 {
         self.tick_nanos
     }
