@@ -9,7 +9,8 @@ use crate::time::clock::{MAX_TICK, MIN_TICK};
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// `build()` or `try_build()` was called outside a Tokio runtime.
+    /// Not returned any more: a cache builds anywhere, and its expiry task starts on the
+    /// first runtime that writes to it. Kept so that matches written for it still compile.
     NoRuntime,
     /// The runtime was built without timers.
     TimersDisabled,

@@ -40,12 +40,16 @@
 //!
 //! # Lifecycle
 //!
-//! - [`CacheBuilder::build`] spawns the expiry task on the current Tokio runtime (it panics
-//!   outside one, naming the fix); [`CacheBuilder::try_build`] returns a [`BuildError`]
-//!   instead, and [`CacheBuilder::build_on`] takes a runtime `Handle` for plain threads.
+//! - [`CacheBuilder::build`] starts the expiry task on the current Tokio runtime, if there is
+//!   one; [`CacheBuilder::build_on`] takes a runtime `Handle` for plain threads. Outside any
+//!   runtime (a cache in a `static`) the cache works at once, and its task starts on the first
+//!   runtime that writes to it. Never more than one task runs at a time.
+//! - When the runtime running the task shuts down, the next runtime that writes to the cache
+//!   (or asks its [`entry_count`](Cache::entry_count)) starts a new task there, which takes
+//!   over every entry: those written before the shutdown expire on time too.
 //! - The task holds no strong reference to the cache. When the last [`Cache`] clone is
 //!   dropped, a `CancellationToken` is cancelled, the task exits, and every entry is dropped.
-//!   Entries left then are dropped silently.
+//!   Entries left then are dropped silently. [`Cache::closed`] resolves at that point.
 //! - While nothing is scheduled the task sleeps without a timer; otherwise it sleeps until
 //!   the next occupied slot of its timing wheel.
 //!
@@ -91,11 +95,19 @@
 //! also logs a summary line with `tracing`. The task's work runs in a `tracing` span named
 //! `ebb` carrying the cache's name.
 //!
-//! # Outside a runtime
+//! # Outside a runtime, and across runtimes
 //!
-//! Building needs a Tokio runtime with timers, because the cache spawns its task there.
-//! After the runtime shuts down, a cache still answers reads exactly and accepts writes,
-//! but nothing removes expired entries any more and writes queue nothing for the task.
+//! A cache needs no runtime to be built or used: reads are exact and writes work anywhere.
+//! What needs one is its expiry task, which removes expired entries with no calls: it runs
+//! on a runtime with timers (a runtime without them is reported at the first write there, by
+//! a panic naming `enable_time`). While no runtime runs the task (none has written yet, or
+//! the one that ran it shut down and none has written since), expired entries stay in memory
+//! and in `entry_count` until the next write from a runtime.
+//!
+//! Time is `tokio::time`. Runtimes with paused time (`start_paused`, `tokio::time::pause`)
+//! each have their own clock, so a cache shared by several sees different "now"s: tests that
+//! share one cache across runtimes (a `static` used by several `#[tokio::test]`s) should run
+//! on real time and wait with a bounded deadline.
 //!
 //! # Concurrency
 //!
