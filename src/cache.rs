@@ -252,7 +252,9 @@ where
     ///     let weak = cache.downgrade();
     ///     weak.upgrade().unwrap().insert(1, 1);
     ///     assert_eq!(cache.get(&1), Some(1));
+    ///     let closed = cache.closed();
     ///     drop(cache);
+    ///     closed.await; // the last handle is gone, and the task with it
     ///     assert!(weak.upgrade().is_none());
     /// }
     /// ```
