@@ -456,7 +456,7 @@ where
             Arc::clone(&signals),
         ));
         if let Some(handle) = handle {
-            task::start(&store, handle)?;
+            task::start(&store, handle, true)?;
         }
         Ok(Cache::from_store(store))
     }

@@ -103,7 +103,7 @@ where
     #[track_caller]
     fn start_task(&self) {
         if let Ok(handle) = Handle::try_current() {
-            if let Err(e) = task::start(&self.store, &handle) {
+            if let Err(e) = task::start(&self.store, &handle, false) {
                 panic!("{e}");
             }
         }

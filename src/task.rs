@@ -72,11 +72,13 @@ fn interval(tick: Duration) -> Result<Interval, BuildError> {
 }
 
 /// Start the cache's expiry task on `handle`'s runtime, unless one runs already (or the last
-/// handle is gone). Returns whether this call started it. The new task takes over every
-/// entry in the map (a task before it may have died with its runtime).
+/// handle is gone). Returns whether this call started it. The new task takes over the
+/// entries no running task knows (a task before it may have died with its runtime). `new`:
+/// the cache is being built, and no handle to it exists yet.
 pub(crate) fn start<K, V, S>(
     store: &Arc<Store<K, V, S>>,
     handle: &Handle,
+    new: bool,
 ) -> Result<bool, BuildError>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -113,7 +115,10 @@ where
         store: Arc::downgrade(store),
         signals: Arc::clone(&signals),
     };
-    let base = store.handoff.open(&signals);
+    let base = store.handoff.open(&signals, new);
+    // Entries to take over: ids of a task before this one (`base > 0`), or entries written
+    // while no task ran. A cache's first task, started as it is built, has none.
+    let takeover = base > 0 || signals.missed.swap(false, Ordering::AcqRel);
     let task = Task {
         _exit: exit,
         store: Arc::downgrade(store),
@@ -123,13 +128,14 @@ where
         interval,
         wheel: Wheel::new(),
         base,
-        takeover: true,
+        takeover,
         spare: None,
         links: Vec::new(),
         pools: Vec::new(),
         free: Vec::new(),
-        // Whatever `invalidate_all` hid before this task is swept at its first wake.
-        sweep_again: true,
+        // Whatever `invalidate_all` hid before this task and no sweep removed yet goes at
+        // its first wake.
+        sweep_again: store.has_unswept(),
         swept: store.generation(),
         work: Work::default(),
         stats_line,

@@ -124,6 +124,9 @@ pub(crate) struct Signals {
     /// gone ([`GONE`]). At most one task at a time: a task is started only by the caller that
     /// sets `TASK` ([`Signals::claim_task`]).
     lifecycle: AtomicU8,
+    /// Set when a writer found the hand-off closed, so that the next task takes over the
+    /// entries nobody filed; cleared by that task as it opens the hand-off.
+    pub(crate) missed: AtomicBool,
     /// Tasks started so far (test-only visibility).
     pub(crate) tasks_started: AtomicU64,
     /// Tasks that exist now, from their start until their exit guard drops: at most one
@@ -297,6 +300,8 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     pub(crate) fn push(&self, signals: &Signals, key: K, held: NodeId, tick: u64) -> NodeId {
         let mut guard = self.lock(self.stripe_of(&key));
         if signals.closed.load(Ordering::Acquire) {
+            // The next task must look for this entry: nobody filed it.
+            signals.missed.store(true, Ordering::Release);
             return held;
         }
         let stripe = &mut *guard;
@@ -397,9 +402,19 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     /// first id of its epoch: ids below it were handed out for a task that is gone, and an
     /// entry may still hold one (the new task files such entries again, and ignores such ids
     /// when they come back as orphans). While closed nobody took an id, so none is in flight.
-    pub(crate) fn open(&self, signals: &Signals) -> NodeId {
+    ///
+    /// `new`: no handle to the cache exists yet, so no writer can be inside a stripe.
+    /// Otherwise every stripe is held at once: a writer that saw the hand-off closed (under
+    /// its stripe's lock) has finished, `missed` included, before it opens.
+    pub(crate) fn open(&self, signals: &Signals, new: bool) -> NodeId {
+        let held: Vec<_> = if new {
+            Vec::new()
+        } else {
+            (0..self.stripes.len()).map(|i| self.lock(i)).collect()
+        };
         let base = self.fresh.load(Ordering::Relaxed);
         signals.closed.store(false, Ordering::SeqCst);
+        drop(held);
         base
     }
 }
@@ -713,6 +728,27 @@ mod loom_handoff {
             assert!(
                 !signals.claim_task(),
                 "a task started after the last handle"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_a_write_no_task_saw_is_taken_over_by_the_next() {
+        loom::model(|| {
+            let w = world();
+            w.signals.closed.store(true, Ordering::SeqCst); // no task yet
+            let writer = {
+                let w = Arc::clone(&w);
+                thread::spawn(move || write(&w, 10))
+            };
+            // A task starting: open the hand-off, then look for writes nobody filed.
+            w.handoff.open(&w.signals, false);
+            let take_over = w.signals.missed.swap(false, Ordering::AcqRel);
+            writer.join().unwrap();
+            let queued = w.handoff.len() == 1;
+            assert!(
+                queued || take_over,
+                "an entry with a deadline that no task will file"
             );
         });
     }

@@ -288,6 +288,11 @@ where
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Whether `invalidate_all` hid entries that no sweep has removed yet.
+    pub(crate) fn has_unswept(&self) -> bool {
+        self.generation_count() > self.swept.load(Ordering::Acquire)
+    }
+
     /// Every entry written before generation `count` has been swept.
     pub(crate) fn swept_to(&self, count: u64) {
         self.swept.fetch_max(count, Ordering::AcqRel);
