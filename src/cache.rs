@@ -238,8 +238,35 @@ where
             store.counters(),
             &store.lag,
             self.entry_count(),
+            self.weighted_size(),
             store.notifications_dropped(),
         )
+    }
+
+    /// The total weight of the entries held: with [`max_capacity`] and a
+    /// [`weigher`](crate::CacheBuilder::weigher), the sum of their weights as the capacity
+    /// accounts for them; otherwise each entry weighs 1 and this is
+    /// [`entry_count`](Self::entry_count). Takes each policy shard's lock in turn.
+    ///
+    /// [`max_capacity`]: crate::CacheBuilder::max_capacity
+    ///
+    /// ```
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let pages: ebb_cache::Cache<u32, Vec<u8>> = ebb_cache::Cache::builder()
+    ///         .max_capacity(1 << 20) // a mebibyte
+    ///         .weigher(|_, page: &Vec<u8>| page.len() as u32)
+    ///         .build();
+    ///     pages.insert(1, vec![0; 4096]);
+    ///     pages.insert(2, vec![0; 1024]);
+    ///     assert_eq!(pages.weighted_size(), 5120);
+    /// }
+    /// ```
+    pub fn weighted_size(&self) -> u64 {
+        match self.store.policy_weight() {
+            Some(weight) => weight,
+            None => self.store.map.len() as u64,
+        }
     }
 
     /// A handle that does not keep the cache alive: for listeners and loaders that call back

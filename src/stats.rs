@@ -177,6 +177,8 @@ pub struct CacheStats {
     pub total_load_time: Duration,
     /// Entries held now (as [`Cache::entry_count`](crate::Cache::entry_count)).
     pub entry_count: u64,
+    /// The total weight held now (as [`Cache::weighted_size`](crate::Cache::weighted_size)).
+    pub weighted_size: u64,
     /// The longest time between an entry's deadline and its removal by the expiry task.
     pub expiry_lag_max: Duration,
     /// The mean of the same.
@@ -203,6 +205,7 @@ impl CacheStats {
         counters: Option<&Counters>,
         lag: &Lag,
         entry_count: u64,
+        weighted_size: u64,
         notifications_dropped: u64,
     ) -> Self {
         let count = |c| counters.map_or(0, |counters| counters.sum(c));
@@ -220,6 +223,7 @@ impl CacheStats {
             load_failures: count(Counter::LoadFailure),
             total_load_time: Duration::from_nanos(count(Counter::LoadNanos)),
             entry_count,
+            weighted_size,
             expiry_lag_max: Duration::from_nanos(lag.max.load(Ordering::Relaxed)),
             expiry_lag_mean: Duration::from_nanos(
                 lag.total
@@ -317,7 +321,7 @@ mod tests {
         let lag = Lag::default();
         lag.record(10);
         lag.record(30);
-        let stats = CacheStats::read(None, &lag, 3, 0);
+        let stats = CacheStats::read(None, &lag, 3, 3, 0);
         assert_eq!(stats.expiry_lag_max, Duration::from_nanos(30));
         assert_eq!(stats.expiry_lag_mean, Duration::from_nanos(20));
         assert_eq!(stats.hit_ratio(), 1.0);

@@ -409,3 +409,30 @@ fn weighted_books_balance_when_short_ttls_race_on_a_few_keys() {
 fn weighted_books_balance_when_removes_race_inserts() {
     weighted_books_balance_under_races(true);
 }
+
+#[tokio::test(start_paused = true)]
+async fn weighted_size_follows_every_write_and_removal() {
+    let c: Cache<u64, u64> = Cache::builder()
+        .max_capacity(1_000)
+        .weigher(|_, v| *v as u32)
+        .time_to_live(SEC)
+        .tick(Duration::from_millis(1))
+        .build();
+    assert_eq!(c.weighted_size(), 0);
+    c.insert(1, 10);
+    c.insert(2, 20);
+    assert_eq!(c.weighted_size(), 30);
+    c.insert(1, 5); // an overwrite: its new weight replaces the old
+    assert_eq!(c.weighted_size(), 25);
+    c.remove(&2);
+    assert_eq!(c.weighted_size(), 5);
+    assert_eq!(c.stats().weighted_size, 5);
+    advance(SEC + Duration::from_millis(2)).await;
+    assert_eq!((c.entry_count(), c.weighted_size()), (0, 0));
+    // Without a weigher (or a bound) every entry weighs 1.
+    let plain: Cache<u64, u64> = Cache::builder().build();
+    plain.insert(1, 100);
+    plain.insert(2, 200);
+    assert_eq!(plain.weighted_size(), 2);
+    assert_eq!(plain.stats().weighted_size, 2);
+}

@@ -271,8 +271,8 @@ where
         }
     }
 
-    /// Total weight accounted for, and the number of weights recorded (test-only visibility).
-    #[cfg(any(test, feature = "internals"))]
+    /// Total weight accounted for, and the number of weights recorded; takes each policy
+    /// shard's lock in turn.
     pub(crate) fn weight(&self) -> (u64, usize) {
         self.shards.iter().fold((0, 0), |(total, recorded), s| {
             let shard = lock(s);

@@ -282,8 +282,7 @@ where
             .unwrap_or(false)
     }
 
-    /// Total weight the capacity policy accounts for (test-only visibility).
-    #[cfg(any(test, feature = "internals"))]
+    /// Total weight the capacity policy accounts for, for a bounded cache.
     pub(crate) fn policy_weight(&self) -> Option<u64> {
         self.capacity.as_ref().map(|c| c.weight().0)
     }
