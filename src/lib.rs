@@ -109,6 +109,14 @@
 //! share one cache across runtimes (a `static` used by several `#[tokio::test]`s) should run
 //! on real time and wait with a bounded deadline.
 //!
+//! # Cargo features
+//!
+//! None is on by default; the default build depends on tokio, dashmap, tokio-util and
+//! tracing only.
+//!
+//! - `serde`: [`CacheStats`] implements `serde::Serialize`.
+//! - `internals`: test scaffolding for this crate's own tests, not part of the API.
+//!
 //! # Concurrency
 //!
 //! The store is a [`dashmap::DashMap`] hashed with the standard library's `RandomState`

@@ -148,7 +148,11 @@ impl Lag {
 /// Request, write, load and removal counts are kept only when the cache was built with
 /// [`record_stats`](crate::CacheBuilder::record_stats) (or `stats_interval`); otherwise they
 /// read zero. `entry_count` and the expiry lag are always there.
+///
+/// With the `serde` cargo feature it implements `serde::Serialize` (durations as serde
+/// serializes a `Duration`: `secs` and `nanos`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct CacheStats {
     /// Lookups (`get`, and `get_with` and its family) that found a live value.

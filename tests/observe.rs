@@ -404,3 +404,20 @@ async fn the_stats_line_comes_at_its_interval_with_the_workload() {
     assert_eq!(lines.len(), 2);
     assert_eq!((lines[1].qpm, lines[1].hit, lines[1].miss), (1, 1, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn stats_serialize_with_the_serde_feature() {
+    let c: Cache<u64, u64> = Cache::builder().record_stats().build();
+    c.insert(1, 1);
+    assert_eq!(c.get(&1), Some(1));
+    assert_eq!(c.get(&2), None);
+    let json = serde_json::to_value(c.stats()).unwrap();
+    assert_eq!(
+        (json["hits"].as_u64(), json["misses"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(json["inserts"], 1);
+    assert_eq!(json["entry_count"], 1);
+    assert_eq!(json["weighted_size"], 1);
+    assert!(json["expiry_lag_max"].is_object(), "{json}");
+}
