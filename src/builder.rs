@@ -58,6 +58,8 @@ pub struct CacheBuilder<K, V, S = RandomState> {
     pub(crate) notifier: Notifier<K, V>,
     pub(crate) max_capacity: Option<u64>,
     pub(crate) weigher: Option<Weigher<K, V>>,
+    /// The policy shards a test forces (see `__policy_shards`).
+    pub(crate) policy_shards: Option<usize>,
     pub(crate) hasher: S,
     marker: PhantomData<fn(K, V)>,
 }
@@ -95,6 +97,7 @@ impl<K, V> Default for CacheBuilder<K, V> {
             notifier: Notifier::default(),
             max_capacity: None,
             weigher: None,
+            policy_shards: None,
             hasher: RandomState::new(),
             marker: PhantomData,
         }
@@ -176,6 +179,7 @@ where
             notifier: self.notifier,
             max_capacity: self.max_capacity,
             weigher: self.weigher,
+            policy_shards: self.policy_shards,
             hasher,
             marker: PhantomData,
         }
@@ -353,6 +357,16 @@ where
         self
     }
 
+    /// Test scaffolding (feature `internals`), not part of the API: split a bounded cache's
+    /// policy over exactly `shards` shards (rounded up to a power of two) instead of a number
+    /// that follows the core count.
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
+    pub fn __policy_shards(mut self, shards: usize) -> Self {
+        self.policy_shards = Some(shards);
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
         if !(MIN_TICK..=MAX_TICK).contains(&self.tick) {
             return Err(BuildError::TickOutOfRange(self.tick));
@@ -443,6 +457,7 @@ where
             counters: self.record_stats.then(Counters::new),
             notifier: self.notifier,
             capacity: self.max_capacity.map(|max| (max, self.weigher)),
+            policy_shards: self.policy_shards,
             time_to_live: self.time_to_live,
             jitter: self.jitter,
             token: CancellationToken::new(),

@@ -263,7 +263,7 @@ where
     /// }
     /// ```
     pub fn weighted_size(&self) -> u64 {
-        match self.store.policy_weight() {
+        match self.store.weighted_size() {
             Some(weight) => weight,
             None => self.store.map.len() as u64,
         }

@@ -332,6 +332,9 @@ where
                 break;
             }
         }
+        if let Flow::Stop = self.pay(store).await {
+            return Flow::Stop;
+        }
         let work = std::mem::take(&mut self.work);
         if work.filed + work.fired + work.swept > 0 {
             trace!(
@@ -508,6 +511,23 @@ where
                 "a key's Clone or Hash panicked as the expiry task swept what invalidate_all \
                  hid; those entries stay hidden and are swept at the task's next wake"
             );
+        }
+        Flow::Continue
+    }
+
+    /// Pay a weighted cache's debt (see `capacity.rs`): a write that needed more victims
+    /// than its budget left the cache over its capacity and woke the task. A budget at a
+    /// time, yielding between, until the cache is within its capacity or nothing more can go.
+    async fn pay(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
+        while store.over_capacity() {
+            // A listener's panic (reported after the evictions) means entries went.
+            let paid = catch_unwind(AssertUnwindSafe(|| store.pay())).unwrap_or(true);
+            if !paid {
+                break;
+            }
+            if let Flow::Stop = self.pause(store).await {
+                return Flow::Stop;
+            }
         }
         Flow::Continue
     }

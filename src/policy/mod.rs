@@ -63,4 +63,4 @@
 mod sketch;
 mod tinylfu;
 
-pub(crate) use tinylfu::{Residents, Status, TinyLfu, MAX_FREQ};
+pub(crate) use tinylfu::{Limit, Residents, Status, TinyLfu, MAX_FREQ};

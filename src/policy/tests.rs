@@ -525,3 +525,91 @@ fn one_insert_scans_at_most_the_budget_with_a_hot_resident_set() {
     // The hand did scan: the bound is what held it.
     assert!(most > 0);
 }
+
+/// A shared bound that says "over" while the shard weighs more than `limit`.
+fn shared_over(limit: u64) -> impl Fn(u64) -> bool {
+    move |weight| weight > limit
+}
+
+#[test]
+fn an_eviction_stops_at_its_budget_and_the_next_one_goes_on() {
+    let map = Map::default();
+    let mut policy: TinyLfu<u32, Hasher> = TinyLfu::new(1000, Hasher::default());
+    for k in 0..100 {
+        map.admit(&mut policy, k, 10, |_| panic!("evicted below capacity"));
+    }
+    // The cache must shed 900 of its 1000: ninety entries, more than one budget.
+    let over = shared_over(100);
+    let limit = Limit::Shared {
+        over: &over,
+        keep: None,
+    };
+    let mut evicted = 0;
+    let mut budget = 64;
+    policy.evict_within(&map, &limit, &mut budget, |_| evicted += 1);
+    assert_eq!((evicted, budget), (64, 0));
+    assert_eq!(policy.weight(), 360);
+    let mut budget = 64;
+    policy.evict_within(&map, &limit, &mut budget, |_| evicted += 1);
+    assert_eq!((evicted, budget), (90, 38), "only what was still needed");
+    assert_eq!(policy.weight(), 100);
+    assert_eq!(map.0.borrow().len(), 10);
+}
+
+#[test]
+fn a_shared_bound_lets_main_grow_past_its_share_and_spares_the_kept_entry() {
+    let map = Map::default();
+    // The shard's share is 10; the cache, shared with other shards, has room for 50 here.
+    let mut policy: TinyLfu<u32, Hasher> = TinyLfu::new(10, Hasher::default());
+    let over = shared_over(50);
+    for k in 0..50 {
+        policy.insert(k, 1);
+        map.0.borrow_mut().insert(
+            k,
+            Status {
+                freq: 0,
+                main: false,
+                weight: 1,
+            },
+        );
+        let limit = Limit::Shared {
+            over: &over,
+            keep: None,
+        };
+        let mut budget = 64;
+        policy.evict_within(&map, &limit, &mut budget, |_| {
+            panic!("within the shared bound")
+        });
+    }
+    assert_eq!(policy.weight(), 50);
+    assert!(policy.main.len() >= 49, "main took the window's overflow");
+    // An entry as heavy as all the others wins its way in (asked for often), then its own
+    // shard evicts around it, never the entry itself, though the cache (now with room for
+    // only 30 here) stays over: the other shards pay the rest.
+    let over = shared_over(30);
+    let heavy = 1000;
+    let hash = Hasher::default().hash_one(heavy);
+    for _ in 0..8 {
+        policy.sketch.increment(hash);
+    }
+    policy.insert(heavy, 50);
+    map.0.borrow_mut().insert(
+        heavy,
+        Status {
+            freq: 0,
+            main: false,
+            weight: 50,
+        },
+    );
+    let limit = Limit::Shared {
+        over: &over,
+        keep: Some(hash),
+    };
+    let mut budget = usize::MAX;
+    let mut evicted = Vec::new();
+    policy.evict_within(&map, &limit, &mut budget, |k| evicted.push(*k));
+    assert_eq!(evicted.len(), 50, "every other entry went");
+    assert!(!evicted.contains(&heavy));
+    assert_eq!(policy.weight(), 50);
+    assert!(map.status(&heavy).is_some_and(|s| s.main));
+}

@@ -21,6 +21,44 @@ const SCAN_BUDGET: usize = 128;
 /// A candidate must be counted more than this many times more than the victim to replace it.
 const ADMIT_MARGIN: u8 = 1;
 
+/// What an eviction keeps a shard within.
+#[derive(Clone, Copy)]
+pub(crate) enum Limit<'a> {
+    /// The shard's own capacity (a shard that holds its share of the cache alone). Main
+    /// takes a window candidate only while its own share has room.
+    Own,
+    /// A bound the shard shares with the others: over when `over`, given the shard's
+    /// weight, says the cache is. While it is not, main takes every window candidate past
+    /// the window's share, whatever main's own share (the capacity is the cache's, not the
+    /// shard's). Main's hand never makes the entry whose key hashes to `keep` a victim (the
+    /// entry the write that evicts has just admitted: the other shards pay what this one
+    /// cannot without it).
+    Shared {
+        over: &'a dyn Fn(u64) -> bool,
+        keep: Option<u64>,
+    },
+}
+
+impl Limit<'_> {
+    fn over(&self, weight: u64, capacity: u64) -> bool {
+        match self {
+            Limit::Own => weight > capacity,
+            Limit::Shared { over, .. } => over(weight),
+        }
+    }
+
+    fn shared(&self) -> bool {
+        matches!(self, Limit::Shared { .. })
+    }
+
+    fn keep(&self) -> Option<u64> {
+        match self {
+            Limit::Own => None,
+            Limit::Shared { keep, .. } => *keep,
+        }
+    }
+}
+
 /// What the policy knows about one resident entry, read from the entry itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Status {
@@ -96,10 +134,9 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         }
     }
 
-    /// Whether an entry of `weight` can be held at all: a heavier one is evicted on its own,
-    /// rather than flushing the shard before it.
-    pub(crate) fn fits(&self, weight: u32) -> bool {
-        u64::from(weight) <= self.capacity
+    /// The weight this shard is sized for (its window, its main queue's share, its sketch).
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
     }
 
     /// The total weight accounted for.
@@ -152,32 +189,51 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         }
     }
 
+    /// [`evict_within`](Self::evict_within) this shard's own capacity, with no budget: the
+    /// model tests' entry point.
+    #[cfg(test)]
+    pub(crate) fn evict(&mut self, residents: &impl Residents<K>, evicted: impl FnMut(&K)) {
+        let mut budget = usize::MAX;
+        self.evict_within(residents, &Limit::Own, &mut budget, evicted);
+    }
+
     /// Keep the window to its share, moving its oldest entries to main while main has room,
-    /// and evict until the shard is within its capacity; each evicted key is passed to
-    /// `evicted` (after [`Residents::evict`] removed it). The window moves even while the
-    /// shard is not full, so it never holds more than its share: a cache filling up does not
-    /// queue every entry there (16 bytes an item) only to move them all at once when it first
-    /// overflows. However many victims it takes, main's hand passes over at most the scan
-    /// budget in all (see [`victim`](Self::victim)).
-    pub(crate) fn evict(&mut self, residents: &impl Residents<K>, mut evicted: impl FnMut(&K)) {
+    /// and evict until the shard is no longer over `limit`, at most `budget` entries (each
+    /// eviction takes one off it); each evicted key is passed to `evicted` (after
+    /// [`Residents::evict`] removed it). The window moves even while the shard is not over,
+    /// so it never holds more than its share: a cache filling up does not queue every entry
+    /// there (16 bytes an item) only to move them all at once when it first overflows.
+    /// However many victims it takes, main's hand passes over at most the scan budget in all
+    /// (see [`victim`](Self::victim)).
+    pub(crate) fn evict_within(
+        &mut self,
+        residents: &impl Residents<K>,
+        limit: &Limit<'_>,
+        budget: &mut usize,
+        mut evicted: impl FnMut(&K),
+    ) {
         // Items main's hand passed over (at most the budget).
         let mut steps = 0;
         // Every round takes a window item off for good, or main's victim (a rejected victim
         // goes back, but a window item goes instead), so `2 * window + main` falls by at least
-        // one a round: the rounds are bounded without counting the hand's passes.
+        // one a round: the rounds are bounded without counting the hand's passes. A round
+        // evicts at most one entry.
         let mut rounds = 2 * self.window.len() + self.main.len() + 1;
         while rounds > 0 {
             rounds -= 1;
-            let over = self.weight() > self.capacity;
+            let over = limit.over(self.weight(), self.capacity);
             if !over && self.window_weight <= self.window_capacity {
+                break;
+            }
+            if over && *budget == 0 {
                 break;
             }
             if over && self.window_weight <= self.window_capacity && self.main_weight > 0 {
                 // Main is over its share: its victim goes.
-                let Some(victim) = self.victim(residents, &mut steps) else {
+                let Some(victim) = self.victim(residents, &mut steps, limit.keep()) else {
                     break;
                 };
-                self.drop_entry(residents, &victim, &mut evicted);
+                self.drop_entry(residents, &victim, budget, &mut evicted);
                 continue;
             }
             let Some((key, hash)) = self.window.pop_front() else {
@@ -191,6 +247,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             let main_capacity = self.capacity - self.window_capacity.min(self.capacity);
             if candidate.weight == 0
                 || self.main_weight + u64::from(candidate.weight) <= main_capacity
+                || (!over && limit.shared())
             {
                 self.promote(residents, key, candidate);
                 continue;
@@ -200,18 +257,18 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
                 self.window.push_front((key, hash));
                 break;
             }
-            let Some(victim) = self.victim(residents, &mut steps) else {
-                self.drop_entry(residents, &key, &mut evicted);
+            let Some(victim) = self.victim(residents, &mut steps, limit.keep()) else {
+                self.drop_entry(residents, &key, budget, &mut evicted);
                 continue;
             };
             let asked = self.sketch.estimate(hash);
             let incumbent = self.sketch.estimate(self.hasher.hash_one(&victim));
             if asked.saturating_add(candidate.freq) > incumbent.saturating_add(ADMIT_MARGIN) {
-                self.drop_entry(residents, &victim, &mut evicted);
+                self.drop_entry(residents, &victim, budget, &mut evicted);
                 self.promote(residents, key, candidate);
             } else {
                 self.main.push_front(victim);
-                self.drop_entry(residents, &key, &mut evicted);
+                self.drop_entry(residents, &key, budget, &mut evicted);
             }
         }
         #[cfg(test)]
@@ -227,10 +284,26 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
     /// within the budget; after that, the first live entry at the hand is the victim whatever
     /// its counter. Items of weightless main entries are dropped where the hand finds them (an
     /// entry reweighed to nothing): evicting them frees nothing, and [`update`](Self::update)
-    /// queues them again once they weigh something. `None` once main's queue is empty.
-    fn victim(&mut self, residents: &impl Residents<K>, steps: &mut usize) -> Option<K> {
+    /// queues them again once they weigh something. The entry whose key hashes to `keep`
+    /// goes back to the queue's tail; `None` once main's queue is empty, or holds nothing
+    /// else.
+    fn victim(
+        &mut self,
+        residents: &impl Residents<K>,
+        steps: &mut usize,
+        keep: Option<u64>,
+    ) -> Option<K> {
+        let mut kept = false;
         loop {
             let key = self.main.pop_front()?;
+            if keep.is_some_and(|hash| self.hasher.hash_one(&key) == hash) {
+                self.main.push_back(key);
+                if kept {
+                    return None;
+                }
+                kept = true;
+                continue;
+            }
             if *steps >= self.scan_budget {
                 match residents.status(&key) {
                     Some(s) if s.main && s.weight > 0 => return Some(key),
@@ -267,9 +340,16 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         }
     }
 
-    /// Evict `key`'s entry for room.
-    fn drop_entry(&mut self, residents: &impl Residents<K>, key: &K, evicted: &mut impl FnMut(&K)) {
+    /// Evict `key`'s entry for room, taking one off `budget` if it was resident.
+    fn drop_entry(
+        &mut self,
+        residents: &impl Residents<K>,
+        key: &K,
+        budget: &mut usize,
+        evicted: &mut impl FnMut(&K),
+    ) {
         if let Some(gone) = residents.evict(key) {
+            *budget = budget.saturating_sub(1);
             let queue = self.weight_of(gone.main);
             *queue = queue.saturating_sub(u64::from(gone.weight));
             self.residents = self.residents.saturating_sub(1);

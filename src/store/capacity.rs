@@ -40,13 +40,16 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::entry::{Entry, Map, Removed};
-use crate::policy::{Residents, Status, TinyLfu};
+use crate::policy::{Limit, Residents, Status, TinyLfu};
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{lock, Mutex, MutexGuard, TryLockError};
 
 /// One policy shard: the policy, and with a weigher the weight of each entry it accounts for.
 pub(crate) struct PolicyShard<K, S> {
     policy: TinyLfu<K, S>,
     weights: Option<HashMap<K, u32, S>>,
+    /// Its place among the shards.
+    index: usize,
 }
 
 /// A policy shard, locked.
@@ -66,6 +69,13 @@ pub(crate) enum Evicted<K, V> {
 }
 
 impl<K, V> Evicted<K, V> {
+    /// Add `more` to these.
+    pub(crate) fn extend(&mut self, more: Evicted<K, V>) {
+        for (key, entry) in more {
+            self.push(key, entry);
+        }
+    }
+
     fn push(&mut self, key: K, entry: Entry<V>) {
         *self = match std::mem::take(self) {
             Evicted::None => Evicted::One(key, entry),
@@ -98,10 +108,68 @@ pub(crate) type Weigher<K, V> = Box<dyn Fn(&K, &V) -> u32 + Send + Sync + 'stati
 /// Capacities below this many units per shard use fewer shards.
 const UNITS_PER_SHARD: u64 = 512;
 
+/// The most entries one write evicts, in its own shard and others together, and the most
+/// the expiry task evicts in one step. An entry heavier than this many victims can free
+/// leaves the cache over its capacity for a while (see [`Shared`]).
+pub(crate) const EVICTION_BUDGET: usize = 64;
+
 pub(crate) struct Capacity<K, V, S> {
     shards: Box<[Mutex<PolicyShard<K, S>>]>,
     hasher: S,
     weigher: Option<Weigher<K, V>>,
+    /// With a weigher, the bound the shards share; without, each shard holds its own share.
+    shared: Option<Shared>,
+}
+
+/// The capacity of a weighted cache, shared by its policy shards, so that what fits does not
+/// depend on how many shards (cores) there are: any entry up to the whole capacity fits.
+///
+/// - `total` is the sum of the shards' weights. A shard adds its own changes to it (and to
+///   its entry in `weights`) under its lock, right after making them.
+/// - A write evicts while the cache is over `max`: in its own shard first (the policy's
+///   admission, against that shard's victims), then, its shard released, from the shards
+///   most over their share of `max`, at most [`EVICTION_BUDGET`] entries in all. What is
+///   left over is *debt*: later writes pay it (each within the same budget), and so does the
+///   expiry task, woken for it, a budget at a time, yielding between.
+/// - The debt is bounded: a write reserves its entry's weight (or what an overwrite adds) in
+///   `total` before the policy accounts for it, and only if that keeps `total` within twice
+///   the capacity; otherwise its entry goes at once, as one heavier than the capacity does.
+///   So `total` never exceeds twice the capacity, and it exceeds the capacity at all only
+///   after a write needed more victims than the budget.
+///
+/// Debt is paid from the heaviest shard but the *debtor*, the shard of the last write that
+/// left debt, and from the debtor only once the others hold nothing: that write's entry won
+/// its shard's admission, and would otherwise be the first victim there once its shard's
+/// lighter entries were gone (the writer's own eviction passes over it, see
+/// [`Limit::Shared`]).
+struct Shared {
+    max: u64,
+    total: AtomicU64,
+    /// Each shard's weight as of its last change, read without its lock to choose where to
+    /// pay debt.
+    weights: Box<[AtomicU64]>,
+    /// The shard of the last write that left debt.
+    debtor: AtomicUsize,
+}
+
+impl Shared {
+    /// Whether the cache is over its capacity.
+    fn over(&self) -> bool {
+        self.total.load(Ordering::Acquire) > self.max
+    }
+
+    /// The shard to pay debt from: the heaviest but the debtor, or the debtor.
+    fn payer(&self) -> usize {
+        let debtor = self.debtor.load(Ordering::Relaxed);
+        let mut best = (debtor, 0);
+        for (i, weight) in self.weights.iter().enumerate() {
+            let weight = weight.load(Ordering::Relaxed);
+            if i != debtor && weight > best.1 {
+                best = (i, weight);
+            }
+        }
+        best.0.min(self.weights.len() - 1)
+    }
 }
 
 impl<K, V, S> Capacity<K, V, S>
@@ -110,10 +178,24 @@ where
     V: Clone,
     S: BuildHasher + Clone,
 {
-    /// `max` split over at most `stripes` shards (a power of two).
-    pub(crate) fn new(max: u64, stripes: usize, hasher: S, weigher: Option<Weigher<K, V>>) -> Self {
-        let wanted = (max / UNITS_PER_SHARD).clamp(1, stripes as u64);
-        let count = 1u64 << (63 - wanted.leading_zeros());
+    /// `max` over at most `stripes` shards (a power of two), or exactly `forced` shards (a
+    /// test's choice, rounded up to a power of two). Without a weigher each shard holds its
+    /// share of `max`; with one, the shards share `max` (see [`Shared`]) and their shares
+    /// only size their policies.
+    pub(crate) fn new(
+        max: u64,
+        stripes: usize,
+        forced: Option<usize>,
+        hasher: S,
+        weigher: Option<Weigher<K, V>>,
+    ) -> Self {
+        let count = match forced {
+            Some(count) => count.max(1).next_power_of_two() as u64,
+            None => {
+                let wanted = (max / UNITS_PER_SHARD).clamp(1, stripes as u64);
+                1u64 << (63 - wanted.leading_zeros())
+            }
+        };
         let shards = (0..count)
             .map(|i| {
                 let share = max / count + u64::from(i < max % count);
@@ -122,14 +204,129 @@ where
                     weights: weigher
                         .is_some()
                         .then(|| HashMap::with_hasher(hasher.clone())),
+                    index: i as usize,
                 })
             })
             .collect();
+        let shared = weigher.is_some().then(|| Shared {
+            max,
+            total: AtomicU64::new(0),
+            weights: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            debtor: AtomicUsize::new(0),
+        });
         Capacity {
             shards,
             hasher,
             weigher,
+            shared,
         }
+    }
+
+    /// Whether a new entry of `weight` may be accounted for in `shard`: a heavier one is
+    /// evicted on its own, rather than flushing the cache before it. With a weigher, this
+    /// also reserves the weight in the shared total, if that stays within twice the capacity
+    /// (see [`Shared`]).
+    fn reserve(&self, shard: &PolicyShard<K, S>, weight: u64) -> bool {
+        let Some(shared) = &self.shared else {
+            return weight <= shard.policy.capacity();
+        };
+        if weight > shared.max {
+            return false;
+        }
+        let limit = shared.max.saturating_mul(2);
+        let mut total = shared.total.load(Ordering::Acquire);
+        loop {
+            if total.saturating_add(weight) > limit {
+                return false;
+            }
+            match shared.total.compare_exchange_weak(
+                total,
+                total + weight,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => total = now,
+            }
+        }
+    }
+
+    /// Add the change in shard `index`'s weight (its `policy`, held) since it weighed
+    /// `before` to the shared total.
+    fn settle(&self, policy: &TinyLfu<K, S>, index: usize, before: u64) {
+        let Some(shared) = &self.shared else { return };
+        let after = policy.weight();
+        shared.weights[index].store(after, Ordering::Relaxed);
+        if after >= before {
+            shared.total.fetch_add(after - before, Ordering::AcqRel);
+        } else {
+            shared.total.fetch_sub(before - after, Ordering::AcqRel);
+        }
+    }
+
+    /// Evict in shard `index` (its `policy`, held) until it, or with a weigher the cache, is
+    /// within its capacity, at most `budget` entries; settles the shard's weight.
+    /// With a weigher, the entry whose key hashes to `keep` (this write's) is no victim.
+    fn evict_in(
+        &self,
+        policy: &mut TinyLfu<K, S>,
+        index: usize,
+        view: &View<'_, K, V, S>,
+        budget: &mut usize,
+        keep: Option<u64>,
+    ) {
+        let before = policy.weight();
+        match &self.shared {
+            None => policy.evict_within(view, &Limit::Own, budget, |_| ()),
+            Some(shared) => {
+                // The other shards' weight is the total less this shard's, as it was before
+                // this eviction (the total learns of it only once it is settled).
+                let over = |weight: u64| {
+                    let total = shared.total.load(Ordering::Acquire);
+                    total.saturating_sub(before).saturating_add(weight) > shared.max
+                };
+                let limit = Limit::Shared { over: &over, keep };
+                policy.evict_within(view, &limit, budget, |_| ());
+            }
+        }
+        self.settle(policy, index, before);
+    }
+
+    /// A write in shard `index` is done evicting there: if it left debt, that shard is the
+    /// debtor.
+    fn owe(&self, index: usize) {
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.over()) {
+            shared.debtor.store(index, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a weighted cache is over its capacity (debt for writes and the task to pay).
+    pub(crate) fn over(&self) -> bool {
+        self.shared.as_ref().is_some_and(Shared::over)
+    }
+
+    /// Pay a weighted cache's debt from the shards most over their share, at most `budget`
+    /// entries; call with no policy shard held. Returns the evicted entries.
+    pub(crate) fn pay(&self, room: Room<'_, K, V, S>, budget: &mut usize) -> Evicted<K, V> {
+        let mut evicted = Evicted::default();
+        let Some(shared) = &self.shared else {
+            return evicted;
+        };
+        for _ in 0..self.shards.len() {
+            if *budget == 0 || !shared.over() {
+                break;
+            }
+            let mut shard = lock(&self.shards[shared.payer()]);
+            let PolicyShard {
+                policy,
+                weights,
+                index,
+            } = &mut *shard;
+            let view = View::new(room, weights.as_mut());
+            self.evict_in(policy, *index, &view, budget, None);
+            evicted.extend(view.evicted.into_inner());
+        }
+        evicted
     }
 
     /// Whether every entry weighs 1 (no weigher): then an overwrite changes no accounting.
@@ -170,8 +367,8 @@ where
     }
 
     /// A new entry of `weight` was written for `key` (its shard held since before the write):
-    /// account for it and evict for room. Returns the evicted entries, for the store to report
-    /// once no lock is held.
+    /// account for it and evict for room, at most `budget` entries. Returns the evicted
+    /// entries, for the store to report once no lock is held.
     pub(crate) fn admit(
         &self,
         shard: &mut Held<'_, K, S>,
@@ -179,9 +376,10 @@ where
         key: K,
         hash: u64,
         weight: u32,
+        budget: &mut usize,
     ) -> Evicted<K, V> {
-        let PolicyShard { policy, weights } = &mut **shard;
-        if !policy.fits(weight) {
+        if !self.reserve(shard, u64::from(weight)) {
+            let weights = &mut shard.weights;
             // Never accounted for: out again at once, alone, and its record with it.
             if let Some(weights) = weights {
                 let _ = catch_unwind(AssertUnwindSafe(|| weights.remove(&key)));
@@ -192,9 +390,18 @@ where
             }
             return evicted;
         }
+        let PolicyShard {
+            policy,
+            weights,
+            index,
+        } = &mut **shard;
+        // Reserved in the shared total already: settling adds nothing to it.
+        let reserved = policy.weight() + u64::from(weight);
         policy.insert_hashed(key, hash, weight);
+        self.settle(policy, *index, reserved);
         let view = View::new(room, weights.as_mut());
-        policy.evict(&view, |_| ());
+        self.evict_in(policy, *index, &view, budget, Some(hash));
+        self.owe(*index);
         view.evicted.into_inner()
     }
 
@@ -225,25 +432,45 @@ where
     }
 
     /// An overwrite changed a resident entry's weight from `old` to `new` (its shard held
-    /// since before the write).
+    /// since before the write; `hash` is its key's); evict for room, at most `budget`
+    /// entries.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn reweigh(
         &self,
         shard: &mut Held<'_, K, S>,
         room: Room<'_, K, V, S>,
         key: &K,
+        hash: u64,
         main: bool,
         old: u32,
         new: u32,
+        budget: &mut usize,
     ) -> Evicted<K, V> {
-        let PolicyShard { policy, weights } = &mut **shard;
+        let growth = u64::from(new.saturating_sub(old));
+        let fits = u64::from(new)
+            <= self
+                .shared
+                .as_ref()
+                .map_or(shard.policy.capacity(), |s| s.max)
+            && (growth == 0 || self.reserve(shard, growth));
+        let PolicyShard {
+            policy,
+            weights,
+            index,
+        } = &mut **shard;
         let view = View::new(room, weights.as_mut());
-        if !policy.fits(new) {
+        let before = policy.weight();
+        if !fits {
             policy.remove(main, old);
             view.evict(key);
+            self.settle(policy, *index, before);
             return view.evicted.into_inner();
         }
         policy.update(key, main, old, new);
-        policy.evict(&view, |_| ());
+        // Growth was reserved in the shared total already.
+        self.settle(policy, *index, before + growth);
+        self.evict_in(policy, *index, &view, budget, Some(hash));
+        self.owe(*index);
         view.evicted.into_inner()
     }
 
@@ -265,14 +492,25 @@ where
     /// totals change first; the weight's record goes last (it hashes the key, user code: a
     /// panic there leaves a record the key's next write replaces, and the totals right).
     pub(crate) fn forget(&self, shard: &mut Held<'_, K, S>, key: &K, main: bool, weight: u32) {
+        let before = shard.policy.weight();
         shard.policy.remove(main, weight);
+        self.settle(&shard.policy, shard.index, before);
         if let Some(weights) = &mut shard.weights {
             let _ = catch_unwind(AssertUnwindSafe(|| weights.remove(key)));
         }
     }
 
-    /// Total weight accounted for, and the number of weights recorded; takes each policy
-    /// shard's lock in turn.
+    /// The total weight held: with a weigher the shared total (no lock), else the shards'
+    /// sum.
+    pub(crate) fn total(&self) -> u64 {
+        match &self.shared {
+            Some(shared) => shared.total.load(Ordering::Acquire),
+            None => self.weight().0,
+        }
+    }
+
+    /// Total weight the shards account for, and the number of weights recorded; takes each
+    /// policy shard's lock in turn.
     pub(crate) fn weight(&self) -> (u64, usize) {
         self.shards.iter().fold((0, 0), |(total, recorded), s| {
             let shard = lock(s);
@@ -288,6 +526,14 @@ pub(crate) struct Room<'a, K, V, S> {
     /// Takes a key's entry out of the map for room (the policy accounts for it).
     pub(crate) evict: &'a dyn Fn(&K) -> Option<Removed<K, V>>,
 }
+
+impl<K, V, S> Clone for Room<'_, K, V, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K, V, S> Copy for Room<'_, K, V, S> {}
 
 /// The policy's view of the map, collecting what it evicts. Weights come from the shard's
 /// record (with a weigher) or are 1.

@@ -68,6 +68,8 @@ pub(crate) struct Settings<K, V> {
     pub(crate) notifier: Notifier<K, V>,
     /// `max_capacity` and the weigher, for a bounded cache.
     pub(crate) capacity: Option<(u64, Option<Weigher<K, V>>)>,
+    /// The policy shards a test forces, if any.
+    pub(crate) policy_shards: Option<usize>,
     /// The default TTL, and the jitter that spreads it.
     pub(crate) time_to_live: Option<Duration>,
     pub(crate) jitter: f64,
@@ -149,9 +151,9 @@ where
             map: Map::new(settings.idle != 0, capacity, hasher.clone(), shards),
             handoff: Handoff::new(shards, hasher.clone()),
             flights: Flights::new(shards, hasher.clone()),
-            capacity: settings
-                .capacity
-                .map(|(max, weigher)| Capacity::new(max, shards, hasher, weigher)),
+            capacity: settings.capacity.map(|(max, weigher)| {
+                Capacity::new(max, shards, settings.policy_shards, hasher, weigher)
+            }),
             signals,
             clock,
             name: settings.name,
@@ -282,7 +284,12 @@ where
             .unwrap_or(false)
     }
 
-    /// Total weight the capacity policy accounts for, for a bounded cache.
+    /// The total weight held, for a bounded cache.
+    pub(crate) fn weighted_size(&self) -> Option<u64> {
+        self.capacity.as_ref().map(Capacity::total)
+    }
+
+    /// Total weight the capacity policy's shards account for, for a bounded cache.
     pub(crate) fn policy_weight(&self) -> Option<u64> {
         self.capacity.as_ref().map(|c| c.weight().0)
     }

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use dashmap::Entry as Slot;
 
-use super::capacity::{Capacity, Evicted, Held, Room};
+use super::capacity::{Capacity, Evicted, Held, Room, EVICTION_BUDGET};
 use super::entry::{with_map, Entry, Removed, Retired, Stored};
 use super::flight::Flight;
 use super::handoff::{needs_push, UNFILED};
@@ -140,15 +140,17 @@ where
         })
     }
 
-    /// After a write, with no map lock held: account for it in the policy (evicting for room),
-    /// release the policy shard, then report what the write replaced and what was evicted.
+    /// After a write, with no map lock held: account for it in the policy (evicting for room,
+    /// within [`EVICTION_BUDGET`]), release the policy shard, pay what debt the budget still
+    /// allows (a weighted cache), then report what the write replaced and what was evicted.
     fn after_write(&self, admission: Option<Admission<'_, K, S>>, replaced: Option<Retired<K, V>>) {
         let evict = |key: &K| self.evict(key);
-        let room = || Room {
+        let room = Room {
             map: &self.map,
             evict: &evict,
         };
-        let evicted = match (&self.capacity, admission) {
+        let mut budget = EVICTION_BUDGET;
+        let mut evicted = match (&self.capacity, admission) {
             (
                 Some(capacity),
                 Some(Admission {
@@ -159,28 +161,64 @@ where
                     previous,
                 }),
             ) => match &replaced {
-                None => capacity.admit(&mut shard, room(), key, hash, weight),
+                None => capacity.admit(&mut shard, room, key, hash, weight, &mut budget),
                 // The replaced entry was resident: its weight is the one recorded before.
                 Some(old) => match previous.unwrap_or(weight) {
                     // Same weight: nothing to account for.
                     same if same == weight => Evicted::None,
                     old_weight => capacity.reweigh(
                         &mut shard,
-                        room(),
+                        room,
                         &key,
+                        hash,
                         old.entry.in_main(),
                         old_weight,
                         weight,
+                        &mut budget,
                     ),
                 },
             },
             _ => Evicted::None,
         };
+        if let Some(capacity) = self.capacity.as_ref().filter(|c| c.over()) {
+            evicted.extend(capacity.pay(room, &mut budget));
+            if capacity.over() {
+                // The task pays the rest (see `Task::pay`).
+                self.signals.notify.wake();
+            }
+        }
         let evicted = evicted.into_iter().map(|(key, entry)| {
             let cause = self.cause(&entry, RemovalCause::Size);
             self.retired(key, entry, cause)
         });
         self.retire_all(replaced.into_iter().chain(evicted));
+    }
+
+    /// Pay a weighted cache's debt, at most [`EVICTION_BUDGET`] evictions, and report them;
+    /// whether anything was evicted. The expiry task's step, repeated (yielding between)
+    /// while the cache is over its capacity.
+    pub(crate) fn pay(&self) -> bool {
+        let Some(capacity) = self.capacity.as_ref().filter(|c| c.over()) else {
+            return false;
+        };
+        let evict = |key: &K| self.evict(key);
+        let room = Room {
+            map: &self.map,
+            evict: &evict,
+        };
+        let mut budget = EVICTION_BUDGET;
+        let evicted = capacity.pay(room, &mut budget);
+        let paid = budget < EVICTION_BUDGET;
+        self.retire_all(evicted.into_iter().map(|(key, entry)| {
+            let cause = self.cause(&entry, RemovalCause::Size);
+            self.retired(key, entry, cause)
+        }));
+        paid
+    }
+
+    /// Whether a weighted cache holds more than its capacity (see `capacity.rs`).
+    pub(crate) fn over_capacity(&self) -> bool {
+        self.capacity.as_ref().is_some_and(Capacity::over)
     }
 
     /// Take `key`'s entry out of the map for room (the policy accounts for it); its wheel
