@@ -288,10 +288,15 @@ where
     /// TinyLFU admission: new keys enter a small window, and leave it for the main queue only
     /// if a frequency sketch says they are asked for more often than the entry they would
     /// displace, so a one-off scan does not flush the entries that are read often, and a
-    /// sweep longer than the cache keeps a stable part of it. The bound is split over
-    /// a few policy shards by key hash, each held to its share; between a write and its
-    /// eviction the cache may hold one extra entry per concurrently inserting thread. Reads
-    /// never take a lock for it: a hit bumps a 2-bit counter in the entry.
+    /// sweep longer than the cache keeps a stable part of it. Reads never take a lock for
+    /// it: a hit bumps a 2-bit counter in the entry.
+    ///
+    /// Keys go to a few policy shards by hash, so that writers of different keys rarely
+    /// wait for each other. Without a weigher each shard holds its share of `max`, and the
+    /// entry count never exceeds `max` once an insert has returned (between a write and its
+    /// eviction, one extra entry per concurrently inserting thread). With a weigher the
+    /// shards share `max`, so what fits is the same on every machine (see
+    /// [`weigher`](Self::weigher) for the bounded overshoot a heavy entry may cause).
     ///
     /// `max_capacity(0)` stores nothing: every insert is evicted at once (and reported).
     /// Expired entries stop counting as soon as they are removed.
@@ -317,8 +322,17 @@ where
     /// [`WeakCache`](crate::WeakCache)); the cache keeps each entry's weight beside its policy
     /// state (a map per policy shard: about 20 to 40 bytes an entry for 8-byte keys), so
     /// an overwrite, an eviction or a removal never asks again. An entry of weight 0
-    /// costs nothing and is never evicted for room; an entry heavier than its policy shard's
-    /// share (the capacity divided by up to 8 shards) is evicted as soon as it is written.
+    /// costs nothing and is never evicted for room; an entry heavier than the whole capacity
+    /// is evicted as soon as it is written. Any lighter one fits, whatever the core count.
+    ///
+    /// One write evicts at most 64 entries. An entry heavier than that many victims can
+    /// make room for (a 1 MiB value in a 1 MiB cache of 4 KiB pages, say) is kept, if the
+    /// policy admits it, and leaves the cache over its capacity for a moment: each later
+    /// write evicts up to 64 more, and the expiry task, woken for it, evicts the rest at
+    /// once, 64 at a time, yielding between. The overshoot is bounded: a write that would
+    /// take the total past twice `max` is not kept (it is evicted at once, as `Size`), so
+    /// [`weighted_size`](crate::Cache::weighted_size) never exceeds `2 * max`, and exceeds
+    /// `max` only after a write needed more than 64 victims.
     ///
     /// ```
     /// #[tokio::main]

@@ -49,11 +49,13 @@
 //!
 //! Invariants:
 //! - `window_weight + main_weight` is the total weight of the resident entries this shard
-//!   accounts for; after `TinyLfu::evict` it is at most the capacity, unless nothing the shard
-//!   holds weighs anything.
+//!   accounts for. `TinyLfu::evict_within` evicts until the shard is no longer over its
+//!   `Limit` (its own capacity, or a bound shared with other shards), unless nothing it holds
+//!   weighs anything, or it has evicted its budget of entries first.
 //! - Every entry of main that weighs something has an item in main's queue.
-//! - One `TinyLfu::evict` passes over at most `SCAN_BUDGET` items; everything else it does
-//!   takes an item off a queue for good, so it always ends.
+//! - One `TinyLfu::evict_within` passes over at most `SCAN_BUDGET` items and evicts at most
+//!   its budget; everything else it does takes an item off a queue for good, so it always
+//!   ends.
 //! - No user code runs here but a key's `Hash`, `Eq` and `Clone`; [`Residents`]
 //!   implementations must not take this policy's lock.
 //!

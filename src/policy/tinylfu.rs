@@ -13,7 +13,7 @@ pub(crate) const MAX_FREQ: u8 = 3;
 /// windows lose hits on the cyclic trace).
 const WINDOW_PER_MILLE: u64 = 2;
 
-/// The most queue items main's CLOCK hand passes over in one [`TinyLfu::evict`] (an entry read
+/// The most queue items main's CLOCK hand passes over in one [`TinyLfu::evict_within`] (an entry read
 /// since the hand last passed it, whose counter it lowers); once they are spent, the entry at
 /// the hand is the victim whatever its counter.
 const SCAN_BUDGET: usize = 128;
@@ -101,7 +101,7 @@ pub(crate) struct TinyLfu<K, S> {
     hasher: S,
     /// Items main's hand may pass over in one eviction: [`SCAN_BUDGET`] (tests use others).
     scan_budget: usize,
-    /// Scan steps of the last [`evict`](Self::evict): queue items main's hand passed over
+    /// Scan steps of the last [`evict_within`](Self::evict_within): queue items main's hand passed over
     /// without evicting them (test-only visibility).
     #[cfg(test)]
     scanned: usize,
@@ -153,7 +153,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
 
     /// A new entry for `key` of `weight` became resident, in the window (the entry's own
     /// state says so already); `hash` is the key's hash by this policy's hasher. Call
-    /// [`evict`](Self::evict) next.
+    /// [`evict_within`](Self::evict_within) next.
     pub(crate) fn insert_hashed(&mut self, key: K, hash: u64, weight: u32) {
         self.sketch.increment(hash);
         self.window_weight += u64::from(weight);
@@ -173,7 +173,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         }
     }
 
-    /// A resident entry left the cache by another way than [`evict`](Self::evict) (removed,
+    /// A resident entry left the cache by another way than [`evict_within`](Self::evict_within) (removed,
     /// expired, invalidated). Its queue item is skipped when it reaches the head.
     pub(crate) fn remove(&mut self, main: bool, weight: u32) {
         let queue = self.weight_of(main);

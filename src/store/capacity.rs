@@ -4,10 +4,15 @@
 //! evict (the store's, which also tells the task about the entry's wheel node); it never sees
 //! the store itself.
 //!
-//! A bounded cache splits `max_capacity` over a few policy shards (keys go to shards by hash);
-//! each shard runs its own [`TinyLfu`] behind a mutex that only writers of that shard take,
-//! never readers. After a write, the inserting thread accounts for the new weight and evicts
-//! in the same shard until it is within its share, before `insert` returns.
+//! A bounded cache has a few policy shards (keys go to shards by hash); each shard runs its
+//! own [`TinyLfu`] behind a mutex that only writers of that shard take, never readers.
+//! Without a weigher each shard holds its share of `max_capacity`: after a write the
+//! inserting thread evicts in the same shard until it is within its share, before `insert`
+//! returns, so the entry count is exact. With a weigher the shards share `max_capacity`
+//! ([`Shared`]): what fits does not depend on the shard count.
+//!
+//! One write evicts at most [`EVICTION_BUDGET`] entries, and so does each step of the expiry
+//! task's payment of a weighted cache's debt.
 //!
 //! Invariants:
 //! - Lock order is policy shard, then map shard (then hand-off stripe). Nothing that holds a
@@ -32,6 +37,10 @@
 //! - Every entry's weight is added once (new entry), adjusted on overwrite, and subtracted
 //!   once, by whichever path takes the entry out of the map: eviction here, or the store's
 //!   removals (by a caller, by expiry, by a sweep).
+//! - With a weigher, the shared total is the sum of the shards' weights: a shard adds each
+//!   change of its own weight to it under its lock, right after making it (a write reserves
+//!   its weight first, see [`Shared`]). Debt is paid with no policy lock held but the one
+//!   shard being paid from (lock order unchanged).
 
 use std::borrow::Borrow;
 use std::cell::RefCell;
