@@ -148,7 +148,10 @@ pub use builder::CacheBuilder;
 pub use cache::{Cache, WeakCache};
 pub use error::BuildError;
 pub use listener::{Removal, RemovalCause};
-pub use load::{GetWith, GetWithExpiry, OptionallyGetWith, TryGetWith};
+pub use load::{
+    GetWith, GetWithByRef, GetWithExpiry, OptionallyGetWith, OptionallyGetWithByRef, TryGetWith,
+    TryGetWithByRef, TryGetWithExpiry,
+};
 pub use stats::CacheStats;
 pub use time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
 

@@ -15,6 +15,7 @@
 //!   thread is polling panics, naming the mistake.
 //! - No loader runs under any lock, and no lock is held across an `.await`.
 
+use std::borrow::Borrow;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -163,6 +164,18 @@ where
             init: Some(init),
             looked: false,
             miss: None,
+        }
+    }
+
+    /// A load for a caller that already looked at the store and missed (counted): a
+    /// by-reference lookup that owns its key only now.
+    fn missed(store: &'a Store<K, V, S>, key: K, init: F) -> Self {
+        Load {
+            store,
+            key,
+            init: Some(init),
+            looked: true,
+            miss: Some(Box::new(State::Join)),
         }
     }
 
@@ -344,118 +357,291 @@ loading_future! {
 }
 
 loading_future! {
+    /// The future returned by [`Cache::try_get_with_expiry`]: the value for the key, loaded
+    /// with its own TTL if needed, or the shared error of the load that failed.
+    TryGetWithExpiry
+}
+
+loading_future! {
     /// The future returned by [`Cache::optionally_get_with`]: the value for the key, or
     /// `None` if the load found nothing.
     OptionallyGetWith
 }
 
-impl<K, V, S, F> Future for GetWith<'_, K, V, S, F>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone + Send + Sync + 'static,
-    F: Future<Output = V>,
-{
-    type Output = V;
+/// How each loading method turns a loader's output into a [`Loaded`], which outcomes of
+/// another caller's flight it accepts besides values, and what it returns.
+trait Kind<V> {
+    /// The loader's output.
+    type Input;
+    /// What the future returns.
+    type Output;
+    fn loaded(input: Self::Input) -> Loaded<V>;
+    fn accepts(outcome: &Outcome<V>) -> bool;
+    fn hit(value: V) -> Self::Output;
+    fn output(outcome: Outcome<V>) -> Self::Output;
+}
 
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<V> {
-        let load = &mut self.get_mut().load;
-        if let Some(value) = load.hit() {
-            return Poll::Ready(value);
-        }
-        let outcome = ready!(load.poll_miss(cx, |value| Loaded::Value(value, None), |_| false));
+/// `get_with`: a value.
+struct Plain;
+/// `get_with_expiry`: a value and its TTL.
+struct Expiring;
+/// `try_get_with`: a value or an error of type `E`.
+struct Fallible<E>(std::marker::PhantomData<E>);
+/// `try_get_with_expiry`: a value and its TTL, or an error of type `E`.
+struct FallibleExpiring<E>(std::marker::PhantomData<E>);
+/// `optionally_get_with`: a value, or nothing.
+struct Optional;
+
+impl<V> Kind<V> for Plain {
+    type Input = V;
+    type Output = V;
+    fn loaded(value: V) -> Loaded<V> {
+        Loaded::Value(value, None)
+    }
+    fn accepts(_: &Outcome<V>) -> bool {
+        false
+    }
+    fn hit(value: V) -> V {
+        value
+    }
+    fn output(outcome: Outcome<V>) -> V {
         match outcome {
-            Outcome::Value(v) => Poll::Ready(v),
+            Outcome::Value(v) => v,
             _ => unreachable!("get_with accepts values only"),
         }
     }
 }
 
-impl<K, V, S, F> Future for GetWithExpiry<'_, K, V, S, F>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone + Send + Sync + 'static,
-    F: Future<Output = (V, Option<Duration>)>,
-{
+impl<V> Kind<V> for Expiring {
+    type Input = (V, Option<Duration>);
     type Output = V;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<V> {
-        let load = &mut self.get_mut().load;
-        if let Some(value) = load.hit() {
-            return Poll::Ready(value);
-        }
-        let outcome =
-            ready!(load.poll_miss(cx, |(value, ttl)| Loaded::Value(value, ttl), |_| false));
+    fn loaded((value, ttl): (V, Option<Duration>)) -> Loaded<V> {
+        Loaded::Value(value, ttl)
+    }
+    fn accepts(_: &Outcome<V>) -> bool {
+        false
+    }
+    fn hit(value: V) -> V {
+        value
+    }
+    fn output(outcome: Outcome<V>) -> V {
         match outcome {
-            Outcome::Value(v) => Poll::Ready(v),
+            Outcome::Value(v) => v,
             _ => unreachable!("get_with_expiry accepts values only"),
         }
     }
 }
 
-impl<K, V, S, F, E> Future for TryGetWith<'_, K, V, S, F>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<V, E>>,
-    E: Send + Sync + 'static,
-{
+impl<V, E: Send + Sync + 'static> Kind<V> for Fallible<E> {
+    type Input = Result<V, E>;
     type Output = Result<V, std::sync::Arc<E>>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let load = &mut self.get_mut().load;
-        if let Some(value) = load.hit() {
-            return Poll::Ready(Ok(value));
+    fn loaded(result: Result<V, E>) -> Loaded<V> {
+        match result {
+            Ok(value) => Loaded::Value(value, None),
+            Err(e) => Loaded::Error(std::sync::Arc::new(e)),
         }
-        let outcome = ready!(load.poll_miss(
-            cx,
-            |result| match result {
-                Ok(value) => Loaded::Value(value, None),
-                Err(e) => Loaded::Error(std::sync::Arc::new(e)),
-            },
-            |o| matches!(o, Outcome::Error(e) if e.is::<E>()),
-        ));
-        Poll::Ready(match outcome {
+    }
+    fn accepts(outcome: &Outcome<V>) -> bool {
+        matches!(outcome, Outcome::Error(e) if e.is::<E>())
+    }
+    fn hit(value: V) -> Self::Output {
+        Ok(value)
+    }
+    fn output(outcome: Outcome<V>) -> Self::Output {
+        match outcome {
             Outcome::Value(v) => Ok(v),
             Outcome::Error(e) => Err(e.downcast::<E>().expect("checked by `accepts`")),
             _ => unreachable!("try_get_with accepts values and its own errors"),
-        })
+        }
     }
 }
 
-impl<K, V, S, F> Future for OptionallyGetWith<'_, K, V, S, F>
+impl<V, E: Send + Sync + 'static> Kind<V> for FallibleExpiring<E> {
+    type Input = Result<(V, Option<Duration>), E>;
+    type Output = Result<V, std::sync::Arc<E>>;
+    fn loaded(result: Self::Input) -> Loaded<V> {
+        match result {
+            Ok((value, ttl)) => Loaded::Value(value, ttl),
+            Err(e) => Loaded::Error(std::sync::Arc::new(e)),
+        }
+    }
+    fn accepts(outcome: &Outcome<V>) -> bool {
+        <Fallible<E> as Kind<V>>::accepts(outcome)
+    }
+    fn hit(value: V) -> Self::Output {
+        Ok(value)
+    }
+    fn output(outcome: Outcome<V>) -> Self::Output {
+        <Fallible<E> as Kind<V>>::output(outcome)
+    }
+}
+
+impl<V> Kind<V> for Optional {
+    type Input = Option<V>;
+    type Output = Option<V>;
+    fn loaded(found: Option<V>) -> Loaded<V> {
+        match found {
+            Some(value) => Loaded::Value(value, None),
+            None => Loaded::Nothing,
+        }
+    }
+    fn accepts(outcome: &Outcome<V>) -> bool {
+        matches!(outcome, Outcome::Nothing)
+    }
+    fn hit(value: V) -> Option<V> {
+        Some(value)
+    }
+    fn output(outcome: Outcome<V>) -> Option<V> {
+        match outcome {
+            Outcome::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl<'a, K, V, S, F> Load<'a, K, V, S, F>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
-    F: Future<Output = Option<V>>,
+    F: Future,
 {
-    type Output = Option<V>;
-
+    /// One poll of a loading method of kind `M`.
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<V>> {
-        let load = &mut self.get_mut().load;
-        if let Some(value) = load.hit() {
-            return Poll::Ready(Some(value));
+    fn poll_as<M: Kind<V, Input = F::Output>>(&mut self, cx: &mut Context<'_>) -> Poll<M::Output> {
+        if let Some(value) = self.hit() {
+            return Poll::Ready(M::hit(value));
         }
-        let outcome = ready!(load.poll_miss(
-            cx,
-            |found| match found {
-                Some(value) => Loaded::Value(value, None),
-                None => Loaded::Nothing,
-            },
-            |o| matches!(o, Outcome::Nothing),
-        ));
-        Poll::Ready(match outcome {
-            Outcome::Value(v) => Some(v),
-            _ => None,
-        })
+        let outcome = ready!(self.poll_miss(cx, M::loaded, M::accepts));
+        Poll::Ready(M::output(outcome))
     }
+}
+
+/// Implements `Future` for a public loading future over [`Load`] of kind `$kind`.
+macro_rules! loading_impl {
+    ($name:ident, $kind:ty, $input:ty, $output:ty $(, $e:ident)?) => {
+        impl<K, V, S, F $(, $e)?> Future for $name<'_, K, V, S, F>
+        where
+            K: Hash + Eq + Clone + Send + Sync + 'static,
+            V: Clone + Send + Sync + 'static,
+            S: BuildHasher + Clone + Send + Sync + 'static,
+            F: Future<Output = $input>,
+            $($e: Send + Sync + 'static,)?
+        {
+            type Output = $output;
+
+            #[inline]
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+                self.get_mut().load.poll_as::<$kind>(cx)
+            }
+        }
+    };
+}
+
+loading_impl!(GetWith, Plain, V, V);
+loading_impl!(GetWithExpiry, Expiring, (V, Option<Duration>), V);
+loading_impl!(TryGetWith, Fallible<E>, Result<V, E>, Result<V, std::sync::Arc<E>>, E);
+loading_impl!(
+    TryGetWithExpiry,
+    FallibleExpiring<E>,
+    Result<(V, Option<Duration>), E>,
+    Result<V, std::sync::Arc<E>>,
+    E
+);
+loading_impl!(OptionallyGetWith, Optional, Option<V>, Option<V>);
+
+/// A by-reference lookup: the borrowed key until the store misses, then a [`Load`] that owns
+/// a copy of it. A hit neither copies the key nor allocates.
+enum ByRef<'a, K, V, S, Q: ?Sized, F> {
+    /// Not looked yet.
+    First {
+        store: &'a Store<K, V, S>,
+        key: &'a Q,
+        init: Option<F>,
+    },
+    /// Missed: loading under an owned key.
+    Missed(Load<'a, K, V, S, F>),
+}
+
+impl<'a, K, V, S, Q, F> ByRef<'a, K, V, S, Q, F>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+    Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    F: Future,
+{
+    /// One poll of a loading method of kind `M`.
+    #[inline]
+    fn poll_as<M: Kind<V, Input = F::Output>>(&mut self, cx: &mut Context<'_>) -> Poll<M::Output> {
+        if let ByRef::First { store, key, init } = self {
+            if let Some(value) = store.get(*key) {
+                return Poll::Ready(M::hit(value));
+            }
+            let init = init.take().expect("a by-reference load looks once");
+            *self = ByRef::Missed(Load::missed(store, key.to_owned(), init));
+        }
+        match self {
+            ByRef::Missed(load) => load.poll_as::<M>(cx),
+            ByRef::First { .. } => unreachable!("left above"),
+        }
+    }
+}
+
+/// Defines one public by-reference loading future over [`ByRef`] of kind `$kind`.
+macro_rules! by_ref_future {
+    ($(#[$doc:meta])* $name:ident, $kind:ty, $input:ty, $output:ty $(, $e:ident)?) => {
+        $(#[$doc])*
+        ///
+        /// Like every future it does nothing until polled: the cache is looked at on the first
+        /// poll, not when the method is called. It is `Send` when the loader and the borrowed
+        /// key are, and `Unpin` whatever the loader is.
+        #[must_use = "futures do nothing unless you `.await` or poll them"]
+        pub struct $name<'a, K, V, S, Q: ?Sized, F> {
+            load: ByRef<'a, K, V, S, Q, F>,
+        }
+
+        impl<K, V, S, Q: ?Sized, F> std::fmt::Debug for $name<'_, K, V, S, Q, F> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+
+        // The loader is only ever polled inside its own `Pin<Box<_>>`, never in place.
+        impl<K, V, S, Q: ?Sized, F> Unpin for $name<'_, K, V, S, Q, F> {}
+
+        impl<K, V, S, Q, F $(, $e)?> Future for $name<'_, K, V, S, Q, F>
+        where
+            K: Hash + Eq + Clone + Send + Sync + 'static + Borrow<Q>,
+            V: Clone + Send + Sync + 'static,
+            S: BuildHasher + Clone + Send + Sync + 'static,
+            Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+            F: Future<Output = $input>,
+            $($e: Send + Sync + 'static,)?
+        {
+            type Output = $output;
+
+            #[inline]
+            fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+                self.get_mut().load.poll_as::<$kind>(cx)
+            }
+        }
+    };
+}
+
+by_ref_future! {
+    /// The future returned by [`Cache::get_with_by_ref`].
+    GetWithByRef, Plain, V, V
+}
+
+by_ref_future! {
+    /// The future returned by [`Cache::try_get_with_by_ref`].
+    TryGetWithByRef, Fallible<E>, Result<V, E>, Result<V, std::sync::Arc<E>>, E
+}
+
+by_ref_future! {
+    /// The future returned by [`Cache::optionally_get_with_by_ref`].
+    OptionallyGetWithByRef, Optional, Option<V>, Option<V>
 }
 
 impl<K, V, S> Cache<K, V, S>
@@ -569,6 +755,44 @@ where
         }
     }
 
+    /// Like [`try_get_with`](Self::try_get_with), with a loader that also chooses the entry's
+    /// TTL on success, as [`get_with_expiry`](Self::get_with_expiry) does: `Ok((value,
+    /// Some(ttl)))` stores it for exactly `ttl` (zero: returned but not stored), `Ok((value,
+    /// None))` uses the cache's `time_to_live`, and an error is shared with the waiting
+    /// callers and not cached.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let tokens: ebb_cache::Cache<&str, String> = ebb_cache::Cache::builder().build();
+    ///     let failed = tokens
+    ///         .try_get_with_expiry("api", async { Err::<(String, _), _>("auth server down") })
+    ///         .await;
+    ///     assert_eq!(*failed.unwrap_err(), "auth server down");
+    ///     let ttl = Duration::from_millis(100); // the token's own lifetime
+    ///     let token = tokens
+    ///         .try_get_with_expiry("api", async move { Ok::<_, &str>(("t0k3n".to_string(), Some(ttl))) })
+    ///         .await;
+    ///     assert_eq!(token.unwrap(), "t0k3n");
+    ///     tokio::time::sleep(ttl).await;
+    ///     assert_eq!(tokens.get("api"), None);
+    /// }
+    /// ```
+    #[inline]
+    #[track_caller]
+    pub fn try_get_with_expiry<F, E>(&self, key: K, init: F) -> TryGetWithExpiry<'_, K, V, S, F>
+    where
+        F: Future<Output = Result<(V, Option<Duration>), E>>,
+        E: Send + Sync + 'static,
+    {
+        self.ensure_task();
+        TryGetWithExpiry {
+            load: Load::new(self.store(), key, init),
+        }
+    }
+
     /// The value for `key`, or the result of loading it with an `init` that may find nothing
     /// (`None` is returned and not cached).
     ///
@@ -589,6 +813,107 @@ where
         self.ensure_task();
         OptionallyGetWith {
             load: Load::new(self.store(), key, init),
+        }
+    }
+
+    /// [`get_with`](Self::get_with) by reference: `key` is borrowed (a `&str` for a `String`
+    /// key), and copied (`to_owned`) only on a miss, to load under. A hit neither copies
+    /// the key nor allocates.
+    ///
+    /// ```
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<String, usize> = ebb_cache::Cache::builder().build();
+    ///     let len = cache.get_with_by_ref("ada", async { 3 }).await;
+    ///     assert_eq!(len, 3);
+    ///     assert_eq!(cache.get("ada"), Some(3));
+    /// }
+    /// ```
+    #[inline]
+    #[track_caller]
+    pub fn get_with_by_ref<'a, Q, F>(
+        &'a self,
+        key: &'a Q,
+        init: F,
+    ) -> GetWithByRef<'a, K, V, S, Q, F>
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+        F: Future<Output = V>,
+    {
+        self.ensure_task();
+        GetWithByRef {
+            load: ByRef::First {
+                store: self.store(),
+                key,
+                init: Some(init),
+            },
+        }
+    }
+
+    /// [`try_get_with`](Self::try_get_with) by reference (see
+    /// [`get_with_by_ref`](Self::get_with_by_ref)).
+    ///
+    /// ```
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<String, u64> = ebb_cache::Cache::builder().build();
+    ///     let n = cache.try_get_with_by_ref("n", async { "42".parse::<u64>() }).await;
+    ///     assert_eq!(n.unwrap(), 42);
+    /// }
+    /// ```
+    #[inline]
+    #[track_caller]
+    pub fn try_get_with_by_ref<'a, Q, F, E>(
+        &'a self,
+        key: &'a Q,
+        init: F,
+    ) -> TryGetWithByRef<'a, K, V, S, Q, F>
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+        F: Future<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
+    {
+        self.ensure_task();
+        TryGetWithByRef {
+            load: ByRef::First {
+                store: self.store(),
+                key,
+                init: Some(init),
+            },
+        }
+    }
+
+    /// [`optionally_get_with`](Self::optionally_get_with) by reference (see
+    /// [`get_with_by_ref`](Self::get_with_by_ref)).
+    ///
+    /// ```
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let cache: ebb_cache::Cache<String, String> = ebb_cache::Cache::builder().build();
+    ///     assert_eq!(cache.optionally_get_with_by_ref("nobody", async { None }).await, None);
+    /// }
+    /// ```
+    #[inline]
+    #[track_caller]
+    pub fn optionally_get_with_by_ref<'a, Q, F>(
+        &'a self,
+        key: &'a Q,
+        init: F,
+    ) -> OptionallyGetWithByRef<'a, K, V, S, Q, F>
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+        F: Future<Output = Option<V>>,
+    {
+        self.ensure_task();
+        OptionallyGetWithByRef {
+            load: ByRef::First {
+                store: self.store(),
+                key,
+                init: Some(init),
+            },
         }
     }
 }

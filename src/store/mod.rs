@@ -290,6 +290,7 @@ where
     }
 
     /// Total weight the capacity policy's shards account for, for a bounded cache.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn policy_weight(&self) -> Option<u64> {
         self.capacity.as_ref().map(|c| c.weight().0)
     }
