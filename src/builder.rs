@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
+use crate::config::Policy;
 use crate::error::BuildError;
 use crate::listener::{Notifier, Removal, RemovalCause};
 use crate::stats::Counters;
@@ -464,7 +465,15 @@ where
             .time_to_idle
             .filter(|idle| *idle < clock.horizon())
             .map_or(0, |idle| idle.as_nanos() as u64);
+        let policy = Policy {
+            max_capacity: self.max_capacity,
+            weighted: self.max_capacity.is_some() && self.weigher.is_some(),
+            time_to_live: self.time_to_live,
+            time_to_idle: self.time_to_idle,
+            tick: self.tick,
+        };
         let settings = Settings {
+            policy,
             name: self.name.as_deref().unwrap_or("ebb").into(),
             clock,
             idle,

@@ -19,6 +19,7 @@ use std::future::Future;
 
 use tokio::runtime::Handle;
 
+use crate::config::Policy;
 use crate::stats::CacheStats;
 use crate::store::Store;
 use crate::task;
@@ -210,6 +211,11 @@ where
     pub fn invalidate_all(&self) {
         self.ensure_task();
         self.store.invalidate_all();
+    }
+
+    /// The settings the cache was built with: capacity, time to live, time to idle, tick.
+    pub fn policy(&self) -> Policy {
+        self.store.policy
     }
 
     /// The name given to the builder, or `"ebb"`.

@@ -134,7 +134,9 @@
 
 mod builder;
 mod cache;
+mod config;
 mod error;
+mod iter;
 mod listener;
 mod load;
 mod policy;
@@ -146,7 +148,9 @@ mod time;
 
 pub use builder::CacheBuilder;
 pub use cache::{Cache, WeakCache};
+pub use config::Policy;
 pub use error::BuildError;
+pub use iter::Iter;
 pub use listener::{Removal, RemovalCause};
 pub use load::{
     GetWith, GetWithByRef, GetWithExpiry, OptionallyGetWith, OptionallyGetWithByRef, TryGetWith,

@@ -44,6 +44,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Policy;
 use crate::listener::Notifier;
 use crate::stats::{Counter, Counters, Lag};
 use crate::store::handoff::{Handoff, Signals};
@@ -61,6 +62,8 @@ pub(crate) use crate::store::handoff::UNFILED;
 /// What the store needs to know beyond the map.
 pub(crate) struct Settings<K, V> {
     pub(crate) name: Arc<str>,
+    /// The settings as the handle reports them.
+    pub(crate) policy: Policy,
     pub(crate) clock: Clock,
     /// Time-to-idle in nanoseconds; 0 for none.
     pub(crate) idle: u64,
@@ -88,6 +91,8 @@ pub(crate) struct Store<K, V, S> {
     pub(crate) signals: Arc<Signals>,
     pub(crate) clock: Clock,
     pub(crate) name: Arc<str>,
+    /// The settings as the handle reports them.
+    pub(crate) policy: Policy,
     pub(crate) lag: Lag,
     idle: u64,
     /// A read moves an idle deadline only by more than this.
@@ -157,6 +162,7 @@ where
             signals,
             clock,
             name: settings.name,
+            policy: settings.policy,
             lag: Lag::default(),
             idle: settings.idle,
             idle_tolerance: (clock.tick_nanos() / 16).min(settings.idle / 16),
@@ -271,6 +277,25 @@ where
         if wanted > deadline.saturating_add(self.idle_tolerance) {
             stored.entry().deadline.fetch_max(wanted, Ordering::Relaxed);
         }
+    }
+
+    /// The live value for `key`, without counting or touching anything (see `iter.rs`).
+    pub(crate) fn live_value(&self, key: &K) -> Option<V> {
+        let generation = self.generation();
+        self.map
+            .view(key, |_, e| {
+                e.is_live(generation, || self.clock.now())
+                    .then(|| e.value.clone())
+            })
+            .flatten()
+    }
+
+    /// Copies of the keys of the live entries, one map shard at a time. A key whose `Clone`
+    /// panics is left out.
+    pub(crate) fn live_keys(&self) -> Vec<K> {
+        let generation = self.generation();
+        let now = self.clock.now();
+        self.map.keys_where(|e| e.is_live(generation, || now)).0
     }
 
     pub(crate) fn contains_key<Q>(&self, key: &Q) -> bool
