@@ -213,6 +213,44 @@ where
         self.store.invalidate_all();
     }
 
+    /// Hide every entry written before this call that `predicate` matches, at once; the
+    /// expiry task then removes them in batches, yielding between, and reports each once as
+    /// [`RemovalCause::Explicit`](crate::RemovalCause::Explicit).
+    ///
+    /// The call returns at once. From then on no read (`get`, `contains_key`, `iter`, the
+    /// loading methods) returns an entry that existed at the call and matches; entries
+    /// written after the call are not affected. Until the task has swept, a read of an entry
+    /// older than the call asks the pending predicates (a copy of its key and the predicate
+    /// calls, with no lock held); once it has, reads cost what they did before. `predicate`
+    /// runs on copies, never under a lock, and may be called more than once for an entry
+    /// (by readers and by the sweep); a panic in it counts as "does not match".
+    ///
+    /// Unlike moka's, it needs no builder option, returns nothing to unwrap, and the
+    /// predicate may not be cancelled.
+    ///
+    /// ```
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let sessions: ebb_cache::Cache<u64, String> = ebb_cache::Cache::builder().build();
+    ///     sessions.insert(1, "ada".to_string());
+    ///     sessions.insert(2, "bob".to_string());
+    ///     sessions.invalidate_entries_if(|_id, user| user == "bob");
+    ///     assert_eq!(sessions.get(&2), None);
+    ///     assert_eq!(sessions.get(&1).as_deref(), Some("ada"));
+    ///     // Written after the call: kept.
+    ///     sessions.insert(3, "bob".to_string());
+    ///     assert_eq!(sessions.get(&3).as_deref(), Some("bob"));
+    /// }
+    /// ```
+    #[track_caller]
+    pub fn invalidate_entries_if(
+        &self,
+        predicate: impl Fn(&K, &V) -> bool + Send + Sync + 'static,
+    ) {
+        self.ensure_task();
+        self.store.invalidate_if(Arc::new(predicate));
+    }
+
     /// The settings the cache was built with: capacity, time to live, time to idle, tick.
     pub fn policy(&self) -> Policy {
         self.store.policy
@@ -329,6 +367,7 @@ where
             tasks_alive: store.signals.tasks_alive.load(Ordering::Acquire),
             policy_weight: store.policy_weight(),
             policy_records: store.policy_records(),
+            pending_predicates: store.invalidations.pending(),
         }
     }
 }
@@ -389,4 +428,6 @@ pub struct Internals {
     pub policy_weight: Option<u64>,
     /// Entry weights the capacity policy keeps (one per entry with a weigher; none without).
     pub policy_records: Option<usize>,
+    /// `invalidate_entries_if` predicates no sweep has finished yet.
+    pub pending_predicates: usize,
 }

@@ -96,7 +96,8 @@ enum State<K, V, S, F> {
 struct Lead<K, V, S, F> {
     flight: Arc<Flight<V>>,
     loader: Pin<Box<F>>,
-    generation: u32,
+    /// The generation the load began in (its full number).
+    generation: u64,
     started: tokio::time::Instant,
     /// Abandons the flight: a plain function made where the cache's bounds hold, so that
     /// neither `Load` nor its `Drop` needs them.
@@ -241,7 +242,7 @@ where
                         *state = State::Lead(Lead {
                             flight,
                             loader: Box::pin(init),
-                            generation: store.generation(),
+                            generation: store.generation_count(),
                             started: tokio::time::Instant::now(),
                             abandon: abandon::<K, V, S>,
                         });
@@ -285,7 +286,7 @@ where
         &self,
         flight: &Arc<Flight<V>>,
         loaded: Loaded<V>,
-        generation: u32,
+        generation: u64,
         started: tokio::time::Instant,
     ) -> Outcome<V> {
         let store = self.store;

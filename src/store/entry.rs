@@ -69,6 +69,13 @@ impl<V> Entry<V> {
         self.meta.load(Ordering::Relaxed) >> 3
     }
 
+    /// Stamp it with `generation` (a sweep checked it through that one; see `invalidate.rs`),
+    /// keeping its policy bits.
+    pub(super) fn set_generation(&mut self, generation: u32) {
+        let meta = self.meta.get_mut();
+        *meta = generation << 3 | (*meta & (MAIN_BIT | FREQ_MASK));
+    }
+
     /// The policy bits (main queue, counter), carried over when the entry is overwritten.
     pub(super) fn policy_bits(&self) -> u32 {
         self.meta.load(Ordering::Relaxed) & (MAIN_BIT | FREQ_MASK)
@@ -294,12 +301,12 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
             .map(|(k, e)| (k, e.into_entry())))
     }
 
-    /// Give every entry written in another generation than `generation` a deadline in the
-    /// past, one shard at a time, with no user code (no key is copied).
-    pub(crate) fn expire_stale(&self, generation: u32) {
+    /// Give every entry `pick` chooses a deadline in the past, one shard at a time, with no
+    /// user code (no key is copied).
+    pub(crate) fn expire_where(&self, pick: impl Fn(&Entry<V>) -> bool) {
         with_map!(self, m => m.iter_mut().for_each(|mut e| {
             let entry = e.value_mut().entry_mut();
-            if entry.generation() != generation {
+            if pick(entry) {
                 entry.deadline.store(0, Ordering::Relaxed);
             }
         }));

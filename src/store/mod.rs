@@ -4,7 +4,8 @@
 //! Layout: `mod.rs` the struct and the reads; `write.rs` inserts and a load's fill;
 //! `remove.rs` every removal and the one place each is reported; `entry.rs` the entry and the
 //! map; `flight.rs` the loads in flight; `handoff.rs` what writers tell the expiry task;
-//! `capacity.rs` the bound and its policy shards.
+//! `capacity.rs` the bound and its policy shards; `invalidate.rs` the generations that
+//! `invalidate_all` and `invalidate_entries_if` begin.
 //!
 //! Words used throughout: an entry's *deadline* is when it stops being live (the earlier of
 //! its cap and its last access plus the time-to-idle); its *cap* is the latest the deadline may
@@ -12,9 +13,10 @@
 //! *node* is its place in the expiry task's wheel, named by a [`NodeId`] (`UNFILED` for none).
 //!
 //! Invariants:
-//! - **Exact reads.** An entry is live while its generation is the current one and its
-//!   deadline is in the future; reads return live entries only, whatever the task has or has
-//!   not done yet, and read the clock only for an entry that has a deadline.
+//! - **Exact reads.** An entry is live while its deadline is in the future and no
+//!   invalidation hides it (see `invalidate.rs`: an entry of the current generation is never
+//!   hidden, and costs nothing more to check); reads return live entries only, whatever the
+//!   task has or has not done yet, and read the clock only for an entry that has a deadline.
 //! - **Deadlines only move later under readers.** Writers set deadline and cap under the shard
 //!   lock; readers may only move a deadline later, up to the cap, with `fetch_max`, and only
 //!   by more than a tolerance (so a hot entry is not written on every read).
@@ -31,12 +33,13 @@ pub(crate) mod capacity;
 pub(crate) mod entry;
 pub(crate) mod flight;
 pub(crate) mod handoff;
+pub(crate) mod invalidate;
 mod remove;
 mod write;
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,9 +56,10 @@ use crate::time::jitter;
 #[cfg(doc)]
 use crate::time::wheel::NodeId;
 use capacity::{Capacity, Weigher};
-use entry::{with_map, Map, Stored, GENERATION_MASK};
+use entry::{with_map, Entry, Map, Stored};
 pub(crate) use entry::{Fired, Retired};
 use flight::Flights;
+use invalidate::{Invalidations, Predicate, Seen};
 
 pub(crate) use crate::store::handoff::UNFILED;
 
@@ -83,7 +87,7 @@ pub(crate) struct Settings<K, V> {
 }
 
 /// The map, the hand-off to the task, the loads in flight, the clock and the
-/// `invalidate_all` generation.
+/// generations of invalidations.
 pub(crate) struct Store<K, V, S> {
     pub(crate) map: Map<K, V, S>,
     pub(crate) handoff: Handoff<K, S>,
@@ -106,16 +110,8 @@ pub(crate) struct Store<K, V, S> {
     /// cache starts waits on a clone).
     pub(crate) token: CancellationToken,
     pub(crate) stats_interval: Option<Duration>,
-    /// `invalidate_all` calls so far; entries keep it modulo 2^29 ([`GENERATION_MASK`]).
-    generation: AtomicU64,
-    /// The generation the last complete sweep reached: every entry in the map was written
-    /// in it or later. `invalidate_all` sweeps by itself before its generation could come
-    /// round to one an unswept entry still has (see [`Store::invalidate_all`]).
-    swept: AtomicU64,
-    /// When each of the last few generations began (`invalidate_all`), by generation modulo
-    /// [`INVALIDATIONS`]: tells an entry that expired before it was hidden from one hidden
-    /// while live.
-    invalidated_at: [AtomicU64; INVALIDATIONS],
+    /// The generations `invalidate_all` and `invalidate_entries_if` begin.
+    pub(crate) invalidations: Invalidations<K, V>,
     /// Inserts that found their new key's policy shard busy and took the ordered way (a
     /// rare path; test-only visibility).
     fallbacks: std::sync::atomic::AtomicUsize,
@@ -135,8 +131,19 @@ impl<K, V, S> Store<K, V, S> {
     }
 }
 
-/// How many `invalidate_all` times [`Store`] remembers.
-const INVALIDATIONS: usize = 16;
+/// What is left to ask about an older entry once no lock is held: the pending predicates,
+/// with a copy of its key (`None`: nothing, it is visible).
+struct Ask<K, V>(Option<(K, Vec<Predicate<K, V>>)>);
+
+impl<K, V> Ask<K, V> {
+    /// `value`, unless a pending predicate matches its entry.
+    fn visible(self, value: V) -> Option<V> {
+        match self.0 {
+            Some((key, predicates)) if Invalidations::matches(&predicates, &key, &value) => None,
+            _ => Some(value),
+        }
+    }
+}
 
 impl<K, V, S> Store<K, V, S>
 where
@@ -172,9 +179,7 @@ where
             jitter: settings.jitter,
             token: settings.token,
             stats_interval: settings.stats_interval,
-            generation: AtomicU64::new(0),
-            swept: AtomicU64::new(0),
-            invalidated_at: std::array::from_fn(|_| AtomicU64::new(0)),
+            invalidations: Invalidations::default(),
             fallbacks: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -193,10 +198,10 @@ where
         (!ttl.is_zero()).then(|| self.clock.cap_after(ttl))
     }
 
-    /// The current `invalidate_all` generation.
+    /// The current generation (see `invalidate.rs`).
     #[inline]
     pub(crate) fn generation(&self) -> u32 {
-        (self.generation.load(Ordering::Acquire) & u64::from(GENERATION_MASK)) as u32
+        self.invalidations.generation()
     }
 
     #[inline]
@@ -247,12 +252,13 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let generation = self.generation();
-        map.view(key, |_, stored| {
+        let found = map.view(key, |k, stored| {
             let e = stored.entry();
             let deadline = e.deadline();
-            if e.generation() != generation {
-                return None;
-            }
+            let ask = match e.generation() == generation {
+                true => None,
+                false => Some(self.older(k, e)?),
+            };
             if deadline != NEVER {
                 let now = self.clock.now();
                 if deadline <= now {
@@ -265,9 +271,25 @@ where
             if self.capacity.is_some() {
                 e.bump();
             }
-            Some(e.value.clone())
-        })
-        .flatten()
+            Some((e.value.clone(), ask))
+        });
+        let (value, ask) = found.flatten()?;
+        match ask {
+            None => Some(value),
+            Some(ask) => ask.visible(value),
+        }
+    }
+
+    /// For an entry of an older generation than the current one, under its shard lock:
+    /// `None` if an `invalidate_all` hid it, else what is left to ask, once no lock is held
+    /// (copies of the key and of the predicates pending, if any; see `invalidate.rs`).
+    #[cold]
+    fn older(&self, key: &K, entry: &Entry<V>) -> Option<Ask<K, V>> {
+        match self.invalidations.seen(entry.generation()) {
+            Seen::Hidden => None,
+            Seen::Visible { .. } => Some(Ask(None)),
+            Seen::Ask { predicates, .. } => Some(Ask(Some((key.clone(), predicates)))),
+        }
     }
 
     /// Record a read access: move an idle deadline later, within the cap.
@@ -282,20 +304,33 @@ where
     /// The live value for `key`, without counting or touching anything (see `iter.rs`).
     pub(crate) fn live_value(&self, key: &K) -> Option<V> {
         let generation = self.generation();
-        self.map
-            .view(key, |_, e| {
-                e.is_live(generation, || self.clock.now())
-                    .then(|| e.value.clone())
-            })
-            .flatten()
+        let found = self.map.view(key, |k, e| {
+            let ask = match e.generation() == generation {
+                true => None,
+                false => Some(self.older(k, e)?),
+            };
+            e.is_live(e.generation(), || self.clock.now())
+                .then(|| (e.value.clone(), ask))
+        });
+        let (value, ask) = found.flatten()?;
+        match ask {
+            None => Some(value),
+            Some(ask) => ask.visible(value),
+        }
     }
 
-    /// Copies of the keys of the live entries, one map shard at a time. A key whose `Clone`
-    /// panics is left out.
+    /// Copies of the keys of the entries that may be live (not expired, not hidden by an
+    /// `invalidate_all`), one map shard at a time; a pending predicate is asked later, by
+    /// [`live_value`](Self::live_value). A key whose `Clone` panics is left out.
     pub(crate) fn live_keys(&self) -> Vec<K> {
         let generation = self.generation();
         let now = self.clock.now();
-        self.map.keys_where(|e| e.is_live(generation, || now)).0
+        self.map
+            .keys_where(|e| {
+                e.is_live(e.generation(), || now)
+                    && (e.generation() == generation || !self.invalidations.hidden(e.generation()))
+            })
+            .0
     }
 
     pub(crate) fn contains_key<Q>(&self, key: &Q) -> bool
@@ -304,9 +339,23 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let generation = self.generation();
-        self.map
-            .view(key, |_, e| e.is_live(generation, || self.clock.now()))
-            .unwrap_or(false)
+        let found = self.map.view(key, |k, e| {
+            if !e.is_live(e.generation(), || self.clock.now()) {
+                return None;
+            }
+            match e.generation() == generation {
+                true => Some(None),
+                false => match self.older(k, e)? {
+                    Ask(None) => Some(None),
+                    ask => Some(Some((ask, e.value.clone()))),
+                },
+            }
+        });
+        match found.flatten() {
+            None => false,
+            Some(None) => true,
+            Some(Some((ask, value))) => ask.visible(value).is_some(),
+        }
     }
 
     /// The total weight held, for a bounded cache.
@@ -392,8 +441,8 @@ mod tests {
         cache.invalidate_all();
         let store = cache.store();
         store
-            .generation
-            .fetch_add(u64::from(GENERATION_MASK) - 1, Ordering::AcqRel);
+            .invalidations
+            .skip(u64::from(entry::GENERATION_MASK) - 1);
         TRAP.store(true, Ordering::SeqCst);
         cache.invalidate_all();
         assert_eq!(store.generation(), 0);
@@ -403,6 +452,49 @@ mod tests {
             None,
             "an entry the sweep could not copy came back"
         );
+    }
+
+    #[test]
+    fn predicates_never_bring_an_entry_back_when_generations_wrap() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let cache = crate::Cache::<u64, u64>::builder().build_on(rt.handle());
+        // No task will sweep: its runtime is gone.
+        drop(rt);
+        for k in 0..4 {
+            cache.insert(k, k);
+        }
+        cache.invalidate_entries_if(|k, _| *k == 1);
+        let store = cache.store();
+        store
+            .invalidations
+            .skip(u64::from(entry::GENERATION_MASK) - 1);
+        // This one would come round to the entries' generation: it sweeps first.
+        cache.invalidate_entries_if(|k, _| *k == 2);
+        assert_eq!(store.invalidations.pending(), 1);
+        assert_eq!(
+            cache.entry_count(),
+            3,
+            "the first predicate's match was swept"
+        );
+        let live: Vec<u64> = {
+            let mut live: Vec<u64> = cache.iter().map(|(k, _)| k).collect();
+            live.sort();
+            live
+        };
+        assert_eq!(live, [0, 3]);
+        // Round and round again: nothing comes back.
+        for _ in 0..3 {
+            store
+                .invalidations
+                .skip(u64::from(entry::GENERATION_MASK) - 1);
+            cache.invalidate_entries_if(|_, _| false);
+            let mut live: Vec<u64> = cache.iter().map(|(k, _)| k).collect();
+            live.sort();
+            assert_eq!(live, [0, 3]);
+        }
     }
 
     #[test]
@@ -420,9 +512,9 @@ mod tests {
         // Skip to the last call before the generation comes round to the entry's (0).
         let store = cache.store();
         store
-            .generation
-            .fetch_add(u64::from(GENERATION_MASK) - 1, Ordering::AcqRel);
-        assert_eq!(store.generation(), GENERATION_MASK);
+            .invalidations
+            .skip(u64::from(entry::GENERATION_MASK) - 1);
+        assert_eq!(store.generation(), entry::GENERATION_MASK);
         cache.invalidate_all();
         assert_eq!(store.generation(), 0);
         assert_eq!(cache.get(&1), None, "an invalidated entry came back");

@@ -1,6 +1,6 @@
-//! Removals: by a caller (`remove`), by the expiry task (a fired node, a sweep), by
-//! `invalidate_all` itself when generations would wrap; how a removal's cause is judged; and
-//! the one place every removal is counted and reported.
+//! Removals: by a caller (`remove`), by the expiry task (a fired node, a sweep of what an
+//! invalidation hid), by an invalidation itself when generations would wrap; how a removal's
+//! cause is judged; and the one place every removal is counted and reported.
 //!
 //! Invariants:
 //! - **Reported once.** Every entry that leaves the map is counted and reported exactly once,
@@ -14,14 +14,14 @@
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 
 use dashmap::Entry as Slot;
 
 use super::capacity::Held;
-use super::entry::{with_map, Entry, Fired, Retired, GENERATION_MASK};
+use super::entry::{with_map, Entry, Fired, Retired, Stored};
 use super::handoff::UNFILED;
-use super::{Store, INVALIDATIONS};
+use super::invalidate::{Begin, Invalidations, Predicate, Seen};
+use super::Store;
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::time::clock::NEVER;
@@ -73,7 +73,7 @@ where
         let (key, entry) = removed?;
         self.forget(held, &key, &entry);
         let cause = self.cause(&entry, RemovalCause::Explicit);
-        let live = cause == RemovalCause::Explicit && entry.generation() == self.generation();
+        let live = cause == RemovalCause::Explicit && self.visible(&key, &entry);
         if !self.notifier.is_active() {
             self.count_removal(cause);
             return live.then_some(entry.value);
@@ -107,16 +107,10 @@ where
         now: impl FnOnce() -> u64,
     ) -> RemovalCause {
         let deadline = entry.deadline();
-        let generation = self.generation();
         // When `invalidate_all` hid the entry, if it did and we still know when.
-        let hidden_at = (entry.generation() != generation).then(|| {
-            let hider = entry.generation().wrapping_add(1) & GENERATION_MASK;
-            if generation.wrapping_sub(hider) & GENERATION_MASK < INVALIDATIONS as u32 {
-                self.invalidated_at[hider as usize % INVALIDATIONS].load(Ordering::Acquire)
-            } else {
-                0
-            }
-        });
+        let hidden_at = (entry.generation() != self.generation())
+            .then(|| self.invalidations.hidden_at(entry.generation()))
+            .flatten();
         match hidden_at {
             Some(at) if deadline != NEVER && deadline <= at => RemovalCause::Expired,
             Some(_) => RemovalCause::Explicit,
@@ -199,7 +193,11 @@ where
             if entry.node != node {
                 return false;
             }
-            if !entry.is_live(generation, || now) {
+            // Expired, or hidden by `invalidate_all` (a pending predicate is the sweep's).
+            if !entry.is_live(entry.generation(), || now)
+                || (entry.generation() != generation
+                    && self.invalidations.hidden(entry.generation()))
+            {
                 return true;
             }
             fired = match entry.deadline() {
@@ -223,21 +221,76 @@ where
         Fired::Removed(self.retired(key, entry, cause))
     }
 
-    /// A sweep's step: remove `key`'s entry if `invalidate_all` hid it; what left, to report.
-    /// Its node, queued or linked, goes back through the hand-off like a writer's.
+    /// A sweep's step for `key`, whose entry may be older than the current generation:
+    /// removed if an `invalidate_all` hid it or a pending predicate matches it (asked on
+    /// copies, with no lock held), else restamped with the generation it was checked
+    /// through (see `invalidate.rs`). What left, to report. Its node, queued or linked, goes
+    /// back through the hand-off like a writer's.
     pub(crate) fn sweep_one(&self, key: &K) -> Option<Retired<K, V>> {
-        let held = self.hold_for_removal(key);
         let generation = self.generation();
+        // What the entry is, and copies for the predicates.
+        let look = self.map.view(key, |k, entry| {
+            let e = entry.generation();
+            if e == generation {
+                return None;
+            }
+            Some(match self.invalidations.seen(e) {
+                Seen::Hidden => (e, None, true, 0),
+                Seen::Visible { through } => (e, None, false, through),
+                Seen::Ask {
+                    predicates,
+                    through,
+                } => (
+                    e,
+                    Some((k.clone(), entry.value.clone(), predicates)),
+                    false,
+                    through,
+                ),
+            })
+        });
+        let (e, ask, hidden, through) = look.flatten()?;
+        let out = match &ask {
+            Some((key, value, predicates)) => Invalidations::matches(predicates, key, value),
+            None => hidden,
+        };
+        if out {
+            return self.sweep_out(key, e);
+        }
+        with_map!(&self.map, m => {
+            if let Some(mut stored) = m.get_mut(key) {
+                if stored.entry().generation() == e {
+                    stored.entry_mut().set_generation(through);
+                }
+            }
+        });
+        None
+    }
+
+    /// Remove `key`'s entry if it is still the one of generation `e` a sweep judged.
+    fn sweep_out(&self, key: &K, e: u32) -> Option<Retired<K, V>> {
+        let held = self.hold_for_removal(key);
         let (key, entry) = self.map.remove_if(key, |key, entry| {
-            let stale = entry.generation() != generation;
-            if stale {
+            let same = entry.generation() == e;
+            if same {
                 self.orphan(key, entry);
             }
-            stale
+            same
         })?;
         self.forget(held, &key, &entry);
         let cause = self.cause(&entry, RemovalCause::Explicit);
         Some(self.retired(key, entry, cause))
+    }
+
+    /// Whether `entry`, out of the map with its `key`, was visible as far as invalidations go.
+    fn visible(&self, key: &K, entry: &Entry<V>) -> bool {
+        if entry.generation() == self.generation() {
+            return true;
+        }
+        match self.invalidations.seen(entry.generation()) {
+            Seen::Visible { .. } => true,
+            Seen::Hidden => false,
+            Seen::Ask { predicates, .. } => !Invalidations::matches(&predicates, key, &entry.value),
+        }
     }
 
     /// [`retire`](Self::retire) each; a panic in one value's `Drop` does not keep the others
@@ -255,53 +308,56 @@ where
     }
 
     /// Make every entry written so far invisible, at once; the task sweeps them later.
-    ///
-    /// Entries keep their generation modulo 2^29, so the generation must never come round to
-    /// one an entry still in the map has: that entry would be live again. The task's sweeps
-    /// keep the map far from that; if they have not (no task has swept for 2^29 - 1 calls: its
-    /// runtime shut down), this call sweeps the map itself first, once in 2^29 calls.
     pub(crate) fn invalidate_all(&self) {
-        let mut current = self.generation.load(Ordering::Acquire);
+        self.begin(Begin::All {
+            now: self.clock.now(),
+        });
+    }
+
+    /// From now on, hide every entry written so far that `predicate` matches; the task
+    /// sweeps them later (see `invalidate.rs`).
+    pub(crate) fn invalidate_if(&self, predicate: Predicate<K, V>) {
+        self.begin(Begin::Matching(predicate));
+    }
+
+    /// Begin a generation, and wake the task to sweep.
+    ///
+    /// Entries keep their generation modulo 2^29, so a new generation must never come round to
+    /// one an entry still in the map has: that entry would be live again. The task's sweeps
+    /// keep the map far from that; if they have not (no task has swept for 2^29 - 1
+    /// generations: its runtime shut down), this call sweeps the map itself first.
+    fn begin(&self, mut begin: Begin<K, V>) {
         loop {
-            if current + 1 - self.swept.load(Ordering::Acquire) > u64::from(GENERATION_MASK) {
-                self.sweep_all();
-            }
-            let next = (current + 1) & u64::from(GENERATION_MASK);
-            self.invalidated_at[next as usize % INVALIDATIONS]
-                .store(self.clock.now(), Ordering::Release);
-            // One step at a time: two calls at the wrap boundary cannot both skip the sweep.
-            match self.generation.compare_exchange(
-                current,
-                current + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => current = actual,
+            match self.invalidations.begin(begin) {
+                Ok(()) => break,
+                Err(back) => {
+                    begin = back;
+                    self.sweep_all();
+                }
             }
         }
         self.signals.notify.wake();
     }
 
-    /// The full generation count, for a sweep to say which generation it reached.
+    /// The current generation's full number, for a sweep to say which generation it reached.
     pub(crate) fn generation_count(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.invalidations.count()
     }
 
-    /// Whether `invalidate_all` hid entries that no sweep has removed yet.
+    /// Whether an invalidation left entries that no sweep has checked yet.
     pub(crate) fn has_unswept(&self) -> bool {
-        self.generation_count() > self.swept.load(Ordering::Acquire)
+        self.invalidations.has_unswept()
     }
 
-    /// Every entry written before generation `count` has been swept.
+    /// A complete sweep that began at generation `count` checked every older entry.
     pub(crate) fn swept_to(&self, count: u64) {
-        self.swept.fetch_max(count, Ordering::AcqRel);
+        self.invalidations.swept_to(count);
     }
 
-    /// Sweep, on the calling thread, every entry `invalidate_all` has hidden so far.
+    /// Sweep, on the calling thread, every entry older than the current generation.
     fn sweep_all(&self) {
         let count = self.generation_count();
-        let generation = (count & u64::from(GENERATION_MASK)) as u32;
+        let generation = self.generation();
         let (keys, failed) = self.map.stale_keys(generation);
         for key in keys {
             if let Some(retired) = self.sweep_one(&key) {
@@ -309,9 +365,11 @@ where
             }
         }
         if failed > 0 {
-            // Keys whose `Clone` panicked stay in the map: their deadline goes to the past,
-            // so that no generation can make them readable again.
-            self.map.expire_stale(generation);
+            // Keys whose `Clone` panicked stay in the map: if hidden, their deadline goes to
+            // the past, so that no generation can make them readable again.
+            self.map.expire_where(|e| {
+                e.generation() != generation && self.invalidations.hidden(e.generation())
+            });
         }
         self.swept_to(count);
     }

@@ -238,7 +238,7 @@ where
         flight: &SyncArc<Flight<V>>,
         value: V,
         cap: Option<Cap>,
-        generation: u32,
+        generation: u64,
     ) {
         let admission = self.admission(&key, &value);
         let written = with_map!(&self.map, m => {
@@ -247,8 +247,9 @@ where
             // this point, or finds no flight and writes after us.
             self.flights.unregister(slot.key(), flight);
             match cap {
-                Some(cap) if !flight.is_superseded() && self.generation() == generation => {
-                    Some(self.write(slot, value, cap, generation))
+                // Written now: a predicate given since the load began does not apply to it.
+                Some(cap) if !flight.is_superseded() && !self.invalidations.all_after(generation) => {
+                    Some(self.write(slot, value, cap, self.generation()))
                 }
                 _ => None,
             }
