@@ -134,6 +134,7 @@
 
 mod builder;
 mod cache;
+mod compute;
 mod config;
 mod error;
 mod iter;
@@ -148,6 +149,7 @@ mod time;
 
 pub use builder::CacheBuilder;
 pub use cache::{Cache, WeakCache};
+pub use compute::{CompResult, Entry, Op, OwnedKeyEntrySelector, RefKeyEntrySelector};
 pub use config::Policy;
 pub use error::BuildError;
 pub use iter::Iter;

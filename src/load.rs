@@ -32,7 +32,7 @@ use crate::sync::Arc;
 /// The flights whose loaders this thread is polling right now, innermost last. A caller about
 /// to wait on one of them is running inside that very loader: it would wait on its own load
 /// forever, so it panics instead, naming the mistake.
-mod loading {
+pub(crate) mod loading {
     use std::cell::RefCell;
 
     use crate::store::flight::Flight;
@@ -47,9 +47,9 @@ mod loading {
     }
 
     /// Marks `flight`'s loader as being polled on this thread until dropped.
-    pub(super) struct Polling(());
+    pub(crate) struct Polling(());
 
-    pub(super) fn enter<V>(flight: &Arc<Flight<V>>) -> Polling {
+    pub(crate) fn enter<V>(flight: &Arc<Flight<V>>) -> Polling {
         POLLING.with(|polling| polling.borrow_mut().push(address(flight)));
         Polling(())
     }
@@ -61,7 +61,7 @@ mod loading {
     }
 
     /// Panic if this thread is polling `flight`'s own loader.
-    pub(super) fn refuse_own<V>(flight: &Arc<Flight<V>>) {
+    pub(crate) fn refuse_own<V>(flight: &Arc<Flight<V>>) {
         let own = POLLING.with(|polling| polling.borrow().contains(&address(flight)));
         assert!(
             !own,
@@ -73,7 +73,7 @@ mod loading {
 }
 
 /// What a loader produced, before it is shared.
-enum Loaded<V> {
+pub(crate) enum Loaded<V> {
     /// A value, with the loader's own TTL if it gave one.
     Value(V, Option<Duration>),
     Error(SharedError),
@@ -127,13 +127,15 @@ where
 /// box, only when this caller leads; it is never polled in place, so `Load` is `Unpin`
 /// whatever the loader is, with no unsafe pinning. What a miss needs lives in a box, so that
 /// a hit, done at its first poll, leaves nothing behind but an empty `Option` to drop.
-struct Load<'a, K, V, S, F> {
+pub(crate) struct Load<'a, K, V, S, F> {
     store: &'a Store<K, V, S>,
     key: K,
     /// The loader, until this caller leads.
     init: Option<F>,
     /// Whether the first poll has looked at the store.
     looked: bool,
+    /// Whether this caller's own loader produced the outcome (the entry API's `is_fresh`).
+    pub(crate) led: bool,
     /// After a miss, until the outcome is returned.
     miss: Option<Box<State<K, V, S, F>>>,
 }
@@ -158,24 +160,26 @@ where
     F: Future,
 {
     #[inline]
-    fn new(store: &'a Store<K, V, S>, key: K, init: F) -> Self {
+    pub(crate) fn new(store: &'a Store<K, V, S>, key: K, init: F) -> Self {
         Load {
             store,
             key,
             init: Some(init),
             looked: false,
+            led: false,
             miss: None,
         }
     }
 
     /// A load for a caller that already looked at the store and missed (counted): a
     /// by-reference lookup that owns its key only now.
-    fn missed(store: &'a Store<K, V, S>, key: K, init: F) -> Self {
+    pub(crate) fn missed(store: &'a Store<K, V, S>, key: K, init: F) -> Self {
         Load {
             store,
             key,
             init: Some(init),
             looked: true,
+            led: false,
             miss: Some(Box::new(State::Join)),
         }
     }
@@ -270,6 +274,7 @@ where
                         (Arc::clone(&lead.flight), lead.generation, lead.started);
                     let outcome = self.store_loaded(&flight, loaded(output), generation, started);
                     store.flights.end(&self.key, &flight, outcome.clone());
+                    self.led = true;
                     // Ended: from here on, dropping this future abandons nothing. The loader
                     // is dropped last, after the flight is settled.
                     drop(self.miss.take());
@@ -304,7 +309,8 @@ where
                     Some(ttl) => store.cap_for_ttl(ttl),
                     None => Some(store.default_cap()),
                 };
-                store.finish_load(
+                // Stored or not (a write won), the callers get the value.
+                let _stored = store.finish_load(
                     self.key.clone(),
                     flight,
                     value.clone(),
@@ -371,7 +377,7 @@ loading_future! {
 
 /// How each loading method turns a loader's output into a [`Loaded`], which outcomes of
 /// another caller's flight it accepts besides values, and what it returns.
-trait Kind<V> {
+pub(crate) trait Kind<V> {
     /// The loader's output.
     type Input;
     /// What the future returns.
@@ -383,15 +389,15 @@ trait Kind<V> {
 }
 
 /// `get_with`: a value.
-struct Plain;
+pub(crate) struct Plain;
 /// `get_with_expiry`: a value and its TTL.
-struct Expiring;
+pub(crate) struct Expiring;
 /// `try_get_with`: a value or an error of type `E`.
-struct Fallible<E>(std::marker::PhantomData<E>);
+pub(crate) struct Fallible<E>(std::marker::PhantomData<E>);
 /// `try_get_with_expiry`: a value and its TTL, or an error of type `E`.
-struct FallibleExpiring<E>(std::marker::PhantomData<E>);
+pub(crate) struct FallibleExpiring<E>(std::marker::PhantomData<E>);
 /// `optionally_get_with`: a value, or nothing.
-struct Optional;
+pub(crate) struct Optional;
 
 impl<V> Kind<V> for Plain {
     type Input = V;
@@ -509,7 +515,10 @@ where
 {
     /// One poll of a loading method of kind `M`.
     #[inline]
-    fn poll_as<M: Kind<V, Input = F::Output>>(&mut self, cx: &mut Context<'_>) -> Poll<M::Output> {
+    pub(crate) fn poll_as<M: Kind<V, Input = F::Output>>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<M::Output> {
         if let Some(value) = self.hit() {
             return Poll::Ready(M::hit(value));
         }

@@ -19,6 +19,7 @@ use dashmap::Entry as Slot;
 
 use super::capacity::Held;
 use super::entry::{with_map, Entry, Fired, Retired, Stored};
+use super::flight::Flight;
 use super::handoff::UNFILED;
 use super::invalidate::{Begin, Invalidations, Predicate, Seen};
 use super::Store;
@@ -78,6 +79,26 @@ where
             self.count_removal(cause);
             return live.then_some(entry.value);
         }
+        let value = live.then(|| entry.value.clone());
+        self.retire(self.retired(key, entry, cause));
+        value
+    }
+
+    /// A compute's removal of `key`, as the leader of `flight`: unless a write superseded
+    /// the flight (checked under the shard lock, where writers mark it). Its value if it was
+    /// live.
+    pub(crate) fn remove_for(&self, key: &K, flight: &Flight<V>) -> Option<V> {
+        let held = self.hold_for_removal(key);
+        let (key, entry) = self.map.remove_if(key, |key, entry| {
+            if flight.is_superseded() {
+                return false;
+            }
+            self.orphan(key, entry);
+            true
+        })?;
+        self.forget(held, &key, &entry);
+        let cause = self.cause(&entry, RemovalCause::Explicit);
+        let live = cause == RemovalCause::Explicit && self.visible(&key, &entry);
         let value = live.then(|| entry.value.clone());
         self.retire(self.retired(key, entry, cause));
         value

@@ -231,7 +231,8 @@ where
     }
 
     /// Store the value a load produced, unless a write or `invalidate_all` landed while it
-    /// loaded (see `load.rs`), or `cap` is `None` (a zero TTL: returned, not stored).
+    /// loaded (see `load.rs`), or `cap` is `None` (a zero TTL: returned, not stored); whether
+    /// it was stored.
     pub(crate) fn finish_load(
         &self,
         key: K,
@@ -239,7 +240,7 @@ where
         value: V,
         cap: Option<Cap>,
         generation: u64,
-    ) {
+    ) -> bool {
         let admission = self.admission(&key, &value);
         let written = with_map!(&self.map, m => {
             let slot = m.entry(key);
@@ -254,6 +255,7 @@ where
                 _ => None,
             }
         });
+        let stored = written.is_some();
         match (written, &self.capacity, admission) {
             (Some(replaced), _, admission) => self.after_write(admission, replaced),
             (None, Some(capacity), Some(mut admission)) => {
@@ -261,6 +263,7 @@ where
             }
             (None, ..) => {}
         }
+        stored
     }
 
     /// Write an entry into `slot`, held under its shard lock, telling the task about a new or
