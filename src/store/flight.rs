@@ -376,6 +376,55 @@ mod loom_flights {
         });
     }
 
+    /// A compute of key 1 (`compute.rs`): it leads the key's flight, waiting out any other
+    /// flight whatever its outcome; leading, it computes `stored * 2 + 1` from what is stored
+    /// (0 for absent) and stores that, then ends its flight with the value.
+    fn compute(registry: &Registry, stored: &AtomicUsize, loading: &AtomicUsize) -> u32 {
+        loop {
+            match registry.join_or_lead(&1) {
+                Role::Lead(flight) => {
+                    let others = loading.fetch_add(1, Ordering::SeqCst);
+                    assert_eq!(others, 0, "a compute overlapped a load or compute");
+                    let new = stored.load(Ordering::SeqCst) * 2 + 1;
+                    stored.store(new, Ordering::SeqCst);
+                    loading.fetch_sub(1, Ordering::SeqCst);
+                    registry.end(&1, &flight, Outcome::Value(new as u32));
+                    return new as u32;
+                }
+                Role::Wait(flight) => drop(flight.wait_blocking()),
+            }
+        }
+    }
+
+    #[test]
+    fn loom_single_flight_a_compute_racing_a_load() {
+        loom::model(|| {
+            let registry = Arc::new(Registry::new(2, Default::default()));
+            let stored = Arc::new(AtomicUsize::new(0));
+            let loading = Arc::new(AtomicUsize::new(0));
+            let loads = Arc::new(AtomicUsize::new(0));
+            let computing = {
+                let (registry, stored, loading) = (
+                    Arc::clone(&registry),
+                    Arc::clone(&stored),
+                    Arc::clone(&loading),
+                );
+                thread::spawn(move || compute(&registry, &stored, &loading))
+            };
+            let loaded = caller(&registry, &stored, &loading, &loads, Ends::Finishes);
+            let computed = computing.join().unwrap();
+            // One order or the other, never interleaved: the load first (7, then 15), or the
+            // compute first (1, which the load then finds or is handed).
+            match computed {
+                15 => assert_eq!(loaded, Some(7)),
+                1 => assert_eq!(loaded, Some(1)),
+                other => panic!("computed {other}"),
+            }
+            assert_eq!(stored.load(Ordering::SeqCst), computed as usize);
+            assert_eq!(registry.len(), 0);
+        });
+    }
+
     #[test]
     fn loom_single_flight_leader_waiters_cancellation() {
         three_callers(Ends::Cancelled);
