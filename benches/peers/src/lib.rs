@@ -4,7 +4,7 @@
 //! - `mixed`: the mixed workloads (`read_heavy`, `write_heavy`), used by the `core` bench and
 //!   by `ebb-peers read-heavy`.
 //! - One module per subcommand of the binary: `report`, `chart`, `hit_ratio`, `read_heavy`,
-//!   `clock_scan`, and `workloads` (the process-level workloads).
+//!   `clock_scan`, `weighted_writes`, and `workloads` (the process-level workloads).
 //! - `alloc`: the counting allocator, which the binary installs as its `#[global_allocator]`
 //!   and `workloads` reads; the benches run on the system allocator.
 
@@ -16,6 +16,7 @@ pub mod mixed;
 pub mod names;
 pub mod read_heavy;
 pub mod report;
+pub mod weighted_writes;
 pub mod workloads;
 
 /// The `[ROUNDS]` argument of the alternating subcommands: a positive number, or `default`.
