@@ -244,3 +244,31 @@ async fn the_shared_total_balances_under_concurrent_writes_and_removals() {
         .await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scan_does_not_flush_the_hot_keys_on_any_shard_count() {
+    for shards in SHARDS {
+        let (c, _) = cache(10_000, shards);
+        // 5,000 hot keys of weight 1, read again and again.
+        for _ in 0..5 {
+            for k in 0..5_000 {
+                if c.get(&k).is_none() {
+                    c.insert(k, 1);
+                }
+            }
+        }
+        // A one-pass scan over 100,000 keys nobody reads twice: each must win the policy's
+        // admission to get in, whatever shard it lands in.
+        for k in 1_000_000..1_100_000 {
+            if c.get(&k).is_none() {
+                c.insert(k, 1);
+            }
+        }
+        let hot = (0..5_000).filter(|k| c.get(k).is_some()).count();
+        assert!(
+            hot >= 4_500,
+            "{shards} shards: only {hot} of 5,000 hot keys survived the scan"
+        );
+        assert!(c.weighted_size() <= 10_000);
+    }
+}

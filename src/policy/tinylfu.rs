@@ -244,11 +244,16 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             let Some(candidate) = residents.status(&key).filter(|s| !s.main) else {
                 continue; // Gone, or a stale item of an entry now in main.
             };
-            let main_capacity = self.capacity - self.window_capacity.min(self.capacity);
-            if candidate.weight == 0
-                || self.main_weight + u64::from(candidate.weight) <= main_capacity
-                || (!over && limit.shared())
-            {
+            // Main has room: in its own share, or, under a shared bound, while the cache is
+            // not over it (a shard below its share may not take a candidate past admission
+            // while the cache is over: that is another shard's room).
+            let room = if limit.shared() {
+                !over
+            } else {
+                let main_capacity = self.capacity - self.window_capacity.min(self.capacity);
+                self.main_weight + u64::from(candidate.weight) <= main_capacity
+            };
+            if candidate.weight == 0 || room {
                 self.promote(residents, key, candidate);
                 continue;
             }

@@ -266,10 +266,14 @@ where
         let Some(shared) = &self.shared else { return };
         let after = policy.weight();
         shared.weights[index].store(after, Ordering::Relaxed);
-        if after >= before {
-            shared.total.fetch_add(after - before, Ordering::AcqRel);
-        } else {
-            shared.total.fetch_sub(before - after, Ordering::AcqRel);
+        match after.cmp(&before) {
+            std::cmp::Ordering::Greater => {
+                shared.total.fetch_add(after - before, Ordering::AcqRel);
+            }
+            std::cmp::Ordering::Less => {
+                shared.total.fetch_sub(before - after, Ordering::AcqRel);
+            }
+            std::cmp::Ordering::Equal => {}
         }
     }
 
