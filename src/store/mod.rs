@@ -45,7 +45,7 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::Notifier;
-use crate::stats::{Counter, Counters, Lag};
+use crate::stats::{CacheStats, Counter, Counters, Lag};
 use crate::store::handoff::{Handoff, Signals};
 use crate::time::clock::{Cap, Clock, NEVER};
 use crate::time::jitter;
@@ -75,6 +75,9 @@ pub(crate) struct Settings<K, V> {
     pub(crate) token: CancellationToken,
     /// Every how long the task logs a stats line, if asked.
     pub(crate) stats_interval: Option<Duration>,
+    /// Every how long the task publishes metrics, if asked.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_interval: Option<Duration>,
 }
 
 /// The map, the hand-off to the task, the loads in flight, the clock and the
@@ -99,6 +102,11 @@ pub(crate) struct Store<K, V, S> {
     /// cache starts waits on a clone).
     pub(crate) token: CancellationToken,
     pub(crate) stats_interval: Option<Duration>,
+    /// Every how long the task publishes metrics, if asked; and the handles it publishes to.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_interval: Option<Duration>,
+    #[cfg(feature = "metrics")]
+    metrics: crate::metrics::Metrics,
     /// `invalidate_all` calls so far; entries keep it modulo 2^29 ([`GENERATION_MASK`]).
     generation: AtomicU64,
     /// The generation the last complete sweep reached: every entry in the map was written
@@ -164,6 +172,10 @@ where
             jitter: settings.jitter,
             token: settings.token,
             stats_interval: settings.stats_interval,
+            #[cfg(feature = "metrics")]
+            metrics_interval: settings.metrics_interval,
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::Metrics::default(),
             generation: AtomicU64::new(0),
             swept: AtomicU64::new(0),
             invalidated_at: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -280,6 +292,31 @@ where
         self.map
             .view(key, |_, e| e.is_live(generation, || self.clock.now()))
             .unwrap_or(false)
+    }
+
+    /// The total weight held: the capacity policy's, or the entry count without one.
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.policy_weight()
+            .unwrap_or_else(|| self.map.len() as u64)
+    }
+
+    /// A snapshot of the statistics. Unlike `Cache::stats`, it starts no expiry task.
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats::read(
+            self.counters(),
+            &self.lag,
+            self.map.len() as u64,
+            self.weighted_size(),
+            self.notifications_dropped(),
+        )
+    }
+
+    /// Publish a snapshot of the statistics through the `metrics` facade, under the cache's
+    /// name. The snapshot is complete before the recorder is called.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_metrics(&self) {
+        let stats = self.stats();
+        self.metrics.publish(&self.name, &stats);
     }
 
     /// Total weight the capacity policy accounts for, for a bounded cache.
