@@ -27,7 +27,9 @@
 //!   to the hand-off's reserve, where writers take ids before any fresh one.
 //! - **Idle costs nothing**: with no node in the wheel the interval is not polled at all; with
 //!   nodes it is reset to the next occupied slot, so a far deadline costs a handful of wake-ups.
-//!   `MissedTickBehavior::Delay`: after a stall the task runs once, not in a burst.
+//!   `MissedTickBehavior::Delay`: after a stall the task runs once, not in a burst. The one
+//!   exception is what the user asked for ([`Reports`]): a `stats_interval` line and, with
+//!   the `metrics` feature, `publish_metrics(interval)`, each waking the task once a period.
 //! - **Bounded batches**: it yields after every [`BATCH`] records, nodes or removals.
 //! - **Closed once stopped**: however it stops (cancelled, runtime shut down), the hand-off is
 //!   closed so that writers stop queueing records no one will read.
