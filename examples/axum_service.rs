@@ -6,6 +6,10 @@
 //! - `PUT /users/{id}` with a JSON body `{"name": "..."}` writes through: store, then cache.
 //! - `DELETE /users/{id}` invalidates the cached entry (the store keeps the user).
 //! - `GET /stats` returns the cache's statistics and the store's call counts as JSON.
+//! - `GET /metrics` (with ebb's `metrics` feature, which `cargo run --example` turns on)
+//!   publishes the cache's metrics and renders them in Prometheus's text format, through
+//!   `metrics-exporter-prometheus`'s recorder: `ebb_cache_hits_total{cache="users"}` and the
+//!   rest of `docs/metrics.md`.
 //!
 //! The cache is built once, into the state; handlers get clones of it through `State`. Its
 //! expiry task logs `expiry task started`; on Ctrl-C the server stops gracefully, the state
@@ -18,6 +22,7 @@
 //! curl -X PUT -H 'content-type: application/json' -d '{"name":"Ada"}' localhost:3000/users/7
 //! curl -X DELETE localhost:3000/users/7
 //! curl localhost:3000/stats
+//! curl localhost:3000/metrics
 //! ```
 //!
 //! Settings come from the environment: `PORT` (3000), `USERS_TTL_MS` (30000), `TICK_MS`
@@ -29,14 +34,20 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "metrics")]
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
+#[cfg(feature = "metrics")]
+use axum::http::header;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use ebb_cache::Cache;
+#[cfg(feature = "metrics")]
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -170,7 +181,7 @@ pub fn app(config: &Config) -> (Router, AppState) {
             .name("users")
             .time_to_live(config.ttl)
             .tick(config.tick)
-            .record_stats() // the counters behind `GET /stats`
+            .record_stats() // the counters behind `GET /stats` and `GET /metrics`
             .stats_interval(config.stats_interval) // the periodic log line
             .build(),
         store: Arc::new(Store::new(config.store_latency)),
@@ -180,9 +191,25 @@ pub fn app(config: &Config) -> (Router, AppState) {
             "/users/{id}",
             get(get_user).put(put_user).delete(delete_user),
         )
-        .route("/stats", get(stats))
-        .with_state(state.clone());
-    (router, state)
+        .route("/stats", get(stats));
+    // The recorder goes in before the cache first publishes (at the first scrape).
+    #[cfg(feature = "metrics")]
+    let router = {
+        prometheus();
+        router.route("/metrics", get(metrics))
+    };
+    (router.with_state(state.clone()), state)
+}
+
+/// The process's Prometheus recorder, installed globally the first time it is asked for.
+#[cfg(feature = "metrics")]
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
 }
 
 /// Serve `router` on `listener` until `shutdown` completes, then finish the requests in
@@ -243,6 +270,18 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
         body.extend(extra);
     }
     Json(body)
+}
+
+/// `GET /metrics`: publish now, so that the scrape is exact, then render. The cache was built
+/// with `record_stats()` and no `publish_metrics(interval)`: published at scrape time only,
+/// it never wakes up to publish.
+#[cfg(feature = "metrics")]
+async fn metrics(
+    State(state): State<AppState>,
+) -> ([(header::HeaderName, &'static str); 1], String) {
+    state.users.publish_metrics();
+    let body = prometheus().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
 #[tokio::main]

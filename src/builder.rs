@@ -56,6 +56,8 @@ pub struct CacheBuilder<K, V, S = RandomState> {
     pub(crate) time_to_idle: Option<Duration>,
     pub(crate) record_stats: bool,
     pub(crate) stats_interval: Option<Duration>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_interval: Option<Duration>,
     pub(crate) notifier: Notifier<K, V>,
     pub(crate) max_capacity: Option<u64>,
     pub(crate) weigher: Option<Weigher<K, V>>,
@@ -67,16 +69,18 @@ pub struct CacheBuilder<K, V, S = RandomState> {
 
 impl<K, V, S: fmt::Debug> fmt::Debug for CacheBuilder<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheBuilder")
-            .field("name", &self.name)
+        let mut f = f.debug_struct("CacheBuilder");
+        f.field("name", &self.name)
             .field("time_to_live", &self.time_to_live)
             .field("tick", &self.tick)
             .field("expiry_jitter", &self.jitter)
             .field("initial_capacity", &self.initial_capacity)
             .field("time_to_idle", &self.time_to_idle)
             .field("record_stats", &self.record_stats)
-            .field("stats_interval", &self.stats_interval)
-            .field("notifier", &self.notifier)
+            .field("stats_interval", &self.stats_interval);
+        #[cfg(feature = "metrics")]
+        f.field("metrics_interval", &self.metrics_interval);
+        f.field("notifier", &self.notifier)
             .field("max_capacity", &self.max_capacity)
             .field("weigher", &self.weigher.is_some())
             .field("hasher", &self.hasher)
@@ -95,6 +99,8 @@ impl<K, V> Default for CacheBuilder<K, V> {
             time_to_idle: None,
             record_stats: false,
             stats_interval: None,
+            #[cfg(feature = "metrics")]
+            metrics_interval: None,
             notifier: Notifier::default(),
             max_capacity: None,
             weigher: None,
@@ -177,6 +183,8 @@ where
             time_to_idle: self.time_to_idle,
             record_stats: self.record_stats,
             stats_interval: self.stats_interval,
+            #[cfg(feature = "metrics")]
+            metrics_interval: self.metrics_interval,
             notifier: self.notifier,
             max_capacity: self.max_capacity,
             weigher: self.weigher,
@@ -364,7 +372,8 @@ where
     /// shows each figure twice: once in that message, for people, and once as a structured
     /// field (`qpm=…`), for log pipelines that parse fields. The counts are those since the
     /// last line. Implies [`record_stats`](Self::record_stats). This is the one
-    /// reason an otherwise idle cache wakes up. Zero is a
+    /// reason an otherwise idle cache wakes up (with the `metrics` feature,
+    /// `publish_metrics(interval)` is the other). Zero is a
     /// [`BuildError::ZeroStatsInterval`].
     pub fn stats_interval(mut self, interval: Duration) -> Self {
         self.stats_interval = Some(interval);
@@ -379,6 +388,56 @@ where
     #[doc(hidden)]
     pub fn __policy_shards(mut self, shards: usize) -> Self {
         self.policy_shards = Some(shards);
+        self
+    }
+
+    /// Every `interval`, have the expiry task publish the cache's statistics through the
+    /// [`metrics`](https://docs.rs/metrics/0.24) facade, to the global recorder, labelled
+    /// `cache` with the cache's [`name`](Self::name) (`"ebb"` when it has none: give each
+    /// publishing cache its own name, or their series mix). Needs the `metrics` cargo feature.
+    /// Implies [`record_stats`](Self::record_stats). Zero is a
+    /// [`BuildError::ZeroMetricsInterval`].
+    ///
+    /// The metrics, each described in `docs/metrics.md`:
+    ///
+    /// - counters `ebb_cache_hits_total`, `ebb_cache_misses_total`,
+    ///   `ebb_cache_inserts_total`, `ebb_cache_updates_total`,
+    ///   `ebb_cache_removals_total` (label `cause`: `expired`, `explicit`, `replaced`,
+    ///   `size`), `ebb_cache_loads_total` (label `result`: `success`, `failure`),
+    ///   `ebb_cache_load_nanoseconds_total` and `ebb_cache_notifications_dropped_total`;
+    /// - gauges `ebb_cache_entries`, `ebb_cache_weighted_size`,
+    ///   `ebb_cache_expiry_lag_max_seconds` and `ebb_cache_expiry_lag_mean_seconds`.
+    ///
+    /// Each is the [`CacheStats`](crate::CacheStats) figure of the same meaning, published
+    /// as an absolute value: `get` and `insert` never call the facade, they only count (as
+    /// with `record_stats`), and a publish costs one [`Cache::stats`] snapshot. Besides a
+    /// [`stats_interval`](Self::stats_interval) line, this is the one reason an otherwise idle
+    /// cache wakes up: once per `interval`. It publishes while the cache's expiry task runs
+    /// (see [`build`](Self::build)); a recorder must be installed before the first publish,
+    /// which registers the cache's metrics with it for good.
+    ///
+    /// What the task published may be up to one `interval` old when it is scraped: call
+    /// [`Cache::publish_metrics`] in the scrape handler for an exact scrape. A cache that is
+    /// only ever published that way needs no interval at all: build it with `record_stats()`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     // Install a recorder first (a Prometheus exporter's, say); without one the
+    ///     // metrics go nowhere.
+    ///     let users: ebb_cache::Cache<u64, String> = ebb_cache::Cache::builder()
+    ///         .name("users") // the `cache` label
+    ///         .publish_metrics(Duration::from_secs(15))
+    ///         .build();
+    ///     users.insert(1, "ada".to_string());
+    /// }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(mut self, interval: Duration) -> Self {
+        self.metrics_interval = Some(interval);
+        self.record_stats = true;
         self
     }
 
@@ -397,6 +456,10 @@ where
         }
         if self.stats_interval == Some(Duration::ZERO) {
             return Err(BuildError::ZeroStatsInterval);
+        }
+        #[cfg(feature = "metrics")]
+        if self.metrics_interval == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroMetricsInterval);
         }
         Ok(())
     }
@@ -485,6 +548,8 @@ where
             jitter: self.jitter,
             token: CancellationToken::new(),
             stats_interval: self.stats_interval,
+            #[cfg(feature = "metrics")]
+            metrics_interval: self.metrics_interval,
         };
         let store = Arc::new(Store::new(
             settings,

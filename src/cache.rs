@@ -276,15 +276,59 @@ where
     ///     assert_eq!(stats.hit_ratio(), 0.5);
     /// }
     /// ```
+    #[track_caller]
     pub fn stats(&self) -> CacheStats {
-        let store = &self.store;
-        CacheStats::read(
-            store.counters(),
-            &store.lag,
-            self.entry_count(),
-            self.weighted_size(),
-            store.notifications_dropped(),
-        )
+        // Like `entry_count`, it starts the expiry task if none runs.
+        self.ensure_task();
+        self.store.stats()
+    }
+
+    /// Publish the cache's statistics through the [`metrics`](https://docs.rs/metrics/0.24)
+    /// facade now, to the global recorder: the counters and gauges listed in `docs/metrics.md`
+    /// (and under [`CacheBuilder::publish_metrics`](crate::CacheBuilder::publish_metrics)),
+    /// labelled `cache` with [`name`](Self::name). Needs the `metrics` cargo feature.
+    ///
+    /// Call it in a scrape handler before rendering, so that a scrape is exact: what the
+    /// expiry task published at its last interval may be up to one interval old. Publishing
+    /// costs one [`stats`](Self::stats) snapshot and a relaxed store per metric; `get` and
+    /// `insert` never call the facade. The counters other than the gauges need
+    /// [`record_stats`](crate::CacheBuilder::record_stats) (which `publish_metrics(interval)`
+    /// implies); without it they publish zero. Like `stats`, it starts the expiry task on the
+    /// current runtime if none runs. The first publish registers the cache's metrics with
+    /// the recorder installed then, for good: install it before that.
+    ///
+    /// ```
+    /// use metrics_util::debugging::DebuggingRecorder;
+    ///
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     // Any recorder: a Prometheus exporter's in a service.
+    ///     let recorder = DebuggingRecorder::new();
+    ///     let snapshotter = recorder.snapshotter();
+    ///     recorder.install().unwrap();
+    ///
+    ///     let users: ebb_cache::Cache<u64, String> =
+    ///         ebb_cache::Cache::builder().name("users").record_stats().build();
+    ///     users.insert(1, "ada".to_string());
+    ///     users.get(&1);
+    ///     users.publish_metrics(); // in the scrape handler, before rendering
+    ///
+    ///     let hits = snapshotter.snapshot().into_vec().into_iter().find(|(key, ..)| {
+    ///         let key = key.key();
+    ///         key.name() == "ebb_cache_hits_total"
+    ///             && key.labels().any(|l| l.key() == "cache" && l.value() == "users")
+    ///     });
+    ///     assert!(matches!(
+    ///         hits,
+    ///         Some((.., metrics_util::debugging::DebugValue::Counter(1)))
+    ///     ));
+    /// }
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[track_caller]
+    pub fn publish_metrics(&self) {
+        self.ensure_task();
+        self.store.publish_metrics();
     }
 
     /// The total weight of the entries held: with [`max_capacity`] and a
@@ -307,10 +351,7 @@ where
     /// }
     /// ```
     pub fn weighted_size(&self) -> u64 {
-        match self.store.weighted_size() {
-            Some(weight) => weight,
-            None => self.store.map.len() as u64,
-        }
+        self.store.weighted_size()
     }
 
     /// A handle that does not keep the cache alive: for listeners and loaders that call back

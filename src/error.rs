@@ -24,6 +24,9 @@ pub enum BuildError {
     ZeroTimeToIdle,
     /// `stats_interval` is zero.
     ZeroStatsInterval,
+    /// `publish_metrics` was given a zero interval (the `metrics` cargo feature).
+    #[cfg(feature = "metrics")]
+    ZeroMetricsInterval,
 }
 
 impl fmt::Display for BuildError {
@@ -57,6 +60,11 @@ impl fmt::Display for BuildError {
             BuildError::ZeroStatsInterval => f.write_str(
                 "ebb: a stats_interval of zero would log without pause: give a positive \
                  duration, such as 60 s",
+            ),
+            #[cfg(feature = "metrics")]
+            BuildError::ZeroMetricsInterval => f.write_str(
+                "ebb: a publish_metrics interval of zero would publish without pause: give a \
+                 positive duration, such as your scrape interval (15 s, say)",
             ),
         }
     }

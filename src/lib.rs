@@ -115,6 +115,14 @@
 //! tracing only.
 //!
 //! - `serde`: [`CacheStats`] implements `serde::Serialize`.
+//! - `metrics`: publishes each cache's statistics as counters and gauges through the
+//!   [`metrics`](https://docs.rs/metrics/0.24) facade (0.24), to whatever recorder the
+//!   application installs (a Prometheus exporter, say): `ebb_cache_hits_total{cache="users"}`
+//!   and the others listed in `docs/metrics.md`. Opt-in per cache, so that turning the
+//!   feature on anywhere in a dependency graph makes no cache wake up: `publish_metrics(interval)`
+//!   on the builder has the expiry task publish every `interval`, and `Cache::publish_metrics()`
+//!   publishes now (in a scrape handler, for an exact scrape). `get` and `insert` never call
+//!   the facade: the values come from the [`stats`](Cache::stats) counters.
 //! - `internals`: test scaffolding for this crate's own tests, not part of the API.
 //!
 //! # Concurrency
@@ -140,6 +148,8 @@ mod error;
 mod iter;
 mod listener;
 mod load;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod policy;
 mod stats;
 mod store;
@@ -171,4 +181,5 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/migration.md")]
 #[doc = include_str!("../docs/bad-input.md")]
 #[doc = include_str!("../docs/performance.md")]
+#[cfg_attr(feature = "metrics", doc = include_str!("../docs/metrics.md"))]
 pub struct DocsDoctests;

@@ -27,7 +27,9 @@
 //!   to the hand-off's reserve, where writers take ids before any fresh one.
 //! - **Idle costs nothing**: with no node in the wheel the interval is not polled at all; with
 //!   nodes it is reset to the next occupied slot, so a far deadline costs a handful of wake-ups.
-//!   `MissedTickBehavior::Delay`: after a stall the task runs once, not in a burst.
+//!   `MissedTickBehavior::Delay`: after a stall the task runs once, not in a burst. The one
+//!   exception is what the user asked for ([`Reports`]): a `stats_interval` line and, with
+//!   the `metrics` feature, `publish_metrics(interval)`, each waking the task once a period.
 //! - **Bounded batches**: it yields after every [`BATCH`] records, nodes or removals.
 //! - **Closed once stopped**: however it stops (cancelled, runtime shut down), the hand-off is
 //!   closed so that writers stop queueing records no one will read.
@@ -98,16 +100,7 @@ where
         }
     };
     let span = tracing::debug_span!("ebb", cache = %store.name);
-    let stats_line = store.stats_interval.map(|period| {
-        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        every.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        StatsLine {
-            every,
-            period,
-            hits: 0,
-            misses: 0,
-        }
-    });
+    let reports = Reports::new(store);
     // Built before the hand-off opens and before the task first runs, so that a runtime
     // dropping the task unpolled still closes it and lets another task start.
     signals.tasks_alive.fetch_add(1, Ordering::SeqCst);
@@ -138,7 +131,7 @@ where
         sweep_again: store.has_unswept(),
         swept: store.generation(),
         work: Work::default(),
-        stats_line,
+        reports,
     };
     drop(handle.spawn(task.run().instrument(span)));
     Ok(true)
@@ -199,6 +192,78 @@ async fn next_line(line: &mut Option<StatsLine>) {
     }
 }
 
+/// A periodic timer that fires first one `period` from now and skips the ticks it misses.
+fn every(period: Duration) -> Interval {
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    every.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    every
+}
+
+/// What the task does on timers of its own, each only when asked for: the statistics line
+/// (`stats_interval`) and, with the `metrics` feature, publishing metrics
+/// (`publish_metrics`). They are the only reasons an otherwise idle cache wakes up.
+struct Reports {
+    line: Option<StatsLine>,
+    #[cfg(feature = "metrics")]
+    publish: Option<Interval>,
+}
+
+/// The report that is due.
+enum Due {
+    Line,
+    #[cfg(feature = "metrics")]
+    Publish,
+}
+
+impl Reports {
+    fn new<K: Hash + Eq, V, S>(store: &Store<K, V, S>) -> Self {
+        Reports {
+            line: store.stats_interval.map(|period| StatsLine {
+                every: every(period),
+                period,
+                hits: 0,
+                misses: 0,
+            }),
+            #[cfg(feature = "metrics")]
+            publish: store.metrics_interval.map(every),
+        }
+    }
+
+    /// Waits for the next report that is due, or forever if none was asked for.
+    async fn due(&mut self) -> Due {
+        #[cfg(feature = "metrics")]
+        if let Some(publish) = &mut self.publish {
+            return tokio::select! {
+                _ = next_line(&mut self.line) => Due::Line,
+                _ = publish.tick() => Due::Publish,
+            };
+        }
+        next_line(&mut self.line).await;
+        Due::Line
+    }
+
+    /// Make the report that is due. A panic in the metrics recorder costs that publish only.
+    fn make(
+        &mut self,
+        due: Due,
+        store: &Store<impl Hash + Eq + Clone, impl Clone, impl BuildHasher + Clone>,
+    ) {
+        match due {
+            Due::Line => {
+                if let Some(line) = &mut self.line {
+                    line.emit(store);
+                }
+            }
+            #[cfg(feature = "metrics")]
+            Due::Publish => {
+                if catch_unwind(AssertUnwindSafe(|| store.publish_metrics())).is_err() {
+                    error!("the metrics recorder panicked as the expiry task published; the task goes on");
+                }
+            }
+        }
+    }
+}
+
 /// Whether the task goes on after a piece of work.
 enum Flow {
     Continue,
@@ -232,7 +297,7 @@ struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
     /// The `invalidate_all` generation swept last.
     swept: u32,
     work: Work,
-    stats_line: Option<StatsLine>,
+    reports: Reports,
 }
 
 /// Closes the hand-off however the task ends, including when the runtime drops it.
@@ -281,19 +346,17 @@ where
                 self.interval.reset_at(self.clock.instant_of_tick(tick));
             }
             let notified = self.signals.notify.notified();
-            let mut line_due = false;
+            let mut report = None;
             tokio::select! {
                 biased;
                 _ = self.token.cancelled() => break,
                 _ = notified => {}
                 _ = self.interval.tick(), if next.is_some() => {}
-                _ = next_line(&mut self.stats_line) => line_due = true,
+                due = self.reports.due() => report = Some(due),
             }
             self.signals.wakeups.fetch_add(1, Ordering::Relaxed);
-            if line_due {
-                if let (Some(line), Some(store)) = (&mut self.stats_line, self.store.upgrade()) {
-                    line.emit(&store);
-                }
+            if let (Some(due), Some(store)) = (report, self.store.upgrade()) {
+                self.reports.make(due, &store);
             }
         }
     }

@@ -140,6 +140,26 @@ impl Server {
         body["name"].as_str().unwrap().to_owned()
     }
 
+    /// `GET /metrics`: the content type and the Prometheus text.
+    async fn metrics(&self) -> (String, String) {
+        let request = Request::get(format!("http://{}/metrics", self.addr))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let exchange = async {
+            let response = self.client.request(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let kind = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (kind, String::from_utf8(bytes.to_vec()).unwrap())
+        };
+        tokio::time::timeout(LIMIT, exchange)
+            .await
+            .expect("/metrics: no response within the limit")
+    }
+
     async fn stats(&self) -> Value {
         let (status, body) = self.call(Method::GET, "/stats", None).await;
         assert_eq!(status, StatusCode::OK);
@@ -265,6 +285,37 @@ async fn reads_load_once_writes_go_through_and_stats_add_up() {
     assert_eq!(stats["expired"], 0, "{stats}");
     assert_eq!(stats["entry_count"], 3, "{stats}");
     assert_eq!(stats["cache"], "users");
+
+    // /metrics renders every metric of docs/metrics.md for the cache. (Exact values are
+    // tests/metrics.rs's: the other test here has a cache named "users" too, and one
+    // recorder serves the whole binary.)
+    let (kind, text) = server.metrics().await;
+    assert!(kind.starts_with("text/plain"), "{kind}");
+    for series in [
+        "ebb_cache_hits_total{cache=\"users\"}",
+        "ebb_cache_misses_total{cache=\"users\"}",
+        "ebb_cache_inserts_total{cache=\"users\"}",
+        "ebb_cache_updates_total{cache=\"users\"}",
+        "ebb_cache_removals_total{cache=\"users\",cause=\"expired\"}",
+        "ebb_cache_removals_total{cache=\"users\",cause=\"explicit\"}",
+        "ebb_cache_removals_total{cache=\"users\",cause=\"replaced\"}",
+        "ebb_cache_removals_total{cache=\"users\",cause=\"size\"}",
+        "ebb_cache_loads_total{cache=\"users\",result=\"success\"}",
+        "ebb_cache_loads_total{cache=\"users\",result=\"failure\"}",
+        "ebb_cache_load_nanoseconds_total{cache=\"users\"}",
+        "ebb_cache_notifications_dropped_total{cache=\"users\"}",
+        "ebb_cache_entries{cache=\"users\"}",
+        "ebb_cache_weighted_size{cache=\"users\"}",
+        "ebb_cache_expiry_lag_max_seconds{cache=\"users\"}",
+        "ebb_cache_expiry_lag_mean_seconds{cache=\"users\"}",
+    ] {
+        assert!(text.contains(&format!("{series} ")), "{series} in\n{text}");
+    }
+    assert!(
+        text.contains("# TYPE ebb_cache_hits_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE ebb_cache_entries gauge"), "{text}");
 
     server.stop().await;
 }

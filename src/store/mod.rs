@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Policy;
 use crate::listener::Notifier;
-use crate::stats::{Counter, Counters, Lag};
+use crate::stats::{CacheStats, Counter, Counters, Lag};
 use crate::store::handoff::{Handoff, Signals};
 use crate::time::clock::{Cap, Clock, NEVER};
 use crate::time::jitter;
@@ -84,6 +84,9 @@ pub(crate) struct Settings<K, V> {
     pub(crate) token: CancellationToken,
     /// Every how long the task logs a stats line, if asked.
     pub(crate) stats_interval: Option<Duration>,
+    /// Every how long the task publishes metrics, if asked.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_interval: Option<Duration>,
 }
 
 /// The map, the hand-off to the task, the loads in flight, the clock and the
@@ -112,6 +115,11 @@ pub(crate) struct Store<K, V, S> {
     pub(crate) stats_interval: Option<Duration>,
     /// The generations `invalidate_all` and `invalidate_entries_if` begin.
     pub(crate) invalidations: Invalidations<K, V>,
+    /// Every how long the task publishes metrics, if asked; and the handles it publishes to.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics_interval: Option<Duration>,
+    #[cfg(feature = "metrics")]
+    metrics: crate::metrics::Metrics,
     /// Inserts that found their new key's policy shard busy and took the ordered way (a
     /// rare path; test-only visibility).
     fallbacks: std::sync::atomic::AtomicUsize,
@@ -180,6 +188,10 @@ where
             token: settings.token,
             stats_interval: settings.stats_interval,
             invalidations: Invalidations::default(),
+            #[cfg(feature = "metrics")]
+            metrics_interval: settings.metrics_interval,
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::Metrics::default(),
             fallbacks: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -358,9 +370,30 @@ where
         }
     }
 
-    /// The total weight held, for a bounded cache.
-    pub(crate) fn weighted_size(&self) -> Option<u64> {
-        self.capacity.as_ref().map(Capacity::total)
+    /// The total weight held: the capacity's, or the entry count without one.
+    pub(crate) fn weighted_size(&self) -> u64 {
+        self.capacity
+            .as_ref()
+            .map_or(self.map.len() as u64, Capacity::total)
+    }
+
+    /// A snapshot of the statistics. Unlike `Cache::stats`, it starts no expiry task.
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats::read(
+            self.counters(),
+            &self.lag,
+            self.map.len() as u64,
+            self.weighted_size(),
+            self.notifications_dropped(),
+        )
+    }
+
+    /// Publish a snapshot of the statistics through the `metrics` facade, under the cache's
+    /// name. The snapshot is complete before the recorder is called.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn publish_metrics(&self) {
+        let stats = self.stats();
+        self.metrics.publish(&self.name, &stats);
     }
 
     /// Total weight the capacity policy's shards account for, for a bounded cache.

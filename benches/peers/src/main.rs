@@ -14,6 +14,8 @@
 //!   a hot resident set, alternating (see `clock_scan.rs`).
 //! - `ebb-peers weighted-writes [ROUNDS]`: inserts into a bounded ebb cache that evicts,
 //!   without and with a weigher, alternating (see `weighted_writes.rs`).
+//! - `ebb-peers metrics [ROUNDS]`: `read_heavy` with ebb's `metrics` feature publishing to a
+//!   Prometheus recorder, against plain ebb, alternating (see `metrics_cost.rs`).
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
@@ -21,7 +23,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ebb_peers::{
-    alloc, chart, clock_scan, hit_ratio, read_heavy, report, weighted_writes, workloads,
+    alloc, chart, clock_scan, hit_ratio, metrics_cost, read_heavy, report, weighted_writes,
+    workloads,
 };
 
 /// Counts this process's heap for the process-level workloads (the benches keep the system
@@ -36,6 +39,7 @@ const USAGE: &str =
        ebb-peers read-heavy [ROUNDS]
        ebb-peers clock-scan [ROUNDS]
        ebb-peers weighted-writes [ROUNDS]
+       ebb-peers metrics [ROUNDS]   (with --features metrics: publishing measured too)
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Some("read-heavy") => read_heavy::run(&args[1..]),
         Some("clock-scan") => clock_scan::run(&args[1..]),
         Some("weighted-writes") => weighted_writes::run(&args[1..]),
+        Some("metrics") => metrics_cost::run(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");

@@ -234,7 +234,8 @@ pub struct Contender {
 pub type Walk = Box<dyn Fn(&[u32], usize, u64) -> u64 + Sync>;
 
 impl Contender {
-    fn new<C: ReadHeavy + 'static>(
+    /// A contender `build` makes; filling it inserts every key of `KEYS`.
+    pub fn new<C: ReadHeavy + 'static>(
         name: &'static str,
         build: impl FnOnce() -> C + 'static,
     ) -> Self {

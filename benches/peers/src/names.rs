@@ -8,6 +8,9 @@
 pub const EBB: &str = "ebb";
 /// `ebb` built with `.record_stats()` (`read_heavy`).
 pub const EBB_STATS: &str = "ebb_stats";
+/// `ebb` built with `.publish_metrics(10 ms)`, publishing to a Prometheus recorder
+/// (`ebb-peers metrics`, with this package's `metrics` feature).
+pub const EBB_METRICS: &str = "ebb_metrics";
 /// `ebb` built with `.time_to_idle(60 s)` beside its TTL (`read_heavy`).
 pub const EBB_TTI: &str = "ebb_tti";
 /// `ebb` with a capacity. In `read_heavy`: `max_capacity` at 10% of the key space, so that
