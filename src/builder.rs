@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Cache;
 use crate::config::Policy;
 use crate::error::BuildError;
+use crate::expiry::Expiry;
 use crate::listener::{Notifier, Removal, RemovalCause};
 use crate::stats::Counters;
 use crate::store::capacity::Weigher;
@@ -61,6 +62,7 @@ pub struct CacheBuilder<K, V, S = RandomState> {
     pub(crate) notifier: Notifier<K, V>,
     pub(crate) max_capacity: Option<u64>,
     pub(crate) weigher: Option<Weigher<K, V>>,
+    pub(crate) expiry: Option<Arc<dyn Expiry<K, V>>>,
     /// The policy shards a test forces (see `__policy_shards`).
     pub(crate) policy_shards: Option<usize>,
     pub(crate) hasher: S,
@@ -83,6 +85,7 @@ impl<K, V, S: fmt::Debug> fmt::Debug for CacheBuilder<K, V, S> {
         f.field("notifier", &self.notifier)
             .field("max_capacity", &self.max_capacity)
             .field("weigher", &self.weigher.is_some())
+            .field("expire_after", &self.expiry.is_some())
             .field("hasher", &self.hasher)
             .finish()
     }
@@ -104,6 +107,7 @@ impl<K, V> Default for CacheBuilder<K, V> {
             notifier: Notifier::default(),
             max_capacity: None,
             weigher: None,
+            expiry: None,
             policy_shards: None,
             hasher: RandomState::new(),
             marker: PhantomData,
@@ -188,6 +192,7 @@ where
             notifier: self.notifier,
             max_capacity: self.max_capacity,
             weigher: self.weigher,
+            expiry: self.expiry,
             policy_shards: self.policy_shards,
             hasher,
             marker: PhantomData,
@@ -358,6 +363,48 @@ where
         self
     }
 
+    /// Give each entry its own lifetime with a per-entry [`Expiry`] policy, asked when an
+    /// entry is created or updated, and on reads if it [observes reads](Expiry::observes_reads).
+    /// The cache's [`time_to_live`](Self::time_to_live), if set, stays an upper bound counted
+    /// from each write; [`insert_with_ttl`](crate::Cache::insert_with_ttl) and a loader's own
+    /// TTL ([`get_with_expiry`](crate::Cache::get_with_expiry)) are taken as given, without
+    /// asking the policy. Not with [`time_to_idle`](Self::time_to_idle) (a
+    /// [`BuildError::ExpiryWithTimeToIdle`]): an `Expiry` that observes reads does what a
+    /// time-to-idle does, and more.
+    ///
+    /// A cache without an `Expiry` pays nothing for this; with one, each write looks the key
+    /// up once more (to tell a create from an update) and calls the policy outside any lock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// /// Tokens live as long as they say.
+    /// struct OwnLifetime;
+    /// impl ebb_cache::Expiry<&'static str, (String, Duration)> for OwnLifetime {
+    ///     fn expire_after_create(
+    ///         &self,
+    ///         _key: &&'static str,
+    ///         token: &(String, Duration),
+    ///         _at: Instant,
+    ///     ) -> Option<Duration> {
+    ///         Some(token.1)
+    ///     }
+    /// }
+    ///
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let tokens = ebb_cache::Cache::builder().expire_after(OwnLifetime).build();
+    ///     tokens.insert("api", ("t0k3n".to_string(), Duration::from_millis(50)));
+    ///     tokio::time::sleep(Duration::from_millis(60)).await;
+    ///     assert_eq!(tokens.get("api"), None);
+    /// }
+    /// ```
+    pub fn expire_after(mut self, expiry: impl Expiry<K, V>) -> Self {
+        self.expiry = Some(Arc::new(expiry));
+        self
+    }
+
     /// Count hits, misses, writes, removals by cause and loads for
     /// [`Cache::stats`](crate::Cache::stats). Off by default: counting costs a relaxed atomic
     /// add on a per-thread stripe per operation.
@@ -454,6 +501,9 @@ where
         if self.time_to_idle == Some(Duration::ZERO) {
             return Err(BuildError::ZeroTimeToIdle);
         }
+        if self.time_to_idle.is_some() && self.expiry.is_some() {
+            return Err(BuildError::ExpiryWithTimeToIdle);
+        }
         if self.stats_interval == Some(Duration::ZERO) {
             return Err(BuildError::ZeroStatsInterval);
         }
@@ -544,6 +594,8 @@ where
             notifier: self.notifier,
             capacity: self.max_capacity.map(|max| (max, self.weigher)),
             policy_shards: self.policy_shards,
+            expiry_reads: self.expiry.as_ref().is_some_and(|e| e.observes_reads()),
+            expiry: self.expiry,
             time_to_live: self.time_to_live,
             jitter: self.jitter,
             token: CancellationToken::new(),

@@ -138,7 +138,8 @@ where
     #[track_caller]
     pub fn insert(&self, key: K, value: V) {
         self.ensure_task();
-        self.store.insert(key, value, self.store.default_cap());
+        let cap = self.store.write_cap(&key, &value);
+        self.store.insert(key, value, cap);
     }
 
     /// Insert `value` for `key` with its own TTL, exactly as given (never jittered). It

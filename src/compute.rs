@@ -238,7 +238,7 @@ where
                 key.clone(),
                 &flight,
                 value.clone(),
-                Some(store.default_cap()),
+                Some(store.write_cap(&key, &value)),
                 generation,
             );
             let entry = Entry {

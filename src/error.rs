@@ -24,6 +24,8 @@ pub enum BuildError {
     ZeroTimeToIdle,
     /// `stats_interval` is zero.
     ZeroStatsInterval,
+    /// Both `expire_after` and `time_to_idle` were given.
+    ExpiryWithTimeToIdle,
     /// `publish_metrics` was given a zero interval (the `metrics` cargo feature).
     #[cfg(feature = "metrics")]
     ZeroMetricsInterval,
@@ -56,6 +58,11 @@ impl fmt::Display for BuildError {
             BuildError::ZeroTimeToIdle => f.write_str(
                 "ebb: a time_to_idle of zero would expire every entry at once: give a positive \
                  duration, or leave time_to_idle unset",
+            ),
+            BuildError::ExpiryWithTimeToIdle => f.write_str(
+                "ebb: expire_after and time_to_idle both move deadlines on reads: use one. An \
+                 Expiry whose observes_reads() is true and whose expire_after_read returns the \
+                 idle time does what time_to_idle does",
             ),
             BuildError::ZeroStatsInterval => f.write_str(
                 "ebb: a stats_interval of zero would log without pause: give a positive \

@@ -145,6 +145,7 @@ mod cache;
 mod compute;
 mod config;
 mod error;
+mod expiry;
 mod iter;
 mod listener;
 mod load;
@@ -162,6 +163,7 @@ pub use cache::{Cache, WeakCache};
 pub use compute::{CompResult, Entry, Op, OwnedKeyEntrySelector, RefKeyEntrySelector};
 pub use config::Policy;
 pub use error::BuildError;
+pub use expiry::Expiry;
 pub use iter::Iter;
 pub use listener::{Removal, RemovalCause};
 pub use load::{

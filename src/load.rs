@@ -307,7 +307,7 @@ where
             Loaded::Value(value, ttl) => {
                 let deadline = match ttl {
                     Some(ttl) => store.cap_for_ttl(ttl),
-                    None => Some(store.default_cap()),
+                    None => Some(store.load_cap(&self.key, &value)),
                 };
                 // Stored or not (a write won), the callers get the value.
                 let _stored = store.finish_load(

@@ -48,6 +48,7 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Policy;
+use crate::expiry::Expiry;
 use crate::listener::Notifier;
 use crate::stats::{CacheStats, Counter, Counters, Lag};
 use crate::store::handoff::{Handoff, Signals};
@@ -77,6 +78,9 @@ pub(crate) struct Settings<K, V> {
     pub(crate) capacity: Option<(u64, Option<Weigher<K, V>>)>,
     /// The policy shards a test forces, if any.
     pub(crate) policy_shards: Option<usize>,
+    /// The per-entry expiry policy, if any, and whether it observes reads.
+    pub(crate) expiry: Option<std::sync::Arc<dyn Expiry<K, V>>>,
+    pub(crate) expiry_reads: bool,
     /// The default TTL, and the jitter that spreads it.
     pub(crate) time_to_live: Option<Duration>,
     pub(crate) jitter: f64,
@@ -115,6 +119,9 @@ pub(crate) struct Store<K, V, S> {
     pub(crate) stats_interval: Option<Duration>,
     /// The generations `invalidate_all` and `invalidate_entries_if` begin.
     pub(crate) invalidations: Invalidations<K, V>,
+    /// The per-entry expiry policy, if any, and whether reads ask it.
+    expiry: Option<std::sync::Arc<dyn Expiry<K, V>>>,
+    expiry_reads: bool,
     /// Every how long the task publishes metrics, if asked; and the handles it publishes to.
     #[cfg(feature = "metrics")]
     pub(crate) metrics_interval: Option<Duration>,
@@ -168,7 +175,12 @@ where
     ) -> Self {
         let clock = settings.clock;
         Store {
-            map: Map::new(settings.idle != 0, capacity, hasher.clone(), shards),
+            map: Map::new(
+                settings.idle != 0 || settings.expiry.is_some(),
+                capacity,
+                hasher.clone(),
+                shards,
+            ),
             handoff: Handoff::new(shards, hasher.clone()),
             flights: Flights::new(shards, hasher.clone()),
             capacity: settings.capacity.map(|(max, weigher)| {
@@ -188,6 +200,8 @@ where
             token: settings.token,
             stats_interval: settings.stats_interval,
             invalidations: Invalidations::default(),
+            expiry_reads: settings.expiry_reads,
+            expiry: settings.expiry,
             #[cfg(feature = "metrics")]
             metrics_interval: settings.metrics_interval,
             #[cfg(feature = "metrics")]
@@ -232,7 +246,8 @@ where
     #[inline]
     pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
     where
-        K: Borrow<Q>,
+        K: Borrow<Q> + 'static,
+        V: 'static,
         Q: Hash + Eq + ?Sized,
     {
         let found = self.peek(key);
@@ -251,7 +266,8 @@ where
     #[inline]
     pub(crate) fn peek<Q>(&self, key: &Q) -> Option<V>
     where
-        K: Borrow<Q>,
+        K: Borrow<Q> + 'static,
+        V: 'static,
         Q: Hash + Eq + ?Sized,
     {
         with_map!(&self.map, m => self.peek_in(m, key))
@@ -260,7 +276,8 @@ where
     #[inline]
     fn peek_in<E: Stored<V>, Q>(&self, map: &DashMap<K, E, S>, key: &Q) -> Option<V>
     where
-        K: Borrow<Q>,
+        K: Borrow<Q> + 'static,
+        V: 'static,
         Q: Hash + Eq + ?Sized,
     {
         let generation = self.generation();
@@ -283,13 +300,19 @@ where
             if self.capacity.is_some() {
                 e.bump();
             }
-            Some((e.value.clone(), ask))
+            // An `Expiry` that observes reads is asked once the lock is released.
+            let read = self.expiry_reads.then(|| (k.clone(), deadline));
+            Some((e.value.clone(), ask, read))
         });
-        let (value, ask) = found.flatten()?;
-        match ask {
-            None => Some(value),
-            Some(ask) => ask.visible(value),
+        let (value, ask, read) = found.flatten()?;
+        let value = match ask {
+            None => value,
+            Some(ask) => ask.visible(value)?,
+        };
+        if let Some((key, deadline)) = read {
+            self.after_read(&key, &value, deadline);
         }
+        Some(value)
     }
 
     /// For an entry of an older generation than the current one, under its shard lock:

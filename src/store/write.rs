@@ -12,7 +12,9 @@
 //!   and a load's fill, under that same lock, stores nothing once superseded.
 
 use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use dashmap::Entry as Slot;
 
@@ -21,6 +23,7 @@ use super::entry::{with_map, Entry, Removed, Retired, Stored};
 use super::flight::Flight;
 use super::handoff::{needs_push, UNFILED};
 use super::Store;
+use crate::expiry::Expiry;
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
 use crate::sync::Arc as SyncArc;
@@ -55,12 +58,140 @@ where
 {
     /// The effective deadline of an entry written now with `cap`.
     fn effective(&self, cap: Cap) -> u64 {
+        let at = cap.at.min(cap.until);
         if self.idle == 0 {
-            cap.at
+            at
         } else {
             let now = cap.now.unwrap_or_else(|| self.clock.now());
-            cap.at.min(now.saturating_add(self.idle))
+            at.min(now.saturating_add(self.idle))
         }
+    }
+
+    /// The cap of a plain write of `value` for `key` now: the cache's default, or with a
+    /// per-entry [`Expiry`] what it says, asked with no lock held (`update`
+    /// if a live entry was there a moment ago, else `create`).
+    #[inline]
+    pub(crate) fn write_cap(&self, key: &K, value: &V) -> Cap
+    where
+        K: 'static,
+        V: 'static,
+    {
+        let cap = self.default_cap();
+        match &self.expiry {
+            None => cap,
+            Some(expiry) => self.expiry_cap(&**expiry, key, value, cap, true),
+        }
+    }
+
+    /// The cap of a load's value for `key`, stored on a miss: the cache's default, or what a
+    /// per-entry [`Expiry`] says on create.
+    pub(crate) fn load_cap(&self, key: &K, value: &V) -> Cap
+    where
+        K: 'static,
+        V: 'static,
+    {
+        let cap = self.default_cap();
+        match &self.expiry {
+            None => cap,
+            Some(expiry) => self.expiry_cap(&**expiry, key, value, cap, false),
+        }
+    }
+
+    #[cold]
+    fn expiry_cap(
+        &self,
+        expiry: &dyn Expiry<K, V>,
+        key: &K,
+        value: &V,
+        cap: Cap,
+        may_update: bool,
+    ) -> Cap
+    where
+        K: 'static,
+        V: 'static,
+    {
+        let now = cap.now.unwrap_or_else(|| self.clock.now());
+        let at = self.clock.instant_at(now);
+        let found = if may_update {
+            self.left(key, now)
+        } else {
+            None
+        };
+        let chosen = match found {
+            None => expiry.expire_after_create(key, value, at),
+            Some(left) => expiry.expire_after_update(key, value, at, left),
+        };
+        let until = match (chosen, found) {
+            (Some(ttl), _) => self.clock.deadline_after(now, ttl),
+            // Keeps the deadline it had.
+            (None, Some(Some(left))) => now.saturating_add(left.as_nanos() as u64),
+            (None, _) => NEVER,
+        };
+        Cap {
+            at: cap.at,
+            now: Some(now),
+            until,
+        }
+    }
+
+    /// The time a live entry for `key` has left at `now` (`Some(None)`: no deadline); `None`
+    /// if there is none.
+    fn left(&self, key: &K, now: u64) -> Option<Option<Duration>> {
+        let generation = self.generation();
+        self.map
+            .view(key, |_, e| {
+                (e.generation() == generation && e.is_live(generation, || now)).then(|| {
+                    (e.deadline() != NEVER).then(|| Duration::from_nanos(e.deadline() - now))
+                })
+            })
+            .flatten()
+    }
+
+    /// After a read of `key`'s entry, seen with `deadline`, by a cache whose
+    /// [`Expiry`] observes reads: ask it (no lock held) and file the deadline it
+    /// chooses, up to the entry's cap. A later deadline is set in place (the entry's node
+    /// fires early and the task re-files it, as for a time-to-idle read); an earlier one goes
+    /// to the task through the hand-off, under the shard's write lock. Nothing changes if the
+    /// entry's deadline moved meanwhile, or the policy panics.
+    #[cold]
+    pub(super) fn after_read(&self, key: &K, value: &V, deadline: u64)
+    where
+        K: 'static,
+        V: 'static,
+    {
+        let Some(expiry) = &self.expiry else { return };
+        let now = self.clock.now();
+        let left = (deadline != NEVER).then(|| Duration::from_nanos(deadline.saturating_sub(now)));
+        let at = self.clock.instant_at(now);
+        let asked = catch_unwind(AssertUnwindSafe(|| {
+            expiry.expire_after_read(key, value, at, left)
+        }));
+        let Ok(Some(ttl)) = asked else { return };
+        let wanted = self.clock.deadline_after(now, ttl);
+        with_map!(&self.map, m => {
+            if wanted > deadline {
+                m.view(key, |_, stored| {
+                    let wanted = wanted.min(stored.cap());
+                    let _ = stored.entry().deadline.compare_exchange(
+                        deadline,
+                        wanted,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                });
+            } else if wanted < deadline {
+                if let Some(mut stored) = m.get_mut(key) {
+                    if stored.entry().deadline() == deadline {
+                        // The key's clone for the hand-off (user code) comes first.
+                        let held = stored.entry().node;
+                        let node = self.hand_off(stored.key(), held, deadline, wanted);
+                        let entry = stored.entry_mut();
+                        entry.node = node;
+                        entry.deadline.store(wanted, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
     }
 
     /// Store `value` under `key` with the cap `cap`, and report what it replaced.

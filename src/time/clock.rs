@@ -33,6 +33,9 @@ pub(crate) struct Cap {
     /// The TTL's deadline, or [`NEVER`].
     pub(crate) at: u64,
     pub(crate) now: Option<u64>,
+    /// The first deadline a per-entry expiry policy chose, if earlier than `at`, else
+    /// [`NEVER`].
+    pub(crate) until: u64,
 }
 
 impl Cap {
@@ -40,6 +43,7 @@ impl Cap {
     pub(crate) const NEVER: Cap = Cap {
         at: NEVER,
         now: None,
+        until: NEVER,
     };
 }
 
@@ -99,6 +103,7 @@ impl Clock {
         Cap {
             at: self.deadline_after(now, ttl),
             now: Some(now),
+            until: NEVER,
         }
     }
 
@@ -122,6 +127,11 @@ impl Clock {
     #[inline]
     pub(crate) fn tick_floor(&self, now: u64) -> u64 {
         now / self.tick_nanos
+    }
+
+    /// The instant `nanos` after the epoch.
+    pub(crate) fn instant_at(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos.min(MAX_NANOS))
     }
 
     /// The instant at which `tick` begins.
