@@ -176,7 +176,8 @@ where
         let clock = settings.clock;
         Store {
             map: Map::new(
-                settings.idle != 0 || settings.expiry.is_some(),
+                // Deadlines move under readers only with these; otherwise each is its own cap.
+                settings.idle != 0 || settings.expiry_reads,
                 capacity,
                 hasher.clone(),
                 shards,
