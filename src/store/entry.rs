@@ -155,8 +155,8 @@ pub(crate) trait Stored<V> {
     fn cap(&self) -> u64;
 }
 
-/// Without a time-to-idle the deadline never moves and is its own cap: the map holds the
-/// bare entry.
+/// Without a time-to-idle (or an `Expiry` that observes reads) the deadline never moves and
+/// is its own cap: the map holds the bare entry.
 impl<V> Stored<V> for Entry<V> {
     const IDLE: bool = false;
 

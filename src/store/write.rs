@@ -412,7 +412,7 @@ where
                 let node = self.hand_off(slot.key(), UNFILED, NEVER, deadline);
                 slot.insert(E::new(
                     Entry::new(value, deadline, node, generation, 0),
-                    cap.at,
+                    Self::bound::<E>(cap, deadline),
                 ));
                 self.count(Counter::Insert, 1);
                 None
@@ -440,7 +440,7 @@ where
                 // The map keeps the caller's key and hands back its own with the old entry,
                 // so no key is cloned or dropped here: both go with the report, after the
                 // policy has accounted for the write.
-                let (key, old) = slot.replace_entry(E::new(new, cap.at));
+                let (key, old) = slot.replace_entry(E::new(new, Self::bound::<E>(cap, deadline)));
                 Some(Retired {
                     key: Some(key),
                     entry: old.into_entry(),
@@ -466,6 +466,18 @@ where
                 }
             }
         })
+    }
+
+    /// The latest an entry written now with `cap` and `deadline` may live: the TTL's deadline
+    /// where readers may move the deadline (`E::IDLE`), else the deadline itself (an
+    /// [`Expiry`] that does not observe reads may set one before the TTL's).
+    #[inline]
+    fn bound<E: Stored<V>>(cap: Cap, deadline: u64) -> u64 {
+        if E::IDLE {
+            cap.at
+        } else {
+            deadline
+        }
     }
 
     /// The node of `key`'s entry, under its shard lock, as it goes from the deadline `old`
