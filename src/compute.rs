@@ -273,16 +273,27 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
+    /// The `get_with` engine of kind `M` on this key; whether this call's `init` produced
+    /// the outcome.
+    async fn load<F, M>(&self, init: F) -> (M::Output, bool)
+    where
+        F: Future,
+        M: Kind<V, Input = F::Output>,
+    {
+        self.cache.ensure_task();
+        run::<_, _, _, _, M>(Load::new(self.cache.store(), self.key.clone(), init)).await
+    }
+
     /// The entry, or the one `init` loads if there is none (single-flight, as
     /// [`get_with`](Cache::get_with)); [`Entry::is_fresh`] says whether this call's `init`
     /// produced it.
     pub async fn or_insert_with(self, init: impl Future<Output = V>) -> Entry<K, V> {
-        self.cache.ensure_task();
-        let store = self.cache.store();
-        let key = self.key;
-        let load = Load::new(store, key.clone(), init);
-        let (value, fresh) = run::<_, _, _, _, Plain>(load).await;
-        Entry { key, value, fresh }
+        let (value, fresh) = self.load::<_, Plain>(init).await;
+        Entry {
+            key: self.key,
+            value,
+            fresh,
+        }
     }
 
     /// The entry, or the one a fallible `init` loads if there is none (as
@@ -291,12 +302,12 @@ where
         self,
         init: impl Future<Output = Result<V, E>>,
     ) -> Result<Entry<K, V>, std::sync::Arc<E>> {
-        self.cache.ensure_task();
-        let store = self.cache.store();
-        let key = self.key;
-        let load = Load::new(store, key.clone(), init);
-        let (value, fresh) = run::<_, _, _, _, Fallible<E>>(load).await;
-        value.map(|value| Entry { key, value, fresh })
+        let (value, fresh) = self.load::<_, Fallible<E>>(init).await;
+        value.map(|value| Entry {
+            key: self.key,
+            value,
+            fresh,
+        })
     }
 
     /// The entry, or the one `init` finds if there is none (as
@@ -305,12 +316,12 @@ where
         self,
         init: impl Future<Output = Option<V>>,
     ) -> Option<Entry<K, V>> {
-        self.cache.ensure_task();
-        let store = self.cache.store();
-        let key = self.key;
-        let load = Load::new(store, key.clone(), init);
-        let (value, fresh) = run::<_, _, _, _, Optional>(load).await;
-        value.map(|value| Entry { key, value, fresh })
+        let (value, fresh) = self.load::<_, Optional>(init).await;
+        value.map(|value| Entry {
+            key: self.key,
+            value,
+            fresh,
+        })
     }
 
     /// The entry, or `value` inserted if there is none.
@@ -375,23 +386,27 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
+    /// The `get_with` engine of kind `M` on this key: a hit looks by reference; whether this
+    /// call's `init` produced the outcome.
+    async fn load<F, M>(&self, init: F) -> (M::Output, bool)
+    where
+        F: Future,
+        M: Kind<V, Input = F::Output>,
+    {
+        self.cache.ensure_task();
+        let store = self.cache.store();
+        if let Some(value) = store.get(self.key) {
+            return (M::hit(value), false);
+        }
+        run::<_, _, _, _, M>(Load::missed(store, self.key.to_owned(), init)).await
+    }
+
     /// As [`OwnedKeyEntrySelector::or_insert_with`]; a hit copies the key only for the
     /// [`Entry`] it returns.
     pub async fn or_insert_with(self, init: impl Future<Output = V>) -> Entry<K, V> {
-        self.cache.ensure_task();
-        let store = self.cache.store();
-        let key = self.key;
-        if let Some(value) = store.get(key) {
-            return Entry {
-                key: key.to_owned(),
-                value,
-                fresh: false,
-            };
-        }
-        let load = Load::missed(store, key.to_owned(), init);
-        let (value, fresh) = run::<_, _, _, _, Plain>(load).await;
+        let (value, fresh) = self.load::<_, Plain>(init).await;
         Entry {
-            key: key.to_owned(),
+            key: self.key.to_owned(),
             value,
             fresh,
         }
@@ -402,20 +417,9 @@ where
         self,
         init: impl Future<Output = Result<V, E>>,
     ) -> Result<Entry<K, V>, std::sync::Arc<E>> {
-        self.cache.ensure_task();
-        let store = self.cache.store();
-        let key = self.key;
-        if let Some(value) = store.get(key) {
-            return Ok(Entry {
-                key: key.to_owned(),
-                value,
-                fresh: false,
-            });
-        }
-        let load = Load::missed(store, key.to_owned(), init);
-        let (value, fresh) = run::<_, _, _, _, Fallible<E>>(load).await;
+        let (value, fresh) = self.load::<_, Fallible<E>>(init).await;
         value.map(|value| Entry {
-            key: key.to_owned(),
+            key: self.key.to_owned(),
             value,
             fresh,
         })
@@ -426,20 +430,9 @@ where
         self,
         init: impl Future<Output = Option<V>>,
     ) -> Option<Entry<K, V>> {
-        self.cache.ensure_task();
-        let store = self.cache.store();
-        let key = self.key;
-        if let Some(value) = store.get(key) {
-            return Some(Entry {
-                key: key.to_owned(),
-                value,
-                fresh: false,
-            });
-        }
-        let load = Load::missed(store, key.to_owned(), init);
-        let (value, fresh) = run::<_, _, _, _, Optional>(load).await;
+        let (value, fresh) = self.load::<_, Optional>(init).await;
         value.map(|value| Entry {
-            key: key.to_owned(),
+            key: self.key.to_owned(),
             value,
             fresh,
         })

@@ -68,19 +68,15 @@ where
     }
 
     /// The cap of a plain write of `value` for `key` now: the cache's default, or with a
-    /// per-entry [`Expiry`] what it says, asked with no lock held (`update`
-    /// if a live entry was there a moment ago, else `create`).
+    /// per-entry [`Expiry`] what it says, asked with no lock held (`update` if a live entry
+    /// was there a moment ago, else `create`).
     #[inline]
     pub(crate) fn write_cap(&self, key: &K, value: &V) -> Cap
     where
         K: 'static,
         V: 'static,
     {
-        let cap = self.default_cap();
-        match &self.expiry {
-            None => cap,
-            Some(expiry) => self.expiry_cap(&**expiry, key, value, cap, true),
-        }
+        self.cap_for(key, value, true)
     }
 
     /// The cap of a load's value for `key`, stored on a miss: the cache's default, or what a
@@ -90,10 +86,19 @@ where
         K: 'static,
         V: 'static,
     {
+        self.cap_for(key, value, false)
+    }
+
+    #[inline]
+    fn cap_for(&self, key: &K, value: &V, may_update: bool) -> Cap
+    where
+        K: 'static,
+        V: 'static,
+    {
         let cap = self.default_cap();
         match &self.expiry {
             None => cap,
-            Some(expiry) => self.expiry_cap(&**expiry, key, value, cap, false),
+            Some(expiry) => self.expiry_cap(&**expiry, key, value, cap, may_update),
         }
     }
 
