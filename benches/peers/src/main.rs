@@ -12,13 +12,17 @@
 //!   turn, round after round (see `read_heavy.rs`).
 //! - `ebb-peers clock-scan [ROUNDS]`: inserts into a full bounded ebb cache with and without
 //!   a hot resident set, alternating (see `clock_scan.rs`).
+//! - `ebb-peers iter-invalidate [ROUNDS]`: `Cache::iter` against moka's, and
+//!   `invalidate_entries_if`'s sweep and pending reads (see `iter_invalidate.rs`).
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ebb_peers::{alloc, chart, clock_scan, hit_ratio, read_heavy, report, workloads};
+use ebb_peers::{
+    alloc, chart, clock_scan, hit_ratio, iter_invalidate, read_heavy, report, workloads,
+};
 
 /// Counts this process's heap for the process-level workloads (the benches keep the system
 /// allocator).
@@ -31,6 +35,7 @@ const USAGE: &str =
        ebb-peers hit-ratio
        ebb-peers read-heavy [ROUNDS]
        ebb-peers clock-scan [ROUNDS]
+       ebb-peers iter-invalidate [ROUNDS]
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Some("hit-ratio") => hit_ratio::run(),
         Some("read-heavy") => read_heavy::run(&args[1..]),
         Some("clock-scan") => clock_scan::run(&args[1..]),
+        Some("iter-invalidate") => iter_invalidate::run(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
