@@ -302,6 +302,22 @@ where
         Some(self.retired(key, entry, cause))
     }
 
+    /// An entry an overwrite replaced, judged `Replaced` under the shard lock: `Explicit`
+    /// instead if a pending `invalidate_entries_if` predicate matches it (asked now, with no
+    /// lock held; only when its key came out with it, that is when someone listens).
+    pub(super) fn judge_replaced(&self, mut retired: Retired<K, V>) -> Retired<K, V> {
+        if retired.cause == RemovalCause::Replaced
+            && retired.entry.generation() != self.generation()
+        {
+            if let Some(key) = &retired.key {
+                if !self.visible(key, &retired.entry) {
+                    retired.cause = RemovalCause::Explicit;
+                }
+            }
+        }
+        retired
+    }
+
     /// Whether `entry`, out of the map with its `key`, was visible as far as invalidations go.
     fn visible(&self, key: &K, entry: &Entry<V>) -> bool {
         if entry.generation() == self.generation() {

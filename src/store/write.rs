@@ -327,6 +327,7 @@ where
             let cause = self.cause(&entry, RemovalCause::Size);
             self.retired(key, entry, cause)
         });
+        let replaced = replaced.map(|r| self.judge_replaced(r));
         self.retire_all(replaced.into_iter().chain(evicted));
     }
 

@@ -16,6 +16,8 @@
 //!   without and with a weigher, alternating (see `weighted_writes.rs`).
 //! - `ebb-peers metrics [ROUNDS]`: `read_heavy` with ebb's `metrics` feature publishing to a
 //!   Prometheus recorder, against plain ebb, alternating (see `metrics_cost.rs`).
+//! - `ebb-peers iter-invalidate [ROUNDS]`: `Cache::iter` against moka's, and
+//!   `invalidate_entries_if`'s sweep and pending reads (see `iter_invalidate.rs`).
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
@@ -23,8 +25,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ebb_peers::{
-    alloc, chart, clock_scan, hit_ratio, metrics_cost, read_heavy, report, weighted_writes,
-    workloads,
+    alloc, chart, clock_scan, hit_ratio, iter_invalidate, metrics_cost, read_heavy, report,
+    weighted_writes, workloads,
 };
 
 /// Counts this process's heap for the process-level workloads (the benches keep the system
@@ -40,6 +42,7 @@ const USAGE: &str =
        ebb-peers clock-scan [ROUNDS]
        ebb-peers weighted-writes [ROUNDS]
        ebb-peers metrics [ROUNDS]   (with --features metrics: publishing measured too)
+       ebb-peers iter-invalidate [ROUNDS]
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Some("clock-scan") => clock_scan::run(&args[1..]),
         Some("weighted-writes") => weighted_writes::run(&args[1..]),
         Some("metrics") => metrics_cost::run(&args[1..]),
+        Some("iter-invalidate") => iter_invalidate::run(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
