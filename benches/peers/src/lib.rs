@@ -4,12 +4,8 @@
 //! - `mixed`: the mixed workloads (`read_heavy`, `write_heavy`), used by the `core` bench and
 //!   by `ebb-peers read-heavy`.
 //! - One module per subcommand of the binary: `report`, `chart`, `hit_ratio`, `read_heavy`,
-<<<<<<< HEAD
-//!   `clock_scan`, `weighted_writes`, `metrics_cost` (`metrics`), and `workloads` (the
-//!   process-level workloads).
-=======
-//!   `clock_scan`, `iter_invalidate`, and `workloads` (the process-level workloads).
->>>>>>> bench-iter
+//!   `clock_scan`, `weighted_writes`, `metrics_cost` (`metrics`), `iter_invalidate`, and
+//!   `workloads` (the process-level workloads).
 //! - `alloc`: the counting allocator, which the binary installs as its `#[global_allocator]`
 //!   and `workloads` reads; the benches run on the system allocator.
 
@@ -17,11 +13,8 @@ pub mod alloc;
 pub mod chart;
 pub mod clock_scan;
 pub mod hit_ratio;
-<<<<<<< HEAD
-pub mod metrics_cost;
-=======
 pub mod iter_invalidate;
->>>>>>> bench-iter
+pub mod metrics_cost;
 pub mod mixed;
 pub mod names;
 pub mod read_heavy;
