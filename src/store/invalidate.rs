@@ -46,9 +46,30 @@ pub(crate) enum Seen<K, V> {
     /// Visible unless one of these pending predicates matches it. Restamped after they are
     /// checked, the entry's generation becomes `through`.
     Ask {
-        predicates: Vec<Predicate<K, V>>,
+        predicates: Pending<K, V>,
         through: u32,
     },
+}
+
+/// The pending predicates, each with the generation it began.
+type List<K, V> = Arc<[(u64, Predicate<K, V>)]>;
+
+/// The pending predicates that apply to one entry: a shared copy of the pending list (no
+/// allocation per read), and the entry's generation, after which a predicate must have begun
+/// to apply.
+pub(crate) struct Pending<K, V> {
+    list: List<K, V>,
+    after: u64,
+}
+
+impl<K, V> Pending<K, V> {
+    /// Whether any of them matches; a panicking one does not. Call with no lock held.
+    pub(crate) fn matches(&self, key: &K, value: &V) -> bool {
+        self.list
+            .iter()
+            .filter(|(began, _)| *began > self.after)
+            .any(|(_, p)| catch_unwind(AssertUnwindSafe(|| p(key, value))).unwrap_or(false))
+    }
 }
 
 /// What a new generation begins with.
@@ -68,8 +89,9 @@ pub(crate) struct Invalidations<K, V> {
     /// The last few `invalidate_all`s: (generation, when), by generation modulo
     /// [`REMEMBERED`]: tells an entry that expired before it was hidden from one hidden live.
     alls: [(AtomicU64, AtomicU64); REMEMBERED],
-    /// Pending predicates and the generation each began.
-    pending: RwLock<Vec<(u64, Predicate<K, V>)>>,
+    /// Pending predicates and the generation each began, replaced whole on each change, so
+    /// that a reader takes a shared copy in one step.
+    pending: RwLock<List<K, V>>,
 }
 
 impl<K, V> Default for Invalidations<K, V> {
@@ -79,7 +101,7 @@ impl<K, V> Default for Invalidations<K, V> {
             last_all: AtomicU64::new(0),
             swept: AtomicU64::new(0),
             alls: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
-            pending: RwLock::new(Vec::new()),
+            pending: RwLock::new(Arc::from(Vec::new())),
         }
     }
 }
@@ -150,30 +172,18 @@ impl<K, V> Invalidations<K, V> {
         if full < self.last_all.load(Ordering::Acquire) {
             return Seen::Hidden;
         }
-        let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
+        let list = Arc::clone(&self.pending.read().unwrap_or_else(PoisonError::into_inner));
         // Every generation up to the current one is either a pending predicate asked here,
         // or began with nothing that applies to this entry.
         let through = masked(count);
-        let predicates: Vec<_> = pending
-            .iter()
-            .filter(|(began, _)| *began > full)
-            .map(|(_, predicate)| Arc::clone(predicate))
-            .collect();
-        if predicates.is_empty() {
-            Seen::Visible { through }
-        } else {
+        if list.iter().any(|(began, _)| *began > full) {
             Seen::Ask {
-                predicates,
+                predicates: Pending { list, after: full },
                 through,
             }
+        } else {
+            Seen::Visible { through }
         }
-    }
-
-    /// Whether any of `predicates` matches; a panicking one does not.
-    pub(crate) fn matches(predicates: &[Predicate<K, V>], key: &K, value: &V) -> bool {
-        predicates
-            .iter()
-            .any(|p| catch_unwind(AssertUnwindSafe(|| p(key, value))).unwrap_or(false))
     }
 
     /// Begin a new generation; `Err` gives `begin` back when it would come round to one an
@@ -190,9 +200,13 @@ impl<K, V> Invalidations<K, V> {
                 at.store(now, Ordering::Release);
                 generation.store(next, Ordering::Release);
                 self.last_all.store(next, Ordering::Release);
-                pending.clear();
+                *pending = Arc::from(Vec::new());
             }
-            Begin::Matching(predicate) => pending.push((next, predicate)),
+            Begin::Matching(predicate) => {
+                let mut list = pending.to_vec();
+                list.push((next, predicate));
+                *pending = Arc::from(list);
+            }
         }
         self.count.store(next, Ordering::Release);
         Ok(())
@@ -208,7 +222,14 @@ impl<K, V> Invalidations<K, V> {
     pub(crate) fn swept_to(&self, count: u64) {
         self.swept.fetch_max(count, Ordering::AcqRel);
         let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
-        pending.retain(|(began, _)| *began > count);
+        if pending.iter().any(|(began, _)| *began <= count) {
+            let left: Vec<_> = pending
+                .iter()
+                .filter(|(began, _)| *began > count)
+                .cloned()
+                .collect();
+            *pending = Arc::from(left);
+        }
     }
 
     /// Predicates still pending (test-only visibility).

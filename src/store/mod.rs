@@ -60,7 +60,7 @@ use capacity::{Capacity, Weigher};
 use entry::{with_map, Entry, Map, Stored};
 pub(crate) use entry::{Fired, Retired};
 use flight::Flights;
-use invalidate::{Invalidations, Predicate, Seen};
+use invalidate::{Invalidations, Pending, Seen};
 
 pub(crate) use crate::store::handoff::UNFILED;
 
@@ -148,13 +148,13 @@ impl<K, V, S> Store<K, V, S> {
 
 /// What is left to ask about an older entry once no lock is held: the pending predicates,
 /// with a copy of its key (`None`: nothing, it is visible).
-struct Ask<K, V>(Option<(K, Vec<Predicate<K, V>>)>);
+struct Ask<K, V>(Option<(K, Pending<K, V>)>);
 
 impl<K, V> Ask<K, V> {
     /// `value`, unless a pending predicate matches its entry.
     fn visible(self, value: V) -> Option<V> {
         match self.0 {
-            Some((key, predicates)) if Invalidations::matches(&predicates, &key, &value) => None,
+            Some((key, predicates)) if predicates.matches(&key, &value) => None,
             _ => Some(value),
         }
     }

@@ -21,7 +21,7 @@ use super::capacity::Held;
 use super::entry::{with_map, Entry, Fired, Retired, Stored};
 use super::flight::Flight;
 use super::handoff::UNFILED;
-use super::invalidate::{Begin, Invalidations, Predicate, Seen};
+use super::invalidate::{Begin, Predicate, Seen};
 use super::Store;
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
@@ -271,7 +271,7 @@ where
         });
         let (e, ask, hidden, through) = look.flatten()?;
         let out = match &ask {
-            Some((key, value, predicates)) => Invalidations::matches(predicates, key, value),
+            Some((key, value, predicates)) => predicates.matches(key, value),
             None => hidden,
         };
         if out {
@@ -326,7 +326,7 @@ where
         match self.invalidations.seen(entry.generation()) {
             Seen::Visible { .. } => true,
             Seen::Hidden => false,
-            Seen::Ask { predicates, .. } => !Invalidations::matches(&predicates, key, &entry.value),
+            Seen::Ask { predicates, .. } => !predicates.matches(key, &entry.value),
         }
     }
 
