@@ -40,6 +40,7 @@ const USAGE: &str =
        ebb-peers clock-scan [ROUNDS]
        ebb-peers weighted-writes [ROUNDS]
        ebb-peers metrics [ROUNDS]   (with --features metrics: publishing measured too)
+       ebb-peers compute-expiry [ROUNDS]
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -66,6 +67,7 @@ fn main() -> ExitCode {
         Some("clock-scan") => clock_scan::run(&args[1..]),
         Some("weighted-writes") => weighted_writes::run(&args[1..]),
         Some("metrics") => metrics_cost::run(&args[1..]),
+        Some("compute-expiry") => ebb_peers::compute_expiry::run(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
