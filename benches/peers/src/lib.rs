@@ -4,14 +4,15 @@
 //! - `mixed`: the mixed workloads (`read_heavy`, `write_heavy`), used by the `core` bench and
 //!   by `ebb-peers read-heavy`.
 //! - One module per subcommand of the binary: `report`, `chart`, `hit_ratio`, `read_heavy`,
-//!   `clock_scan`, `weighted_writes`, `metrics_cost` (`metrics`), `iter_invalidate`, and
-//!   `workloads` (the process-level workloads).
+//!   `clock_scan`, `weighted_writes`, `metrics_cost` (`metrics`), `iter_invalidate`,
+//!   `compute_expiry`, and `workloads` (the process-level workloads).
 //! - `alloc`: the counting allocator, which the binary installs as its `#[global_allocator]`
 //!   and `workloads` reads; the benches run on the system allocator.
 
 pub mod alloc;
 pub mod chart;
 pub mod clock_scan;
+pub mod compute_expiry;
 pub mod hit_ratio;
 pub mod iter_invalidate;
 pub mod metrics_cost;

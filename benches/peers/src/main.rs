@@ -43,6 +43,7 @@ const USAGE: &str =
        ebb-peers weighted-writes [ROUNDS]
        ebb-peers metrics [ROUNDS]   (with --features metrics: publishing measured too)
        ebb-peers iter-invalidate [ROUNDS]
+       ebb-peers compute-expiry [ROUNDS]
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
         Some("weighted-writes") => weighted_writes::run(&args[1..]),
         Some("metrics") => metrics_cost::run(&args[1..]),
         Some("iter-invalidate") => iter_invalidate::run(&args[1..]),
+        Some("compute-expiry") => ebb_peers::compute_expiry::run(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
