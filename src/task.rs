@@ -62,15 +62,19 @@ const SPARE_CAPACITY: usize = 4096;
 /// Free ids a stripe's pool gets beyond what its writers took since the last swap.
 const MIN_POOL: usize = 16;
 
-/// The task's interval, created on the starting thread inside the runtime, so that a
-/// runtime without timers is reported to the caller rather than killing the task.
-fn interval(tick: Duration) -> Result<Interval, BuildError> {
-    std::panic::catch_unwind(|| {
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        interval
-    })
-    .map_err(|_| BuildError::TimersDisabled)
+/// Whether the runtime entered on this thread has timers: checked on the starting thread, so
+/// that a runtime without them is reported to the caller rather than killing the task. A
+/// `Sleep` made and dropped unpolled registers nothing.
+fn timers() -> Result<(), BuildError> {
+    std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)))
+        .map_err(|_| BuildError::TimersDisabled)
+}
+
+/// The task's interval, made when the task first runs (inside its runtime).
+fn interval(tick: Duration) -> Interval {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
 }
 
 /// Start the cache's expiry task on `handle`'s runtime, unless one runs already (or the last
@@ -92,15 +96,11 @@ where
         return Ok(false);
     }
     let _runtime = handle.enter();
-    let interval = match interval(store.clock.tick()) {
-        Ok(interval) => interval,
-        Err(e) => {
-            signals.task_ended();
-            return Err(e);
-        }
-    };
+    if let Err(e) = timers() {
+        signals.task_ended();
+        return Err(e);
+    }
     let span = tracing::debug_span!("ebb", cache = %store.name);
-    let reports = Reports::new(store);
     // Built before the hand-off opens and before the task first runs, so that a runtime
     // dropping the task unpolled still closes it and lets another task start.
     signals.tasks_alive.fetch_add(1, Ordering::SeqCst);
@@ -112,29 +112,74 @@ where
     // Entries to take over: ids of a task before this one (`base > 0`), or entries written
     // while no task ran. A cache's first task, started as it is built, has none.
     let takeover = base > 0 || signals.missed.swap(false, Ordering::AcqRel);
-    let task = Task {
-        _exit: exit,
-        store: Arc::downgrade(store),
-        clock: store.clock,
+    let seed = Seed {
+        started: tokio::time::Instant::now(),
+        exit,
         token: store.token.clone(),
-        signals,
-        interval,
-        wheel: Wheel::new(),
         base,
         takeover,
-        spare: None,
-        links: Vec::new(),
-        pools: Vec::new(),
-        free: Vec::new(),
-        // Whatever `invalidate_all` hid before this task and no sweep removed yet goes at
+        // Whatever an invalidation hid before this task and no sweep removed yet goes at
         // its first wake.
         sweep_again: store.has_unswept(),
         swept: store.generation(),
-        work: Work::default(),
-        reports,
     };
-    drop(handle.spawn(task.run().instrument(span)));
+    drop(handle.spawn(seed.grow().instrument(span)));
     Ok(true)
+}
+
+/// What a task starts from: all a task that never gets to run holds. A cache built and
+/// dropped before its task first runs (a cache per request) pins no more than this, and the
+/// task's state ([`Task`]: the wheel, the interval, buffers) is made, boxed, only when it
+/// runs and the cache is still there.
+struct Seed<K: Hash + Eq, V, S: BuildHasher + Clone> {
+    /// When the task was started: report periods count from here.
+    started: tokio::time::Instant,
+    exit: Exit<K, V, S>,
+    token: CancellationToken,
+    base: NodeId,
+    takeover: bool,
+    sweep_again: bool,
+    swept: u32,
+}
+
+impl<K, V, S> Seed<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    async fn grow(self) {
+        let Some(store) = self
+            .exit
+            .store
+            .upgrade()
+            .filter(|_| !self.token.is_cancelled())
+        else {
+            return; // The cache is gone already: `exit` closes the hand-off.
+        };
+        let task = Box::new(Task {
+            store: Arc::downgrade(&store),
+            clock: store.clock,
+            signals: Arc::clone(&self.exit.signals),
+            interval: interval(store.clock.tick()),
+            reports: Reports::new(&store, self.started),
+            token: self.token,
+            wheel: Wheel::new(),
+            base: self.base,
+            takeover: self.takeover,
+            spare: None,
+            links: Vec::new(),
+            pools: Vec::new(),
+            free: Vec::new(),
+            sweep_again: self.sweep_again,
+            swept: self.swept,
+            work: Work::default(),
+            _exit: self.exit,
+        });
+        drop(store);
+        // Boxed too: the spawned future stays the size of a `Seed`.
+        Box::pin(task.run()).await;
+    }
 }
 
 /// What one wake did, for the trace line.
@@ -193,8 +238,8 @@ async fn next_line(line: &mut Option<StatsLine>) {
 }
 
 /// A periodic timer that fires first one `period` from now and skips the ticks it misses.
-fn every(period: Duration) -> Interval {
-    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+fn every(since: tokio::time::Instant, period: Duration) -> Interval {
+    let mut every = tokio::time::interval_at(since + period, period);
     every.set_missed_tick_behavior(MissedTickBehavior::Skip);
     every
 }
@@ -216,16 +261,18 @@ enum Due {
 }
 
 impl Reports {
-    fn new<K: Hash + Eq, V, S>(store: &Store<K, V, S>) -> Self {
+    /// The reports a cache asked for, their periods counted from `since` (when its task
+    /// was started).
+    fn new<K: Hash + Eq, V, S>(store: &Store<K, V, S>, since: tokio::time::Instant) -> Self {
         Reports {
             line: store.stats_interval.map(|period| StatsLine {
-                every: every(period),
+                every: every(since, period),
                 period,
                 hits: 0,
                 misses: 0,
             }),
             #[cfg(feature = "metrics")]
-            publish: store.metrics_interval.map(every),
+            publish: store.metrics_interval.map(|period| every(since, period)),
         }
     }
 
@@ -325,7 +372,7 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    async fn run(mut self) {
+    async fn run(mut self: Box<Self>) {
         debug!("expiry task started");
         loop {
             let Some(store) = self.store.upgrade() else {

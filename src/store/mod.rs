@@ -93,9 +93,25 @@ pub(crate) struct Settings<K, V> {
     pub(crate) metrics_interval: Option<Duration>,
 }
 
+/// The store: its parts in a box of their own, so that what a `Weak` of the store keeps
+/// alive once the last handle is gone (the expiry task holds one, and a task that never got
+/// to run holds it until it does) is a pointer, not the whole store.
+pub(crate) struct Store<K, V, S> {
+    parts: Box<Parts<K, V, S>>,
+}
+
+impl<K, V, S> std::ops::Deref for Store<K, V, S> {
+    type Target = Parts<K, V, S>;
+
+    #[inline]
+    fn deref(&self) -> &Parts<K, V, S> {
+        &self.parts
+    }
+}
+
 /// The map, the hand-off to the task, the loads in flight, the clock and the
 /// generations of invalidations.
-pub(crate) struct Store<K, V, S> {
+pub(crate) struct Parts<K, V, S> {
     pub(crate) map: Map<K, V, S>,
     pub(crate) handoff: Handoff<K, S>,
     pub(crate) flights: Flights<K, V, S>,
@@ -174,7 +190,7 @@ where
         signals: Arc<Signals>,
     ) -> Self {
         let clock = settings.clock;
-        Store {
+        let parts = Parts {
             map: Map::new(
                 // Deadlines move under readers only with these; otherwise each is its own cap.
                 settings.idle != 0 || settings.expiry_reads,
@@ -208,6 +224,9 @@ where
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Metrics::default(),
             fallbacks: std::sync::atomic::AtomicUsize::new(0),
+        };
+        Store {
+            parts: Box::new(parts),
         }
     }
 
