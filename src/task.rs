@@ -100,7 +100,6 @@ where
         signals.task_ended();
         return Err(e);
     }
-    let span = tracing::debug_span!("ebb", cache = %store.name);
     // Built before the hand-off opens and before the task first runs, so that a runtime
     // dropping the task unpolled still closes it and lets another task start.
     signals.tasks_alive.fetch_add(1, Ordering::SeqCst);
@@ -115,7 +114,6 @@ where
     let seed = Seed {
         started: tokio::time::Instant::now(),
         exit,
-        token: store.token.clone(),
         base,
         takeover,
         // Whatever an invalidation hid before this task and no sweep removed yet goes at
@@ -123,7 +121,7 @@ where
         sweep_again: store.has_unswept(),
         swept: store.generation(),
     };
-    drop(handle.spawn(seed.grow().instrument(span)));
+    drop(handle.spawn(seed.grow()));
     Ok(true)
 }
 
@@ -135,7 +133,6 @@ struct Seed<K: Hash + Eq, V, S: BuildHasher + Clone> {
     /// When the task was started: report periods count from here.
     started: tokio::time::Instant,
     exit: Exit<K, V, S>,
-    token: CancellationToken,
     base: NodeId,
     takeover: bool,
     sweep_again: bool,
@@ -153,17 +150,18 @@ where
             .exit
             .store
             .upgrade()
-            .filter(|_| !self.token.is_cancelled())
+            .filter(|store| !store.token.is_cancelled())
         else {
             return; // The cache is gone already: `exit` closes the hand-off.
         };
+        let span = tracing::debug_span!("ebb", cache = %store.name);
         let task = Box::new(Task {
             store: Arc::downgrade(&store),
             clock: store.clock,
             signals: Arc::clone(&self.exit.signals),
             interval: interval(store.clock.tick()),
             reports: Reports::new(&store, self.started),
-            token: self.token,
+            token: store.token.clone(),
             wheel: Wheel::new(),
             base: self.base,
             takeover: self.takeover,
@@ -178,7 +176,7 @@ where
         });
         drop(store);
         // Boxed too: the spawned future stays the size of a `Seed`.
-        Box::pin(task.run()).await;
+        Box::pin(task.run().instrument(span)).await;
     }
 }
 
