@@ -1,6 +1,8 @@
 //! A counting wrapper around the system allocator: live heap bytes (allocated minus freed),
 //! the peak, the number of allocation calls and the bytes they asked for, and an optional
-//! trace of one thread's allocations (`trace_start` / `trace_stop`).
+//! trace of one thread's allocations (`trace_start` / `trace_stop`). `set_counting(false)`
+//! turns all of it off (the binary does so when `EBB_PEERS_UNCOUNTED` is set), to time code
+//! without the counters' shared atomics.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -16,8 +18,22 @@ static REALLOCS: AtomicU64 = AtomicU64::new(0);
 /// `realloc`.
 static ALLOCATED: AtomicU64 = AtomicU64::new(0);
 
+/// Whether the counters and the trace run at all (set once, at start-up).
+static COUNTING: AtomicBool = AtomicBool::new(true);
+
 /// The system allocator, counting the bytes it hands out and takes back.
 pub struct Counting;
+
+/// Count (the default) or only forward to the system allocator. Call it before any
+/// measurement: the counts are meaningless from then on.
+pub fn set_counting(on: bool) {
+    COUNTING.store(on, Ordering::SeqCst);
+}
+
+/// Whether this process counts its allocations.
+pub fn counting() -> bool {
+    COUNTING.load(Ordering::Relaxed)
+}
 
 /// Heap bytes allocated and not yet freed, by the whole process, now.
 pub fn live_bytes() -> isize {
@@ -148,7 +164,7 @@ fn trace_free(p: *mut u8) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc(layout);
-        if !p.is_null() {
+        if !p.is_null() && counting() {
             grew(layout.size() as isize);
             ALLOCS.fetch_add(1, Ordering::Relaxed);
             ALLOCATED.fetch_add(layout.size() as u64, Ordering::Relaxed);
@@ -159,7 +175,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc_zeroed(layout);
-        if !p.is_null() {
+        if !p.is_null() && counting() {
             grew(layout.size() as isize);
             ALLOCS.fetch_add(1, Ordering::Relaxed);
             ALLOCATED.fetch_add(layout.size() as u64, Ordering::Relaxed);
@@ -169,6 +185,9 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if !counting() {
+            return System.dealloc(ptr, layout);
+        }
         trace_free(ptr);
         System.dealloc(ptr, layout);
         LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
@@ -176,7 +195,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = System.realloc(ptr, layout, new_size);
-        if !p.is_null() {
+        if !p.is_null() && counting() {
             grew(new_size as isize - layout.size() as isize);
             REALLOCS.fetch_add(1, Ordering::Relaxed);
             ALLOCATED.fetch_add(new_size as u64, Ordering::Relaxed);

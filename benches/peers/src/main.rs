@@ -52,6 +52,11 @@ const USAGE: &str =
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
+    // Timing without the counting allocator's shared atomics (heap and allocation figures
+    // are then meaningless); child processes inherit the variable.
+    if std::env::var_os("EBB_PEERS_UNCOUNTED").is_some() {
+        alloc::set_counting(false);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("report") => {

@@ -325,6 +325,7 @@ fn per_request(name: &str) -> Value {
     json!({
         "impl": name,
         "ns_per_cycle": elapsed.as_nanos() as f64 / CYCLES as f64,
+        "counted": crate::alloc::counting(),
         "tasks_alive_at_loop_end": alive_at_loop_end,
         "minor_faults_per_cycle": faults_in_loop as f64 / CYCLES as f64,
         "tasks_after": tasks_after,
@@ -452,6 +453,7 @@ fn per_request_pinned(name: &str) -> Value {
         json!({
             "impl": name,
             "mode": "pinned",
+            "counted": crate::alloc::counting(),
             "cycles": PINNED_CYCLES,
             "warm_tasks_left": warm_left,
             "ns_per_cycle_no_yield": elapsed.as_nanos() as f64 / PINNED_CYCLES as f64,
@@ -528,6 +530,7 @@ fn per_request_no_task(name: &str) -> Result<Value, String> {
         "impl": name,
         "mode": "no-task",
         "ns_per_cycle": elapsed.as_nanos() as f64 / CYCLES as f64,
+        "counted": crate::alloc::counting(),
         "minor_faults_per_cycle": faults as f64 / CYCLES as f64,
         "allocs_per_cycle": allocs,
         "reallocs_per_cycle": reallocs,
@@ -665,12 +668,18 @@ fn rounds_table(rows: &[Value]) -> String {
         |r: &Value, name: &str| of(r, name, "allocs_per_cycle") + of(r, name, "reallocs_per_cycle");
     let mut s = format!(
         "### per-request, alternating: ebb, floor, moka future ({} rounds of {CYCLES} cycles, \
-         each implementation in a fresh process, order rotating)\n\n\
+         each implementation in a fresh process, order rotating)\n\n{}\
          | round | order | ebb ns/cycle | floor | moka future | ebb ÷ floor | ebb ÷ moka | \
          peak heap − before: ebb | floor | ebb ÷ floor | tasks alive at loop end: ebb / floor \
          | pinned B/cycle (current-thread): ebb / floor | no task, ns/cycle: ebb / floor |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        rows.len()
+        rows.len(),
+        if rows.iter().any(|r| r[EBB]["counted"] == false) {
+            "`EBB_PEERS_UNCOUNTED` was set: only the times were measured (heap, allocation \
+             and pinned figures below are not).\n\n"
+        } else {
+            ""
+        },
     );
     for r in rows {
         let order: Vec<&str> = r["order"]
