@@ -1,11 +1,12 @@
 //! The code of the `ebb-peers` binary and of the `core` and `load` benches.
 //!
 //! - `names`: the implementation names, used by all of them.
+//! - `floor`: the naive implementation of ebb's design (`per-request`).
 //! - `mixed`: the mixed workloads (`read_heavy`, `write_heavy`), used by the `core` bench and
 //!   by `ebb-peers read-heavy`.
 //! - One module per subcommand of the binary: `report`, `chart`, `hit_ratio`, `read_heavy`,
 //!   `clock_scan`, `weighted_writes`, `metrics_cost` (`metrics`), `iter_invalidate`,
-//!   `compute_expiry`, and `workloads` (the process-level workloads).
+//!   `compute_expiry`, and `workloads` (the process-level workloads and `per-request-rounds`).
 //! - `alloc`: the counting allocator, which the binary installs as its `#[global_allocator]`
 //!   and `workloads` reads; the benches run on the system allocator.
 
@@ -13,6 +14,7 @@ pub mod alloc;
 pub mod chart;
 pub mod clock_scan;
 pub mod compute_expiry;
+pub mod floor;
 pub mod hit_ratio;
 pub mod iter_invalidate;
 pub mod metrics_cost;

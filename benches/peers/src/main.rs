@@ -7,6 +7,9 @@
 //!   (see `workloads.rs`). Without `IMPL`, the binary re-executes itself once per
 //!   implementation (and per N), so every measurement runs in a fresh process, and prints a
 //!   Markdown table; with `IMPL` it runs that one measurement and prints one JSON line.
+//! - `ebb-peers per-request-rounds [ROUNDS]`: `per-request` for ebb, floor and moka future
+//!   in fresh processes, order rotating round after round, with ebb's and floor's pinned
+//!   bytes and no-task probes; paired ratios (see `workloads.rs`).
 //! - `ebb-peers hit-ratio`: hit ratios on seeded traces (see `hit_ratio.rs`).
 //! - `ebb-peers read-heavy [ROUNDS]`: the `read_heavy` workload, every implementation in
 //!   turn, round after round (see `read_heavy.rs`).
@@ -37,6 +40,8 @@ static ALLOC: alloc::Counting = alloc::Counting;
 const USAGE: &str =
     "usage: ebb-peers report [TARGET_DIR]   (default: $CARGO_TARGET_DIR, then `target`)
        ebb-peers per-request|memory|idle|expiry|all [IMPL [N]]
+       ebb-peers per-request IMPL pinned|no-task   (one probe, ebb or floor)
+       ebb-peers per-request-rounds [ROUNDS]
        ebb-peers hit-ratio
        ebb-peers read-heavy [ROUNDS]
        ebb-peers clock-scan [ROUNDS]
@@ -47,6 +52,11 @@ const USAGE: &str =
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
+    // Timing without the counting allocator's shared atomics (heap and allocation figures
+    // are then meaningless); child processes inherit the variable.
+    if std::env::var_os("EBB_PEERS_UNCOUNTED").is_some() {
+        alloc::set_counting(false);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("report") => {
@@ -65,6 +75,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| "target".to_string());
             chart::chart(&PathBuf::from(dir))
         }
+        Some("per-request-rounds") => workloads::per_request_rounds(&args[1..]),
         Some("hit-ratio") => hit_ratio::run(),
         Some("read-heavy") => read_heavy::run(&args[1..]),
         Some("clock-scan") => clock_scan::run(&args[1..]),

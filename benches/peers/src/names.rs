@@ -31,6 +31,11 @@ pub const DASHMAP_NO_TTL: &str = "dashmap_no_ttl";
 /// A raw `DashMap<u64, u64>` in the process-level workloads (`memory`).
 pub const DASHMAP: &str = "dashmap";
 
+/// The naive correct implementation of ebb's design (`floor::Floor`): an `Arc` of a
+/// `DashMap<u64, (u64, Instant)>` and a `CancellationToken`'s `DropGuard`, and one spawned
+/// task per cache holding a `Weak` of it and waiting on the token (`per-request`).
+pub const FLOOR: &str = "floor";
+
 /// `moka::future::Cache<u64, u64>` with the same TTL as ebb.
 pub const MOKA_FUTURE: &str = "moka_future";
 /// `moka_future` with `max_capacity(N)`, so that nothing is evicted (`memory`).

@@ -4,6 +4,11 @@
 //! implementation (and every N), reads the JSON line each child prints last, and prints a
 //! Markdown table. Each measurement thus starts from a fresh process: no heap, RSS or threads
 //! left over from another implementation.
+//!
+//! `per-request` also has two probes, `ebb-peers per-request IMPL pinned|no-task` (ebb and
+//! floor): the bytes a cycle leaves allocated until its task runs, and the cycle with no
+//! runtime and no task. `ebb-peers per-request-rounds [ROUNDS]` runs ebb, floor and moka
+//! future and those probes in fresh processes, round after round, and pairs them.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -15,9 +20,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
-use crate::alloc::{live_bytes, peak_bytes, reset_peak};
+use crate::alloc::{
+    calls, live_bytes, peak_bytes, reset_peak, trace_read, trace_start, trace_stop, Traced,
+};
+use crate::floor::Floor;
 use crate::names::{
-    DASHMAP, EBB, EBB_BOUNDED, MINI_MOKA, MOKA_FUTURE, MOKA_FUTURE_BOUNDED, MOKA_SYNC, QUICK_CACHE,
+    DASHMAP, EBB, EBB_BOUNDED, FLOOR, MINI_MOKA, MOKA_FUTURE, MOKA_FUTURE_BOUNDED, MOKA_SYNC,
+    QUICK_CACHE,
 };
 
 /// `per-request`: cycles of build, insert, get, drop.
@@ -48,7 +57,7 @@ pub fn is_workload(name: &str) -> bool {
 /// The implementations each workload compares, in table order.
 fn impls(workload: &str) -> &'static [&'static str] {
     match workload {
-        "per-request" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, QUICK_CACHE],
+        "per-request" => &[EBB, FLOOR, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, QUICK_CACHE],
         "memory" => &[
             EBB,
             MOKA_FUTURE,
@@ -88,12 +97,21 @@ pub fn run(workload: &str, args: &[String]) -> Result<String, String> {
                     .map_or(Ok(1_000_000), |n| n.parse::<u64>())
                     .map_err(|e| format!("N: {e}"))
             };
-            let result = match workload {
-                "per-request" => per_request(name),
-                "memory" => memory(name, n()?),
-                "idle" => idle(name),
-                "expiry" => expiry(name, extra == Some("fill-only")),
-                _ => unreachable!("checked by is_workload"),
+            let result = match (workload, extra) {
+                ("per-request", None) => per_request(name),
+                ("per-request", Some("pinned")) => per_request_pinned(name),
+                ("per-request", Some("no-task")) => per_request_no_task(name)?,
+                ("per-request", Some(other)) => {
+                    return Err(format!(
+                        "per-request {name}: unknown mode {other:?}; `pinned` or `no-task`"
+                    ))
+                }
+                (workload, _) => match workload {
+                    "memory" => memory(name, n()?),
+                    "idle" => idle(name),
+                    "expiry" => expiry(name, extra == Some("fill-only")),
+                    _ => unreachable!("checked by is_workload"),
+                },
             };
             Ok(format!("{result}\n"))
         }
@@ -192,6 +210,19 @@ fn rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Minor page faults of the whole process so far (field 10 of /proc/self/stat): first
+/// touches of memory the allocator took from the kernel.
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces; `rest`
+    // starts at field 3 (state), so field 10 is its eighth.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// CPU time of the whole process (all threads, live or exited), from the utime and stime
 /// fields of /proc/self/stat, in clock ticks (10 ms at the usual 100 Hz).
 fn cpu_stat() -> Duration {
@@ -240,6 +271,20 @@ fn settle_tasks(rt: &Runtime, target: usize) -> usize {
 // ---------------------------------------------------------------------------------------
 // per-request
 
+/// `per-request IMPL pinned`: cycles per batch.
+const PINNED_CYCLES: u64 = 10_000;
+
+/// Allocation calls per cycle between two `calls()` readings: `(alloc + alloc_zeroed,
+/// realloc, bytes asked for)`.
+fn per_cycle(before: (u64, u64, u64), after: (u64, u64, u64), n: u64) -> [f64; 3] {
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / n as f64;
+    [
+        per(before.0, after.0),
+        per(before.1, after.1),
+        per(before.2, after.2),
+    ]
+}
+
 fn per_request(name: &str) -> Value {
     let rt = runtime();
     let name_owned = name.to_string();
@@ -254,20 +299,39 @@ fn per_request(name: &str) -> Value {
     settle_tasks(&rt, 0);
     let rss_before = rss();
     let heap_before = live_bytes();
+    let calls_before = calls();
+    let faults_before = minor_faults();
     reset_peak();
-    let elapsed = rt.block_on(async {
-        tokio::spawn(async move { cycles(&name_owned, CYCLES).await })
-            .await
-            .expect("per-request task")
+    let (elapsed, alive_at_loop_end, faults_in_loop) = rt.block_on(async {
+        tokio::spawn(async move {
+            let elapsed = cycles(&name_owned, CYCLES).await;
+            let faults = minor_faults() - faults_before;
+            // Tasks alive besides this one as the loop ends: the cycles' tasks that the other
+            // worker has not run (to their end) yet.
+            let alive = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            (elapsed, alive.saturating_sub(1), faults)
+        })
+        .await
+        .expect("per-request task")
     });
     let heap_peak = peak_bytes();
     let tasks_after = settle_tasks(&rt, 0);
+    // After the tasks have run: their own allocations count too.
+    let [allocs, reallocs, allocated] = per_cycle(calls_before, calls(), CYCLES);
     let heap_after = live_bytes();
     let rss_after = rss();
     json!({
         "impl": name,
         "ns_per_cycle": elapsed.as_nanos() as f64 / CYCLES as f64,
+        "counted": crate::alloc::counting(),
+        "tasks_alive_at_loop_end": alive_at_loop_end,
+        "minor_faults_per_cycle": faults_in_loop as f64 / CYCLES as f64,
         "tasks_after": tasks_after,
+        "allocs_per_cycle": allocs,
+        "reallocs_per_cycle": reallocs,
+        "bytes_allocated_per_cycle": allocated,
         "rss_before": rss_before,
         "rss_after": rss_after,
         "heap_before": heap_before,
@@ -285,6 +349,13 @@ async fn cycles(name: &str, n: u64) -> Duration {
                 let cache: ebb_cache::Cache<u64, u64> = ebb_cache::Cache::builder()
                     .time_to_live(REQUEST_TTL)
                     .build();
+                cache.insert(black_box(1), black_box(2));
+                black_box(cache.get(black_box(&1)));
+            }
+        }
+        FLOOR => {
+            for _ in 0..n {
+                let cache = Floor::new(REQUEST_TTL);
                 cache.insert(black_box(1), black_box(2));
                 black_box(cache.get(black_box(&1)));
             }
@@ -328,29 +399,174 @@ async fn cycles(name: &str, n: u64) -> Duration {
     start.elapsed()
 }
 
+/// Yield until the current runtime has no task alive (at most 100,000 yields); return how
+/// many are left.
+async fn run_pending() -> usize {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for _ in 0..100_000 {
+        if metrics.num_alive_tasks() == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    metrics.num_alive_tasks()
+}
+
+/// `per-request IMPL pinned`: the bytes a cycle leaves allocated until the runtime runs the
+/// task it spawned. On a current-thread runtime, inside `block_on`, where no spawned task
+/// runs until the `block_on` future yields: `PINNED_CYCLES` cycles without a yield, then live
+/// bytes less those before, per cycle; then yield until every task has run, and read them
+/// again. A first batch of the same size, whose tasks run too, warms the allocator and grows
+/// the runtime's run queue to hold that many tasks, so that the queue's growth is not counted
+/// in the second. Then one cycle traced (`alloc::trace_start`): the size of every allocation
+/// it makes, which were still live as it ended, and which once its task had run.
+fn per_request_pinned(name: &str) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        black_box(cycles(name, PINNED_CYCLES).await);
+        let warm_left = run_pending().await;
+        let before = live_bytes();
+        let calls_before = calls();
+        let faults_before = minor_faults();
+        let elapsed = cycles(name, PINNED_CYCLES).await;
+        let faults = minor_faults() - faults_before;
+        let at_end = live_bytes();
+        let [allocs, reallocs, allocated] = per_cycle(calls_before, calls(), PINNED_CYCLES);
+        let pending = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        let left = run_pending().await;
+        let after = live_bytes();
+        // One cycle, traced; then its task run, still traced (this thread runs it).
+        trace_start();
+        black_box(cycles(name, 1).await);
+        let (cycle, cycle_total) = trace_read();
+        let traced_left = run_pending().await;
+        let (ran, ran_total) = trace_stop();
+        // `[size, live, align]`, in allocation order.
+        let pairs = |t: &[Traced]| -> Vec<(usize, bool, usize)> {
+            t.iter().map(|a| (a.size, !a.freed, a.align)).collect()
+        };
+        json!({
+            "impl": name,
+            "mode": "pinned",
+            "counted": crate::alloc::counting(),
+            "cycles": PINNED_CYCLES,
+            "warm_tasks_left": warm_left,
+            "ns_per_cycle_no_yield": elapsed.as_nanos() as f64 / PINNED_CYCLES as f64,
+            "tasks_pending_at_end": pending,
+            "minor_faults_per_cycle": faults as f64 / PINNED_CYCLES as f64,
+            "pinned_bytes_per_cycle": (at_end - before) as f64 / PINNED_CYCLES as f64,
+            "tasks_left_after_run": left,
+            "bytes_left_per_cycle_after_run": (after - before) as f64 / PINNED_CYCLES as f64,
+            "allocs_per_cycle": allocs,
+            "reallocs_per_cycle": reallocs,
+            "bytes_allocated_per_cycle": allocated,
+            // The cycle's allocations, each with whether it was live as the cycle ended.
+            "trace_cycle": pairs(&cycle),
+            "trace_cycle_count": cycle_total,
+            // The same allocations and those the task's run made after them, each with
+            // whether it was live once the task had run.
+            "trace_after_task_ran": pairs(&ran),
+            "trace_count": ran_total,
+            "trace_tasks_left": traced_left,
+            // Sizes known here, to put names on the traced allocations.
+            "size_of_tokio_sleep": std::mem::size_of::<tokio::time::Sleep>(),
+            "size_of_tokio_interval": std::mem::size_of::<tokio::time::Interval>(),
+            "floor_arc_bytes": crate::floor::arc_bytes(),
+            "floor_task_future_bytes": crate::floor::task_future_bytes(),
+        })
+    })
+}
+
+/// `per-request IMPL no-task` (`ebb` and `floor`): the same cycles with no runtime at all,
+/// on the process's main thread, so that the cache's task is never spawned: ebb built
+/// outside any runtime (it starts no task there, and its writes find none to start it on),
+/// floor with its task's future dropped unpolled. What the cycle costs without its task.
+fn per_request_no_task(name: &str) -> Result<Value, String> {
+    let run = |n: u64| -> Duration {
+        let start = Instant::now();
+        match name {
+            EBB => {
+                for _ in 0..n {
+                    let cache: ebb_cache::Cache<u64, u64> = ebb_cache::Cache::builder()
+                        .time_to_live(REQUEST_TTL)
+                        .build();
+                    cache.insert(black_box(1), black_box(2));
+                    black_box(cache.get(black_box(&1)));
+                }
+            }
+            FLOOR => {
+                for _ in 0..n {
+                    let (cache, task) = Floor::without_task(REQUEST_TTL);
+                    drop(task);
+                    cache.insert(black_box(1), black_box(2));
+                    black_box(cache.get(black_box(&1)));
+                }
+            }
+            other => unreachable!("per-request no-task: {other}"),
+        }
+        start.elapsed()
+    };
+    if !matches!(name, EBB | FLOOR) {
+        return Err(format!(
+            "per-request {name} no-task: only {EBB} and {FLOOR}"
+        ));
+    }
+    black_box(run(100));
+    let heap_before = live_bytes();
+    let calls_before = calls();
+    let faults_before = minor_faults();
+    reset_peak();
+    let elapsed = run(CYCLES);
+    let faults = minor_faults() - faults_before;
+    let [allocs, reallocs, allocated] = per_cycle(calls_before, calls(), CYCLES);
+    let heap_peak = peak_bytes();
+    let heap_after = live_bytes();
+    Ok(json!({
+        "impl": name,
+        "mode": "no-task",
+        "ns_per_cycle": elapsed.as_nanos() as f64 / CYCLES as f64,
+        "counted": crate::alloc::counting(),
+        "minor_faults_per_cycle": faults as f64 / CYCLES as f64,
+        "allocs_per_cycle": allocs,
+        "reallocs_per_cycle": reallocs,
+        "bytes_allocated_per_cycle": allocated,
+        "heap_before": heap_before,
+        "heap_after": heap_after,
+        "heap_peak": heap_peak,
+    }))
+}
+
 fn per_request_table(rows: &[Value]) -> String {
     let get = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-    let ebb = rows
-        .iter()
-        .find(|r| r["impl"] == EBB)
-        .map(|r| get(r, "ns_per_cycle"));
-    let moka = rows
-        .iter()
-        .find(|r| r["impl"] == MOKA_FUTURE)
-        .map(|r| get(r, "ns_per_cycle"));
+    let time_of = |name: &str| {
+        rows.iter()
+            .find(|r| r["impl"] == name)
+            .map(|r| get(r, "ns_per_cycle"))
+    };
+    let (ebb, floor, moka) = (time_of(EBB), time_of(FLOOR), time_of(MOKA_FUTURE));
     let mut s = format!(
         "### per-request ({CYCLES} cycles of build, insert, get, drop in one task on a \
          2-worker runtime)\n\n\
-         | implementation | ns/cycle | time ÷ ebb | tasks alive after | heap after − before | \
-         peak heap − before | RSS before | RSS after |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+         | implementation | ns/cycle | time ÷ ebb | allocs/cycle | bytes allocated/cycle | \
+         tasks alive at loop end | tasks alive after | heap after − before | \
+         peak heap − before | RSS before | RSS after |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let ns = get(r, "ns_per_cycle");
         s.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
             r["impl"].as_str().unwrap_or("?"),
             ns,
             ebb.map_or("n/a".into(), |e| format!("{:.2}", ns / e)),
+            get(r, "allocs_per_cycle") + get(r, "reallocs_per_cycle"),
+            get(r, "bytes_allocated_per_cycle"),
+            r["tasks_alive_at_loop_end"],
             r["tasks_after"],
             bytes_signed(get(r, "heap_after") - get(r, "heap_before")),
             bytes_signed(get(r, "heap_peak") - get(r, "heap_before")),
@@ -358,6 +574,11 @@ fn per_request_table(rows: &[Value]) -> String {
             bytes(get(r, "rss_after")),
         ));
     }
+    s.push_str(
+        "\nallocs/cycle: `alloc`, `alloc_zeroed` and `realloc` calls by every thread from the \
+         loop's start until the tasks have settled, ÷ cycles; bytes: what they asked for (a \
+         `realloc`'s new size).\n",
+    );
     if let (Some(e), Some(m)) = (ebb, moka) {
         let ebb_row = rows.iter().find(|r| r["impl"] == EBB);
         let tasks = ebb_row.map_or(-1, |r| r["tasks_after"].as_i64().unwrap_or(-1));
@@ -371,6 +592,364 @@ fn per_request_table(rows: &[Value]) -> String {
             bytes_signed(heap),
             verdict(heap.abs() < 65536.0),
         ));
+    }
+    if let (Some(e), Some(f)) = (ebb, floor) {
+        s.push_str(&format!(
+            "ebb ÷ floor time per cycle = {:.2} (one run; `per-request-rounds` pairs them)\n",
+            e / f
+        ));
+    }
+    s.push('\n');
+    s
+}
+
+// ---------------------------------------------------------------------------------------
+// per-request-rounds
+
+/// The implementations `per-request-rounds` alternates, in the first round's order.
+const ROUND_IMPLS: [&str; 3] = [EBB, FLOOR, MOKA_FUTURE];
+
+/// `ebb-peers per-request-rounds [ROUNDS]` (default 7): per round, `per-request IMPL` for
+/// ebb, floor and moka future, each in a fresh child process, the order rotating from round
+/// to round; then the `pinned` and `no-task` probes of ebb and floor, in a fresh process
+/// each, ebb first in even rounds and floor first in odd ones. Prints each round's figures
+/// and the medians over rounds of the ratios within a round (ebb ÷ floor, ebb ÷ moka future),
+/// with their range.
+pub fn per_request_rounds(args: &[String]) -> Result<String, String> {
+    let rounds = crate::rounds(args, 7)?;
+    let mut rows = Vec::new();
+    for round in 0..rounds {
+        let mut order = ROUND_IMPLS.to_vec();
+        order.rotate_left(round % ROUND_IMPLS.len());
+        let mut row = json!({ "round": round + 1, "order": order });
+        for name in &order {
+            row[*name] = child("per-request", name, None)?;
+        }
+        let mut probes = vec![
+            (EBB, "pinned"),
+            (FLOOR, "pinned"),
+            (EBB, "no-task"),
+            (FLOOR, "no-task"),
+        ];
+        if round % 2 == 1 {
+            probes.swap(0, 1);
+            probes.swap(2, 3);
+        }
+        for (name, mode) in probes {
+            row[format!("{name}_{mode}")] = child("per-request", name, Some(mode.to_string()))?;
+        }
+        rows.push(row);
+    }
+    save("per-request-rounds", &rows)?;
+    Ok(rounds_table(&rows))
+}
+
+/// `values`' median (mean of the middle two for an even count), least and greatest.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}
+
+fn rounds_table(rows: &[Value]) -> String {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let of = |r: &Value, name: &str, key: &str| f(&r[name][key]);
+    let peak = |r: &Value, name: &str| of(r, name, "heap_peak") - of(r, name, "heap_before");
+    let allocs =
+        |r: &Value, name: &str| of(r, name, "allocs_per_cycle") + of(r, name, "reallocs_per_cycle");
+    let mut s = format!(
+        "### per-request, alternating: ebb, floor, moka future ({} rounds of {CYCLES} cycles, \
+         each implementation in a fresh process, order rotating)\n\n{}\
+         | round | order | ebb ns/cycle | floor | moka future | ebb ÷ floor | ebb ÷ moka | \
+         peak heap − before: ebb | floor | ebb ÷ floor | tasks alive at loop end: ebb / floor \
+         | pinned B/cycle (current-thread): ebb / floor | no task, ns/cycle: ebb / floor |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        rows.len(),
+        if rows.iter().any(|r| r[EBB]["counted"] == false) {
+            "`EBB_PEERS_UNCOUNTED` was set: only the times were measured (heap, allocation \
+             and pinned figures below are not).\n\n"
+        } else {
+            ""
+        },
+    );
+    for r in rows {
+        let order: Vec<&str> = r["order"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} | {} / {} | \
+             {:.0} / {:.0} | {:.0} / {:.0} |\n",
+            r["round"],
+            order.join(", "),
+            of(r, EBB, "ns_per_cycle"),
+            of(r, FLOOR, "ns_per_cycle"),
+            of(r, MOKA_FUTURE, "ns_per_cycle"),
+            of(r, EBB, "ns_per_cycle") / of(r, FLOOR, "ns_per_cycle"),
+            of(r, EBB, "ns_per_cycle") / of(r, MOKA_FUTURE, "ns_per_cycle"),
+            bytes(peak(r, EBB)),
+            bytes(peak(r, FLOOR)),
+            peak(r, EBB) / peak(r, FLOOR),
+            r[EBB]["tasks_alive_at_loop_end"],
+            r[FLOOR]["tasks_alive_at_loop_end"],
+            of(r, "ebb_pinned", "pinned_bytes_per_cycle"),
+            of(r, "floor_pinned", "pinned_bytes_per_cycle"),
+            of(r, "ebb_no-task", "ns_per_cycle"),
+            of(r, "floor_no-task", "ns_per_cycle"),
+        ));
+    }
+    let col = |g: &dyn Fn(&Value) -> f64| -> Vec<f64> { rows.iter().map(g).collect() };
+    let cell = |g: &dyn Fn(&Value) -> f64, digits: usize| {
+        let (m, lo, hi) = spread(&col(g));
+        format!("{m:.digits$} [{lo:.digits$}, {hi:.digits$}]")
+    };
+    let ns = |name: &'static str| move |r: &Value| of(r, name, "ns_per_cycle");
+    let probe = |name: &'static str, mode: &'static str, key: &'static str| {
+        move |r: &Value| of(r, &format!("{name}_{mode}"), key)
+    };
+    let after = |name: &'static str| {
+        move |r: &Value| of(r, name, "heap_after") - of(r, name, "heap_before")
+    };
+    s.push_str(
+        "\nMedian over rounds [least, greatest].\n\n\
+         | figure | ebb | floor | moka future |\n|---|---:|---:|---:|\n",
+    );
+    let mut line = |what: &str, cells: [String; 3]| {
+        s.push_str(&format!(
+            "| {what} | {} | {} | {} |\n",
+            cells[0], cells[1], cells[2]
+        ));
+    };
+    let na = || "n/a".to_string();
+    let each = |g: &dyn Fn(&Value, &'static str) -> f64, digits: usize| -> [String; 3] {
+        ROUND_IMPLS.map(|name| cell(&|r| g(r, name), digits))
+    };
+    line("ns/cycle", each(&|r, n| of(r, n, "ns_per_cycle"), 0));
+    line(
+        "peak heap − before, KiB",
+        each(&|r, n| peak(r, n) / 1024.0, 1),
+    );
+    line(
+        "peak heap − before ÷ cycles, B",
+        each(&|r, n| peak(r, n) / CYCLES as f64, 1),
+    );
+    line(
+        "tasks alive at loop end",
+        each(&|r, n| of(r, n, "tasks_alive_at_loop_end"), 0),
+    );
+    line(
+        "minor page faults/cycle in the loop",
+        each(&|r, n| of(r, n, "minor_faults_per_cycle"), 3),
+    );
+    line("allocation calls/cycle", each(&allocs, 2));
+    line(
+        "of which realloc/cycle",
+        each(&|r, n| of(r, n, "reallocs_per_cycle"), 3),
+    );
+    line(
+        "bytes allocated/cycle",
+        each(&|r, n| of(r, n, "bytes_allocated_per_cycle"), 0),
+    );
+    line(
+        "tasks alive after (settled)",
+        each(&|r, n| of(r, n, "tasks_after"), 0),
+    );
+    line(
+        "heap after − before, B",
+        [
+            cell(&after(EBB), 0),
+            cell(&after(FLOOR), 0),
+            cell(&after(MOKA_FUTURE), 0),
+        ],
+    );
+    line(
+        "pinned B/cycle until the tasks run (current-thread, 10,000 cycles)",
+        [
+            cell(&probe(EBB, "pinned", "pinned_bytes_per_cycle"), 1),
+            cell(&probe(FLOOR, "pinned", "pinned_bytes_per_cycle"), 1),
+            na(),
+        ],
+    );
+    line(
+        "B/cycle left once those tasks ran",
+        [
+            cell(&probe(EBB, "pinned", "bytes_left_per_cycle_after_run"), 2),
+            cell(&probe(FLOOR, "pinned", "bytes_left_per_cycle_after_run"), 2),
+            na(),
+        ],
+    );
+    line(
+        "current-thread, tasks not run: ns/cycle",
+        [
+            cell(&probe(EBB, "pinned", "ns_per_cycle_no_yield"), 0),
+            cell(&probe(FLOOR, "pinned", "ns_per_cycle_no_yield"), 0),
+            na(),
+        ],
+    );
+    line(
+        "no runtime, no task: ns/cycle",
+        [
+            cell(&probe(EBB, "no-task", "ns_per_cycle"), 0),
+            cell(&probe(FLOOR, "no-task", "ns_per_cycle"), 0),
+            na(),
+        ],
+    );
+    line(
+        "no task: allocation calls/cycle",
+        [
+            cell(
+                &|r| {
+                    probe(EBB, "no-task", "allocs_per_cycle")(r)
+                        + probe(EBB, "no-task", "reallocs_per_cycle")(r)
+                },
+                2,
+            ),
+            cell(
+                &|r| {
+                    probe(FLOOR, "no-task", "allocs_per_cycle")(r)
+                        + probe(FLOOR, "no-task", "reallocs_per_cycle")(r)
+                },
+                2,
+            ),
+            na(),
+        ],
+    );
+    line(
+        "no task: bytes allocated/cycle",
+        [
+            cell(&probe(EBB, "no-task", "bytes_allocated_per_cycle"), 0),
+            cell(&probe(FLOOR, "no-task", "bytes_allocated_per_cycle"), 0),
+            na(),
+        ],
+    );
+    line(
+        "ns/cycle − no-task ns/cycle (same round): the task's share",
+        [
+            cell(
+                &|r| ns(EBB)(r) - probe(EBB, "no-task", "ns_per_cycle")(r),
+                0,
+            ),
+            cell(
+                &|r| ns(FLOOR)(r) - probe(FLOOR, "no-task", "ns_per_cycle")(r),
+                0,
+            ),
+            na(),
+        ],
+    );
+    s.push_str(
+        "\nPaired ratios: each round's ratio, then the median over rounds [least, greatest].\n\n\
+         | ratio | median [range] |\n|---|---:|\n",
+    );
+    let mut ratio = |what: &str, g: &dyn Fn(&Value) -> f64| {
+        s.push_str(&format!("| {what} | {} |\n", cell(g, 2)));
+    };
+    let task_share = |name: &'static str| {
+        move |r: &Value| ns(name)(r) - probe(name, "no-task", "ns_per_cycle")(r)
+    };
+    ratio("ebb ÷ floor, time per cycle", &|r| {
+        ns(EBB)(r) / ns(FLOOR)(r)
+    });
+    ratio("ebb ÷ moka future, time per cycle", &|r| {
+        ns(EBB)(r) / ns(MOKA_FUTURE)(r)
+    });
+    ratio("floor ÷ moka future, time per cycle", &|r| {
+        ns(FLOOR)(r) / ns(MOKA_FUTURE)(r)
+    });
+    ratio("ebb ÷ floor, peak heap − before", &|r| {
+        peak(r, EBB) / peak(r, FLOOR)
+    });
+    ratio("ebb ÷ floor, allocation calls/cycle", &|r| {
+        allocs(r, EBB) / allocs(r, FLOOR)
+    });
+    ratio("ebb ÷ floor, bytes allocated/cycle", &|r| {
+        of(r, EBB, "bytes_allocated_per_cycle") / of(r, FLOOR, "bytes_allocated_per_cycle")
+    });
+    ratio("ebb ÷ floor, pinned bytes/cycle", &|r| {
+        probe(EBB, "pinned", "pinned_bytes_per_cycle")(r)
+            / probe(FLOOR, "pinned", "pinned_bytes_per_cycle")(r)
+    });
+    ratio(
+        "ebb ÷ floor, current-thread time with tasks not run",
+        &|r| {
+            probe(EBB, "pinned", "ns_per_cycle_no_yield")(r)
+                / probe(FLOOR, "pinned", "ns_per_cycle_no_yield")(r)
+        },
+    );
+    ratio("ebb ÷ floor, no-task time", &|r| {
+        probe(EBB, "no-task", "ns_per_cycle")(r) / probe(FLOOR, "no-task", "ns_per_cycle")(r)
+    });
+    ratio(
+        "ebb ÷ floor, the task's share (time − no-task time)",
+        &|r| task_share(EBB)(r) / task_share(FLOOR)(r),
+    );
+    // The traced cycle: allocation sizes, the same from round to round; the first round's.
+    if let Some(r) = rows.first() {
+        s.push_str(
+            "\nOne cycle traced on a current-thread runtime (round 1): its allocations' sizes \
+             in bytes, in order; `*`: still live as the cycle ended (pinned until its task \
+             runs); `/128`: aligned to 128 bytes (an alignment above 16 is noted; glibc serves \
+             those through `posix_memalign`); `+`: allocated by the task's run.\n\n",
+        );
+        let pairs = |v: &Value| -> Vec<(u64, bool, u64)> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| Some((p[0].as_u64()?, p[1].as_bool()?, p[2].as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let show = |&(n, _, align): &(u64, bool, u64)| {
+            if align > 16 {
+                format!("{n}/{align}")
+            } else {
+                n.to_string()
+            }
+        };
+        for name in [EBB, FLOOR] {
+            let p = &r[format!("{name}_pinned")];
+            let cycle = pairs(&p["trace_cycle"]);
+            let ran = pairs(&p["trace_after_task_ran"]);
+            let total: u64 = cycle.iter().map(|c| c.0).sum();
+            let live: u64 = cycle.iter().filter(|c| c.1).map(|c| c.0).sum();
+            let mut listed: Vec<String> = cycle
+                .iter()
+                .map(|a| {
+                    if a.1 {
+                        format!("{}*", show(a))
+                    } else {
+                        show(a)
+                    }
+                })
+                .collect();
+            listed.extend(
+                ran.iter()
+                    .skip(cycle.len())
+                    .map(|a| format!("+{}", show(a))),
+            );
+            let aligned = cycle.iter().filter(|a| a.2 > 16).count();
+            let still: Vec<u64> = ran.iter().filter(|c| c.1).map(|c| c.0).collect();
+            s.push_str(&format!(
+                "- {name}: {} allocations ({aligned} over-aligned), {total} B, {live} B of them \
+                 live at the cycle's end: {}; still live once the task ran: {}\n",
+                cycle.len(),
+                listed.join(", "),
+                if still.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{still:?}")
+                },
+            ));
+        }
     }
     s.push('\n');
     s
