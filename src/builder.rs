@@ -587,7 +587,9 @@ where
         };
         let settings = Settings {
             policy,
-            name: self.name.as_deref().unwrap_or("ebb").into(),
+            name: self
+                .name
+                .map_or(std::borrow::Cow::Borrowed("ebb"), Into::into),
             clock,
             idle,
             counters: self.record_stats.then(Counters::new),

@@ -91,7 +91,7 @@ pub(crate) struct Invalidations<K, V> {
     alls: [(AtomicU64, AtomicU64); REMEMBERED],
     /// Pending predicates and the generation each began, replaced whole on each change, so
     /// that a reader takes a shared copy in one step.
-    pending: RwLock<List<K, V>>,
+    pending: RwLock<Option<List<K, V>>>,
 }
 
 impl<K, V> Default for Invalidations<K, V> {
@@ -101,7 +101,7 @@ impl<K, V> Default for Invalidations<K, V> {
             last_all: AtomicU64::new(0),
             swept: AtomicU64::new(0),
             alls: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
-            pending: RwLock::new(Arc::from(Vec::new())),
+            pending: RwLock::new(None),
         }
     }
 }
@@ -172,11 +172,16 @@ impl<K, V> Invalidations<K, V> {
         if full < self.last_all.load(Ordering::Acquire) {
             return Seen::Hidden;
         }
-        let list = Arc::clone(&self.pending.read().unwrap_or_else(PoisonError::into_inner));
+        let list = self
+            .pending
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         // Every generation up to the current one is either a pending predicate asked here,
         // or began with nothing that applies to this entry.
         let through = masked(count);
-        if list.iter().any(|(began, _)| *began > full) {
+        let list = list.filter(|list| list.iter().any(|(began, _)| *began > full));
+        if let Some(list) = list {
             Seen::Ask {
                 predicates: Pending { list, after: full },
                 through,
@@ -200,12 +205,12 @@ impl<K, V> Invalidations<K, V> {
                 at.store(now, Ordering::Release);
                 generation.store(next, Ordering::Release);
                 self.last_all.store(next, Ordering::Release);
-                *pending = Arc::from(Vec::new());
+                *pending = None;
             }
             Begin::Matching(predicate) => {
-                let mut list = pending.to_vec();
+                let mut list = pending.as_deref().map_or_else(Vec::new, <[_]>::to_vec);
                 list.push((next, predicate));
-                *pending = Arc::from(list);
+                *pending = Some(Arc::from(list));
             }
         }
         self.count.store(next, Ordering::Release);
@@ -222,13 +227,15 @@ impl<K, V> Invalidations<K, V> {
     pub(crate) fn swept_to(&self, count: u64) {
         self.swept.fetch_max(count, Ordering::AcqRel);
         let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
-        if pending.iter().any(|(began, _)| *began <= count) {
-            let left: Vec<_> = pending
-                .iter()
-                .filter(|(began, _)| *began > count)
-                .cloned()
-                .collect();
-            *pending = Arc::from(left);
+        if let Some(list) = pending.as_deref() {
+            if list.iter().any(|(began, _)| *began <= count) {
+                let left: Vec<_> = list
+                    .iter()
+                    .filter(|(began, _)| *began > count)
+                    .cloned()
+                    .collect();
+                *pending = (!left.is_empty()).then(|| Arc::from(left));
+            }
         }
     }
 
@@ -238,7 +245,8 @@ impl<K, V> Invalidations<K, V> {
         self.pending
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .len()
+            .as_deref()
+            .map_or(0, <[_]>::len)
     }
 
     /// Skip `n` generations at once (tests of the wrap).

@@ -66,7 +66,7 @@ pub(crate) use crate::store::handoff::UNFILED;
 
 /// What the store needs to know beyond the map.
 pub(crate) struct Settings<K, V> {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: std::borrow::Cow<'static, str>,
     /// The settings as the handle reports them.
     pub(crate) policy: Policy,
     pub(crate) clock: Clock,
@@ -117,7 +117,7 @@ pub(crate) struct Parts<K, V, S> {
     pub(crate) flights: Flights<K, V, S>,
     pub(crate) signals: Arc<Signals>,
     pub(crate) clock: Clock,
-    pub(crate) name: Arc<str>,
+    pub(crate) name: std::borrow::Cow<'static, str>,
     /// The settings as the handle reports them.
     pub(crate) policy: Policy,
     pub(crate) lag: Lag,
