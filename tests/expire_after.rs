@@ -222,3 +222,54 @@ async fn expire_after_and_time_to_idle_do_not_mix() {
     assert_eq!(err, BuildError::ExpiryWithTimeToIdle);
     assert!(err.to_string().contains("use one"));
 }
+
+/// An `Expiry` whose create and update hooks panic for key 13.
+struct Broken;
+
+impl Expiry<u32, u32> for Broken {
+    fn expire_after_create(&self, k: &u32, _v: &u32, _at: Instant) -> Option<Duration> {
+        assert_ne!(*k, 13, "a create hook that panics");
+        Some(Duration::from_secs(1))
+    }
+    fn expire_after_update(
+        &self,
+        k: &u32,
+        _v: &u32,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        assert_ne!(*k, 13, "an update hook that panics");
+        None
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_create_or_update_hook_costs_that_write_only() {
+    let c: Cache<u32, u32> = Cache::builder()
+        .tick(Duration::from_millis(10))
+        .expire_after(Broken)
+        .build();
+    let insert = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.insert(13, 1)));
+    assert!(insert.is_err());
+    assert_eq!(c.get(&13), None, "nothing was written");
+    // A load that panics as its value is stored hands the key over.
+    let c2 = c.clone();
+    let load = tokio::spawn(async move { c2.get_with(13, async { 1 }).await });
+    assert!(load.await.is_err());
+    assert_eq!(c.__internals().loads, 0, "no flight left");
+    // So does a compute.
+    let c3 = c.clone();
+    let compute = tokio::spawn(async move {
+        c3.entry(13)
+            .and_compute_with(|_| async { ebb_cache::Op::Put(1) })
+            .await
+    });
+    assert!(compute.await.is_err());
+    assert_eq!(c.__internals().loads, 0);
+    // Other keys, and the task, go on.
+    c.insert(1, 1);
+    assert_eq!(c.get(&1), Some(1));
+    advance(1_010 * MS).await;
+    settle().await;
+    assert_eq!(c.entry_count(), 0);
+}
