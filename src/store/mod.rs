@@ -199,7 +199,9 @@ where
                 shards,
             ),
             handoff: Handoff::new(shards, hasher.clone()),
-            flights: Flights::new(shards, hasher.clone()),
+            // Loads register and unregister briefly: a stripe per core (shards are four per
+            // core) is plenty, and a cache built per request allocates a quarter of the bytes.
+            flights: Flights::new((shards / 4).max(1), hasher.clone()),
             capacity: settings.capacity.map(|(max, weigher)| {
                 Capacity::new(max, shards, settings.policy_shards, hasher, weigher)
             }),
