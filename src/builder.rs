@@ -22,9 +22,11 @@ use crate::config::Policy;
 use crate::error::BuildError;
 use crate::expiry::Expiry;
 use crate::listener::{Notifier, Removal, RemovalCause};
+use crate::loader::Reload;
 use crate::stats::Counters;
 use crate::store::capacity::Weigher;
 use crate::store::handoff::Signals;
+use crate::store::refresh::Rules;
 use crate::store::{Settings, Store};
 use crate::task;
 use crate::time::clock::Clock;
@@ -534,7 +536,7 @@ where
     /// errors returned.
     pub fn try_build(self) -> Result<Cache<K, V, S>, BuildError> {
         let handle = Handle::try_current().ok();
-        self.start(handle.as_ref())
+        self.start(handle.as_ref(), None)
     }
 
     /// Build the cache from any thread, spawning its expiry task on `handle`'s runtime.
@@ -562,14 +564,19 @@ where
     /// On a runtime without timers or with an invalid option, like [`build`](Self::build).
     #[track_caller]
     pub fn build_on(self, handle: &Handle) -> Cache<K, V, S> {
-        match self.start(Some(handle)) {
+        match self.start(Some(handle), None) {
             Ok(cache) => cache,
             Err(e) => panic!("{e}"),
         }
     }
 
-    /// Validate, make the store, and start its expiry task on `handle`'s runtime, if any.
-    fn start(self, handle: Option<&Handle>) -> Result<Cache<K, V, S>, BuildError> {
+    /// Validate, make the store (with the refresh rules and loader of a loading cache), and
+    /// start its expiry task on `handle`'s runtime, if any.
+    pub(crate) fn start(
+        self,
+        handle: Option<&Handle>,
+        refresh: Option<(Rules, Arc<dyn Reload<K, V>>)>,
+    ) -> Result<Cache<K, V, S>, BuildError> {
         self.validate()?;
         let clock = Clock::new(self.tick);
         let shards = shard_count();
@@ -604,6 +611,7 @@ where
             stats_interval: self.stats_interval,
             #[cfg(feature = "metrics")]
             metrics_interval: self.metrics_interval,
+            refresh,
         };
         let store = Arc::new(Store::new(
             settings,

@@ -90,6 +90,11 @@ where
         &self.store
     }
 
+    /// The shared store itself, for what outlives a borrow of this handle (a reload task).
+    pub(crate) fn shared_store(&self) -> &Arc<Store<K, V, S>> {
+        &self.store
+    }
+
     /// Start the expiry task on the current runtime if none runs: a cache built outside any
     /// runtime, or whose task's runtime shut down. One relaxed load while a task runs.
     #[inline]

@@ -26,6 +26,17 @@ pub enum BuildError {
     ZeroStatsInterval,
     /// Both `expire_after` and `time_to_idle` were given.
     ExpiryWithTimeToIdle,
+    /// `refresh_after` is not shorter than `time_to_live`: entries would expire before their
+    /// refresh.
+    RefreshNotBeforeTimeToLive {
+        /// The refresh interval given.
+        refresh_after: Duration,
+        /// The cache's time-to-live.
+        time_to_live: Duration,
+    },
+    /// A refresh option that must be positive (`refresh_after`, `max_concurrent_reloads`,
+    /// `reload_timeout`, named here) is zero.
+    ZeroRefreshOption(&'static str),
     /// `publish_metrics` was given a zero interval (the `metrics` cargo feature).
     #[cfg(feature = "metrics")]
     ZeroMetricsInterval,
@@ -67,6 +78,20 @@ impl fmt::Display for BuildError {
             BuildError::ZeroStatsInterval => f.write_str(
                 "ebb: a stats_interval of zero would log without pause: give a positive \
                  duration, such as 60 s",
+            ),
+            BuildError::RefreshNotBeforeTimeToLive {
+                refresh_after,
+                time_to_live,
+            } => write!(
+                f,
+                "ebb: refresh_after {refresh_after:?} is not shorter than time_to_live \
+                 {time_to_live:?}, so entries would expire before they are refreshed: choose a \
+                 refresh interval below the TTL (such as 80% of it)"
+            ),
+            BuildError::ZeroRefreshOption(option) => write!(
+                f,
+                "ebb: {option} is zero: give it a positive value, or leave it unset for its \
+                 default"
             ),
             #[cfg(feature = "metrics")]
             BuildError::ZeroMetricsInterval => f.write_str(

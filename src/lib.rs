@@ -149,9 +149,12 @@ mod expiry;
 mod iter;
 mod listener;
 mod load;
+mod loader;
+mod loading;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod policy;
+mod refresh;
 mod stats;
 mod store;
 mod sync;
@@ -169,6 +172,10 @@ pub use listener::{Removal, RemovalCause};
 pub use load::{
     GetWith, GetWithByRef, GetWithExpiry, OptionallyGetWith, OptionallyGetWithByRef, TryGetWith,
     TryGetWithByRef, TryGetWithExpiry,
+};
+pub use loading::{
+    LoadingCache, LoadingCacheBuilder, RefreshError, DEFAULT_MAX_CONCURRENT_RELOADS,
+    DEFAULT_RELOAD_BACKOFF, DEFAULT_RELOAD_TIMEOUT,
 };
 pub use stats::CacheStats;
 pub use time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};

@@ -39,6 +39,8 @@ const UPDATES: &str = "ebb_cache_updates_total";
 const REMOVALS: &str = "ebb_cache_removals_total";
 const LOADS: &str = "ebb_cache_loads_total";
 const LOAD_NANOS: &str = "ebb_cache_load_nanoseconds_total";
+const RELOADS_STARTED: &str = "ebb_cache_reloads_started_total";
+const RELOADS: &str = "ebb_cache_reloads_total";
 const DROPPED: &str = "ebb_cache_notifications_dropped_total";
 const ENTRIES: &str = "ebb_cache_entries";
 const WEIGHTED_SIZE: &str = "ebb_cache_weighted_size";
@@ -64,6 +66,10 @@ struct Handles {
     load_successes: Counter,
     load_failures: Counter,
     load_nanos: Counter,
+    reloads_started: Counter,
+    reloads_succeeded: Counter,
+    reloads_failed: Counter,
+    reloads_timed_out: Counter,
     dropped: Counter,
     entries: Gauge,
     weighted_size: Gauge,
@@ -91,6 +97,10 @@ impl Handles {
             load_successes: labelled(LOADS, RESULT, "success"),
             load_failures: labelled(LOADS, RESULT, "failure"),
             load_nanos: counter(LOAD_NANOS),
+            reloads_started: counter(RELOADS_STARTED),
+            reloads_succeeded: labelled(RELOADS, RESULT, "success"),
+            reloads_failed: labelled(RELOADS, RESULT, "failure"),
+            reloads_timed_out: labelled(RELOADS, RESULT, "timeout"),
             dropped: counter(DROPPED),
             entries: gauge(ENTRIES),
             weighted_size: gauge(WEIGHTED_SIZE),
@@ -120,6 +130,16 @@ fn describe() {
         LOAD_NANOS,
         Unit::Nanoseconds,
         "Time spent in loads that ran to the end."
+    );
+    describe_counter!(
+        RELOADS_STARTED,
+        Unit::Count,
+        "Reloads started by refresh-ahead or an explicit refresh."
+    );
+    describe_counter!(
+        RELOADS,
+        Unit::Count,
+        "Reloads that ended, by result: success, failure or timeout."
     );
     describe_counter!(
         DROPPED,
@@ -165,6 +185,10 @@ impl Metrics {
             expiry_lag_max,
             expiry_lag_mean,
             notifications_dropped,
+            reloads_started,
+            reloads_succeeded,
+            reloads_failed,
+            reloads_timed_out,
         } = *stats;
         h.hits.absolute(hits);
         h.misses.absolute(misses);
@@ -179,6 +203,10 @@ impl Metrics {
         h.load_nanos
             .absolute(u64::try_from(total_load_time.as_nanos()).unwrap_or(u64::MAX));
         h.dropped.absolute(notifications_dropped);
+        h.reloads_started.absolute(reloads_started);
+        h.reloads_succeeded.absolute(reloads_succeeded);
+        h.reloads_failed.absolute(reloads_failed);
+        h.reloads_timed_out.absolute(reloads_timed_out);
         h.entries.set(entry_count as f64);
         h.weighted_size.set(weighted_size as f64);
         h.lag_max.set(expiry_lag_max);

@@ -30,9 +30,13 @@ pub(crate) enum Counter {
     LoadSuccess,
     LoadFailure,
     LoadNanos,
+    ReloadStarted,
+    ReloadSucceeded,
+    ReloadFailed,
+    ReloadTimedOut,
 }
 
-const COUNTERS: usize = 11;
+const COUNTERS: usize = 15;
 /// Stripes a thread may own alone.
 const OWNED: usize = 32;
 /// Stripes shared by the threads that own none (more than [`OWNED`] alive at once).
@@ -189,6 +193,14 @@ pub struct CacheStats {
     pub expiry_lag_mean: Duration,
     /// Notifications dropped because the eviction channel was full.
     pub notifications_dropped: u64,
+    /// Reloads started by refresh-ahead or [`LoadingCache::refresh`](crate::LoadingCache::refresh).
+    pub reloads_started: u64,
+    /// Reloads whose loader produced a value (stored, unless a write won meanwhile).
+    pub reloads_succeeded: u64,
+    /// Reloads whose loader failed or panicked: the entry kept its value.
+    pub reloads_failed: u64,
+    /// Reloads given up at the reload timeout: the entry kept its value.
+    pub reloads_timed_out: u64,
 }
 
 impl CacheStats {
@@ -236,6 +248,10 @@ impl CacheStats {
                     .unwrap_or(0),
             ),
             notifications_dropped,
+            reloads_started: count(Counter::ReloadStarted),
+            reloads_succeeded: count(Counter::ReloadSucceeded),
+            reloads_failed: count(Counter::ReloadFailed),
+            reloads_timed_out: count(Counter::ReloadTimedOut),
         }
     }
 }

@@ -187,6 +187,7 @@ struct Work {
     fired: usize,
     expired: usize,
     swept: usize,
+    reloads: usize,
 }
 
 /// The periodic statistics line: its interval and the counts at the last line.
@@ -450,6 +451,7 @@ where
                 fired = work.fired,
                 expired = work.expired,
                 swept = work.swept,
+                reloads = work.reloads,
                 nodes = self.wheel.len(),
                 "expiry tick"
             );
@@ -663,7 +665,7 @@ where
     /// that panics leaves the entry and its node as they were: the node fires again one tick
     /// later.
     /// `node` is the wheel's index (the id less `base`).
-    fn fire(&mut self, store: &Store<K, V, S>, node: NodeId, now: u64) {
+    fn fire(&mut self, store: &Arc<Store<K, V, S>>, node: NodeId, now: u64) {
         let fired = catch_unwind(AssertUnwindSafe(|| {
             store.fire(self.wheel.get(node), node + self.base, now)
         }));
@@ -680,6 +682,26 @@ where
             }
             Ok(Fired::Refile(tick)) => {
                 self.wheel.reschedule(node, tick);
+                None
+            }
+            Ok(Fired::Reload(tick)) => {
+                // The key for the reload: the wheel's own if the node is done, else a copy
+                // (user code: a panic there costs this reload, and the stamp a backoff).
+                let key = match tick {
+                    None => Ok(self.wheel.remove(node)),
+                    Some(tick) => {
+                        self.wheel.reschedule(node, tick);
+                        let key = self.wheel.get(node);
+                        catch_unwind(AssertUnwindSafe(|| key.clone())).map_err(|_| {
+                            let _ = catch_unwind(AssertUnwindSafe(|| store.reload_ended(key)));
+                            error!("a key's Clone panicked as its reload was due; it is skipped");
+                        })
+                    }
+                };
+                if let Ok(key) = key {
+                    self.work.reloads += 1;
+                    crate::refresh::queue(store, key);
+                }
                 None
             }
             Err(_) => {

@@ -192,6 +192,20 @@ async fn every_documented_metric_is_published_with_its_labels_and_exact_value() 
             series("ebb_cache_notifications_dropped_total", &[]),
             counter(3),
         ),
+        // A plain cache never reloads (see tests/refresh.rs for a loading cache's figures).
+        (series("ebb_cache_reloads_started_total", &[]), counter(0)),
+        (
+            series("ebb_cache_reloads_total", &[("result", "success")]),
+            counter(0),
+        ),
+        (
+            series("ebb_cache_reloads_total", &[("result", "failure")]),
+            counter(0),
+        ),
+        (
+            series("ebb_cache_reloads_total", &[("result", "timeout")]),
+            counter(0),
+        ),
         (series("ebb_cache_entries", &[]), Value::Gauge(2.0)),
         (series("ebb_cache_weighted_size", &[]), Value::Gauge(19.0)),
         (

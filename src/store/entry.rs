@@ -5,8 +5,11 @@
 //! nanoseconds since the cache's epoch ([`NEVER`] when there is none).
 //!
 //! The map ([`Map`]) holds bare entries (16 bytes plus the value) unless the cache has a
-//! time-to-idle: then each entry has its *cap* beside it ([`Capped`], 8 bytes more). Each
-//! operation picks the map's kind once; everything outside sees an [`Entry`].
+//! time-to-idle: then each entry has its *cap* beside it ([`Capped`], 8 bytes more). A cache
+//! that refreshes (`refresh_after`) holds [`Refreshing`] entries: the cap, the TTL the entry
+//! was written with, and its [`Stamp`] (read bit and next refresh check), 24 bytes more; no
+//! other cache pays for them. Each operation picks the map's kind once; everything outside
+//! sees an [`Entry`].
 //!
 //! Invariants:
 //! - An entry is *live* when its generation is the cache's current one and its deadline is in
@@ -153,6 +156,39 @@ pub(crate) trait Stored<V> {
     fn into_entry(self) -> Entry<V>;
     /// The latest the deadline may become: the TTL's deadline, or [`NEVER`].
     fn cap(&self) -> u64;
+    /// Whether entries carry refresh state ([`Refreshing`]).
+    const REFRESH: bool = false;
+    /// An entry for a cache that refreshes, with its refresh state; others ignore `fresh`.
+    #[inline]
+    fn with_refresh(entry: Entry<V>, cap: u64, fresh: Fresh) -> Self
+    where
+        Self: Sized,
+    {
+        let _ = fresh;
+        Self::new(entry, cap)
+    }
+    /// The refresh state, in a cache that refreshes.
+    #[inline]
+    fn stamp(&self) -> Option<&Stamp> {
+        None
+    }
+    /// The TTL the entry was written with (nanoseconds, [`NEVER`] for none), in a cache that
+    /// refreshes: a reload keeps it.
+    #[inline]
+    fn written_ttl(&self) -> Option<u64> {
+        None
+    }
+    /// The entry to change, and its refresh state beside it.
+    #[inline]
+    fn split_mut(&mut self) -> (&mut Entry<V>, Option<&Stamp>) {
+        (self.entry_mut(), None)
+    }
+    /// When the expiry task must next look at the entry: its deadline, or an earlier refresh
+    /// check.
+    #[inline]
+    fn wake(&self) -> u64 {
+        self.entry().deadline()
+    }
 }
 
 /// Without a time-to-idle (or an `Expiry` that observes reads) the deadline never moves and
@@ -226,11 +262,164 @@ impl<V> Stored<V> for Capped<V> {
     }
 }
 
+/// The refresh state a write gives an entry of a cache that refreshes: when the entry is
+/// first due for a refresh check, and the TTL it was written with (both [`NEVER`] for none).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fresh {
+    pub(crate) at: u64,
+    pub(crate) ttl: u64,
+}
+
+impl Fresh {
+    pub(crate) const NONE: Fresh = Fresh {
+        at: NEVER,
+        ttl: NEVER,
+    };
+}
+
+/// An entry's refresh state, one atomic word: the *read bit* (bit 63: read since it was
+/// written, or since its last reload started) and the time of the next refresh check
+/// (nanoseconds since the epoch), or [`Stamp::IDLE`] (none: it is left to expire) or
+/// [`Stamp::RELOADING`] (a reload was started for it and has not ended).
+///
+/// Readers only set the read bit: a load, and a `fetch_or` only when it is not set yet. The
+/// check time changes under the shard's write lock (the expiry task as the entry's node
+/// fires, a reload as it ends).
+#[derive(Debug)]
+pub(crate) struct Stamp(AtomicU64);
+
+impl Stamp {
+    const READ: u64 = 1 << 63;
+    const TIME: u64 = !Self::READ;
+    /// No refresh check is due: the entry is left to expire.
+    pub(crate) const IDLE: u64 = Self::TIME;
+    /// A reload was started and has not ended.
+    pub(crate) const RELOADING: u64 = Self::TIME - 1;
+
+    pub(crate) fn new(at: u64) -> Self {
+        Stamp(AtomicU64::new(at.min(Self::IDLE)))
+    }
+
+    /// Record a read: one load, and one `fetch_or` the first time.
+    #[inline]
+    pub(crate) fn mark_read(&self) {
+        if self.0.load(Ordering::Relaxed) & Self::READ == 0 {
+            self.0.fetch_or(Self::READ, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether it was read since it was written or its last reload started.
+    pub(crate) fn was_read(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & Self::READ != 0
+    }
+
+    /// The next check: a time, [`Stamp::IDLE`] or [`Stamp::RELOADING`].
+    pub(crate) fn next(&self) -> u64 {
+        self.0.load(Ordering::Relaxed) & Self::TIME
+    }
+
+    /// The time of the next check, if one is due at a time ([`NEVER`] otherwise).
+    pub(crate) fn due(&self) -> u64 {
+        match self.next() {
+            Self::IDLE | Self::RELOADING => NEVER,
+            at => at,
+        }
+    }
+
+    /// Set the next check (a time, or a marker), keeping the read bit.
+    pub(crate) fn set_next(&self, next: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(s & Self::READ | next.min(Self::IDLE))
+            });
+    }
+
+    /// A reload starts: the next check is [`Stamp::RELOADING`] and the read bit is cleared
+    /// (reads from now on count toward the next refresh).
+    pub(crate) fn start_reload(&self) {
+        self.0.store(Self::RELOADING, Ordering::Relaxed);
+    }
+}
+
+/// An entry of a cache that refreshes: its cap, the TTL it was written with, and its
+/// [`Stamp`].
+pub(crate) struct Refreshing<V> {
+    entry: Entry<V>,
+    cap: u64,
+    ttl: u64,
+    stamp: Stamp,
+}
+
+impl<V> Stored<V> for Refreshing<V> {
+    // Readers may move the deadline only in a cache with a time-to-idle (or an `Expiry`
+    // that observes reads); without, `touch` finds nothing to move.
+    const IDLE: bool = true;
+    const REFRESH: bool = true;
+
+    #[inline]
+    fn new(entry: Entry<V>, cap: u64) -> Self {
+        Self::with_refresh(entry, cap, Fresh::NONE)
+    }
+
+    #[inline]
+    fn with_refresh(entry: Entry<V>, cap: u64, fresh: Fresh) -> Self {
+        Refreshing {
+            entry,
+            cap,
+            ttl: fresh.ttl,
+            stamp: Stamp::new(fresh.at),
+        }
+    }
+
+    #[inline]
+    fn entry(&self) -> &Entry<V> {
+        &self.entry
+    }
+
+    #[inline]
+    fn entry_mut(&mut self) -> &mut Entry<V> {
+        &mut self.entry
+    }
+
+    #[inline]
+    fn into_entry(self) -> Entry<V> {
+        self.entry
+    }
+
+    #[inline]
+    fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    #[inline]
+    fn stamp(&self) -> Option<&Stamp> {
+        Some(&self.stamp)
+    }
+
+    #[inline]
+    fn written_ttl(&self) -> Option<u64> {
+        Some(self.ttl)
+    }
+
+    #[inline]
+    fn split_mut(&mut self) -> (&mut Entry<V>, Option<&Stamp>) {
+        (&mut self.entry, Some(&self.stamp))
+    }
+
+    #[inline]
+    fn wake(&self) -> u64 {
+        self.entry.deadline().min(self.stamp.due())
+    }
+}
+
 /// The map: bare entries for a cache without a time-to-idle, capped ones for a cache with
-/// one. Its methods give every other module the [`Entry`] whichever it holds.
+/// one, refreshing ones for a cache that refreshes. Its methods give every other module the
+/// [`Entry`] whichever it holds.
 pub(crate) enum Map<K, V, S> {
     Plain(DashMap<K, Entry<V>, S>),
     Idle(DashMap<K, Capped<V>, S>),
+    Refresh(DashMap<K, Refreshing<V>, S>),
 }
 
 /// Runs `$body` with `$map` bound to whichever `DashMap` a [`Map`] holds.
@@ -239,14 +428,25 @@ macro_rules! with_map {
         match $map {
             $crate::store::entry::Map::Plain($m) => $body,
             $crate::store::entry::Map::Idle($m) => $body,
+            $crate::store::entry::Map::Refresh($m) => $body,
         }
     };
 }
 pub(crate) use with_map;
 
 impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
-    pub(super) fn new(idle: bool, capacity: usize, hasher: S, shards: usize) -> Self {
-        if idle {
+    pub(super) fn new(
+        idle: bool,
+        refresh: bool,
+        capacity: usize,
+        hasher: S,
+        shards: usize,
+    ) -> Self {
+        if refresh {
+            Map::Refresh(DashMap::with_capacity_and_hasher_and_shard_amount(
+                capacity, hasher, shards,
+            ))
+        } else if idle {
             Map::Idle(DashMap::with_capacity_and_hasher_and_shard_amount(
                 capacity, hasher, shards,
             ))
@@ -286,18 +486,22 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
             .map(|(k, e)| (k, e.into_entry())))
     }
 
-    /// Remove `key` if `f`, which may change the entry, says so, under the shard's write lock.
+    /// Remove `key` if `f`, which may change the entry (and its refresh state), says so,
+    /// under the shard's write lock.
     pub(crate) fn remove_if_mut<Q>(
         &self,
         key: &Q,
-        f: impl FnOnce(&K, &mut Entry<V>) -> bool,
+        f: impl FnOnce(&K, &mut Entry<V>, Option<&Stamp>) -> bool,
     ) -> Option<(K, Entry<V>)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         with_map!(self, m => m
-            .remove_if_mut(key, |k, e| f(k, e.entry_mut()))
+            .remove_if_mut(key, |k, e| {
+                let (entry, stamp) = e.split_mut();
+                f(k, entry, stamp)
+            })
             .map(|(k, e)| (k, e.into_entry())))
     }
 
@@ -364,6 +568,9 @@ pub(crate) enum Fired<K, V> {
     Unfiled,
     /// The entry's deadline moved later: re-file the node at this tick.
     Refile(u64),
+    /// The entry is due for a reload (its stamp says so now): queue its key, and re-file the
+    /// node at this tick (`None`: the entry has no deadline, and the node is free).
+    Reload(Option<u64>),
 }
 
 #[cfg(test)]
@@ -426,5 +633,7 @@ mod tests {
         // with a time-to-idle).
         assert_eq!(std::mem::size_of::<(u64, Entry<u64>)>(), 32);
         assert_eq!(std::mem::size_of::<(u64, Capped<u64>)>(), 40);
+        // Refresh state only in a cache that refreshes.
+        assert_eq!(std::mem::size_of::<(u64, Refreshing<u64>)>(), 56);
     }
 }

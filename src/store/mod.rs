@@ -5,7 +5,7 @@
 //! `remove.rs` every removal and the one place each is reported; `entry.rs` the entry and the
 //! map; `flight.rs` the loads in flight; `handoff.rs` what writers tell the expiry task;
 //! `capacity.rs` the bound and its policy shards; `invalidate.rs` the generations that
-//! `invalidate_all` and `invalidate_entries_if` begin.
+//! `invalidate_all` and `invalidate_entries_if` begin; `refresh.rs` what a reload may change.
 //!
 //! Words used throughout: an entry's *deadline* is when it stops being live (the earlier of
 //! its cap and its last access plus the time-to-idle); its *cap* is the latest the deadline may
@@ -34,6 +34,7 @@ pub(crate) mod entry;
 pub(crate) mod flight;
 pub(crate) mod handoff;
 pub(crate) mod invalidate;
+pub(crate) mod refresh;
 mod remove;
 mod write;
 
@@ -91,6 +92,8 @@ pub(crate) struct Settings<K, V> {
     /// Every how long the task publishes metrics, if asked.
     #[cfg(feature = "metrics")]
     pub(crate) metrics_interval: Option<Duration>,
+    /// For a cache that refreshes: its rules and its loader.
+    pub(crate) refresh: Option<(refresh::Rules, Arc<dyn crate::loader::Reload<K, V>>)>,
 }
 
 /// The store: its parts in a box of their own, so that what a `Weak` of the store keeps
@@ -143,6 +146,8 @@ pub(crate) struct Parts<K, V, S> {
     pub(crate) metrics_interval: Option<Duration>,
     #[cfg(feature = "metrics")]
     metrics: crate::metrics::Metrics,
+    /// What a cache that refreshes has beyond the others (see `refresh.rs`).
+    pub(crate) refresh: Option<Box<refresh::Refresh<K, V>>>,
     /// Inserts that found their new key's policy shard busy and took the ordered way (a
     /// rare path; test-only visibility).
     fallbacks: std::sync::atomic::AtomicUsize,
@@ -194,6 +199,10 @@ where
             map: Map::new(
                 // Deadlines move under readers only with these; otherwise each is its own cap.
                 settings.idle != 0 || settings.expiry_reads,
+                settings
+                    .refresh
+                    .as_ref()
+                    .is_some_and(|(rules, _)| rules.after.is_some()),
                 capacity,
                 hasher.clone(),
                 shards,
@@ -225,6 +234,13 @@ where
             metrics_interval: settings.metrics_interval,
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Metrics::default(),
+            refresh: settings.refresh.map(|(rules, loader)| {
+                Box::new(refresh::Refresh {
+                    rules,
+                    loader,
+                    reloads: refresh::Reloads::default(),
+                })
+            }),
             fallbacks: std::sync::atomic::AtomicUsize::new(0),
         };
         Store {
@@ -321,6 +337,9 @@ where
             }
             if self.capacity.is_some() {
                 e.bump();
+            }
+            if let Some(stamp) = stored.stamp() {
+                stamp.mark_read();
             }
             // An `Expiry` that observes reads is asked once the lock is released.
             let read = self.expiry_reads.then(|| (k.clone(), deadline));

@@ -22,6 +22,7 @@ use super::entry::{with_map, Entry, Fired, Retired, Stored};
 use super::flight::Flight;
 use super::handoff::UNFILED;
 use super::invalidate::{Begin, Predicate, Seen};
+use super::refresh::Check;
 use super::Store;
 use crate::listener::RemovalCause;
 use crate::stats::Counter;
@@ -210,7 +211,7 @@ where
         let held = self.hold_for_removal(key);
         let generation = self.generation();
         let mut fired = Fired::Stale;
-        let removed = self.map.remove_if_mut(key, |_, entry| {
+        let removed = self.map.remove_if_mut(key, |_, entry, stamp| {
             if entry.node != node {
                 return false;
             }
@@ -221,12 +222,26 @@ where
             {
                 return true;
             }
-            fired = match entry.deadline() {
+            let deadline = entry.deadline();
+            // A cache that refreshes: the check may start a reload (see `refresh.rs`).
+            let (reload, wake) = match stamp {
+                None => (false, deadline),
+                Some(stamp) => {
+                    let reload = matches!(self.check(stamp, deadline, now), Check::Reload);
+                    (reload, deadline.min(stamp.due()))
+                }
+            };
+            let tick = match wake {
                 NEVER => {
                     entry.node = UNFILED;
-                    Fired::Unfiled
+                    None
                 }
-                deadline => Fired::Refile(self.clock.tick_of(deadline)),
+                wake => Some(self.clock.tick_of(wake)),
+            };
+            fired = match (reload, tick) {
+                (true, tick) => Fired::Reload(tick),
+                (false, None) => Fired::Unfiled,
+                (false, Some(tick)) => Fired::Refile(tick),
             };
             false
         });

@@ -189,7 +189,9 @@ where
                     if stored.entry().deadline() == deadline {
                         // The key's clone for the hand-off (user code) comes first.
                         let held = stored.entry().node;
-                        let node = self.hand_off(stored.key(), held, deadline, wanted);
+                        let due = stored.stamp().map_or(NEVER, |s| s.due());
+                        let node =
+                            self.hand_off(stored.key(), held, stored.wake(), wanted.min(due));
                         let entry = stored.entry_mut();
                         entry.node = node;
                         entry.deadline.store(wanted, Ordering::Relaxed);
@@ -413,19 +415,27 @@ where
         generation: u32,
     ) -> Option<Retired<K, V>> {
         let deadline = self.effective(cap);
+        // A cache that refreshes files the node at the first refresh check, if earlier.
+        let fresh = if E::REFRESH {
+            self.fresh(deadline, cap.now)
+        } else {
+            super::entry::Fresh::NONE
+        };
+        let wake = deadline.min(fresh.at);
         match slot {
             Slot::Vacant(slot) => {
-                let node = self.hand_off(slot.key(), UNFILED, NEVER, deadline);
-                slot.insert(E::new(
+                let node = self.hand_off(slot.key(), UNFILED, NEVER, wake);
+                slot.insert(E::with_refresh(
                     Entry::new(value, deadline, node, generation, 0),
                     Self::bound::<E>(cap, deadline),
+                    fresh,
                 ));
                 self.count(Counter::Insert, 1);
                 None
             }
             Slot::Occupied(slot) => {
                 let old = slot.get().entry();
-                let node = self.hand_off(slot.key(), old.node, old.deadline(), deadline);
+                let node = self.hand_off(slot.key(), old.node, slot.get().wake(), wake);
                 // Judging the cause needs the time (the write's own, if it read the clock):
                 // only when someone counts or listens.
                 let cause = if self.counters.is_some() || self.notifier.is_active() {
@@ -446,7 +456,8 @@ where
                 // The map keeps the caller's key and hands back its own with the old entry,
                 // so no key is cloned or dropped here: both go with the report, after the
                 // policy has accounted for the write.
-                let (key, old) = slot.replace_entry(E::new(new, Self::bound::<E>(cap, deadline)));
+                let (key, old) =
+                    slot.replace_entry(E::with_refresh(new, Self::bound::<E>(cap, deadline), fresh));
                 Some(Retired {
                     key: Some(key),
                     entry: old.into_entry(),
@@ -462,7 +473,7 @@ where
     pub(crate) fn refile(&self, key: &K, base: NodeId) {
         with_map!(&self.map, m => {
             if let Some(mut stored) = m.get_mut(key) {
-                let (deadline, node) = (stored.entry().deadline(), stored.entry().node);
+                let (deadline, node) = (stored.wake(), stored.entry().node);
                 if deadline != NEVER && (node == UNFILED || node < base) {
                     // The key's clone (user code) comes before the two writes.
                     let key = stored.key().clone();
@@ -491,7 +502,7 @@ where
     /// [`needs_push`]). The deadline's tick (a division) is worked out only then: most
     /// overwrites move a deadline later and need nothing.
     #[inline]
-    fn hand_off(&self, key: &K, held: NodeId, old: u64, deadline: u64) -> NodeId {
+    pub(super) fn hand_off(&self, key: &K, held: NodeId, old: u64, deadline: u64) -> NodeId {
         if needs_push(held, old, deadline) {
             let due = self.clock.tick_of(deadline);
             self.handoff.push(&self.signals, key.clone(), held, due)

@@ -15,7 +15,7 @@ thread_local! {
 }
 
 /// A uniform number in `[0, 1)`.
-fn unit() -> f64 {
+pub(crate) fn unit() -> f64 {
     STATE.with(|state| {
         let mut x = state.get();
         x ^= x << 13;

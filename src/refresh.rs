@@ -1,0 +1,281 @@
+//! Reload tasks: what runs a cache's loader for refresh-ahead, on the cache's runtime.
+//!
+//! The expiry task finds the entries due for a reload (see `store/refresh.rs`) and queues
+//! their keys; [`queue`] starts a reload task when fewer than `max_concurrent_reloads` run.
+//! A reload task takes keys from the queue one at a time and ends when the queue is empty,
+//! so a cache has at most that many reload tasks, and none while nothing reloads. An
+//! explicit [`LoadingCache::refresh`](crate::LoadingCache::refresh) runs its reload in a
+//! task of its own ([`spawn_one`]), outside that limit.
+//!
+//! Invariants:
+//! - **No strong handle while a loader runs**: a reload task upgrades its `Weak` of the store
+//!   to begin a reload and to end it, never across the loader's `.await`, and stops when the
+//!   cache's token is cancelled (the last handle dropped), dropping the loader's future.
+//! - **Every reload ends its flight** (stored, error, or abandoned) and tells the store
+//!   ([`Store::reload_ended`]) when it stored nothing, whatever the loader does: fails,
+//!   panics, or runs past the reload timeout.
+//! - **User code costs one reload**: a panic in the loader, its future, or a key's or value's
+//!   `Clone`, `Hash` or the weigher as the value is stored is caught and logged; the task
+//!   goes on with the next key.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::loader::{ErasedError, Loading};
+use crate::stats::Counter;
+use crate::store::flight::{Flight, Outcome};
+use crate::store::Store;
+
+/// Queue `key` for a reload (the expiry task, for an entry it found due), starting a reload
+/// task on the current runtime if fewer than the limit run.
+pub(crate) fn queue<K, V, S>(store: &Arc<Store<K, V, S>>, key: K)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    let Some(refresh) = store.refresh.as_deref() else {
+        return;
+    };
+    if refresh.reloads.push(key, refresh.rules.max_concurrent) {
+        let task = worker(Arc::downgrade(store), store.token.clone());
+        drop(tokio::spawn(task));
+    }
+}
+
+/// A reload task: reload queued keys until the queue is empty or the cache is gone.
+async fn worker<K, V, S>(store: Weak<Store<K, V, S>>, token: CancellationToken)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    loop {
+        let begun = {
+            let Some(strong) = store.upgrade() else {
+                return;
+            };
+            let Some(refresh) = strong.refresh.as_deref() else {
+                return;
+            };
+            if token.is_cancelled() {
+                refresh.reloads.quit();
+                return;
+            }
+            let Some(key) = refresh.reloads.next() else {
+                return;
+            };
+            // The key's `Hash` or `Eq` (user code) may panic here: that key is skipped.
+            match catch_unwind(AssertUnwindSafe(|| strong.begin_reload(&key))) {
+                Ok(Some((flight, generation))) => begin(&strong, key, flight, generation),
+                Ok(None) => None,
+                Err(_) => {
+                    error!("a key's Hash or Eq panicked as its reload began; it is skipped");
+                    None
+                }
+            }
+        };
+        if let Some((key, flight, generation, loading)) = begun {
+            run(&store, &token, key, flight, generation, loading).await;
+        }
+    }
+}
+
+/// Start `key`'s loader for a reload this caller leads. `None` (the flight abandoned, the
+/// stamp given a backoff) if user code panicked on the way.
+fn begin<K, V, S>(
+    store: &Store<K, V, S>,
+    key: K,
+    flight: Arc<Flight<V>>,
+    generation: u64,
+) -> Option<(K, Arc<Flight<V>>, u64, Loading<V>)>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    let refresh = store.refresh.as_deref()?;
+    store.count(Counter::ReloadStarted, 1);
+    let started =
+        catch_unwind(AssertUnwindSafe(|| refresh.loader.load(key.clone()))).map_err(|_| {
+            error!("the cache's loader panicked as a reload began; the entry keeps its value");
+        });
+    match started {
+        Ok(loading) => Some((key, flight, generation, loading)),
+        Err(()) => {
+            store.count(Counter::ReloadFailed, 1);
+            end_quietly(store, &key, &flight, None);
+            None
+        }
+    }
+}
+
+/// Start an explicit reload of `key` in a task of its own (see
+/// [`LoadingCache::refresh`](crate::LoadingCache::refresh)), leading `flight`.
+pub(crate) fn spawn_one<K, V, S>(
+    store: &Arc<Store<K, V, S>>,
+    key: K,
+    flight: Arc<Flight<V>>,
+    handle: &tokio::runtime::Handle,
+) where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    let generation = store.generation_count();
+    let Some((key, flight, generation, loading)) = begin(store, key, flight, generation) else {
+        return;
+    };
+    let (weak, token) = (Arc::downgrade(store), store.token.clone());
+    drop(handle.spawn(async move {
+        run(&weak, &token, key, flight, generation, loading).await;
+    }));
+}
+
+/// How a reload's loader ended.
+enum Ran<V> {
+    Value(V),
+    Error(ErasedError),
+    Panicked,
+    TimedOut,
+    Cancelled,
+}
+
+/// Await the loader (no strong handle held), then end the reload.
+async fn run<K, V, S>(
+    store: &Weak<Store<K, V, S>>,
+    token: &CancellationToken,
+    key: K,
+    flight: Arc<Flight<V>>,
+    generation: u64,
+    loading: Loading<V>,
+) where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    let Some(timeout) = store
+        .upgrade()
+        .and_then(|s| s.rules().map(|rules| rules.timeout))
+    else {
+        return;
+    };
+    let ran = tokio::select! {
+        biased;
+        _ = token.cancelled() => Ran::Cancelled,
+        ran = tokio::time::timeout(timeout, CatchUnwind(loading)) => match ran {
+            Ok(Ok(Ok(value))) => Ran::Value(value),
+            Ok(Ok(Err(error))) => Ran::Error(error),
+            Ok(Err(())) => Ran::Panicked,
+            Err(_) => Ran::TimedOut,
+        },
+    };
+    let Some(store) = store.upgrade() else {
+        return;
+    };
+    finish(&store, key, flight, generation, ran);
+}
+
+/// End a reload with what its loader did: store the value (unless a write won) or keep the
+/// old one, count and log, and end the flight.
+fn finish<K, V, S>(
+    store: &Store<K, V, S>,
+    key: K,
+    flight: Arc<Flight<V>>,
+    generation: u64,
+    ran: Ran<V>,
+) where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    match ran {
+        Ran::Value(value) => {
+            store.count(Counter::ReloadSucceeded, 1);
+            // User code on the way (the weigher, an `Expiry`, a key's or value's `Clone`
+            // or `Hash`): a panic costs this reload, and the entry keeps its value.
+            let stored = catch_unwind(AssertUnwindSafe(|| {
+                let cap = store.reload_cap(&key, &value);
+                store.finish_load(key.clone(), &flight, value.clone(), Some(cap), generation)
+            }));
+            match stored {
+                Ok(true) => end_quietly(store, &key, &flight, Some(Outcome::Value(value))),
+                Ok(false) => {
+                    debug!("a reloaded value was discarded: a write, remove or invalidation won");
+                    end_quietly(store, &key, &flight, Some(Outcome::Value(value)));
+                }
+                Err(_) => {
+                    error!("user code panicked as a reloaded value was stored; the entry keeps its value");
+                    end_quietly(store, &key, &flight, None);
+                }
+            }
+        }
+        Ran::Error(error) => {
+            store.count(Counter::ReloadFailed, 1);
+            if let Some(refresh) = store.refresh.as_deref() {
+                let error = refresh.loader.describe(&error);
+                warn!(%error, "a reload failed; the entry keeps its value");
+            }
+            end_quietly(store, &key, &flight, Some(Outcome::Error(error)));
+        }
+        Ran::Panicked => {
+            store.count(Counter::ReloadFailed, 1);
+            error!("the cache's loader panicked in a reload; the entry keeps its value");
+            end_quietly(store, &key, &flight, None);
+        }
+        Ran::TimedOut => {
+            store.count(Counter::ReloadTimedOut, 1);
+            warn!("a reload ran past the reload timeout and was given up; the entry keeps its value");
+            end_quietly(store, &key, &flight, None);
+        }
+        Ran::Cancelled => end_quietly(store, &key, &flight, None),
+    }
+}
+
+/// End `flight` with `outcome` (`None`: abandoned, so that its waiters start over) and tell
+/// the store the reload ended; a panic in the key's `Hash` or `Eq` on the way is logged, and
+/// the flight is settled regardless.
+fn end_quietly<K, V, S>(
+    store: &Store<K, V, S>,
+    key: &K,
+    flight: &Arc<Flight<V>>,
+    outcome: Option<Outcome<V>>,
+) where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    let ended = catch_unwind(AssertUnwindSafe(|| {
+        store.reload_ended(key);
+        match outcome {
+            Some(outcome) => store.flights.end(key, flight, outcome),
+            None => store.flights.abandon(key, flight),
+        }
+    }));
+    if ended.is_err() {
+        store.flights.abandon(key, flight);
+        error!("a key's Hash or Eq panicked as its reload ended");
+    }
+}
+
+/// A future that turns a panic while it is polled into `Err(())`.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(&mut self.0).poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
