@@ -415,6 +415,8 @@ where
             policy_weight: store.policy_weight(),
             policy_records: store.policy_records(),
             pending_predicates: store.invalidations.pending(),
+            reloads_running: store.refresh.as_deref().map_or(0, |r| r.reloads.running()),
+            reloads_queued: store.refresh.as_deref().map_or(0, |r| r.reloads.queued()),
         }
     }
 }
@@ -477,4 +479,8 @@ pub struct Internals {
     pub policy_records: Option<usize>,
     /// `invalidate_entries_if` predicates no sweep has finished yet.
     pub pending_predicates: usize,
+    /// Reload tasks running (a loading cache).
+    pub reloads_running: usize,
+    /// Keys queued for a reload task.
+    pub reloads_queued: usize,
 }

@@ -170,7 +170,9 @@ where
         if let Some(value) = store.get(&key) {
             return Ok(value);
         }
-        let loading = (self.loader.load)(key.clone());
+        // The loader is called only if this caller leads: the future is lazy.
+        let (loader, owned) = (Arc::clone(&self.loader), key.clone());
+        let loading = async move { (loader.load)(owned).await };
         let mut load = Load::missed(store, key, loading);
         std::future::poll_fn(|cx| load.poll_as::<Fallible<E>>(cx)).await
     }

@@ -88,6 +88,9 @@ where
     }
 }
 
+/// A reload begun: its key, the flight it leads, the generation it began in, its loader.
+type Begun<K, V> = (K, Arc<Flight<V>>, u64, Loading<V>);
+
 /// Start `key`'s loader for a reload this caller leads. `None` (the flight abandoned, the
 /// stamp given a backoff) if user code panicked on the way.
 fn begin<K, V, S>(
@@ -95,7 +98,7 @@ fn begin<K, V, S>(
     key: K,
     flight: Arc<Flight<V>>,
     generation: u64,
-) -> Option<(K, Arc<Flight<V>>, u64, Loading<V>)>
+) -> Option<Begun<K, V>>
 where
     K: Hash + Eq + Clone,
     V: Clone,
@@ -232,7 +235,9 @@ fn finish<K, V, S>(
         }
         Ran::TimedOut => {
             store.count(Counter::ReloadTimedOut, 1);
-            warn!("a reload ran past the reload timeout and was given up; the entry keeps its value");
+            warn!(
+                "a reload ran past the reload timeout and was given up; the entry keeps its value"
+            );
             end_quietly(store, &key, &flight, None);
         }
         Ran::Cancelled => end_quietly(store, &key, &flight, None),

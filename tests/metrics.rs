@@ -278,7 +278,7 @@ async fn the_expiry_task_publishes_every_interval_and_wakes_for_nothing_else() {
     let entries = series("ebb_cache_entries", &[]);
     advance(MS).await; // t = 10 s: the first publish
     let got = read("interval");
-    assert_eq!(got.len(), 16, "every metric: {got:?}");
+    assert_eq!(got.len(), 20, "every metric: {got:?}");
     assert_eq!(got[&hits], Value::Counter(1));
     assert_eq!(got[&misses], Value::Counter(0));
     assert_eq!(got[&entries], Value::Gauge(1.0));
@@ -327,7 +327,7 @@ async fn a_cache_that_does_not_ask_publishes_nothing_and_never_wakes() {
     c.publish_metrics();
     let got = read("quiet");
     assert_eq!(got[&series("ebb_cache_hits_total", &[])], Value::Counter(1));
-    assert_eq!(got.len(), 16);
+    assert_eq!(got.len(), 20);
 }
 
 #[tokio::test(start_paused = true)]

@@ -224,7 +224,8 @@ where
         if self.expiry.is_some() {
             return self.write_cap(key, value);
         }
-        let ttl = with_map!(&self.map, m => m.view(key, |_, stored| stored.written_ttl())).flatten();
+        let ttl =
+            with_map!(&self.map, m => m.view(key, |_, stored| stored.written_ttl())).flatten();
         match ttl {
             None => self.default_cap(),
             Some(NEVER) => Cap::NEVER,

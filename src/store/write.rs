@@ -456,8 +456,11 @@ where
                 // The map keeps the caller's key and hands back its own with the old entry,
                 // so no key is cloned or dropped here: both go with the report, after the
                 // policy has accounted for the write.
-                let (key, old) =
-                    slot.replace_entry(E::with_refresh(new, Self::bound::<E>(cap, deadline), fresh));
+                let (key, old) = slot.replace_entry(E::with_refresh(
+                    new,
+                    Self::bound::<E>(cap, deadline),
+                    fresh,
+                ));
                 Some(Retired {
                     key: Some(key),
                     entry: old.into_entry(),
