@@ -190,5 +190,6 @@ pub struct ReadmeDoctests;
 #[doc = include_str!("../docs/migration.md")]
 #[doc = include_str!("../docs/bad-input.md")]
 #[doc = include_str!("../docs/performance.md")]
+#[doc = include_str!("../docs/refresh.md")]
 #[cfg_attr(feature = "metrics", doc = include_str!("../docs/metrics.md"))]
 pub struct DocsDoctests;

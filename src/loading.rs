@@ -306,6 +306,9 @@ where
     /// [`fetch`](LoadingCache::fetch) loads missing keys with it and which can refresh ahead
     /// ([`refresh_after`](LoadingCacheBuilder::refresh_after)).
     ///
+    /// Give the cache's own options (`time_to_live`, `max_capacity`, ...) before this call:
+    /// what it returns has only the loader's and the refresh options.
+    ///
     /// The loader takes the key by value and returns an owned (`'static`, `Send`) future of
     /// `Result<V, E>`; errors are shared with the callers of the failed load and logged (with
     /// their `Debug`) when a reload fails. It is called from the fetching task, or from a
