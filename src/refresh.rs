@@ -26,7 +26,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, trace, warn};
 
 use crate::loader::{ErasedError, Loading};
 use crate::stats::Counter;
@@ -106,6 +106,7 @@ where
 {
     let refresh = store.refresh.as_deref()?;
     store.count(Counter::ReloadStarted, 1);
+    trace!("reload started");
     let started =
         catch_unwind(AssertUnwindSafe(|| refresh.loader.load(key.clone()))).map_err(|_| {
             error!("the cache's loader panicked as a reload began; the entry keeps its value");
@@ -202,6 +203,7 @@ fn finish<K, V, S>(
     match ran {
         Ran::Value(value) => {
             store.count(Counter::ReloadSucceeded, 1);
+            trace!("reload succeeded");
             // User code on the way (the weigher, an `Expiry`, a key's or value's `Clone`
             // or `Hash`): a panic costs this reload, and the entry keeps its value.
             let stored = catch_unwind(AssertUnwindSafe(|| {

@@ -171,6 +171,32 @@ async fn a_hot_key_is_never_missed_and_reloads_about_once_per_refresh_interval()
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_entry_read_at_least_once_per_refresh_interval_is_never_missed() {
+    // Reads at random gaps of 10 ms to 8 s (the refresh interval), for 10 minutes, under
+    // several seeds; the source answers in 20 ms.
+    for seed in 1..=8u64 {
+        let source = Source::new(|_| Act::After(20 * MS));
+        let (c, _log) = cache(&source);
+        c.fetch(1).await.unwrap();
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut elapsed = Duration::ZERO;
+        while elapsed < 600 * SEC {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let gap = Duration::from_millis(10 + x % 7_991);
+            steps(gap).await;
+            elapsed += gap;
+            assert!(
+                c.get(&1).is_some(),
+                "seed {seed}: missed {elapsed:?} in, after a gap of {gap:?}"
+            );
+        }
+        assert_eq!(c.stats().misses, 1, "seed {seed}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn fetch_hits_count_as_reads_for_refresh() {
     let source = Source::new(|_| Act::After(MS));
     let (c, _log) = cache(&source);
