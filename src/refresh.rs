@@ -32,6 +32,7 @@ use crate::loader::{ErasedError, Loading};
 use crate::stats::Counter;
 use crate::store::flight::{Flight, Outcome};
 use crate::store::Store;
+use crate::sync::Arc as SyncArc;
 
 /// Queue `key` for a reload (the expiry task, for an entry it found due), starting a reload
 /// task on the current runtime if fewer than the limit run.
@@ -57,6 +58,11 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
+    // Gives the task's place back however it ends (a runtime that shuts down drops it).
+    let mut seat = Seat {
+        store: store.clone(),
+        held: true,
+    };
     loop {
         let begun = {
             let Some(strong) = store.upgrade() else {
@@ -66,10 +72,10 @@ where
                 return;
             };
             if token.is_cancelled() {
-                refresh.reloads.quit();
                 return;
             }
             let Some(key) = refresh.reloads.next() else {
+                seat.held = false;
                 return;
             };
             // The key's `Hash` or `Eq` (user code) may panic here: that key is skipped.
@@ -88,15 +94,68 @@ where
     }
 }
 
+/// A reload task's place among the `max_concurrent_reloads`, given back when the task ends
+/// without having given it back already (it gives it back as it finds the queue empty).
+struct Seat<K, V, S> {
+    store: Weak<Store<K, V, S>>,
+    held: bool,
+}
+
+impl<K, V, S> Drop for Seat<K, V, S> {
+    fn drop(&mut self) {
+        if self.held {
+            if let Some(refresh) = self
+                .store
+                .upgrade()
+                .as_deref()
+                .and_then(|s| s.refresh.as_deref())
+            {
+                refresh.reloads.quit();
+            }
+        }
+    }
+}
+
+/// A reload whose loader runs: ended as abandoned (its waiters start over, its entry gets
+/// its backoff) if dropped before it is finished, as when its task is cancelled or its
+/// runtime shuts down.
+struct Running<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    store: Weak<Store<K, V, S>>,
+    job: Option<(K, SyncArc<Flight<V>>)>,
+}
+
+impl<K, V, S> Drop for Running<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher + Clone,
+{
+    fn drop(&mut self) {
+        if let Some((key, flight)) = self.job.take() {
+            match self.store.upgrade() {
+                Some(store) => end_quietly(&store, &key, &flight, None),
+                // No registry left: settle the flight itself, for whoever still waits on it
+                // (a dropped cache's `refresh` future).
+                None => flight.give_up(),
+            }
+        }
+    }
+}
+
 /// A reload begun: its key, the flight it leads, the generation it began in, its loader.
-type Begun<K, V> = (K, Arc<Flight<V>>, u64, Loading<V>);
+type Begun<K, V> = (K, SyncArc<Flight<V>>, u64, Loading<V>);
 
 /// Start `key`'s loader for a reload this caller leads. `None` (the flight abandoned, the
 /// stamp given a backoff) if user code panicked on the way.
 fn begin<K, V, S>(
     store: &Store<K, V, S>,
     key: K,
-    flight: Arc<Flight<V>>,
+    flight: SyncArc<Flight<V>>,
     generation: u64,
 ) -> Option<Begun<K, V>>
 where
@@ -126,7 +185,7 @@ where
 pub(crate) fn spawn_one<K, V, S>(
     store: &Arc<Store<K, V, S>>,
     key: K,
-    flight: Arc<Flight<V>>,
+    flight: SyncArc<Flight<V>>,
     handle: &tokio::runtime::Handle,
 ) where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -157,7 +216,7 @@ async fn run<K, V, S>(
     store: &Weak<Store<K, V, S>>,
     token: &CancellationToken,
     key: K,
-    flight: Arc<Flight<V>>,
+    flight: SyncArc<Flight<V>>,
     generation: u64,
     loading: Loading<V>,
 ) where
@@ -165,6 +224,10 @@ async fn run<K, V, S>(
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
+    let mut running = Running {
+        store: store.clone(),
+        job: Some((key, flight)),
+    };
     let Some(timeout) = store
         .upgrade()
         .and_then(|s| s.rules().map(|rules| rules.timeout))
@@ -184,6 +247,7 @@ async fn run<K, V, S>(
     let Some(store) = store.upgrade() else {
         return;
     };
+    let (key, flight) = running.job.take().expect("finished once");
     finish(&store, key, flight, generation, ran);
 }
 
@@ -192,7 +256,7 @@ async fn run<K, V, S>(
 fn finish<K, V, S>(
     store: &Store<K, V, S>,
     key: K,
-    flight: Arc<Flight<V>>,
+    flight: SyncArc<Flight<V>>,
     generation: u64,
     ran: Ran<V>,
 ) where
@@ -252,7 +316,7 @@ fn finish<K, V, S>(
 fn end_quietly<K, V, S>(
     store: &Store<K, V, S>,
     key: &K,
-    flight: &Arc<Flight<V>>,
+    flight: &SyncArc<Flight<V>>,
     outcome: Option<Outcome<V>>,
 ) where
     K: Hash + Eq + Clone,

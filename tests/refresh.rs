@@ -579,3 +579,66 @@ async fn refresh_jitter_spreads_reloads_below_the_refresh_interval() {
     assert!(*earliest >= 40 * SEC, "before after * (1 - jitter)");
     assert!(*earliest < 60 * SEC, "not spread: {earliest:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_awaited_when_the_cache_is_dropped_resolves() {
+    let source = Source::new(|_| Act::Hang);
+    let c: LoadingCache<u64, u64, String> = Cache::builder().loader(source.loader()).build();
+    c.insert(1, 1);
+    let refreshing = c.refresh(1);
+    settle().await;
+    drop(c);
+    let outcome = tokio::time::timeout(60 * SEC, refreshing).await;
+    assert!(
+        matches!(outcome, Ok(Err(RefreshError::NoValue))),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn a_runtime_that_shuts_down_mid_reload_leaves_no_key_waiting_and_refresh_going_on() {
+    use common::wait_until_blocking;
+    let source = Source::new(|n| if n == 2 { Act::Hang } else { Act::After(MS) });
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let c: LoadingCache<u64, u64, String> = Cache::builder()
+        .time_to_live(2 * SEC)
+        .tick(10 * MS)
+        .loader(source.loader())
+        .refresh_after(SEC)
+        .reload_backoff(10 * MS)
+        .build_on(first.handle());
+    first.block_on(async {
+        c.fetch(1).await.unwrap();
+        assert_eq!(c.get(&1), Some(1001)); // read: reloaded at 1 s
+    });
+    wait_until_blocking(10 * SEC, "the reload to start", || source.calls() == 2);
+    // The reload hangs; its runtime goes away with it.
+    drop(first);
+    let internals = c.__internals();
+    assert_eq!(internals.loads, 0, "a flight was left registered");
+    assert_eq!(
+        internals.reloads_running, 0,
+        "a reload task's place was kept"
+    );
+    // On the next runtime the key is read, and refreshed again.
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let deadline = tokio::time::Instant::now() + 10 * SEC;
+        while source.calls() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no refresh after the shutdown"
+            );
+            assert!(c.fetch(1).await.is_ok());
+            tokio::time::sleep(10 * MS).await;
+        }
+    });
+    assert_eq!(c.get(&1), Some(1003));
+}

@@ -111,6 +111,12 @@ impl<V: Clone> Flight<V> {
         self.settled.notify_all();
     }
 
+    /// Settle the flight as abandoned when its registry is gone (the cache was dropped):
+    /// whoever still waits on it starts over, or gives up.
+    pub(crate) fn give_up(&self) {
+        self.settle(Outcome::Abandoned);
+    }
+
     /// Block until the flight is settled: the loom models' stand-in for [`Flight::wait`].
     #[cfg(all(loom, test))]
     fn wait_blocking(&self) -> Outcome<V> {
