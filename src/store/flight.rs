@@ -269,7 +269,8 @@ where
     }
 }
 
-/// Loom model of the flight registry: leaders, waiters, a cancelled leader, completion.
+/// Loom model of the flight registry: leaders, waiters, a cancelled leader, completion, and a
+/// refresh-ahead reload racing a write and the expiry task.
 /// Run with `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
 #[cfg(all(test, loom))]
 mod loom_flights {
@@ -440,5 +441,223 @@ mod loom_flights {
     fn loom_single_flight_panic_between_the_load_and_the_flights_end() {
         three_callers(Ends::PanicsBeforeStoring);
         three_callers(Ends::PanicsAfterUnregistering);
+    }
+
+    /// The modelled entry's next refresh check (its `Stamp`, see `store/refresh.rs`).
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Next {
+        /// A reload was started for it (the expiry task queued its key) and has not ended.
+        Reloading,
+        /// Written since: its first check is a refresh interval away.
+        Later,
+        /// A reload ended without storing: checked again a backoff from now.
+        Backoff,
+    }
+
+    /// Key 1's entry, as its shard holds it.
+    #[derive(Clone, Copy, Debug)]
+    struct Slot {
+        value: u32,
+        /// Past its deadline. Only the initial entry may be: a write stores a live entry.
+        expired: bool,
+        next: Next,
+    }
+
+    /// Why a value left the map, as `Store::cause_at` judges it.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Cause {
+        Replaced,
+        Expired,
+    }
+
+    /// The stored value the expiry task queued a reload for, the reloaded one, the written one.
+    const INITIAL: u32 = 1;
+    const RELOADED: u32 = 3;
+    const WRITTEN: u32 = 2;
+
+    /// The registry, key 1's shard (its lock standing for the map's shard lock) and the values
+    /// reported as removed.
+    struct Refreshing {
+        registry: Registry,
+        shard: Mutex<Option<Slot>>,
+        reported: Mutex<Vec<(u32, Cause)>>,
+    }
+
+    impl Refreshing {
+        /// `Store::write` into the held shard: a live entry with a fresh stamp; what it
+        /// replaced, judged under the lock.
+        fn write(shard: &mut Option<Slot>, value: u32) -> Option<(u32, Cause)> {
+            let new = Slot {
+                value,
+                expired: false,
+                next: Next::Later,
+            };
+            shard.replace(new).map(|old| {
+                let cause = if old.expired {
+                    Cause::Expired
+                } else {
+                    Cause::Replaced
+                };
+                (old.value, cause)
+            })
+        }
+
+        /// `Store::retire`: after the shard lock is released.
+        fn report(&self, removed: Option<(u32, Cause)>) {
+            if let Some(removed) = removed {
+                lock(&self.reported).push(removed);
+            }
+        }
+
+        /// `Store::reload_ended`: an entry still waiting for the reload gets a backoff.
+        fn reload_ended(&self) {
+            if let Some(slot) = lock(&self.shard).as_mut() {
+                if slot.next == Next::Reloading {
+                    slot.next = Next::Backoff;
+                }
+            }
+        }
+
+        /// A reload task for key 1 (`refresh.rs`: `begin_reload`, the loader, `finish`), whose
+        /// loader yields `RELOADED` or fails: whether it stored its value, and the flight it
+        /// led.
+        fn reload(&self, loads: bool) -> (bool, Option<Arc<Flight<u32>>>) {
+            // `begin_reload`: lead the flight, or leave it to the load that runs.
+            let flight = match self.registry.join_or_lead(&1) {
+                Role::Lead(flight) => flight,
+                Role::Wait(_) => {
+                    self.reload_ended();
+                    return (false, None);
+                }
+            };
+            // Registered first, looked last.
+            let waiting = lock(&self.shard).is_some_and(|slot| slot.next == Next::Reloading);
+            if !waiting {
+                self.registry.abandon(&1, &flight);
+                return (false, Some(flight));
+            }
+            // The loader runs with no lock held. Failed: `finish` ends the reload with the error.
+            if !loads {
+                self.reload_ended();
+                let error: SharedError = std::sync::Arc::new("failed");
+                self.registry.end(&1, &flight, Outcome::Error(error));
+                return (false, Some(flight));
+            }
+            // Loaded: `finish` asks `reload_cap`, which reads the written TTL under the shard
+            // lock.
+            let _ttl = lock(&self.shard).map(|slot| slot.value);
+            // `finish_load`: unregistered under the shard lock, stored unless superseded.
+            let replaced = {
+                let mut shard = lock(&self.shard);
+                self.registry.unregister(&1, &flight);
+                (!flight.is_superseded()).then(|| Self::write(&mut shard, RELOADED))
+            };
+            let stored = replaced.is_some();
+            self.report(replaced.flatten());
+            // `end_quietly`, stored or not: the stamp, then the flight.
+            self.reload_ended();
+            self.registry.end(&1, &flight, Outcome::Value(RELOADED));
+            (stored, Some(flight))
+        }
+
+        /// `Store::insert`: supersede the flight, then write, under the shard lock.
+        fn insert(&self) {
+            let replaced = {
+                let mut shard = lock(&self.shard);
+                self.registry.supersede(&1);
+                Self::write(&mut shard, WRITTEN)
+            };
+            self.report(replaced);
+        }
+
+        /// `Store::fire` for the entry's node: an expired entry is removed under the shard
+        /// lock and reported. A live one is left (its node re-filed): its check is not due,
+        /// whether a reload runs (`Reloading`), or it was written since, or given a backoff.
+        fn fire(&self) {
+            let removed = {
+                let mut shard = lock(&self.shard);
+                match *shard {
+                    Some(slot) if slot.expired => shard.take(),
+                    _ => None,
+                }
+            };
+            self.report(removed.map(|slot| (slot.value, Cause::Expired)));
+        }
+    }
+
+    /// A reload of key 1, queued by the expiry task (the stamp says `Reloading`), whose loader
+    /// `loads` or fails, racing an insert and the expiry task firing the entry's node,
+    /// `expired` or not by then.
+    fn reload_vs_write_vs_expiry(expired: bool, loads: bool) {
+        loom::model(move || {
+            let model = Arc::new(Refreshing {
+                registry: Registry::new(2, Default::default()),
+                shard: Mutex::new(Some(Slot {
+                    value: INITIAL,
+                    expired,
+                    next: Next::Reloading,
+                })),
+                reported: Mutex::new(Vec::new()),
+            });
+            let reloading = {
+                let model = Arc::clone(&model);
+                thread::spawn(move || {
+                    let reloaded = model.reload(loads);
+                    // Nothing else starts a reload here: once this one is over, the entry
+                    // (if any) no longer waits for it.
+                    let next = lock(&model.shard).map(|slot| slot.next);
+                    assert_ne!(next, Some(Next::Reloading), "RELOADING after the reload");
+                    reloaded
+                })
+            };
+            let writing = {
+                let model = Arc::clone(&model);
+                thread::spawn(move || model.insert())
+            };
+            model.fire();
+            let (stored, flight) = reloading.join().unwrap();
+            writing.join().unwrap();
+
+            // Writes win: the written value stays, live, and no reload is left pending on it.
+            let last = lock(&model.shard).expect("the write's entry is gone");
+            assert_eq!(last.value, WRITTEN, "the write lost: {last:?}");
+            assert!(!last.expired);
+            assert_ne!(last.next, Next::Reloading, "the stamp stayed RELOADING");
+            // Every value that left was reported once, as what it was when it left: the
+            // initial one (expired or replaced), the reloaded one if it was stored (the write
+            // replaced it), never the written one. The reload may store into an empty slot:
+            // `fire` does not supersede the flight, so a reload that looked before the expired
+            // entry was removed puts the key back.
+            let reported = lock(&model.reported).clone();
+            let initial = if expired {
+                Cause::Expired
+            } else {
+                Cause::Replaced
+            };
+            let mut expected = vec![(INITIAL, initial)];
+            if stored {
+                expected.push((RELOADED, Cause::Replaced));
+            }
+            let mut sorted = reported.clone();
+            sorted.sort_by_key(|(value, _)| *value);
+            assert_eq!(sorted, expected, "reported {reported:?}");
+            // The reload's flight ended, and nothing is left behind.
+            let flight = flight.expect("the reload had no other flight to wait for");
+            assert!(
+                flight.outcome().is_some(),
+                "the reload's flight never ended"
+            );
+            assert_eq!(model.registry.len(), 0);
+            assert!(model.registry.registered_key(&1).is_none());
+        });
+    }
+
+    #[test]
+    fn loom_refresh_reload_vs_write_vs_expiry() {
+        for expired in [true, false] {
+            for loads in [true, false] {
+                reload_vs_write_vs_expiry(expired, loads);
+            }
+        }
     }
 }
