@@ -19,7 +19,10 @@
 //!   key's flight (see `flight.rs`) or does not run, and a stamp says [`Stamp::RELOADING`]
 //!   while its key is queued or reloading, so the task never queues a key twice.
 //! - **Writes win**: a write, remove or `invalidate_all` while a reload runs supersedes its
-//!   flight, and the reloaded value is discarded (as a load's is, in `write.rs`).
+//!   flight, and the reloaded value is discarded (as a load's is, in `write.rs`). Expiry and
+//!   eviction are not writes: an entry that expires or is evicted while its reload runs is
+//!   followed by the reloaded value, stored as a load's would be (a `fetch` of the key after
+//!   the expiry waits for that reload and gets the same value).
 //! - **Every reload ends**: whatever becomes of it (stored, failed, timed out, panicked,
 //!   skipped), [`Store::reload_ended`] gives an entry still marked [`Stamp::RELOADING`] its
 //!   next check a backoff later, so that a failure never stops later refreshes.
