@@ -594,8 +594,8 @@ where
         let count = store.generation_count();
         let target = store.generation();
         // One read-only pass collects the keys; removal then goes in batches.
-        let (stale, mut failed) = store.map.stale_keys(target);
-        for (done, key) in stale.into_iter().enumerate() {
+        let (older, mut failed) = store.map.older_keys(target);
+        for (done, key) in older.into_iter().enumerate() {
             match catch_unwind(AssertUnwindSafe(|| store.sweep_one(&key))) {
                 Ok(Some(retired)) => {
                     self.work.swept += 1;
@@ -670,7 +670,7 @@ where
             store.fire(self.wheel.get(node), node + self.base, now)
         }));
         let removed = match fired {
-            Ok(Fired::Stale) => None,
+            Ok(Fired::Orphaned) => None,
             Ok(Fired::Removed(retired)) => {
                 quietly(self.wheel.remove(node));
                 self.work.expired += usize::from(retired.cause == RemovalCause::Expired);

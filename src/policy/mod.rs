@@ -45,7 +45,7 @@
 //!
 //! Queue items are removed lazily: an item whose key is gone, or whose entry now sits in the
 //! other queue, is dropped when it reaches the head (not a pass of the hand: the removal that
-//! left it pays for it), and the queues are compacted when stale items outnumber live ones.
+//! left it pays for it), and the queues are compacted when dead items outnumber live ones.
 //!
 //! Invariants:
 //! - `window_weight + main_weight` is the total weight of the resident entries this shard

@@ -242,7 +242,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
                 break;
             };
             let Some(candidate) = residents.status(&key).filter(|s| !s.main) else {
-                continue; // Gone, or a stale item of an entry now in main.
+                continue; // Gone, or a dead item of an entry now in main.
             };
             // Main has room: in its own share, or, under a shared bound, while the cache is
             // not over it (a shard below its share may not take a candidate past admission
@@ -324,7 +324,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
                     self.main.push_back(key);
                 }
                 Some(s) if s.main => return Some(key),
-                _ => {} // Gone, or a stale item of an entry now in the window.
+                _ => {} // Gone, or a dead item of an entry now in the window.
             }
         }
     }
@@ -362,7 +362,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         }
     }
 
-    /// Drop stale items once they outnumber live ones.
+    /// Drop dead items once they outnumber live ones.
     fn compact(&mut self, residents: &impl Residents<K>) {
         if self.window.len() + self.main.len() <= 2 * self.residents + 64 {
             return;
@@ -380,7 +380,7 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         self.main.retain(|key| keep(key, true));
     }
 
-    /// Queued items, live and stale (test-only visibility).
+    /// Queued items, live and dead (test-only visibility).
     #[cfg(test)]
     fn queued(&self) -> usize {
         self.window.len() + self.main.len()

@@ -519,7 +519,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
     /// The keys of the entries written in another generation than `generation`, one shard
     /// at a time, and how many of them could not be copied (a key's `Clone` panicked: that
     /// key is left out, the others are not).
-    pub(crate) fn stale_keys(&self, generation: u32) -> (Vec<K>, usize)
+    pub(crate) fn older_keys(&self, generation: u32) -> (Vec<K>, usize)
     where
         K: Clone,
     {
@@ -560,7 +560,7 @@ pub(crate) struct Retired<K, V> {
 pub(crate) enum Fired<K, V> {
     /// No entry holds the node: it was orphaned, and its record, still queued, frees it (see
     /// `handoff.rs`).
-    Stale,
+    Orphaned,
     /// The entry expired (or was invalidated) and is out of the map: the node is free, and
     /// this is to be reported.
     Removed(Retired<K, V>),

@@ -190,9 +190,9 @@ where
         let mut stripe = lock(self.stripe(key));
         match stripe.get_mut(key) {
             Some(joined) if !joined.is_settled() => Role::Wait(Arc::clone(joined)),
-            Some(stale) => {
+            Some(settled) => {
                 let flight = Arc::new(Flight::new());
-                *stale = Arc::clone(&flight);
+                *settled = Arc::clone(&flight);
                 Role::Lead(flight)
             }
             None => {

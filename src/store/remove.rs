@@ -210,7 +210,7 @@ where
     pub(crate) fn fire(&self, key: &K, node: NodeId, now: u64) -> Fired<K, V> {
         let held = self.hold_for_removal(key);
         let generation = self.generation();
-        let mut fired = Fired::Stale;
+        let mut fired = Fired::Orphaned;
         let removed = self.map.remove_if_mut(key, |_, entry, stamp| {
             if entry.node != node {
                 return false;
@@ -410,7 +410,7 @@ where
     fn sweep_all(&self) {
         let count = self.generation_count();
         let generation = self.generation();
-        let (keys, failed) = self.map.stale_keys(generation);
+        let (keys, failed) = self.map.older_keys(generation);
         for key in keys {
             if let Some(retired) = self.sweep_one(&key) {
                 self.retire(retired);
