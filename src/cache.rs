@@ -209,7 +209,7 @@ where
     #[track_caller]
     pub fn entry_count(&self) -> u64 {
         self.ensure_task();
-        self.store.map.len() as u64
+        self.store.entry_count()
     }
 
     /// Hide every entry at once, in O(1); the expiry task then removes them in batches.

@@ -34,9 +34,12 @@ pub enum BuildError {
         /// The cache's time-to-live.
         time_to_live: Duration,
     },
-    /// A refresh option that must be positive (`refresh_after`, `max_concurrent_reloads`,
-    /// `reload_timeout`, named here) is zero.
-    ZeroRefreshOption(&'static str),
+    /// An option of a loading cache that must be positive (`refresh_after`,
+    /// `max_concurrent_reloads`, `load_timeout`, `stale_if_error`, `soft_timeout`: named
+    /// here) is zero.
+    ZeroLoadingOption(&'static str),
+    /// `soft_timeout` was given without `stale_if_error`: there is no stale copy to return.
+    SoftTimeoutWithoutStaleIfError,
     /// `publish_metrics` was given a zero interval (the `metrics` cargo feature).
     #[cfg(feature = "metrics")]
     ZeroMetricsInterval,
@@ -88,10 +91,14 @@ impl fmt::Display for BuildError {
                  {time_to_live:?}, so entries would expire before they are refreshed: choose a \
                  refresh interval below the TTL (such as 80% of it)"
             ),
-            BuildError::ZeroRefreshOption(option) => write!(
+            BuildError::ZeroLoadingOption(option) => write!(
                 f,
                 "ebb: {option} is zero: give it a positive value, or leave it unset for its \
                  default"
+            ),
+            BuildError::SoftTimeoutWithoutStaleIfError => f.write_str(
+                "ebb: soft_timeout returns a stale copy to a fetch whose load is slow, and only \
+                 stale_if_error keeps stale copies: give stale_if_error(window) too",
             ),
             #[cfg(feature = "metrics")]
             BuildError::ZeroMetricsInterval => f.write_str(

@@ -174,8 +174,8 @@ pub use load::{
     TryGetWithByRef, TryGetWithExpiry,
 };
 pub use loading::{
-    LoadingCache, LoadingCacheBuilder, RefreshError, DEFAULT_MAX_CONCURRENT_RELOADS,
-    DEFAULT_RELOAD_BACKOFF, DEFAULT_RELOAD_TIMEOUT,
+    LoadingCache, LoadingCacheBuilder, RefreshError, DEFAULT_LOAD_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_RELOADS, DEFAULT_RELOAD_BACKOFF, DEFAULT_STALE_THROTTLE,
 };
 pub use stats::CacheStats;
 pub use time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};

@@ -23,6 +23,7 @@ use crate::error::BuildError;
 use crate::load::{Fallible, Load};
 use crate::loader::{ErasedError, Loading, Reload};
 use crate::store::flight::{Outcome, Role};
+use crate::refresh::{Job, LoadPanicked, LoadTimedOut};
 use crate::store::refresh::Rules;
 
 /// Reload tasks a cache runs at most at a time, unless
@@ -30,13 +31,18 @@ use crate::store::refresh::Rules;
 pub const DEFAULT_MAX_CONCURRENT_RELOADS: usize = 16;
 
 /// How long a reload may run before it is given up, unless
-/// [`reload_timeout`](LoadingCacheBuilder::reload_timeout) says otherwise.
-pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`load_timeout`](LoadingCacheBuilder::load_timeout) says otherwise.
+pub const DEFAULT_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long after a reload that stored nothing (it failed, panicked or timed out) its entry
 /// may be reloaded again, unless [`reload_backoff`](LoadingCacheBuilder::reload_backoff)
 /// says otherwise.
 pub const DEFAULT_RELOAD_BACKOFF: Duration = Duration::from_secs(1);
+
+/// After a failed load served a stale copy, how long that key's `fetch`es get the stale
+/// copy without calling the source, unless
+/// [`stale_throttle`](LoadingCacheBuilder::stale_throttle) says otherwise.
+pub const DEFAULT_STALE_THROTTLE: Duration = Duration::from_secs(5);
 
 /// The user's loader, boxed: a key in, a boxed future of `Result<V, E>` out.
 type BoxedLoader<K, V, E> =
@@ -170,11 +176,101 @@ where
         if let Some(value) = store.get(&key) {
             return Ok(value);
         }
+        if store.rules().is_some_and(|rules| rules.loads_in_tasks()) {
+            return self.fetch_guarded(key).await;
+        }
         // The loader is called only if this caller leads: the future is lazy.
         let (loader, owned) = (Arc::clone(&self.loader), key.clone());
         let loading = async move { (loader.load)(owned).await };
         let mut load = Load::missed(store, key, loading);
         std::future::poll_fn(|cx| load.poll_as::<Fallible<E>>(cx)).await
+    }
+
+    /// `fetch` after a miss, in a cache with `stale_if_error` or `soft_timeout`: the load
+    /// runs in a task of its own, and a stale copy stands in for a failed or slow one.
+    async fn fetch_guarded(&self, key: K) -> Result<V, Arc<E>> {
+        let shared = self.cache.shared_store();
+        let store = &**shared;
+        let rules = *store.rules().expect("a loading cache has rules");
+        loop {
+            if let Some(copy) = store.stale_copy(&key) {
+                if copy.throttled_until.is_some_and(|t| t > store.clock.now()) {
+                    return Ok(self.serve_stale(copy.value, "the source failed moments ago"));
+                }
+            }
+            let (flight, leads) = match store.flights.join_or_lead(&key) {
+                Role::Lead(flight) => {
+                    // Registered first, looked last: a write before registration shows here.
+                    if let Some(value) = store.peek(&key) {
+                        store
+                            .flights
+                            .end(&key, &flight, Outcome::Value(value.clone()));
+                        return Ok(value);
+                    }
+                    let Ok(handle) = Handle::try_current() else {
+                        store.flights.abandon(&key, &flight);
+                        panic!(
+                            "ebb: with stale_if_error or soft_timeout, LoadingCache::fetch runs \
+                             its load as a task, so it must be awaited within a Tokio runtime"
+                        );
+                    };
+                    let led = crate::sync::Arc::clone(&flight);
+                    crate::refresh::spawn_one(shared, Job::Load, key.clone(), led, &handle);
+                    (flight, true)
+                }
+                Role::Wait(flight) => (flight, false),
+            };
+            let outcome = match rules.soft_timeout {
+                None => flight.wait().await,
+                Some(soft) => {
+                    tokio::select! {
+                        outcome = flight.wait() => outcome,
+                        () = tokio::time::sleep(soft) => {
+                            if let Some(copy) = store.stale_copy(&key) {
+                                return Ok(self.serve_stale(copy.value, "the load is slow"));
+                            }
+                            flight.wait().await
+                        }
+                    }
+                }
+            };
+            let error = match outcome {
+                Outcome::Value(value) => return Ok(value),
+                Outcome::Error(error) => error,
+                // The load's task was dropped (its runtime shut down): start over.
+                Outcome::Nothing | Outcome::Abandoned => continue,
+            };
+            let failed = error.is::<E>() || error.is::<LoadPanicked>() || error.is::<LoadTimedOut>();
+            if failed {
+                if let Some(copy) = store.stale_copy(&key) {
+                    let until = store
+                        .clock
+                        .now()
+                        .saturating_add(rules.stale_throttle.as_nanos() as u64);
+                    store.throttle_stale(&key, until);
+                    return Ok(self.serve_stale(copy.value, "the source failed"));
+                }
+            }
+            if let Ok(error) = error.clone().downcast::<E>() {
+                return Err(error);
+            }
+            if leads && error.is::<LoadPanicked>() {
+                panic!(
+                    "ebb: the cache's loader panicked (see the log), and no stale copy of the \
+                     key was left to return"
+                );
+            }
+            // Timed out with no stale copy, or another caller's load of another kind: start
+            // over (a new load, bounded by the load timeout again).
+        }
+    }
+
+    /// Count and log a stale value served, and return it.
+    fn serve_stale(&self, value: V, why: &'static str) -> V {
+        let store = self.cache.store();
+        store.count(crate::stats::Counter::StaleServed, 1);
+        tracing::warn!(cache = %store.name, why, "served a stale value");
+        value
     }
 
     /// Reload `key` now, with the cache's loader, in a task of its own on the current
@@ -231,7 +327,8 @@ where
         let flight = match store.flights.join_or_lead(&key) {
             Role::Wait(flight) => flight,
             Role::Lead(flight) => {
-                crate::refresh::spawn_one(store, key, crate::sync::Arc::clone(&flight), &handle);
+                let flight_ = crate::sync::Arc::clone(&flight);
+                crate::refresh::spawn_one(store, Job::Reload, key, flight_, &handle);
                 flight
             }
         };
@@ -290,8 +387,11 @@ impl<K, V, E, S: fmt::Debug> fmt::Debug for LoadingCacheBuilder<K, V, E, S> {
             .field("refresh_after", &self.rules.after)
             .field("refresh_jitter", &self.rules.jitter)
             .field("max_concurrent_reloads", &self.rules.max_concurrent)
-            .field("reload_timeout", &self.rules.timeout)
+            .field("load_timeout", &self.rules.timeout)
             .field("reload_backoff", &self.rules.backoff)
+            .field("stale_if_error", &self.rules.stale)
+            .field("stale_throttle", &self.rules.stale_throttle)
+            .field("soft_timeout", &self.rules.soft_timeout)
             .finish()
     }
 }
@@ -328,8 +428,11 @@ where
                 after: None,
                 jitter: 0.0,
                 max_concurrent: DEFAULT_MAX_CONCURRENT_RELOADS,
-                timeout: DEFAULT_RELOAD_TIMEOUT,
+                timeout: DEFAULT_LOAD_TIMEOUT,
                 backoff: DEFAULT_RELOAD_BACKOFF,
+                stale: None,
+                stale_throttle: DEFAULT_STALE_THROTTLE,
+                soft_timeout: None,
             },
         }
     }
@@ -379,9 +482,9 @@ where
     }
 
     /// How long a reload may run before it is given up, keeping the current value (default
-    /// [`DEFAULT_RELOAD_TIMEOUT`]). A `fetch` that finds the key expired while its reload
+    /// [`DEFAULT_LOAD_TIMEOUT`]). A `fetch` that finds the key expired while its reload
     /// runs waits for that reload, so this also bounds that wait.
-    pub fn reload_timeout(mut self, timeout: Duration) -> Self {
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
         self.rules.timeout = timeout;
         self
     }
@@ -393,11 +496,47 @@ where
         self
     }
 
+    /// Stale-if-error: keep an entry past its TTL for `window` more, as a *stale copy*, and
+    /// when a `fetch`'s load of its key fails (the loader's error, a panic, or the
+    /// [`load_timeout`](Self::load_timeout)), return the stale value instead of the error.
+    /// For [`stale_throttle`](Self::stale_throttle) after that, `fetch`es of the key get the
+    /// stale value without calling the failing source. After the window the copy is dropped
+    /// (reported `Expired` then) and errors reach the callers.
+    ///
+    /// Stale copies are never returned by `get`, `contains_key` or `iter`, and are not in
+    /// `entry_count()`; they count toward `max_capacity`, and are evicted before any live
+    /// entry. Every stale value served is counted (`stale_served`) and logged (`tracing`,
+    /// warn). With this option a `fetch`'s load runs in a task of its own on the current
+    /// runtime (it may outlive the caller). Refresh failures keep the current value, as
+    /// without it.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.rules.stale = Some(window);
+        self
+    }
+
+    /// After a failed load served a stale copy, how long `fetch`es of that key get it
+    /// without calling the source (default [`DEFAULT_STALE_THROTTLE`]).
+    pub fn stale_throttle(mut self, throttle: Duration) -> Self {
+        self.rules.stale_throttle = throttle;
+        self
+    }
+
+    /// A soft timeout: a `fetch` that has waited `timeout` for a load, and finds a stale copy
+    /// of its key (see [`stale_if_error`](Self::stale_if_error)), returns the stale value;
+    /// the load goes on in the background and stores its value when it ends (unless it runs
+    /// past the [`load_timeout`](Self::load_timeout), the hard timeout, which ends it). A
+    /// `fetch` with no stale copy to return keeps waiting. Loads then run in tasks of their
+    /// own, as with `stale_if_error`.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.rules.soft_timeout = Some(timeout);
+        self
+    }
+
     fn validate(&self) -> Result<(), BuildError> {
         let rules = &self.rules;
         if let Some(after) = rules.after {
             if after.is_zero() {
-                return Err(BuildError::ZeroRefreshOption("refresh_after"));
+                return Err(BuildError::ZeroLoadingOption("refresh_after"));
             }
             if let Some(ttl) = self.cache.time_to_live.filter(|ttl| after >= *ttl) {
                 return Err(BuildError::RefreshNotBeforeTimeToLive {
@@ -410,10 +549,19 @@ where
             return Err(BuildError::InvalidJitter(rules.jitter));
         }
         if rules.max_concurrent == 0 {
-            return Err(BuildError::ZeroRefreshOption("max_concurrent_reloads"));
+            return Err(BuildError::ZeroLoadingOption("max_concurrent_reloads"));
         }
         if rules.timeout.is_zero() {
-            return Err(BuildError::ZeroRefreshOption("reload_timeout"));
+            return Err(BuildError::ZeroLoadingOption("load_timeout"));
+        }
+        if rules.stale == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroLoadingOption("stale_if_error"));
+        }
+        if rules.soft_timeout == Some(Duration::ZERO) {
+            return Err(BuildError::ZeroLoadingOption("soft_timeout"));
+        }
+        if rules.soft_timeout.is_some() && rules.stale.is_none() {
+            return Err(BuildError::SoftTimeoutWithoutStaleIfError);
         }
         Ok(())
     }

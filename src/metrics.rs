@@ -41,6 +41,7 @@ const LOADS: &str = "ebb_cache_loads_total";
 const LOAD_NANOS: &str = "ebb_cache_load_nanoseconds_total";
 const RELOADS_STARTED: &str = "ebb_cache_reloads_started_total";
 const RELOADS: &str = "ebb_cache_reloads_total";
+const STALE_SERVED: &str = "ebb_cache_stale_served_total";
 const DROPPED: &str = "ebb_cache_notifications_dropped_total";
 const ENTRIES: &str = "ebb_cache_entries";
 const WEIGHTED_SIZE: &str = "ebb_cache_weighted_size";
@@ -70,6 +71,7 @@ struct Handles {
     reloads_succeeded: Counter,
     reloads_failed: Counter,
     reloads_timed_out: Counter,
+    stale_served: Counter,
     dropped: Counter,
     entries: Gauge,
     weighted_size: Gauge,
@@ -101,6 +103,7 @@ impl Handles {
             reloads_succeeded: labelled(RELOADS, RESULT, "success"),
             reloads_failed: labelled(RELOADS, RESULT, "failure"),
             reloads_timed_out: labelled(RELOADS, RESULT, "timeout"),
+            stale_served: counter(STALE_SERVED),
             dropped: counter(DROPPED),
             entries: gauge(ENTRIES),
             weighted_size: gauge(WEIGHTED_SIZE),
@@ -140,6 +143,11 @@ fn describe() {
         RELOADS,
         Unit::Count,
         "Reloads that ended, by result: success, failure or timeout."
+    );
+    describe_counter!(
+        STALE_SERVED,
+        Unit::Count,
+        "Stale values a fetch returned instead of an error or a wait."
     );
     describe_counter!(
         DROPPED,
@@ -189,6 +197,7 @@ impl Metrics {
             reloads_succeeded,
             reloads_failed,
             reloads_timed_out,
+            stale_served,
         } = *stats;
         h.hits.absolute(hits);
         h.misses.absolute(misses);
@@ -207,6 +216,7 @@ impl Metrics {
         h.reloads_succeeded.absolute(reloads_succeeded);
         h.reloads_failed.absolute(reloads_failed);
         h.reloads_timed_out.absolute(reloads_timed_out);
+        h.stale_served.absolute(stale_served);
         h.entries.set(entry_count as f64);
         h.weighted_size.set(weighted_size as f64);
         h.lag_max.set(expiry_lag_max);

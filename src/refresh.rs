@@ -80,7 +80,9 @@ where
             };
             // The key's `Hash` or `Eq` (user code) may panic here: that key is skipped.
             match catch_unwind(AssertUnwindSafe(|| strong.begin_reload(&key))) {
-                Ok(Some((flight, generation))) => begin(&strong, key, flight, generation),
+                Ok(Some((flight, generation))) => {
+                    begin(&strong, Job::Reload, key, flight, generation)
+                }
                 Ok(None) => None,
                 Err(_) => {
                     error!("a key's Hash or Eq panicked as its reload began; it is skipped");
@@ -89,7 +91,7 @@ where
             }
         };
         if let Some((key, flight, generation, loading)) = begun {
-            run(&store, &token, key, flight, generation, loading).await;
+            run(&store, &token, Job::Reload, key, flight, generation, loading).await;
         }
     }
 }
@@ -147,43 +149,68 @@ where
     }
 }
 
+/// What a task that runs the cache's loader is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Job {
+    /// A reload (refresh-ahead, or `LoadingCache::refresh`): counted as a reload; its value
+    /// keeps the replaced entry's TTL; a failure keeps the entry and backs off.
+    Reload,
+    /// A `fetch`'s load, run in a task so that the caller may return before it ends (a
+    /// stale copy, a soft timeout): counted as a load; its value gets a new entry's TTL; a
+    /// panic or a timeout ends the flight with [`LoadPanicked`] or [`LoadTimedOut`], so
+    /// that its callers can tell them from the loader's own errors.
+    Load,
+}
+
+/// A load run by [`Job::Load`] panicked.
+#[derive(Debug)]
+pub(crate) struct LoadPanicked;
+
+/// A load run by [`Job::Load`] ran past the load timeout.
+#[derive(Debug)]
+pub(crate) struct LoadTimedOut;
+
 /// A reload begun: its key, the flight it leads, the generation it began in, its loader.
 type Begun<K, V> = (K, SyncArc<Flight<V>>, u64, Loading<V>);
 
-/// Start `key`'s loader for a reload this caller leads. `None` (the flight abandoned, the
-/// stamp given a backoff) if user code panicked on the way.
+/// When a job began, for the load time.
+type Started = tokio::time::Instant;
+
+/// Start `key`'s loader for a job this caller leads. `None` (the flight ended, the stamp
+/// given a backoff) if user code panicked on the way.
 fn begin<K, V, S>(
     store: &Store<K, V, S>,
+    job: Job,
     key: K,
     flight: SyncArc<Flight<V>>,
     generation: u64,
 ) -> Option<Begun<K, V>>
 where
-    K: Hash + Eq + Clone,
-    V: Clone,
+    K: Hash + Eq + Clone + 'static,
+    V: Clone + 'static,
     S: BuildHasher + Clone,
 {
     let refresh = store.refresh.as_deref()?;
-    store.count(Counter::ReloadStarted, 1);
-    trace!("reload started");
-    let started =
-        catch_unwind(AssertUnwindSafe(|| refresh.loader.load(key.clone()))).map_err(|_| {
-            error!("the cache's loader panicked as a reload began; the entry keeps its value");
-        });
+    if job == Job::Reload {
+        store.count(Counter::ReloadStarted, 1);
+        trace!("reload started");
+    }
+    let started = catch_unwind(AssertUnwindSafe(|| refresh.loader.load(key.clone())));
     match started {
         Ok(loading) => Some((key, flight, generation, loading)),
-        Err(()) => {
-            store.count(Counter::ReloadFailed, 1);
-            end_quietly(store, &key, &flight, None);
+        Err(_) => {
+            finish(store, job, key, flight, generation, None, Ran::Panicked);
             None
         }
     }
 }
 
-/// Start an explicit reload of `key` in a task of its own (see
-/// [`LoadingCache::refresh`](crate::LoadingCache::refresh)), leading `flight`.
+/// Run `job` for `key` in a task of its own on `handle`'s runtime, leading `flight`: an
+/// explicit reload ([`LoadingCache::refresh`](crate::LoadingCache::refresh)), or a `fetch`'s
+/// load that may outlive its caller.
 pub(crate) fn spawn_one<K, V, S>(
     store: &Arc<Store<K, V, S>>,
+    job: Job,
     key: K,
     flight: SyncArc<Flight<V>>,
     handle: &tokio::runtime::Handle,
@@ -193,12 +220,13 @@ pub(crate) fn spawn_one<K, V, S>(
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
     let generation = store.generation_count();
-    let Some((key, flight, generation, loading)) = begin(store, key, flight, generation) else {
+    let Some((key, flight, generation, loading)) = begin(store, job, key, flight, generation)
+    else {
         return;
     };
     let (weak, token) = (Arc::downgrade(store), store.token.clone());
     drop(handle.spawn(async move {
-        run(&weak, &token, key, flight, generation, loading).await;
+        run(&weak, &token, job, key, flight, generation, loading).await;
     }));
 }
 
@@ -215,6 +243,7 @@ enum Ran<V> {
 async fn run<K, V, S>(
     store: &Weak<Store<K, V, S>>,
     token: &CancellationToken,
+    job: Job,
     key: K,
     flight: SyncArc<Flight<V>>,
     generation: u64,
@@ -234,6 +263,7 @@ async fn run<K, V, S>(
     else {
         return;
     };
+    let started = Started::now();
     let ran = tokio::select! {
         biased;
         _ = token.cancelled() => Ran::Cancelled,
@@ -248,66 +278,84 @@ async fn run<K, V, S>(
         return;
     };
     let (key, flight) = running.job.take().expect("finished once");
-    finish(&store, key, flight, generation, ran);
+    finish(&store, job, key, flight, generation, Some(started), ran);
 }
 
-/// End a reload with what its loader did: store the value (unless a write won) or keep the
-/// old one, count and log, and end the flight.
+/// End a job with what its loader did: store the value (unless a write won) or, for a
+/// reload, keep the old one; count and log; end the flight.
 fn finish<K, V, S>(
     store: &Store<K, V, S>,
+    job: Job,
     key: K,
     flight: SyncArc<Flight<V>>,
     generation: u64,
+    started: Option<Started>,
     ran: Ran<V>,
 ) where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-    S: BuildHasher + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + 'static,
+    V: Clone + 'static,
+    S: BuildHasher + Clone,
 {
+    if job == Job::Load {
+        if let Some(started) = started {
+            store.count(Counter::LoadNanos, started.elapsed().as_nanos() as u64);
+        }
+    }
+    let count = |reload, load| store.count(if job == Job::Reload { reload } else { load }, 1);
     match ran {
         Ran::Value(value) => {
-            store.count(Counter::ReloadSucceeded, 1);
-            trace!("reload succeeded");
+            count(Counter::ReloadSucceeded, Counter::LoadSuccess);
+            trace!(?job, "the cache's loader succeeded");
             // User code on the way (the weigher, an `Expiry`, a key's or value's `Clone`
-            // or `Hash`): a panic costs this reload, and the entry keeps its value.
+            // or `Hash`): a panic costs this job, and the entry keeps its value.
             let stored = catch_unwind(AssertUnwindSafe(|| {
-                let cap = store.reload_cap(&key, &value);
+                let cap = match job {
+                    Job::Reload => store.reload_cap(&key, &value),
+                    Job::Load => store.load_cap(&key, &value),
+                };
                 store.finish_load(key.clone(), &flight, value.clone(), Some(cap), generation)
             }));
             match stored {
-                Ok(true) => end_quietly(store, &key, &flight, Some(Outcome::Value(value))),
-                Ok(false) => {
-                    debug!("a reloaded value was discarded: a write, remove or invalidation won");
+                Ok(stored) => {
+                    if !stored {
+                        debug!(?job, "a loaded value was discarded: a write, remove or invalidation won");
+                    }
                     end_quietly(store, &key, &flight, Some(Outcome::Value(value)));
                 }
                 Err(_) => {
-                    error!("user code panicked as a reloaded value was stored; the entry keeps its value");
-                    end_quietly(store, &key, &flight, None);
+                    error!(?job, "user code panicked as a loaded value was stored; it was not");
+                    let outcome = (job == Job::Load).then(|| panicked());
+                    end_quietly(store, &key, &flight, outcome);
                 }
             }
         }
         Ran::Error(error) => {
-            store.count(Counter::ReloadFailed, 1);
+            count(Counter::ReloadFailed, Counter::LoadFailure);
             if let Some(refresh) = store.refresh.as_deref() {
                 let error = refresh.loader.describe(&error);
-                warn!(%error, "a reload failed; the entry keeps its value");
+                warn!(?job, %error, "the cache's loader failed");
             }
             end_quietly(store, &key, &flight, Some(Outcome::Error(error)));
         }
         Ran::Panicked => {
-            store.count(Counter::ReloadFailed, 1);
-            error!("the cache's loader panicked in a reload; the entry keeps its value");
-            end_quietly(store, &key, &flight, None);
+            count(Counter::ReloadFailed, Counter::LoadFailure);
+            error!(?job, "the cache's loader panicked");
+            let outcome = (job == Job::Load).then(|| panicked());
+            end_quietly(store, &key, &flight, outcome);
         }
         Ran::TimedOut => {
-            store.count(Counter::ReloadTimedOut, 1);
-            warn!(
-                "a reload ran past the reload timeout and was given up; the entry keeps its value"
-            );
-            end_quietly(store, &key, &flight, None);
+            count(Counter::ReloadTimedOut, Counter::LoadFailure);
+            warn!(?job, "the cache's loader ran past the load timeout and was given up");
+            let outcome = (job == Job::Load).then(|| Outcome::Error(Arc::new(LoadTimedOut) as _));
+            end_quietly(store, &key, &flight, outcome);
         }
         Ran::Cancelled => end_quietly(store, &key, &flight, None),
     }
+}
+
+/// The outcome of a [`Job::Load`] whose loader or storing panicked.
+fn panicked<V>() -> Outcome<V> {
+    Outcome::Error(Arc::new(LoadPanicked) as _)
 }
 
 /// End `flight` with `outcome` (`None`: abandoned, so that its waiters start over) and tell

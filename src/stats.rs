@@ -34,9 +34,10 @@ pub(crate) enum Counter {
     ReloadSucceeded,
     ReloadFailed,
     ReloadTimedOut,
+    StaleServed,
 }
 
-const COUNTERS: usize = 15;
+const COUNTERS: usize = 16;
 /// Stripes a thread may own alone.
 const OWNED: usize = 32;
 /// Stripes shared by the threads that own none (more than [`OWNED`] alive at once).
@@ -199,8 +200,10 @@ pub struct CacheStats {
     pub reloads_succeeded: u64,
     /// Reloads whose loader failed or panicked: the entry kept its value.
     pub reloads_failed: u64,
-    /// Reloads given up at the reload timeout: the entry kept its value.
+    /// Reloads given up at the load timeout: the entry kept its value.
     pub reloads_timed_out: u64,
+    /// Stale values a `fetch` returned instead of an error or a wait (`stale_if_error`).
+    pub stale_served: u64,
 }
 
 impl CacheStats {
@@ -252,6 +255,7 @@ impl CacheStats {
             reloads_succeeded: count(Counter::ReloadSucceeded),
             reloads_failed: count(Counter::ReloadFailed),
             reloads_timed_out: count(Counter::ReloadTimedOut),
+            stale_served: count(Counter::StaleServed),
         }
     }
 }

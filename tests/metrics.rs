@@ -206,6 +206,7 @@ async fn every_documented_metric_is_published_with_its_labels_and_exact_value() 
             series("ebb_cache_reloads_total", &[("result", "timeout")]),
             counter(0),
         ),
+        (series("ebb_cache_stale_served_total", &[]), counter(0)),
         (series("ebb_cache_entries", &[]), Value::Gauge(2.0)),
         (series("ebb_cache_weighted_size", &[]), Value::Gauge(19.0)),
         (
@@ -278,7 +279,7 @@ async fn the_expiry_task_publishes_every_interval_and_wakes_for_nothing_else() {
     let entries = series("ebb_cache_entries", &[]);
     advance(MS).await; // t = 10 s: the first publish
     let got = read("interval");
-    assert_eq!(got.len(), 20, "every metric: {got:?}");
+    assert_eq!(got.len(), 21, "every metric: {got:?}");
     assert_eq!(got[&hits], Value::Counter(1));
     assert_eq!(got[&misses], Value::Counter(0));
     assert_eq!(got[&entries], Value::Gauge(1.0));
@@ -327,7 +328,7 @@ async fn a_cache_that_does_not_ask_publishes_nothing_and_never_wakes() {
     c.publish_metrics();
     let got = read("quiet");
     assert_eq!(got[&series("ebb_cache_hits_total", &[])], Value::Counter(1));
-    assert_eq!(got.len(), 20);
+    assert_eq!(got.len(), 21);
 }
 
 #[tokio::test(start_paused = true)]

@@ -119,7 +119,7 @@ fn cache(source: &Source) -> (LoadingCache<u64, u64, String>, Log) {
         .eviction_listener(move |k, v, cause| sink.lock().unwrap().push((k, v, cause)))
         .loader(source.loader())
         .refresh_after(8 * SEC)
-        .reload_timeout(SEC)
+        .load_timeout(SEC)
         .reload_backoff(500 * MS)
         .build();
     (cache, log)
@@ -532,7 +532,7 @@ async fn refresh_options_are_checked() {
     );
     assert_eq!(
         build(Duration::ZERO, None),
-        Err(BuildError::ZeroRefreshOption("refresh_after"))
+        Err(BuildError::ZeroLoadingOption("refresh_after"))
     );
     let zero = Cache::<u64, u64>::builder()
         .loader(|k: u64| async move { Ok::<u64, String>(k) })
@@ -540,7 +540,7 @@ async fn refresh_options_are_checked() {
         .try_build();
     assert!(matches!(
         zero,
-        Err(BuildError::ZeroRefreshOption("max_concurrent_reloads"))
+        Err(BuildError::ZeroLoadingOption("max_concurrent_reloads"))
     ));
     let message = BuildError::RefreshNotBeforeTimeToLive {
         refresh_after: 10 * SEC,

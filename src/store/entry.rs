@@ -46,8 +46,10 @@ pub(crate) struct Entry<V> {
     meta: AtomicU32,
 }
 
-/// Generations wrap at 2^29: the bits of `meta` above the policy's.
-pub(crate) const GENERATION_MASK: u32 = u32::MAX >> 3;
+/// Generations wrap at 2^28: the bits of `meta` above the stale bit and the policy's.
+pub(crate) const GENERATION_MASK: u32 = u32::MAX >> GENERATION_SHIFT;
+const GENERATION_SHIFT: u32 = 4;
+const STALE_BIT: u32 = 1 << 3;
 const MAIN_BIT: u32 = 1 << 2;
 const FREQ_MASK: u32 = 0b11;
 
@@ -57,7 +59,7 @@ impl<V> Entry<V> {
             value,
             deadline: AtomicU64::new(deadline),
             node,
-            meta: AtomicU32::new(generation << 3 | policy),
+            meta: AtomicU32::new(generation << GENERATION_SHIFT | policy),
         }
     }
 
@@ -69,14 +71,25 @@ impl<V> Entry<V> {
     /// The `invalidate_all` generation it was written in.
     #[inline]
     pub(crate) fn generation(&self) -> u32 {
-        self.meta.load(Ordering::Relaxed) >> 3
+        self.meta.load(Ordering::Relaxed) >> GENERATION_SHIFT
+    }
+
+    /// Whether it is a stale copy (see [`Entry::meta`](Entry)).
+    #[inline]
+    pub(crate) fn is_stale(&self) -> bool {
+        self.meta.load(Ordering::Relaxed) & STALE_BIT != 0
+    }
+
+    /// Mark it a stale copy (the expiry task, under the shard's write lock).
+    pub(super) fn set_stale(&mut self) {
+        *self.meta.get_mut() |= STALE_BIT;
     }
 
     /// Stamp it with `generation` (a sweep checked it through that one; see `invalidate.rs`),
     /// keeping its policy bits.
     pub(super) fn set_generation(&mut self, generation: u32) {
         let meta = self.meta.get_mut();
-        *meta = generation << 3 | (*meta & (MAIN_BIT | FREQ_MASK));
+        *meta = generation << GENERATION_SHIFT | (*meta & (STALE_BIT | MAIN_BIT | FREQ_MASK));
     }
 
     /// The policy bits (main queue, counter), carried over when the entry is overwritten.
@@ -290,7 +303,10 @@ pub(crate) struct Stamp(AtomicU64);
 
 impl Stamp {
     const READ: u64 = 1 << 63;
-    const TIME: u64 = !Self::READ;
+    /// On a stale copy: the time bits say until when a failed load's callers get it without
+    /// calling the source again.
+    const THROTTLED: u64 = 1 << 62;
+    const TIME: u64 = !(Self::READ | Self::THROTTLED);
     /// No refresh check is due: the entry is left to expire.
     pub(crate) const IDLE: u64 = Self::TIME;
     /// A reload was started and has not ended.
@@ -320,6 +336,9 @@ impl Stamp {
 
     /// The time of the next check, if one is due at a time ([`NEVER`] otherwise).
     pub(crate) fn due(&self) -> u64 {
+        if self.0.load(Ordering::Relaxed) & Self::THROTTLED != 0 {
+            return NEVER; // a stale copy: no refresh
+        }
         match self.next() {
             Self::IDLE | Self::RELOADING => NEVER,
             at => at,
@@ -331,8 +350,23 @@ impl Stamp {
         let _ = self
             .0
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                Some(s & Self::READ | next.min(Self::IDLE))
+                Some(s & (Self::READ | Self::THROTTLED) | next.min(Self::IDLE))
             });
+    }
+
+    /// Throttle a stale copy's loads until `until` (the time bits; the read bit is kept).
+    pub(crate) fn throttle(&self, until: u64) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some(s & Self::READ | Self::THROTTLED | until.min(Self::IDLE))
+            });
+    }
+
+    /// Until when a stale copy's loads are throttled, if they are.
+    pub(crate) fn throttled_until(&self) -> Option<u64> {
+        let s = self.0.load(Ordering::Relaxed);
+        (s & Self::THROTTLED != 0).then_some(s & Self::TIME)
     }
 
     /// A reload starts: the next check is [`Stamp::RELOADING`] and the read bit is cleared

@@ -5,7 +5,8 @@
 //! `remove.rs` every removal and the one place each is reported; `entry.rs` the entry and the
 //! map; `flight.rs` the loads in flight; `handoff.rs` what writers tell the expiry task;
 //! `capacity.rs` the bound and its policy shards; `invalidate.rs` the generations that
-//! `invalidate_all` and `invalidate_entries_if` begin; `refresh.rs` what a reload may change.
+//! `invalidate_all` and `invalidate_entries_if` begin; `refresh.rs` what a reload may change;
+//! `stale.rs` the stale copies `stale_if_error` keeps.
 //!
 //! Words used throughout: an entry's *deadline* is when it stops being live (the earlier of
 //! its cap and its last access plus the time-to-idle); its *cap* is the latest the deadline may
@@ -36,6 +37,7 @@ pub(crate) mod handoff;
 pub(crate) mod invalidate;
 pub(crate) mod refresh;
 mod remove;
+mod stale;
 mod write;
 
 use std::borrow::Borrow;
@@ -202,7 +204,7 @@ where
                 settings
                     .refresh
                     .as_ref()
-                    .is_some_and(|(rules, _)| rules.after.is_some()),
+                    .is_some_and(|(rules, _)| rules.stamps()),
                 capacity,
                 hasher.clone(),
                 shards,
@@ -239,6 +241,7 @@ where
                     rules,
                     loader,
                     reloads: refresh::Reloads::default(),
+                    stale: std::sync::atomic::AtomicU64::new(0),
                 })
             }),
             fallbacks: std::sync::atomic::AtomicUsize::new(0),
@@ -446,7 +449,7 @@ where
         CacheStats::read(
             self.counters(),
             &self.lag,
-            self.map.len() as u64,
+            self.entry_count(),
             self.weighted_size(),
             self.notifications_dropped(),
         )

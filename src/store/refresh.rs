@@ -58,6 +58,25 @@ pub(crate) struct Rules {
     pub(crate) timeout: Duration,
     /// After a reload that did not store a value, the entry is checked again no sooner.
     pub(crate) backoff: Duration,
+    /// How long an entry past its deadline is kept as a stale copy (`stale_if_error`).
+    pub(crate) stale: Option<Duration>,
+    /// After a failed load served a stale copy, how long its key's loads are throttled.
+    pub(crate) stale_throttle: Duration,
+    /// How long a `fetch` waits for a load before it takes a stale copy (`soft_timeout`).
+    pub(crate) soft_timeout: Option<Duration>,
+}
+
+impl Rules {
+    /// Whether a `fetch` runs its load in a task of its own (it may return before the load
+    /// ends: with a stale copy, on the load's failure or at the soft timeout).
+    pub(crate) fn loads_in_tasks(&self) -> bool {
+        self.stale.is_some() || self.soft_timeout.is_some()
+    }
+
+    /// Whether entries carry a stamp ([`Stamp`]): for refresh, or for stale copies.
+    pub(crate) fn stamps(&self) -> bool {
+        self.after.is_some() || self.stale.is_some()
+    }
 }
 
 /// What a cache that refreshes has beyond the others: its rules, its loader, and the queue
@@ -66,6 +85,8 @@ pub(crate) struct Refresh<K, V> {
     pub(crate) rules: Rules,
     pub(crate) loader: std::sync::Arc<dyn Reload<K, V>>,
     pub(crate) reloads: Reloads<K>,
+    /// Stale copies in the map (see `stale.rs`).
+    pub(crate) stale: std::sync::atomic::AtomicU64,
 }
 
 /// The keys due for a reload, and how many reload tasks run.

@@ -157,6 +157,7 @@ where
     /// called under a lock. The notification's user code catches its own panics; without
     /// one, the key and entry are dropped here, and a panic in a `Drop` reaches the caller.
     pub(crate) fn retire(&self, retired: Retired<K, V>) {
+        self.stale_left(&retired.entry);
         self.count_removal(retired.cause);
         match retired.key {
             Some(key) if self.notifier.is_active() => {
@@ -215,12 +216,20 @@ where
             if entry.node != node {
                 return false;
             }
-            // Expired, or hidden by `invalidate_all` (a pending predicate is the sweep's).
-            if !entry.is_live(entry.generation(), || now)
-                || (entry.generation() != generation
-                    && self.invalidations.hidden(entry.generation()))
+            // Hidden by `invalidate_all` (a pending predicate is the sweep's), or expired and
+            // not kept as a stale copy (see `stale.rs`).
+            if entry.generation() != generation && self.invalidations.hidden(entry.generation())
             {
                 return true;
+            }
+            if !entry.is_live(entry.generation(), || now) {
+                return match self.keep_stale(entry, now) {
+                    Some(until) => {
+                        fired = Fired::Refile(self.clock.tick_of(until));
+                        false
+                    }
+                    None => true,
+                };
             }
             let deadline = entry.deadline();
             // A cache that refreshes: the check may start a reload (see `refresh.rs`).
