@@ -22,8 +22,8 @@ use crate::cache::Cache;
 use crate::error::BuildError;
 use crate::load::{Fallible, Load};
 use crate::loader::{ErasedError, Loading, Reload};
-use crate::store::flight::{Outcome, Role};
 use crate::refresh::{Job, LoadPanicked, LoadTimedOut};
+use crate::store::flight::{Outcome, Role};
 use crate::store::refresh::Rules;
 
 /// Reload tasks a cache runs at most at a time, unless
@@ -240,7 +240,8 @@ where
                 // The load's task was dropped (its runtime shut down): start over.
                 Outcome::Nothing | Outcome::Abandoned => continue,
             };
-            let failed = error.is::<E>() || error.is::<LoadPanicked>() || error.is::<LoadTimedOut>();
+            let failed =
+                error.is::<E>() || error.is::<LoadPanicked>() || error.is::<LoadTimedOut>();
             if failed {
                 if let Some(copy) = store.stale_copy(&key) {
                     let until = store

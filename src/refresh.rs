@@ -91,7 +91,16 @@ where
             }
         };
         if let Some((key, flight, generation, loading)) = begun {
-            run(&store, &token, Job::Reload, key, flight, generation, loading).await;
+            run(
+                &store,
+                &token,
+                Job::Reload,
+                key,
+                flight,
+                generation,
+                loading,
+            )
+            .await;
         }
     }
 }
@@ -318,12 +327,18 @@ fn finish<K, V, S>(
             match stored {
                 Ok(stored) => {
                     if !stored {
-                        debug!(?job, "a loaded value was discarded: a write, remove or invalidation won");
+                        debug!(
+                            ?job,
+                            "a loaded value was discarded: a write, remove or invalidation won"
+                        );
                     }
                     end_quietly(store, &key, &flight, Some(Outcome::Value(value)));
                 }
                 Err(_) => {
-                    error!(?job, "user code panicked as a loaded value was stored; it was not");
+                    error!(
+                        ?job,
+                        "user code panicked as a loaded value was stored; it was not"
+                    );
                     let outcome = (job == Job::Load).then(|| panicked());
                     end_quietly(store, &key, &flight, outcome);
                 }
@@ -345,7 +360,10 @@ fn finish<K, V, S>(
         }
         Ran::TimedOut => {
             count(Counter::ReloadTimedOut, Counter::LoadFailure);
-            warn!(?job, "the cache's loader ran past the load timeout and was given up");
+            warn!(
+                ?job,
+                "the cache's loader ran past the load timeout and was given up"
+            );
             let outcome = (job == Job::Load).then(|| Outcome::Error(Arc::new(LoadTimedOut) as _));
             end_quietly(store, &key, &flight, outcome);
         }

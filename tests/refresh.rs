@@ -5,13 +5,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{advance, alive_tasks, settle};
+use common::{advance, alive_tasks, settle, Act, Source};
 use ebb_cache::{BuildError, Cache, LoadingCache, RefreshError, RemovalCause};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -25,82 +23,6 @@ async fn steps(d: Duration) {
         let step = left.min(100 * MS);
         advance(step).await;
         left -= step;
-    }
-}
-
-/// What the test source does on its n-th call (1-based).
-#[derive(Clone, Copy)]
-enum Act {
-    /// Answer after this long.
-    After(Duration),
-    /// Fail after this long.
-    Fail(Duration),
-    /// Never answer.
-    Hang,
-    /// Panic.
-    Panic,
-}
-
-/// A source that counts its calls and the calls running at once, and answers each key with
-/// `key * 1000 + n` (n: that call's number), as `act(n)` says.
-#[derive(Clone)]
-struct Source {
-    calls: Arc<AtomicUsize>,
-    running: Arc<AtomicUsize>,
-    most: Arc<AtomicUsize>,
-    act: Arc<dyn Fn(usize) -> Act + Send + Sync>,
-}
-
-type Loading = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
-
-impl Source {
-    fn new(act: impl Fn(usize) -> Act + Send + Sync + 'static) -> Self {
-        Source {
-            calls: Arc::default(),
-            running: Arc::default(),
-            most: Arc::default(),
-            act: Arc::new(act),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn most_at_once(&self) -> usize {
-        self.most.load(Ordering::SeqCst)
-    }
-
-    fn loader(&self) -> impl Fn(u64) -> Loading + Send + Sync + 'static {
-        let source = self.clone();
-        move |key| {
-            let n = source.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            let act = (source.act)(n);
-            let (running, most) = (Arc::clone(&source.running), Arc::clone(&source.most));
-            Box::pin(async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                struct Done(Arc<AtomicUsize>);
-                impl Drop for Done {
-                    fn drop(&mut self) {
-                        self.0.fetch_sub(1, Ordering::SeqCst);
-                    }
-                }
-                let _done = Done(running);
-                match act {
-                    Act::After(d) => {
-                        tokio::time::sleep(d).await;
-                        Ok(key * 1000 + n as u64)
-                    }
-                    Act::Fail(d) => {
-                        tokio::time::sleep(d).await;
-                        Err(format!("source down (call {n})"))
-                    }
-                    Act::Hang => std::future::pending().await,
-                    Act::Panic => panic!("the source panicked (call {n})"),
-                }
-            })
-        }
     }
 }
 

@@ -18,6 +18,9 @@ const WINDOW_PER_MILLE: u64 = 2;
 /// the hand is the victim whatever its counter.
 const SCAN_BUDGET: usize = 128;
 
+/// Items of the stale queue beyond twice its live ones before it is compacted.
+const STALE_SLACK: usize = 64;
+
 /// A candidate must be counted more than this many times more than the victim to replace it.
 const ADMIT_MARGIN: u8 = 1;
 
@@ -82,6 +85,12 @@ pub(crate) trait Residents<K> {
     fn pass(&self, key: &K) -> Option<Status>;
     /// Remove the entry for `key` from the cache for room; its status, if it was resident.
     fn evict(&self, key: &K) -> Option<Status>;
+    /// Whether `key`'s entry is a stale copy (kept past its deadline by `stale_if_error`):
+    /// those go first when room is needed.
+    fn stale(&self, key: &K) -> bool {
+        let _ = key;
+        false
+    }
 }
 
 /// One shard's policy state.
@@ -93,6 +102,12 @@ pub(crate) struct TinyLfu<K, S> {
     /// spares hashing a candidate again).
     window: VecDeque<(K, u64)>,
     main: VecDeque<K>,
+    /// Keys of entries that became stale copies, oldest first: evicted before any other
+    /// entry. Items of entries no longer stale are dropped as they are found, or when the
+    /// queue passes `stale_limit` (then set to twice what is left, so the work is amortised
+    /// and the queue stays within twice the stale copies, plus a little).
+    stale: VecDeque<K>,
+    stale_limit: usize,
     window_weight: u64,
     main_weight: u64,
     /// Resident entries accounted for (to size the sketch and compact the queues).
@@ -114,6 +129,8 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             window_capacity: (capacity.saturating_mul(WINDOW_PER_MILLE) / 1000).max(1),
             window: VecDeque::new(),
             main: VecDeque::new(),
+            stale: VecDeque::new(),
+            stale_limit: STALE_SLACK,
             window_weight: 0,
             main_weight: 0,
             residents: 0,
@@ -212,6 +229,18 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
         budget: &mut usize,
         mut evicted: impl FnMut(&K),
     ) {
+        // Stale copies go first, whatever their counters: at most the scan budget of items
+        // looked at.
+        let mut looked = 0;
+        while looked < self.scan_budget && *budget > 0 && limit.over(self.weight(), self.capacity) {
+            let Some(key) = self.stale.pop_front() else {
+                break;
+            };
+            looked += 1;
+            if residents.stale(&key) {
+                self.drop_entry(residents, &key, budget, &mut evicted);
+            }
+        }
         // Items main's hand passed over (at most the budget).
         let mut steps = 0;
         // Every round takes a window item off for good, or main's victim (a rejected victim
@@ -360,6 +389,21 @@ impl<K: Hash + Eq + Clone, S: BuildHasher> TinyLfu<K, S> {
             self.residents = self.residents.saturating_sub(1);
             evicted(key);
         }
+    }
+
+    /// `key`'s entry became a stale copy: it is the first to go when room is needed.
+    pub(crate) fn mark_stale(&mut self, residents: &impl Residents<K>, key: K) {
+        self.stale.push_back(key);
+        if self.stale.len() > self.stale_limit {
+            self.stale.retain(|key| residents.stale(key));
+            self.stale_limit = 2 * self.stale.len() + STALE_SLACK;
+        }
+    }
+
+    /// Stale queue items, live and dead (test-only visibility).
+    #[cfg(test)]
+    pub(crate) fn stale_queued(&self) -> usize {
+        self.stale.len()
     }
 
     /// Drop dead items once they outnumber live ones.

@@ -342,6 +342,16 @@ where
         evicted
     }
 
+    /// `key`'s entry became a stale copy (the expiry task, holding the key's policy shard):
+    /// it goes first when room is needed.
+    pub(crate) fn mark_stale(&self, shard: &mut Held<'_, K, S>, room: Room<'_, K, V, S>, key: K) {
+        let PolicyShard {
+            policy, weights, ..
+        } = &mut **shard;
+        let view = View::new(room, weights.as_mut());
+        policy.mark_stale(&view, key);
+    }
+
     /// Whether every entry weighs 1 (no weigher): then an overwrite changes no accounting.
     pub(crate) fn unweighted(&self) -> bool {
         self.weigher.is_none()
@@ -609,6 +619,13 @@ where
             main,
             weight: self.weight(key),
         })
+    }
+
+    fn stale(&self, key: &K) -> bool {
+        self.room
+            .map
+            .view(key, |_, e| e.is_stale())
+            .unwrap_or(false)
     }
 
     fn evict(&self, key: &K) -> Option<Status> {

@@ -212,20 +212,24 @@ where
         let held = self.hold_for_removal(key);
         let generation = self.generation();
         let mut fired = Fired::Orphaned;
+        // A bounded cache that keeps stale copies queues each new one for eviction first:
+        // the key's copy (user code) is made before anything changes.
+        let stale_key = (held.is_some() && self.stale_window() > 0).then(|| key.clone());
+        let mut newly_stale = false;
         let removed = self.map.remove_if_mut(key, |_, entry, stamp| {
             if entry.node != node {
                 return false;
             }
             // Hidden by `invalidate_all` (a pending predicate is the sweep's), or expired and
             // not kept as a stale copy (see `stale.rs`).
-            if entry.generation() != generation && self.invalidations.hidden(entry.generation())
-            {
+            if entry.generation() != generation && self.invalidations.hidden(entry.generation()) {
                 return true;
             }
             if !entry.is_live(entry.generation(), || now) {
                 return match self.keep_stale(entry, now) {
-                    Some(until) => {
+                    Some((until, newly)) => {
                         fired = Fired::Refile(self.clock.tick_of(until));
+                        newly_stale = newly;
                         false
                     }
                     None => true,
@@ -255,6 +259,16 @@ where
             false
         });
         let Some((key, entry)) = removed else {
+            if let (true, Some(capacity), Some((mut shard, _)), Some(stale_key)) =
+                (newly_stale, &self.capacity, held, stale_key)
+            {
+                let evict = |key: &K| self.evict(key);
+                let room = super::capacity::Room {
+                    map: &self.map,
+                    evict: &evict,
+                };
+                capacity.mark_stale(&mut shard, room, stale_key);
+            }
             return fired;
         };
         self.forget(held, &key, &entry);

@@ -59,8 +59,8 @@ where
 
     /// The expiry task, under the shard's write lock, for an entry past its deadline at
     /// `now` (and not hidden by an invalidation): keep it as a stale copy? The end of its
-    /// window if so (marking it, the first time); `None` to remove it.
-    pub(super) fn keep_stale(&self, entry: &mut Entry<V>, now: u64) -> Option<u64> {
+    /// window if so, and whether it was marked just now; `None` to remove it.
+    pub(super) fn keep_stale(&self, entry: &mut Entry<V>, now: u64) -> Option<(u64, bool)> {
         let window = self.stale_window();
         if window == 0 {
             return None;
@@ -69,13 +69,14 @@ where
         if now >= until {
             return None;
         }
-        if !entry.is_stale() {
+        let newly = !entry.is_stale();
+        if newly {
             entry.set_stale();
             if let Some(refresh) = self.refresh.as_deref() {
                 refresh.stale.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Some(until)
+        Some((until, newly))
     }
 
     /// A stale copy left the map (any path): it is no longer counted apart.

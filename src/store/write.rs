@@ -362,7 +362,7 @@ where
 
     /// Take `key`'s entry out of the map for room (the policy accounts for it); its wheel
     /// node goes back through the hand-off.
-    fn evict(&self, key: &K) -> Option<Removed<K, V>> {
+    pub(super) fn evict(&self, key: &K) -> Option<Removed<K, V>> {
         self.map.remove_if(key, |key, entry| {
             self.orphan(key, entry);
             true

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,5 +100,81 @@ pub fn message(panic: Box<dyn std::any::Any + Send>) -> String {
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .unwrap_or_default(),
+    }
+}
+
+/// What the test source does on its n-th call (1-based).
+#[derive(Clone, Copy)]
+pub enum Act {
+    /// Answer after this long.
+    After(Duration),
+    /// Fail after this long.
+    Fail(Duration),
+    /// Never answer.
+    Hang,
+    /// Panic.
+    Panic,
+}
+
+/// A source that counts its calls and the calls running at once, and answers each key with
+/// `key * 1000 + n` (n: that call's number), as `act(n)` says.
+#[derive(Clone)]
+pub struct Source {
+    calls: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
+    most: Arc<AtomicUsize>,
+    act: Arc<dyn Fn(usize) -> Act + Send + Sync>,
+}
+
+pub type Loading = Pin<Box<dyn Future<Output = Result<u64, String>> + Send>>;
+
+impl Source {
+    pub fn new(act: impl Fn(usize) -> Act + Send + Sync + 'static) -> Self {
+        Source {
+            calls: Arc::default(),
+            running: Arc::default(),
+            most: Arc::default(),
+            act: Arc::new(act),
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn most_at_once(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
+
+    pub fn loader(&self) -> impl Fn(u64) -> Loading + Send + Sync + 'static {
+        let source = self.clone();
+        move |key| {
+            let n = source.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let act = (source.act)(n);
+            let (running, most) = (Arc::clone(&source.running), Arc::clone(&source.most));
+            Box::pin(async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                struct Done(Arc<AtomicUsize>);
+                impl Drop for Done {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _done = Done(running);
+                match act {
+                    Act::After(d) => {
+                        tokio::time::sleep(d).await;
+                        Ok(key * 1000 + n as u64)
+                    }
+                    Act::Fail(d) => {
+                        tokio::time::sleep(d).await;
+                        Err(format!("source down (call {n})"))
+                    }
+                    Act::Hang => std::future::pending().await,
+                    Act::Panic => panic!("the source panicked (call {n})"),
+                }
+            })
+        }
     }
 }
