@@ -396,7 +396,7 @@ fn zero_capacity_keeps_nothing_and_zero_weight_is_never_evicted() {
 }
 
 #[test]
-fn stale_items_are_compacted() {
+fn dead_items_are_compacted() {
     let map = Map::default();
     let mut policy: TinyLfu<u32, RandomState> = TinyLfu::new(1000, RandomState::new());
     for round in 0..1000u32 {
@@ -612,4 +612,78 @@ fn a_shared_bound_lets_main_grow_past_its_share_and_spares_the_kept_entry() {
     assert!(!evicted.contains(&heavy));
     assert_eq!(policy.weight(), 50);
     assert!(map.status(&heavy).is_some_and(|s| s.main));
+}
+
+/// A map whose entries may be stale copies.
+#[derive(Default)]
+struct WithStale {
+    map: Map,
+    stale: RefCell<std::collections::HashSet<u32>>,
+}
+
+impl Residents<u32> for WithStale {
+    fn status(&self, key: &u32) -> Option<Status> {
+        self.map.status(key)
+    }
+    fn set(&self, key: &u32, freq: u8, main: bool) -> bool {
+        self.map.set(key, freq, main)
+    }
+    fn pass(&self, key: &u32) -> Option<Status> {
+        self.map.pass(key)
+    }
+    fn evict(&self, key: &u32) -> Option<Status> {
+        self.stale.borrow_mut().remove(key);
+        self.map.evict(key)
+    }
+    fn stale(&self, key: &u32) -> bool {
+        self.stale.borrow().contains(key)
+    }
+}
+
+#[test]
+fn stale_copies_are_evicted_before_hot_entries() {
+    let cache = WithStale::default();
+    let mut policy = TinyLfu::new(100, Hasher::default());
+    for key in 0..100 {
+        cache.map.admit(&mut policy, key, 1, |_| ());
+    }
+    // Every entry hot; the first ten become stale copies.
+    for key in 0..100 {
+        cache.map.set(&key, 3, cache.map.status(&key).unwrap().main);
+    }
+    for key in 0..10 {
+        cache.stale.borrow_mut().insert(key);
+        policy.mark_stale(&cache, key);
+    }
+    let mut evicted = Vec::new();
+    for key in 100..110 {
+        policy.insert(key, 1);
+        cache.map.0.borrow_mut().insert(
+            key,
+            Status {
+                freq: 0,
+                main: false,
+                weight: 1,
+            },
+        );
+        policy.evict(&cache, |k| evicted.push(*k));
+    }
+    evicted.sort();
+    assert_eq!(evicted, (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_stale_queue_stays_within_twice_the_stale_copies_under_churn() {
+    let cache = WithStale::default();
+    let mut policy = TinyLfu::new(1_000_000, Hasher::default());
+    // A million entries each stale for a moment, then gone (their window ended): never more
+    // than a handful stale at once.
+    for key in 0..1_000_000u32 {
+        cache.stale.borrow_mut().insert(key);
+        policy.mark_stale(&cache, key);
+        if key >= 5 {
+            cache.stale.borrow_mut().remove(&(key - 5));
+        }
+        assert!(policy.stale_queued() <= 2 * 6 + STALE_SLACK + 1);
+    }
 }
