@@ -564,3 +564,40 @@ fn a_runtime_that_shuts_down_mid_reload_leaves_no_key_waiting_and_refresh_going_
     });
     assert_eq!(c.get(&1), Some(1003));
 }
+
+#[test]
+fn refresh_outside_a_runtime_panics_naming_the_fix() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let c: LoadingCache<u64, u64, String> = Cache::builder()
+        .loader(|k: u64| async move { Ok::<u64, String>(k) })
+        .build_on(runtime.handle());
+    let panic =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(c.refresh(1)))).unwrap_err();
+    let message = common::message(panic);
+    assert!(message.contains("within a Tokio runtime"), "{message}");
+}
+
+#[tokio::test]
+async fn a_loader_holding_a_weak_handle_lets_the_cache_go() {
+    use std::sync::OnceLock;
+    let own: Arc<OnceLock<ebb_cache::WeakCache<u64, u64>>> = Arc::default();
+    let seen = Arc::clone(&own);
+    let c: LoadingCache<u64, u64, String> = Cache::builder()
+        .loader(move |k: u64| {
+            // The loader may read the cache it loads for, through a weak handle.
+            let other = seen
+                .get()
+                .and_then(|weak| weak.upgrade())
+                .and_then(|c| c.get(&0));
+            async move { Ok::<u64, String>(k + other.unwrap_or(0)) }
+        })
+        .build();
+    own.set(c.downgrade()).unwrap();
+    c.insert(0, 100);
+    assert_eq!(c.fetch(1).await.unwrap(), 101);
+    let closed = c.closed();
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("a loader with a weak handle kept the cache alive");
+}
