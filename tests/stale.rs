@@ -313,3 +313,32 @@ fn a_soft_timeout_needs_stale_copies() {
     let message = BuildError::SoftTimeoutWithoutStaleIfError.to_string();
     assert!(message.contains("stale_if_error(window)"), "{message}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_explicit_refresh_keeps_the_entrys_ttl_with_stale_copies_and_an_idle_time() {
+    let source = Source::new(|_| Act::After(MS));
+    let c: LoadingCache<u64, u64, String> = Cache::builder()
+        .time_to_live(10 * SEC)
+        .time_to_idle(8 * SEC)
+        .tick(100 * MS)
+        .loader(source.loader())
+        .stale_if_error(60 * SEC)
+        .build();
+    c.insert(1, 1);
+    advance(SEC).await;
+    assert_eq!(c.refresh(1).await.unwrap(), 1001); // written at 1 s: TTL to 11 s, idle to 9 s
+    advance(7 * SEC + 500 * MS).await; // t = 8.5 s
+    assert_eq!(c.get(&1), Some(1001)); // idle to 16.5 s, capped by the TTL at 11 s
+    advance(2 * SEC).await; // t = 10.5 s
+    assert!(
+        c.contains_key(&1),
+        "the reloaded entry lost its TTL to its idle time"
+    );
+    advance(SEC).await; // t = 11.5 s
+    assert!(!c.contains_key(&1));
+    // A key with only the cache's TTL: a refresh gives it the TTL again, not forever.
+    c.insert(2, 2);
+    assert_eq!(c.refresh(2).await.unwrap(), 2002);
+    advance(10 * SEC + 100 * MS).await;
+    assert!(!c.contains_key(&2), "a refreshed entry never expired");
+}

@@ -168,24 +168,27 @@ where
         self.refresh.as_deref().map(|r| &r.rules)
     }
 
-    /// The refresh state of an entry written now with `deadline` (`now` read already, if
-    /// the write read the clock).
+    /// The refresh state of an entry written now whose TTL ends at `ends` (its cap, before
+    /// any time-to-idle; `now` read already, if the write read the clock).
     #[inline]
-    pub(super) fn fresh(&self, deadline: u64, now: Option<u64>) -> Fresh {
-        let Some((rules, after)) = self.rules().and_then(|r| Some((r, r.after?))) else {
+    pub(super) fn fresh(&self, ends: u64, now: Option<u64>) -> Fresh {
+        let Some(rules) = self.rules() else {
             return Fresh::NONE;
         };
         let now = now.unwrap_or_else(|| self.clock.now());
-        let after = match rules.jitter {
-            0.0 => after,
+        let at = match (rules.after, rules.jitter) {
+            (None, _) => NEVER,
+            (Some(after), 0.0) => self.clock.deadline_after(now, after),
             // Spread below `after` only: a refresh never comes later than asked.
-            j => after.mul_f64(1.0 - j * jitter::unit()),
+            (Some(after), j) => self
+                .clock
+                .deadline_after(now, after.mul_f64(1.0 - j * jitter::unit())),
         };
         Fresh {
-            at: self.clock.deadline_after(now, after),
-            ttl: match deadline {
+            at,
+            ttl: match ends {
                 NEVER => NEVER,
-                deadline => deadline.saturating_sub(now),
+                ends => ends.saturating_sub(now),
             },
         }
     }

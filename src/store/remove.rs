@@ -275,7 +275,12 @@ where
         // Judged at `now`, the time it was removed for: no clock read per entry.
         let cause = self.cause_at(&entry, RemovalCause::Explicit, || now);
         if cause == RemovalCause::Expired {
-            self.lag.record(now.saturating_sub(entry.deadline()));
+            // Due at its deadline, or a stale copy at the end of its window.
+            let due = match entry.is_stale() {
+                true => entry.deadline().saturating_add(self.stale_window()),
+                false => entry.deadline(),
+            };
+            self.lag.record(now.saturating_sub(due));
         }
         Fired::Removed(self.retired(key, entry, cause))
     }

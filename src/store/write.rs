@@ -417,7 +417,7 @@ where
         let deadline = self.effective(cap);
         // A cache that refreshes files the node at the first refresh check, if earlier.
         let fresh = if E::REFRESH {
-            self.fresh(deadline, cap.now)
+            self.fresh(cap.at.min(cap.until), cap.now)
         } else {
             super::entry::Fresh::NONE
         };
