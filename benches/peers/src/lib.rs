@@ -6,7 +6,7 @@
 //!   by `ebb-peers read-heavy`.
 //! - One module per subcommand of the binary: `report`, `chart`, `hit_ratio`, `read_heavy`,
 //!   `clock_scan`, `weighted_writes`, `metrics_cost` (`metrics`), `iter_invalidate`,
-//!   `compute_expiry`, and `workloads` (the process-level workloads and `per-request-rounds`).
+//!   `compute_expiry`, `refresh` (`refresh-latency`, `refresh-reads`), and `workloads` (the process-level workloads and `per-request-rounds`).
 //! - `alloc`: the counting allocator, which the binary installs as its `#[global_allocator]`
 //!   and `workloads` reads; the benches run on the system allocator.
 
@@ -21,6 +21,7 @@ pub mod metrics_cost;
 pub mod mixed;
 pub mod names;
 pub mod read_heavy;
+pub mod refresh;
 pub mod report;
 pub mod weighted_writes;
 pub mod workloads;

@@ -21,6 +21,12 @@
 //!   Prometheus recorder, against plain ebb, alternating (see `metrics_cost.rs`).
 //! - `ebb-peers iter-invalidate [ROUNDS]`: `Cache::iter` against moka's, and
 //!   `invalidate_entries_if`'s sweep and pending reads (see `iter_invalidate.rs`).
+//! - `ebb-peers refresh-latency [ROUNDS]`: per-caller latency of hot keys behind a 20 ms
+//!   source, ebb's `LoadingCache` with and without `refresh_after` against moka's `get_with`,
+//!   and the calls that waited for a load (see `refresh.rs`).
+//! - `ebb-peers refresh-reads [ROUNDS]`: `get` throughput of a `LoadingCache` with
+//!   `refresh_after` and of a cache with a time-to-idle against a plain cache, alternating
+//!   (see `refresh.rs`).
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
@@ -49,6 +55,8 @@ const USAGE: &str =
        ebb-peers metrics [ROUNDS]   (with --features metrics: publishing measured too)
        ebb-peers iter-invalidate [ROUNDS]
        ebb-peers compute-expiry [ROUNDS]
+       ebb-peers refresh-latency [ROUNDS]
+       ebb-peers refresh-reads [ROUNDS]
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -83,6 +91,8 @@ fn main() -> ExitCode {
         Some("metrics") => metrics_cost::run(&args[1..]),
         Some("iter-invalidate") => iter_invalidate::run(&args[1..]),
         Some("compute-expiry") => ebb_peers::compute_expiry::run(&args[1..]),
+        Some("refresh-latency") => ebb_peers::refresh::run_latency(&args[1..]),
+        Some("refresh-reads") => ebb_peers::refresh::run_reads(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
