@@ -6,7 +6,8 @@
 //!   by `ebb-peers read-heavy`.
 //! - One module per subcommand of the binary: `report`, `chart`, `hit_ratio`, `read_heavy`,
 //!   `clock_scan`, `weighted_writes`, `metrics_cost` (`metrics`), `iter_invalidate`,
-//!   `compute_expiry`, `refresh` (`refresh-latency`, `refresh-reads`), and `workloads` (the process-level workloads and `per-request-rounds`).
+//!   `compute_expiry`, `refresh` (`refresh-latency`, `refresh-reads`), `stale`
+//!   (`stale-outage`), and `workloads` (the process-level workloads and `per-request-rounds`).
 //! - `alloc`: the counting allocator, which the binary installs as its `#[global_allocator]`
 //!   and `workloads` reads; the benches run on the system allocator.
 
@@ -23,6 +24,7 @@ pub mod names;
 pub mod read_heavy;
 pub mod refresh;
 pub mod report;
+pub mod stale;
 pub mod weighted_writes;
 pub mod workloads;
 

@@ -27,6 +27,10 @@
 //! - `ebb-peers refresh-reads [ROUNDS]`: `get` throughput of a `LoadingCache` with
 //!   `refresh_after` and of a cache with a time-to-idle against a plain cache, alternating
 //!   (see `refresh.rs`).
+//! - `ebb-peers stale-outage [ROUNDS]`: hot keys behind a 5 ms source that goes down for 4 s,
+//!   ebb's `LoadingCache` with and without `stale_if_error` against moka's `try_get_with`:
+//!   errors seen by callers, calls to the failing source, stale values served, latency (see
+//!   `stale.rs`).
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
@@ -57,6 +61,7 @@ const USAGE: &str =
        ebb-peers compute-expiry [ROUNDS]
        ebb-peers refresh-latency [ROUNDS]
        ebb-peers refresh-reads [ROUNDS]
+       ebb-peers stale-outage [ROUNDS]
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         Some("compute-expiry") => ebb_peers::compute_expiry::run(&args[1..]),
         Some("refresh-latency") => ebb_peers::refresh::run_latency(&args[1..]),
         Some("refresh-reads") => ebb_peers::refresh::run_reads(&args[1..]),
+        Some("stale-outage") => ebb_peers::stale::run_outage(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
