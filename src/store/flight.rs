@@ -157,7 +157,13 @@ type Stripe<K, V, S> = Mutex<HashMap<K, Arc<Flight<V>>, S>>;
 
 /// The registry of flights.
 pub(crate) struct Flights<K, V, S> {
+    /// Made at the first flight: a cache that never loads (a cache built per request, say)
+    /// allocates none. Loom models make them at once (loom cannot see a `OnceLock`'s wait).
+    #[cfg(not(loom))]
+    stripes: std::sync::OnceLock<Box<[Stripe<K, V, S>]>>,
+    #[cfg(loom)]
     stripes: Box<[Stripe<K, V, S>]>,
+    count: usize,
     hasher: S,
     /// Flights registered now; lets writers skip the registry while nothing loads.
     active: AtomicUsize,
@@ -171,18 +177,36 @@ where
 {
     pub(crate) fn new(stripes: usize, hasher: S) -> Self {
         debug_assert!(stripes.is_power_of_two());
-        Flights {
-            stripes: (0..stripes)
-                .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
-                .collect(),
+        let flights = Flights {
+            #[cfg(not(loom))]
+            stripes: std::sync::OnceLock::new(),
+            #[cfg(loom)]
+            stripes: Box::new([]),
+            count: stripes,
             hasher,
             active: AtomicUsize::new(0),
-        }
+        };
+        #[cfg(loom)]
+        let flights = Flights {
+            stripes: flights.make(),
+            ..flights
+        };
+        flights
+    }
+
+    fn make(&self) -> Box<[Stripe<K, V, S>]> {
+        (0..self.count)
+            .map(|_| Mutex::new(HashMap::with_hasher(self.hasher.clone())))
+            .collect()
     }
 
     fn stripe<Q: Hash + ?Sized>(&self, key: &Q) -> &Stripe<K, V, S> {
         let hash = self.hasher.hash_one(key) >> 32;
-        &self.stripes[hash as usize & (self.stripes.len() - 1)]
+        #[cfg(not(loom))]
+        let stripes = self.stripes.get_or_init(|| self.make());
+        #[cfg(loom)]
+        let stripes = &self.stripes;
+        &stripes[hash as usize & (self.count - 1)]
     }
 
     /// Join the key's flight, or register a new one and lead it.
