@@ -103,7 +103,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
 
     /// Connect through a client the application already configured (credentials, TLS,
     /// protocol). The tier opens its own connection from it and never shares one with the
-    /// application's code. [`redis`](crate::redis) is re-exported so that the versions match.
+    /// application's code. [`redis`] is re-exported so that the versions match.
     ///
     /// ```no_run
     /// #[tokio::main]
@@ -120,7 +120,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
         self
     }
 
-    /// Encode values with `codec` instead of JSON (for example [`Postcard`](crate::Postcard),
+    /// Encode values with `codec` instead of JSON (for example `Postcard`,
     /// with the `postcard` feature).
     pub fn codec<C2>(self, codec: C2) -> TieredCacheBuilder<K, V, C2> {
         TieredCacheBuilder {
@@ -141,7 +141,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
     }
 
     /// How long one connection attempt may take (TCP, TLS and handshake). Default
-    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT), 1 s. A call that finds no
+    /// [`DEFAULT_CONNECT_TIMEOUT`], 1 s. A call that finds no
     /// connection waits for the attempt within its own timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -149,7 +149,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
     }
 
     /// How long a miss waits for Redis (connecting included) before it goes to the loader.
-    /// Default [`DEFAULT_READ_TIMEOUT`](crate::DEFAULT_READ_TIMEOUT), 200 ms.
+    /// Default [`DEFAULT_READ_TIMEOUT`], 200 ms.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
         self
@@ -157,7 +157,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
 
     /// How long a write (`insert`, `remove`, a load's fill, each batch of
     /// `invalidate_all`) waits for Redis, connecting included, before it reports
-    /// [`Error::Timeout`]. Default [`DEFAULT_WRITE_TIMEOUT`](crate::DEFAULT_WRITE_TIMEOUT),
+    /// [`Error::Timeout`]. Default [`DEFAULT_WRITE_TIMEOUT`],
     /// 500 ms.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
         self.write_timeout = timeout;
@@ -167,7 +167,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
     /// How long this replica keeps a value (or a placeholder) in its local tier, at most:
     /// never longer than what Redis has left. This bounds how long a replica serves a value
     /// another replica has replaced or removed. Default
-    /// [`DEFAULT_LOCAL_TTL`](crate::DEFAULT_LOCAL_TTL), 30 s.
+    /// [`DEFAULT_LOCAL_TTL`], 30 s.
     pub fn local_ttl(mut self, ttl: Duration) -> Self {
         self.local_ttl = ttl;
         self
@@ -182,7 +182,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
 
     /// How long Redis keeps a value, spread by [`remote_ttl_jitter`](Self::remote_ttl_jitter)
     /// so that keys filled together do not expire together. Default
-    /// [`DEFAULT_REMOTE_TTL`](crate::DEFAULT_REMOTE_TTL), 10 min.
+    /// [`DEFAULT_REMOTE_TTL`], 10 min.
     pub fn remote_ttl(mut self, ttl: Duration) -> Self {
         self.remote_ttl = ttl;
         self
@@ -190,14 +190,14 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
 
     /// The spread of the remote TTLs (of values and placeholders), as a fraction: 0.05 is
     /// ±5 %. `0.0` turns it off. Default
-    /// [`DEFAULT_REMOTE_TTL_JITTER`](crate::DEFAULT_REMOTE_TTL_JITTER).
+    /// [`DEFAULT_REMOTE_TTL_JITTER`].
     pub fn remote_ttl_jitter(mut self, fraction: f64) -> Self {
         self.jitter = fraction;
         self
     }
 
     /// How long a not-found placeholder lives (in Redis, jittered; locally, at most the local
-    /// TTL). Default [`DEFAULT_NEGATIVE_TTL`](crate::DEFAULT_NEGATIVE_TTL), 60 s.
+    /// TTL). Default [`DEFAULT_NEGATIVE_TTL`], 60 s.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
         self
@@ -206,7 +206,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
     /// How long a removal's tombstone (and an `invalidate_all`'s record) lives in Redis, and
     /// so the longest a load may take, from its Redis read to its fill, and still have its
     /// value written to Redis: a load that takes longer returns its value but caches it
-    /// nowhere. Default [`DEFAULT_TOMBSTONE_TTL`](crate::DEFAULT_TOMBSTONE_TTL), 10 s.
+    /// nowhere. Default [`DEFAULT_TOMBSTONE_TTL`], 10 s.
     pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
         self.tombstone_ttl = ttl;
         self

@@ -64,7 +64,7 @@
 //!
 //! Keys are `namespace:key` ([`CacheKey`], implemented for integers and strings); the
 //! namespace carries a version (`users:v1`), which is how a value's schema is rolled. Values
-//! are JSON by default ([`Json`]), so services in any language can read them; [`Postcard`]
+//! are JSON by default ([`Json`]), so services in any language can read them; `Postcard`
 //! (feature `postcard`) is a compact binary codec. A not-found placeholder is the marker
 //! [`NOT_FOUND`] (`0xFF` then `ebb:not-found`), a tombstone begins with [`TOMBSTONE_PREFIX`]:
 //! neither can be a JSON value, since JSON is UTF-8 and UTF-8 never contains `0xFF`.
@@ -90,7 +90,7 @@
 //!
 //! # Cargo features
 //!
-//! None by default. `postcard`: the [`Postcard`] codec. `tls`: `rediss://` URLs through
+//! None by default. `postcard`: the `Postcard` codec. `tls`: `rediss://` URLs through
 //! rustls (with ring) and the webpki roots.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -124,3 +124,8 @@ pub use key::CacheKey;
 pub use redis;
 pub use remote::{NOT_FOUND, TOMBSTONE_PREFIX};
 pub use tier::TieredCache;
+
+/// The code in `docs/redis.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/redis.md")]
+pub struct DocsDoctests;
