@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use ebb_redis::redis;
 
-/// The watchdog: starts the server, prints its pid, and kills it when stdin closes.
-const WATCHDOG: &str = r#"server="$1"; shift
+/// The watchdog: starts the server, prints its pid, and when stdin closes (the guard's drop,
+/// or the test process's death) kills it and removes its directory.
+const WATCHDOG: &str = r#"server="$1"; dir="$2"; shift 2
 "$server" "$@" &
 pid=$!
 echo "$pid"
@@ -27,6 +28,7 @@ read -r _ignored
 kill -CONT "$pid" 2>/dev/null
 kill -KILL "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
+rm -rf "$dir"
 exit 0"#;
 
 pub struct Server {
@@ -114,6 +116,7 @@ impl Server {
             .arg(WATCHDOG)
             .arg("watchdog")
             .arg(bin)
+            .arg(&dir)
             .args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
