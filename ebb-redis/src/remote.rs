@@ -1,0 +1,347 @@
+//! [`Remote`]: the tier's side of Redis: its markers, its scripts, and each call bounded by
+//! a timeout.
+//!
+//! Invariants (the fill protocol, see `docs/redis.md`):
+//! - A read returns the value, its remaining TTL and the server's clock in one round trip
+//!   (one script), so the local copy never outlives the remote one.
+//! - A load's fill is written only if, on the server's clock: the key holds nothing, or a
+//!   tombstone older than the load's read; no `invalidate_all` happened after the read; and
+//!   the read is younger than the tombstone TTL (so no tombstone written after the read can
+//!   have expired yet). A fill never overwrites a value or a placeholder.
+//! - `insert` overwrites whatever is there; `remove` leaves a tombstone stamped with the
+//!   server's clock, living for the tombstone TTL.
+//! - Every call, connecting included, ends within its timeout.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::{FromRedisValue, Script, Value};
+
+use crate::config::Settings;
+use crate::error::Error;
+use crate::link::Link;
+
+/// The bytes stored for a key that was looked up and not found (by
+/// [`optionally_get_with`](crate::TieredCache::optionally_get_with)): `0xFF` then
+/// `ebb:not-found`. No JSON text can be equal to it (JSON is UTF-8, which never contains
+/// the byte `0xFF`), and no [`Codec`](crate::Codec) may write a value that begins with
+/// `0xFF`. Other services reading the namespace should treat it as "known not to exist".
+pub const NOT_FOUND: &[u8] = b"\xffebb:not-found";
+
+/// The beginning of a tombstone, the short-lived marker [`remove`](crate::TieredCache::remove)
+/// leaves: `0xFF` then `ebb:tombstone:`, followed by the server time of the removal in
+/// microseconds since the Unix epoch, in decimal. Readers treat it as a miss; it only stops
+/// loads that began before the removal from writing their (older) value back.
+pub const TOMBSTONE_PREFIX: &[u8] = b"\xffebb:tombstone:";
+
+/// What follows `namespace:` in the key that records the server time of the last
+/// `invalidate_all`: UTF-8 keys cannot contain `0xFF`, so it cannot be a cached key.
+const INVALIDATED: &[u8] = b"\xffebb:invalidated";
+
+/// Keys unlinked per `SCAN` step of `invalidate_all`.
+const SCAN_BATCH: usize = 500;
+
+/// `GET`, `TIME` and `PTTL` in one round trip: `{seconds, microseconds, pttl[, value]}`.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local value = redis.call('GET', KEYS[1])
+local now = redis.call('TIME')
+local ttl = redis.call('PTTL', KEYS[1])
+if value then return {now[1], now[2], ttl, value} end
+return {now[1], now[2], ttl}
+",
+    )
+});
+
+/// A load's fill: 1 when written, 0 when refused (see the module's invariants).
+/// KEYS: the key, the namespace's invalidation record. ARGV: the bytes, the TTL in ms, the
+/// read's server time in µs, the tombstone TTL in µs, the tombstone prefix.
+static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local read = tonumber(ARGV[3])
+if now - read >= tonumber(ARGV[4]) then return 0 end
+local invalidated = redis.call('GET', KEYS[2])
+if invalidated and tonumber(invalidated) >= read then return 0 end
+local current = redis.call('GET', KEYS[1])
+if current then
+  local prefix = ARGV[5]
+  if string.sub(current, 1, #prefix) ~= prefix then return 0 end
+  if tonumber(string.sub(current, #prefix + 1)) >= read then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+",
+    )
+});
+
+/// Stamp a key with the server's time: `SET KEYS[1] (ARGV[1] .. µs) PX ARGV[2]`. For
+/// tombstones (with their prefix) and the namespace's invalidation record (with none).
+static STAMP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = redis.call('TIME')
+redis.call('SET', KEYS[1], ARGV[1] .. now[1] .. string.format('%06d', tonumber(now[2])), 'PX', ARGV[2])
+return 1
+",
+    )
+});
+
+/// What a read found in Redis.
+pub(crate) enum Found {
+    /// A value's bytes, as the codec wrote them.
+    Value(Vec<u8>),
+    /// The not-found placeholder.
+    Placeholder,
+    /// Nothing, or a tombstone.
+    Nothing,
+}
+
+/// A read's answer.
+pub(crate) struct Read {
+    /// The server's clock at the read, in µs since the epoch.
+    pub(crate) at: u64,
+    pub(crate) found: Found,
+    /// What is left of the key's TTL (`None`: no TTL, or no key).
+    pub(crate) ttl: Option<Duration>,
+}
+
+/// The tier's calls to Redis.
+pub(crate) struct Remote {
+    link: Arc<Link>,
+    settings: Arc<Settings>,
+    /// `namespace:\xffebb:invalidated`.
+    invalidated: Vec<u8>,
+}
+
+enum Request<'a> {
+    Cmd(&'a redis::Cmd),
+    Script(&'a redis::ScriptInvocation<'a>),
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Remote {
+    pub(crate) fn new(link: Arc<Link>, settings: Arc<Settings>) -> Remote {
+        let mut invalidated = format!("{}:", settings.namespace).into_bytes();
+        invalidated.extend_from_slice(INVALIDATED);
+        Remote {
+            link,
+            settings,
+            invalidated,
+        }
+    }
+
+    /// One request on the tier's connection, connecting first if needed, all within `limit`.
+    async fn call<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        limit: Duration,
+        request: Request<'_>,
+    ) -> Result<T, Error> {
+        let attempt = async {
+            let (id, mut conn) = self.link.conn().await.map_err(|e| Error::Redis {
+                operation,
+                source: e.to_string().into(),
+            })?;
+            let result = match request {
+                Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                Request::Script(invocation) => invocation.invoke_async(&mut conn).await,
+            };
+            result.map_err(|error| {
+                self.link.failed(id, &error);
+                Error::Redis {
+                    operation,
+                    source: Box::new(error),
+                }
+            })
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                operation,
+                after: limit,
+            }),
+        }
+    }
+
+    /// The key's value (or placeholder), its remaining TTL and the server's clock.
+    pub(crate) async fn read(&self, key: &[u8]) -> Result<Read, Error> {
+        let invocation = READ.key(key);
+        let reply: Value = self
+            .call(
+                "read",
+                self.settings.read_timeout,
+                Request::Script(&invocation),
+            )
+            .await?;
+        parse_read(reply).map_err(|message| Error::Redis {
+            operation: "read",
+            source: message.into(),
+        })
+    }
+
+    /// Write a load's result unless a write, a removal or an `invalidate_all` came after the
+    /// read at `read_at` (see the module's invariants). `Ok(true)` when written.
+    pub(crate) async fn fill(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        ttl: Duration,
+        read_at: u64,
+    ) -> Result<bool, Error> {
+        let tombstone_us =
+            u64::try_from(self.settings.tombstone_ttl.as_micros()).unwrap_or(u64::MAX);
+        let mut invocation = FILL.key(key);
+        invocation
+            .key(&self.invalidated[..])
+            .arg(bytes)
+            .arg(millis(ttl))
+            .arg(read_at)
+            .arg(tombstone_us)
+            .arg(TOMBSTONE_PREFIX);
+        let written: i64 = self
+            .call(
+                "fill",
+                self.settings.write_timeout,
+                Request::Script(&invocation),
+            )
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// `SET key bytes PX ttl`: an explicit write, over whatever is there.
+    pub(crate) async fn set(&self, key: &[u8], bytes: &[u8], ttl: Duration) -> Result<(), Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(bytes).arg("PX").arg(millis(ttl));
+        self.call::<()>("insert", self.settings.write_timeout, Request::Cmd(&cmd))
+            .await
+    }
+
+    /// Replace the key with a tombstone stamped with the server's time.
+    pub(crate) async fn tombstone(&self, key: &[u8]) -> Result<(), Error> {
+        self.stamp("remove", key, TOMBSTONE_PREFIX).await
+    }
+
+    async fn stamp(&self, operation: &'static str, key: &[u8], prefix: &[u8]) -> Result<(), Error> {
+        let mut invocation = STAMP.key(key);
+        invocation
+            .arg(prefix)
+            .arg(millis(self.settings.tombstone_ttl));
+        self.call::<i64>(
+            operation,
+            self.settings.write_timeout,
+            Request::Script(&invocation),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Record the invalidation's server time (fills of loads that read before it are then
+    /// refused), then unlink every key of the namespace in `SCAN` batches. Returns the number
+    /// of keys unlinked.
+    pub(crate) async fn invalidate_all(&self) -> Result<u64, Error> {
+        const OPERATION: &str = "invalidate_all";
+        self.stamp(OPERATION, &self.invalidated, b"").await?;
+        let pattern = glob_prefix(&self.settings.namespace);
+        let mut cursor = 0_u64;
+        let mut unlinked = 0_u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH);
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
+                .call(OPERATION, self.settings.write_timeout, Request::Cmd(&scan))
+                .await?;
+            let keys: Vec<Vec<u8>> = keys
+                .into_iter()
+                .filter(|k| *k != self.invalidated)
+                .collect();
+            if !keys.is_empty() {
+                let mut unlink = redis::cmd("UNLINK");
+                unlink.arg(&keys);
+                let n: u64 = self
+                    .call(
+                        OPERATION,
+                        self.settings.write_timeout,
+                        Request::Cmd(&unlink),
+                    )
+                    .await?;
+                unlinked += n;
+            }
+            if next == 0 {
+                return Ok(unlinked);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// `namespace:*` with the namespace's glob characters escaped.
+fn glob_prefix(namespace: &str) -> String {
+    let mut pattern = String::with_capacity(namespace.len() + 2);
+    for c in namespace.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(":*");
+    pattern
+}
+
+fn parse_read(reply: Value) -> Result<Read, String> {
+    let Value::Array(items) = reply else {
+        return Err(format!("unexpected reply to the read script: {reply:?}"));
+    };
+    let mut items = items.into_iter();
+    let mut next = || items.next().ok_or("short reply to the read script");
+    let seconds: u64 = redis::from_redis_value(next()?).map_err(|e| e.to_string())?;
+    let micros: u64 = redis::from_redis_value(next()?).map_err(|e| e.to_string())?;
+    let ttl: i64 = redis::from_redis_value(next()?).map_err(|e| e.to_string())?;
+    let found = match next() {
+        Err(_) => Found::Nothing,
+        Ok(value) => {
+            let bytes: Vec<u8> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
+            if bytes == NOT_FOUND {
+                Found::Placeholder
+            } else if bytes.starts_with(TOMBSTONE_PREFIX) {
+                Found::Nothing
+            } else {
+                Found::Value(bytes)
+            }
+        }
+    };
+    Ok(Read {
+        at: seconds * 1_000_000 + micros,
+        found,
+        ttl: u64::try_from(ttl).ok().map(Duration::from_millis),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_in_a_namespace_are_escaped() {
+        assert_eq!(glob_prefix("users:v1"), "users:v1:*");
+        assert_eq!(glob_prefix("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\:*");
+    }
+
+    #[test]
+    fn markers_are_not_json() {
+        assert!(serde_json::from_slice::<serde_json::Value>(NOT_FOUND).is_err());
+        assert!(serde_json::from_slice::<serde_json::Value>(TOMBSTONE_PREFIX).is_err());
+        assert_eq!(NOT_FOUND[0], 0xFF);
+        assert_eq!(TOMBSTONE_PREFIX[0], 0xFF);
+    }
+}

@@ -1,0 +1,468 @@
+//! [`TieredCache`]: a per-replica ebb cache in front of a Redis shared by every replica.
+//!
+//! Invariants:
+//! - **Reads never fail because Redis did.** A miss asks Redis (bounded by the read
+//!   timeout); when Redis fails, times out, or holds bytes that do not decode, the loader
+//!   runs. Only the loader's own error reaches a caller.
+//! - **One load per key per replica.** Misses of a key join the local cache's single flight:
+//!   one Redis read and at most one loader run per key at a time in a replica.
+//! - **A local copy never outlives the remote one**: a value read from Redis is kept locally
+//!   for at most what Redis has left of its TTL (and at most the local TTL); a load's result
+//!   is kept locally only when its fill was written to Redis (or Redis could not be asked).
+//! - **Fills never overwrite writes**: see `remote.rs` for the fill protocol; in this
+//!   replica, a write or removal during a load also stops the load's local fill (ebb's
+//!   "writes win over loads").
+//! - **Writes go to Redis first.** The local tier takes the written value only after Redis
+//!   acknowledged it and no other write of the key through this tier overlapped
+//!   (`writes.rs`); a write that fails, times out or is cancelled drops the key locally.
+//! - No lock is held across an `.await`; the loader runs under no lock.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::codec::Codec;
+use crate::config::Settings;
+use crate::error::{BoxError, Error};
+use crate::key::CacheKey;
+use crate::remote::{Found, Remote, NOT_FOUND};
+use crate::writes::Writes;
+
+/// A two-tier cache: an in-process [`ebb_cache::Cache`] per replica (L1) in front of Redis
+/// (L2), shared by every replica of a service.
+///
+/// A cheap handle: clone it into every task; the clones share both tiers and the one Redis
+/// connection. When the last clone is dropped, the local cache's expiry task ends and the
+/// connection closes: a tier built per request leaks neither.
+///
+/// Keys live in Redis as `namespace:key` ([`CacheKey`]), values as JSON by default
+/// ([`Codec`]). See the [crate documentation](crate) for the read and write paths, and
+/// `docs/redis.md` for the protocol and its limits.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// #[derive(Clone, serde::Serialize, serde::Deserialize)]
+/// struct User {
+///     id: u64,
+///     name: String,
+/// }
+///
+/// async fn user_from_db(id: u64) -> Result<User, std::io::Error> {
+///     Ok(User { id, name: "ada".into() })
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let users: ebb_redis::TieredCache<u64, User> = ebb_redis::TieredCache::builder("users:v1")
+///         .redis("redis://127.0.0.1:6379")
+///         .local_ttl(Duration::from_secs(30))
+///         .remote_ttl(Duration::from_secs(600))
+///         .build();
+///     let user = users.try_get_with(7, user_from_db(7)).await?; // L1, Redis, then the database
+///     assert_eq!(user.name, "ada");
+///     users.remove(&7).await?; // in Redis (a tombstone), then in L1
+///     Ok(())
+/// }
+/// ```
+pub struct TieredCache<K, V, C = crate::Json> {
+    inner: Arc<Inner<K, V, C>>,
+}
+
+struct Inner<K, V, C> {
+    /// L1. `None` is the not-found placeholder.
+    local: ebb_cache::Cache<K, Option<V>>,
+    remote: Remote,
+    codec: C,
+    settings: Arc<Settings>,
+    writes: Writes<K>,
+}
+
+impl<K, V, C> Clone for TieredCache<K, V, C> {
+    fn clone(&self) -> Self {
+        TieredCache {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V, C> std::fmt::Debug for TieredCache<K, V, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredCache")
+            .field("namespace", &self.inner.settings.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Unwrap a result whose error cannot happen.
+fn infallible<T>(result: Result<T, Arc<Infallible>>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(never) => match *never {},
+    }
+}
+
+impl<K, V, C> TieredCache<K, V, C>
+where
+    K: CacheKey + Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    C: Codec<V>,
+{
+    pub(crate) fn from_parts(
+        local: ebb_cache::Cache<K, Option<V>>,
+        remote: Remote,
+        codec: C,
+        settings: Arc<Settings>,
+    ) -> Self {
+        TieredCache {
+            inner: Arc::new(Inner {
+                local,
+                remote,
+                codec,
+                settings,
+                writes: Writes::new(),
+            }),
+        }
+    }
+
+    /// The namespace, version included (`users:v1`): keys live in Redis as
+    /// `namespace:key`.
+    pub fn namespace(&self) -> &str {
+        &self.inner.settings.namespace
+    }
+
+    /// The Redis key for `key`: `namespace:key`.
+    fn redis_key(&self, key: &K) -> Vec<u8> {
+        let namespace = &self.inner.settings.namespace;
+        let mut text = String::with_capacity(namespace.len() + 24);
+        text.push_str(namespace);
+        text.push(':');
+        key.write_key(&mut text);
+        text.into_bytes()
+    }
+
+    fn encode(&self, value: &V) -> Result<Vec<u8>, Error> {
+        let bytes = self.inner.codec.encode(value).map_err(Error::Encode)?;
+        if bytes.first() == Some(&0xFF) {
+            let reason: BoxError =
+                "the codec wrote a value that begins with 0xFF, the byte that begins the tier's \
+                 markers: make the codec write a leading format byte (as Postcard does)"
+                    .into();
+            return Err(Error::Encode(reason));
+        }
+        Ok(bytes)
+    }
+
+    /// The value for `key` if this replica's local tier holds it, without asking Redis or
+    /// running a loader (`None` for a not-found placeholder too).
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let users: ebb_redis::TieredCache<u64, String> =
+    ///         ebb_redis::TieredCache::builder("users:v1").redis("redis://127.0.0.1:6379").build();
+    ///     assert_eq!(users.get_local(&7), None);
+    ///     users.insert(7, "ada".to_string()).await.unwrap();
+    ///     assert_eq!(users.get_local(&7).as_deref(), Some("ada"));
+    /// }
+    /// ```
+    pub fn get_local(&self, key: &K) -> Option<V> {
+        self.inner.local.get(key).flatten()
+    }
+
+    /// The value for `key`, from the local tier, else from Redis, else from `init`, whose
+    /// result is written to both tiers; `init` may find nothing (`Ok(None)`), which is cached
+    /// as a not-found placeholder for [`negative_ttl`](crate::TieredCacheBuilder::negative_ttl).
+    /// The most general of the reads: the others are this one with a narrower loader.
+    ///
+    /// - Single-flight per key per replica: of all concurrent callers for a key, one asks
+    ///   Redis and, on a miss, runs its `init`; the others share the outcome. An error from
+    ///   `init` is shared with them as the same `Arc<E>` and cached nowhere.
+    /// - A Redis that fails or is slower than the read timeout is skipped: `init` runs, and
+    ///   its value is kept locally.
+    /// - The result is written to Redis only if no write, removal or `invalidate_all` of the
+    ///   key came after the miss's Redis read; otherwise it is returned and kept nowhere.
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let users: ebb_redis::TieredCache<u64, String> =
+    ///         ebb_redis::TieredCache::builder("users:v1").redis("redis://127.0.0.1:6379").build();
+    ///     let found = users
+    ///         .try_optionally_get_with(8, async { Ok::<_, std::io::Error>(None) })
+    ///         .await
+    ///         .unwrap();
+    ///     assert_eq!(found, None); // cached as not found, in both tiers
+    /// }
+    /// ```
+    pub async fn try_optionally_get_with<F, E>(&self, key: K, init: F) -> Result<Option<V>, Arc<E>>
+    where
+        F: Future<Output = Result<Option<V>, E>>,
+        E: Send + Sync + 'static,
+    {
+        if let Some(hit) = self.inner.local.get(&key) {
+            return Ok(hit);
+        }
+        let miss = self.miss(key.clone(), init);
+        self.inner.local.try_get_with_expiry(key, miss).await
+    }
+
+    /// The value for `key`, from the local tier, else from Redis, else from a fallible
+    /// `init` whose value is written to both tiers. Single-flight per key per replica, as
+    /// [`try_optionally_get_with`](Self::try_optionally_get_with) is.
+    ///
+    /// A not-found placeholder (left by an `optionally` read) is not an answer this method
+    /// can give: it runs `init` then, returns its result and caches it nowhere (the
+    /// placeholder stays until it expires).
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let users: ebb_redis::TieredCache<u64, String> =
+    ///         ebb_redis::TieredCache::builder("users:v1").redis("redis://127.0.0.1:6379").build();
+    ///     let name = users
+    ///         .try_get_with(7, async { Ok::<_, std::io::Error>("ada".to_string()) })
+    ///         .await
+    ///         .unwrap();
+    ///     assert_eq!(name, "ada");
+    /// }
+    /// ```
+    pub async fn try_get_with<F, E>(&self, key: K, init: F) -> Result<V, Arc<E>>
+    where
+        F: Future<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
+    {
+        let mut init = Some(init);
+        let slot = &mut init;
+        let found = self
+            .try_optionally_get_with(key, async move {
+                match slot.take() {
+                    Some(init) => init.await.map(Some),
+                    // This block runs at most once, and only it takes the loader.
+                    None => Ok(None),
+                }
+            })
+            .await?;
+        match (found, init) {
+            (Some(value), _) => Ok(value),
+            // A placeholder answered: this caller's loader has not run.
+            (None, Some(init)) => init.await.map_err(Arc::new),
+            (None, None) => unreachable!("a loader that ran returned a value or an error"),
+        }
+    }
+
+    /// [`try_get_with`](Self::try_get_with) with a loader that cannot fail.
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let squares: ebb_redis::TieredCache<u64, u64> =
+    ///         ebb_redis::TieredCache::builder("squares:v1").redis("redis://127.0.0.1:6379").build();
+    ///     assert_eq!(squares.get_with(12, async { 144 }).await, 144);
+    /// }
+    /// ```
+    pub async fn get_with<F>(&self, key: K, init: F) -> V
+    where
+        F: Future<Output = V>,
+    {
+        infallible(
+            self.try_get_with(key, async { Ok::<_, Infallible>(init.await) })
+                .await,
+        )
+    }
+
+    /// The value for `key`, or `None` when `init` finds nothing; `None` is cached as a
+    /// not-found placeholder in both tiers for
+    /// [`negative_ttl`](crate::TieredCacheBuilder::negative_ttl), so repeated lookups of a
+    /// missing key stop reaching the database. See
+    /// [`try_optionally_get_with`](Self::try_optionally_get_with).
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let users: ebb_redis::TieredCache<u64, String> =
+    ///         ebb_redis::TieredCache::builder("users:v1").redis("redis://127.0.0.1:6379").build();
+    ///     assert_eq!(users.optionally_get_with(8, async { None }).await, None);
+    ///     // Cached as not found: this loader does not run.
+    ///     assert_eq!(users.optionally_get_with(8, async { unreachable!() }).await, None);
+    /// }
+    /// ```
+    pub async fn optionally_get_with<F>(&self, key: K, init: F) -> Option<V>
+    where
+        F: Future<Output = Option<V>>,
+    {
+        infallible(
+            self.try_optionally_get_with(key, async { Ok::<_, Infallible>(init.await) })
+                .await,
+        )
+    }
+
+    /// A miss in this replica, as the leader of the key's flight: Redis, then the loader and
+    /// the fill. Returns the outcome and how long the local tier keeps it (zero: not kept).
+    async fn miss<F, E>(&self, key: K, init: F) -> Result<(Option<V>, Option<Duration>), E>
+    where
+        F: Future<Output = Result<Option<V>, E>>,
+    {
+        let settings = &self.inner.settings;
+        let redis_key = self.redis_key(&key);
+        // What Redis has left bounds the local copy.
+        let keep =
+            |cap: Duration, left: Option<Duration>| Some(left.map_or(cap, |left| cap.min(left)));
+        let read_at = match self.inner.remote.read(&redis_key).await {
+            Ok(read) => match read.found {
+                Found::Value(bytes) => match self.inner.codec.decode(&bytes) {
+                    Ok(value) => return Ok((Some(value), keep(settings.local_ttl, read.ttl))),
+                    Err(error) => {
+                        tracing::warn!(
+                            target: "ebb_redis",
+                            namespace = %settings.namespace,
+                            %error,
+                            "a value in Redis does not decode: loading it instead (roll the \
+                             namespace's version when a value's schema changes)"
+                        );
+                        None
+                    }
+                },
+                Found::Placeholder => {
+                    let cap = settings.local_ttl.min(settings.negative_ttl);
+                    return Ok((None, keep(cap, read.ttl)));
+                }
+                Found::Nothing => Some(read.at),
+            },
+            Err(error) => {
+                tracing::debug!(target: "ebb_redis", %error, "Redis read failed: loading");
+                None
+            }
+        };
+        let loaded = init.await?;
+        let (bytes, remote_ttl, local_ttl) = match &loaded {
+            Some(value) => {
+                let bytes = self.encode(value).inspect_err(|error| {
+                    tracing::warn!(target: "ebb_redis", %error, "a loaded value is kept locally only");
+                });
+                let ttl = settings.jittered(settings.remote_ttl);
+                (bytes.ok(), ttl, settings.local_ttl)
+            }
+            None => (
+                Some(NOT_FOUND.to_vec()),
+                settings.jittered(settings.negative_ttl),
+                settings.local_ttl.min(settings.negative_ttl),
+            ),
+        };
+        let local_ttl = match (read_at, bytes) {
+            (Some(read_at), Some(bytes)) => {
+                match self
+                    .inner
+                    .remote
+                    .fill(&redis_key, &bytes, remote_ttl, read_at)
+                    .await
+                {
+                    Ok(true) => local_ttl.min(remote_ttl),
+                    // A write, removal or invalidate_all came after the read (or the load
+                    // outlived the tombstone TTL): return the value, keep it nowhere.
+                    Ok(false) => Duration::ZERO,
+                    Err(error) => {
+                        tracing::debug!(target: "ebb_redis", %error, "Redis fill failed");
+                        local_ttl
+                    }
+                }
+            }
+            _ => local_ttl,
+        };
+        Ok((loaded, Some(local_ttl)))
+    }
+
+    /// Write `value` for `key`: to Redis first (for the remote TTL, jittered), then to this
+    /// replica's local tier.
+    ///
+    /// When Redis fails or times out (the write may or may not have happened), the key is
+    /// dropped from the local tier, not updated, and the error is returned. A load of the key
+    /// in flight anywhere does not overwrite this value. When several writes of one key
+    /// overlap in this replica, the local tier drops the key instead of guessing which one
+    /// Redis kept.
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), ebb_redis::Error> {
+    ///     let users: ebb_redis::TieredCache<u64, String> =
+    ///         ebb_redis::TieredCache::builder("users:v1").redis("redis://127.0.0.1:6379").build();
+    ///     users.insert(7, "ada".to_string()).await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn insert(&self, key: K, value: V) -> Result<(), Error> {
+        let bytes = self.encode(&value)?;
+        let redis_key = self.redis_key(&key);
+        let settings = &self.inner.settings;
+        let remote_ttl = settings.jittered(settings.remote_ttl);
+        let local = &self.inner.local;
+        let ticket = self.inner.writes.begin(&key, |key| drop(local.remove(key)));
+        let result = self.inner.remote.set(&redis_key, &bytes, remote_ttl).await;
+        let mut replaced = None;
+        ticket.finish(|alone| match (&result, alone) {
+            (Ok(()), true) => {
+                local.insert_with_ttl(key, Some(value), settings.local_ttl.min(remote_ttl))
+            }
+            _ => replaced = local.remove(&key),
+        });
+        drop(replaced); // outside the write's record lock
+        result
+    }
+
+    /// Remove `key`: in Redis first (replaced by a short-lived tombstone, so that loads that
+    /// began before the removal cannot write their value back), then in this replica's local
+    /// tier, which drops the key whatever Redis answered. Returns Redis's error, if any (the
+    /// removal may or may not have happened).
+    ///
+    /// Other replicas keep a local copy until their local TTL ends (see `docs/redis.md`).
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), ebb_redis::Error> {
+    ///     let users: ebb_redis::TieredCache<u64, String> =
+    ///         ebb_redis::TieredCache::builder("users:v1").redis("redis://127.0.0.1:6379").build();
+    ///     users.remove(&7).await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn remove(&self, key: &K) -> Result<(), Error> {
+        let redis_key = self.redis_key(key);
+        let local = &self.inner.local;
+        let ticket = self.inner.writes.begin(key, |key| drop(local.remove(key)));
+        let result = self.inner.remote.tombstone(&redis_key).await;
+        let mut removed = None;
+        ticket.finish(|_| removed = local.remove(key));
+        drop(removed); // outside the write's record lock
+        result
+    }
+
+    /// Drop every key of the namespace, in Redis and in this replica's local tier, without
+    /// blocking Redis: no `KEYS`, but `SCAN` and `UNLINK` in batches of 500, each within the
+    /// write timeout. The call takes as long as the namespace needs (roughly one round trip
+    /// per 500 keys).
+    ///
+    /// Before the scan, the invalidation's server time is recorded in the namespace, so that
+    /// no load that read Redis before this call writes its value back (for the tombstone
+    /// TTL). Keys written during the scan may survive it; reads during the scan may still
+    /// see keys not yet unlinked. Other replicas keep their local copies until their local
+    /// TTL ends.
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), ebb_redis::Error> {
+    ///     let users: ebb_redis::TieredCache<u64, String> =
+    ///         ebb_redis::TieredCache::builder("users:v1").redis("redis://127.0.0.1:6379").build();
+    ///     users.invalidate_all().await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn invalidate_all(&self) -> Result<(), Error> {
+        self.inner.local.invalidate_all();
+        let result = self.inner.remote.invalidate_all().await;
+        // Misses during the scan may have filled from keys not yet unlinked.
+        self.inner.local.invalidate_all();
+        result.map(drop)
+    }
+}
