@@ -45,6 +45,7 @@ pub struct TieredCacheBuilder<K, V, C = Json> {
     negative_ttl: Duration,
     tombstone_ttl: Duration,
     jitter: f64,
+    coherence: crate::tracking::Options,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -87,6 +88,7 @@ impl<K, V> TieredCache<K, V, Json> {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             jitter: DEFAULT_REMOTE_TTL_JITTER,
+            coherence: crate::tracking::Options::default(),
             _types: PhantomData,
         }
     }
@@ -136,6 +138,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             negative_ttl: self.negative_ttl,
             tombstone_ttl: self.tombstone_ttl,
             jitter: self.jitter,
+            coherence: self.coherence,
             _types: PhantomData,
         }
     }
@@ -212,6 +215,33 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
         self
     }
 
+    /// Keep replicas coherent through Redis's invalidations (`CLIENT TRACKING` in broadcast
+    /// mode on the namespace's prefix): any change to a key of the namespace, by anyone,
+    /// drops it from every replica's L1. On by default; see `docs/coherence.md`. Off, L1
+    /// copies live their `local_ttl` whatever happens in Redis, and the connection stays
+    /// RESP2.
+    pub fn coherence(mut self, on: bool) -> Self {
+        self.coherence.enabled = on;
+        self
+    }
+
+    /// While invalidation tracking is down (lost, not yet confirmed, or refused), how long
+    /// an L1 entry may live at most; entries filled before the loss are dropped this long
+    /// after tracking was last confirmed on. Default
+    /// [`DEFAULT_DEGRADED_TTL`](crate::DEFAULT_DEGRADED_TTL), 2 s.
+    pub fn degraded_ttl(mut self, ttl: Duration) -> Self {
+        self.coherence.degraded_ttl = ttl;
+        self
+    }
+
+    /// How often the tier checks that invalidation tracking is still on (`CLIENT
+    /// TRACKINGINFO` on its connection), to notice a silent loss. Default
+    /// [`DEFAULT_TRACKING_PING_INTERVAL`](crate::DEFAULT_TRACKING_PING_INTERVAL), 1 s.
+    pub fn tracking_ping_interval(mut self, interval: Duration) -> Self {
+        self.coherence.ping_interval = interval;
+        self
+    }
+
     /// Build the tier, or say why it cannot be built. Never blocks: the connection is opened
     /// in the background (inside a Tokio runtime; outside one, by the first call).
     pub fn try_build(self) -> Result<TieredCache<K, V, C>, Error>
@@ -233,6 +263,8 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             ("remote_ttl", self.remote_ttl),
             ("negative_ttl", self.negative_ttl),
             ("tombstone_ttl", self.tombstone_ttl),
+            ("degraded_ttl", self.coherence.degraded_ttl),
+            ("tracking_ping_interval", self.coherence.ping_interval),
         ] {
             if value.is_zero() {
                 return Err(Error::Config(format!(
@@ -278,10 +310,23 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             tombstone_ttl: self.tombstone_ttl,
             jitter: self.jitter,
         });
-        let link = Link::new(client, self.connect_timeout);
+        let coherence = crate::tracking::Coherence::new(
+            &settings.namespace,
+            self.coherence,
+            local.clone(),
+            settings.read_timeout,
+        );
+        let client = coherence
+            .client(client)
+            .map_err(|e| Error::Config(format!("the Redis client in RESP3: {e}")))?;
+        let hook = coherence.enabled().then(|| Arc::clone(&coherence));
+        let link = Link::new(client, self.connect_timeout, hook);
         link.warm_up();
+        coherence.start(&link);
         let remote = Remote::new(link, Arc::clone(&settings));
-        Ok(TieredCache::from_parts(local, remote, self.codec, settings))
+        Ok(TieredCache::from_parts(
+            local, remote, self.codec, settings, coherence,
+        ))
     }
 
     /// Build the tier, like [`try_build`](Self::try_build).

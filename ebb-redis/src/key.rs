@@ -40,6 +40,19 @@ use std::sync::Arc;
 pub trait CacheKey {
     /// Append this key's text to `out` (which already holds `namespace:`).
     fn write_key(&self, out: &mut String);
+
+    /// The key whose text is `text`, if this type can read one back. Redis's invalidations
+    /// name keys by their text: with this, an invalidation drops its key from L1 in O(1);
+    /// without it (the default, `None`), the tier drops the entries whose text matches
+    /// through ebb's `invalidate_entries_if`, which every read pays for until the sweep.
+    /// Implemented for the integer and `String`-like types.
+    fn from_key(text: &str) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = text;
+        None
+    }
 }
 
 macro_rules! integer_keys {
@@ -48,6 +61,10 @@ macro_rules! integer_keys {
             fn write_key(&self, out: &mut String) {
                 // Writing to a `String` cannot fail.
                 let _ = write!(out, "{self}");
+            }
+
+            fn from_key(text: &str) -> Option<Self> {
+                text.parse().ok()
             }
         }
     )*};
@@ -58,6 +75,10 @@ integer_keys!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
 impl CacheKey for String {
     fn write_key(&self, out: &mut String) {
         out.push_str(self);
+    }
+
+    fn from_key(text: &str) -> Option<Self> {
+        Some(text.into())
     }
 }
 
@@ -71,11 +92,19 @@ impl CacheKey for Box<str> {
     fn write_key(&self, out: &mut String) {
         out.push_str(self);
     }
+
+    fn from_key(text: &str) -> Option<Self> {
+        Some(text.into())
+    }
 }
 
 impl CacheKey for Arc<str> {
     fn write_key(&self, out: &mut String) {
         out.push_str(self);
+    }
+
+    fn from_key(text: &str) -> Option<Self> {
+        Some(text.into())
     }
 }
 

@@ -106,6 +106,7 @@ mod key;
 mod link;
 mod remote;
 mod tier;
+mod tracking;
 mod writes;
 
 pub use builder::TieredCacheBuilder;
@@ -124,6 +125,9 @@ pub use key::CacheKey;
 pub use redis;
 pub use remote::{NOT_FOUND, TOMBSTONE_PREFIX};
 pub use tier::TieredCache;
+pub use tracking::{
+    CoherenceStats, TrackingState, DEFAULT_DEGRADED_TTL, DEFAULT_TRACKING_PING_INTERVAL,
+};
 
 /// The code in `docs/redis.md`, compiled as doctests.
 #[cfg(doctest)]

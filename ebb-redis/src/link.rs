@@ -24,6 +24,9 @@ pub(crate) struct Link {
     client: Client,
     connect_timeout: Duration,
     state: Mutex<State>,
+    /// Coherence's connect hook (`tracking.rs`): a push sender per connection, and
+    /// `CLIENT TRACKING` turned on before the connection is handed out.
+    tracking: Option<Arc<crate::tracking::Coherence>>,
 }
 
 enum State {
@@ -44,11 +47,16 @@ enum State {
 pub(crate) type ConnectError = Arc<str>;
 
 impl Link {
-    pub(crate) fn new(client: Client, connect_timeout: Duration) -> Arc<Link> {
+    pub(crate) fn new(
+        client: Client,
+        connect_timeout: Duration,
+        tracking: Option<Arc<crate::tracking::Coherence>>,
+    ) -> Arc<Link> {
         Arc::new(Link {
             client,
             connect_timeout,
             state: Mutex::new(State::Down(None)),
+            tracking,
         })
     }
 
@@ -124,24 +132,30 @@ impl Link {
         let link: Weak<Link> = Arc::downgrade(self);
         let client = self.client.clone();
         let timeout = self.connect_timeout;
+        let tracking = self.tracking.clone();
         tokio::spawn(async move {
+            let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // redis-rs bounds the TCP connect and handshake; the outer timeout bounds the rest.
-            let config = AsyncConnectionConfig::new()
+            let mut config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(None);
-            let outcome = tokio::time::timeout(
+            if let Some(tracking) = &tracking {
+                config = tracking.configure(config, id);
+            }
+            let mut outcome = tokio::time::timeout(
                 timeout,
                 client.get_multiplexed_async_connection_with_config(&config),
             )
             .await;
+            if let (Some(tracking), Ok(Ok(conn))) = (&tracking, &mut outcome) {
+                tracking.connected(id, conn, timeout).await;
+            }
+            drop(tracking);
             let Some(link) = link.upgrade() else {
                 return; // the tier is gone: the new connection, if any, is dropped here
             };
             let next = match outcome {
-                Ok(Ok(conn)) => State::Up {
-                    id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    conn,
-                },
+                Ok(Ok(conn)) => State::Up { id, conn },
                 Ok(Err(error)) => State::Down(Some(format!("cannot connect: {error}").into())),
                 Err(_) => State::Down(Some(
                     format!("cannot connect within the connect timeout ({timeout:?})").into(),

@@ -78,6 +78,8 @@ struct Inner<K, V, C> {
     codec: C,
     settings: Arc<Settings>,
     writes: Writes<K>,
+    /// Invalidations from Redis, the tracking epoch (`tracking.rs`).
+    coherence: Arc<crate::tracking::Coherence>,
 }
 
 impl<K, V, C> Clone for TieredCache<K, V, C> {
@@ -115,6 +117,7 @@ where
         remote: Remote,
         codec: C,
         settings: Arc<Settings>,
+        coherence: Arc<crate::tracking::Coherence>,
     ) -> Self {
         TieredCache {
             inner: Arc::new(Inner {
@@ -123,6 +126,7 @@ where
                 codec,
                 settings,
                 writes: Writes::new(),
+                coherence,
             }),
         }
     }
@@ -206,6 +210,7 @@ where
             return Ok(hit);
         }
         let miss = self.miss(key.clone(), init);
+        let miss = crate::tracking::guard_fill(&self.inner.coherence, self.redis_key(&key), miss);
         self.inner.local.try_get_with_expiry(key, miss).await
     }
 
@@ -399,12 +404,19 @@ where
         let remote_ttl = settings.jittered(settings.remote_ttl);
         let local = &self.inner.local;
         let ticket = self.inner.writes.begin(&key, |key| drop(local.remove(key)));
+        let seen = self.inner.coherence.seen(&redis_key);
         let result = self.inner.remote.set(&redis_key, &bytes, remote_ttl).await;
         let mut replaced = None;
         ticket.finish(|alone| match (&result, alone) {
-            (Ok(()), true) => {
-                local.insert_with_ttl(key, Some(value), settings.local_ttl.min(remote_ttl))
-            }
+            (Ok(()), true) => self.inner.coherence.update(
+                &redis_key,
+                &seen,
+                settings.local_ttl.min(remote_ttl),
+                |ttl| match ttl {
+                    Some(ttl) => local.insert_with_ttl(key, Some(value), ttl),
+                    None => replaced = local.remove(&key),
+                },
+            ),
             _ => replaced = local.remove(&key),
         });
         drop(replaced); // outside the write's record lock
@@ -464,5 +476,11 @@ where
         // Misses during the scan may have filled from keys not yet unlinked.
         self.inner.local.invalidate_all();
         result.map(drop)
+    }
+
+    /// The state of this replica's coherence with the others: tracking's state and the
+    /// invalidations received (see `docs/coherence.md`).
+    pub fn coherence_stats(&self) -> crate::CoherenceStats {
+        self.inner.coherence.stats()
     }
 }
