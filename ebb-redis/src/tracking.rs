@@ -563,7 +563,19 @@ impl Coherence {
                     Err(error) => Err(error),
                 }
             } else {
-                self.track(&mut conn).await.map(|()| self.confirmed(id))
+                // A connection tracking was lost on (a ping timed out) may still track:
+                // asking for the same prefix again would be refused as overlapping.
+                let on = redis::cmd("CLIENT")
+                    .arg("TRACKINGINFO")
+                    .query_async::<Value>(&mut conn)
+                    .await
+                    .is_ok_and(|info| tracking_on(&info));
+                if on {
+                    self.confirmed(id);
+                    Ok(())
+                } else {
+                    self.track(&mut conn).await.map(|()| self.confirmed(id))
+                }
             };
             result.map_err(|error| {
                 link.failed(id, &error);
