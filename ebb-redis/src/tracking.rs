@@ -22,9 +22,11 @@
 //!   generation. A fill or an update of L1 is trusted (kept for its normal TTL) only if
 //!   tracking was on when its Redis call began and the status has not changed since; any
 //!   other is kept for at most `degraded_ttl`.
-//! - **Tracking back on drops everything filled before** (one O(1) `invalidate_all`, which
-//!   also stops the L1 fill of every load in flight). The status is bumped first, so a fill
-//!   that saw the old status is either capped or dropped.
+//! - **Tracking back on (after a loss) drops everything filled before** (one O(1)
+//!   `invalidate_all`, which
+//!   also stops the L1 fill of every load in flight). The status is bumped first, so a write
+//!   in flight across the confirmation (which saw the old status) updates L1 for at most
+//!   `degraded_ttl`.
 //! - **While tracking is down**, L1 keeps serving; entries filled before the last moment
 //!   tracking was confirmed on are dropped at that moment plus `degraded_ttl` (or at once, if
 //!   the loss was noticed later), and entries filled while it is down live `degraded_ttl` at
@@ -423,9 +425,13 @@ impl Coherence {
         *lock(&self.confirmed_at) = Some(Instant::now());
         *lock(&self.degraded) = None;
         self.set_state(ON);
-        self.drop_all();
         let n = self.confirmations.fetch_add(1, Ordering::Relaxed);
         if n > 0 {
+            // Not `drop_all`: a write in flight across the confirmation saw the old status, so
+            // its update is capped at degraded_ttl; loads in flight are stopped by the clear.
+            // The first confirmation clears nothing: all L1 holds then was filled before
+            // tracking was ever on, so for degraded_ttl at most.
+            self.local.drop_all();
             tracing::info!(
                 target: "ebb_redis",
                 prefix = %String::from_utf8_lossy(&self.prefix),
