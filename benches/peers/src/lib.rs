@@ -7,13 +7,14 @@
 //! - One module per subcommand of the binary: `report`, `chart`, `hit_ratio`, `read_heavy`,
 //!   `clock_scan`, `weighted_writes`, `metrics_cost` (`metrics`), `iter_invalidate`,
 //!   `compute_expiry`, `refresh` (`refresh-latency`, `refresh-reads`), `stale`
-//!   (`stale-outage`), and `workloads` (the process-level workloads and `per-request-rounds`).
+//!   (`stale-outage`), `coherence`, and `workloads` (the process-level workloads and `per-request-rounds`).
 //! - `alloc`: the counting allocator, which the binary installs as its `#[global_allocator]`
 //!   and `workloads` reads; the benches run on the system allocator.
 
 pub mod alloc;
 pub mod chart;
 pub mod clock_scan;
+pub mod coherence;
 pub mod compute_expiry;
 pub mod floor;
 pub mod hit_ratio;

@@ -62,6 +62,7 @@ const USAGE: &str =
        ebb-peers refresh-latency [ROUNDS]
        ebb-peers refresh-reads [ROUNDS]
        ebb-peers stale-outage [ROUNDS]
+       ebb-peers coherence [WRITES]   (starts its own redis-server)
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
 fn main() -> ExitCode {
@@ -99,6 +100,7 @@ fn main() -> ExitCode {
         Some("refresh-latency") => ebb_peers::refresh::run_latency(&args[1..]),
         Some("refresh-reads") => ebb_peers::refresh::run_reads(&args[1..]),
         Some("stale-outage") => ebb_peers::stale::run_outage(&args[1..]),
+        Some("coherence") => ebb_peers::coherence::run(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
