@@ -180,6 +180,20 @@ impl Replica for MokaPubSub {
     }
 }
 
+/// Read `key` until `b`'s L1 holds it. A replica's own load fill is written by a Lua
+/// script, and Redis 7.0 sends the writer of a script its own invalidation despite
+/// `NOLOOP`: the first read of a missing key may be dropped again, the next is an L2 hit.
+async fn settled_read(b: &impl Replica, key: u64) -> u64 {
+    for _ in 0..1_000 {
+        let value = b.read(key).await;
+        if b.peek(key) == Some(value) {
+            return value;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("B's L1 never kept key {key}");
+}
+
 /// One round: `ROUND` writes on `a`, each timed until `b` drops the old value. Returns the
 /// latencies in µs and how many were never seen within `TIMEOUT`.
 async fn round(a: &impl Replica, b: &impl Replica, next: &mut u64) -> (Vec<u64>, usize) {
@@ -187,12 +201,7 @@ async fn round(a: &impl Replica, b: &impl Replica, next: &mut u64) -> (Vec<u64>,
     let mut unseen = 0;
     for i in 0..ROUND {
         let key = i as u64 % KEYS;
-        let old = b.read(key).await;
-        assert_eq!(
-            b.peek(key),
-            Some(old),
-            "B's L1 holds the key before the write"
-        );
+        let old = settled_read(b, key).await;
         *next += 1;
         let start = Instant::now();
         a.write(key, *next).await;
@@ -221,7 +230,7 @@ async fn foreign(
     let mut seen = 0;
     for i in 0..100_u64 {
         let key = i % KEYS;
-        let old = b.read(key).await;
+        let old = settled_read(b, key).await;
         let _: () = admin
             .set(format!("{prefix}:{key}"), 1_000_000 + i)
             .await
