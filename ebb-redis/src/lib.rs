@@ -60,6 +60,16 @@
 //! through the tier, in any replica, never writes its older value over it. What remains
 //! (another replica's L1 copy, writes that bypass the tier) is in `docs/redis.md`.
 //!
+//! # Coherence between replicas
+//!
+//! On by default: the tier turns on Redis's broadcast invalidation (`CLIENT TRACKING ON BCAST
+//! PREFIX namespace: NOLOOP`) on its connection, so any change to a key of the namespace, by
+//! anyone (another replica, another service, an expiry, a `FLUSHALL`), drops that key from
+//! every replica's L1; a replica's own `insert` keeps its fresh copy. While tracking is down
+//! or refused, L1 entries live at most [`degraded_ttl`](TieredCacheBuilder::degraded_ttl);
+//! when it comes back, L1 is cleared. [`coherence_stats`](TieredCache::coherence_stats) says
+//! where it stands. See `docs/coherence.md`.
+//!
 //! # Keys and values
 //!
 //! Keys are `namespace:key` ([`CacheKey`], implemented for integers and strings); the
@@ -133,3 +143,8 @@ pub use tracking::{
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/redis.md")]
 pub struct DocsDoctests;
+
+/// The code in `docs/coherence.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/coherence.md")]
+pub struct CoherenceDoctests;

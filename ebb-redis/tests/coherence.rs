@@ -124,6 +124,38 @@ async fn a_write_on_one_replica_drops_the_others_copy_and_stays_a_hit_in_its_own
 }
 
 #[tokio::test]
+async fn a_loaded_key_stays_in_l1_after_at_most_one_more_redis_read() {
+    let Some(server) = common::server() else {
+        return;
+    };
+    let mut admin = server.admin().await;
+    let a = replica(&server, "users:v1");
+    tracking_on(&a).await;
+    let loads = Arc::new(AtomicU64::new(0));
+    let load = || {
+        let loads = Arc::clone(&loads);
+        async move {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(user(5, "loaded"))
+        }
+    };
+    assert_eq!(a.try_get_with(5, load()).await.unwrap(), user(5, "loaded"));
+    // The fill is a Lua script, and Redis 7.0 sends a script's writer its own invalidation
+    // despite NOLOOP (plain SETs, as `insert` sends, are spared): the loaded copy may be
+    // dropped, and the next read is an L2 hit, which stays.
+    assert!(
+        common::eventually(WAIT, async || {
+            let _ = a.try_get_with(5, load()).await.unwrap();
+            a.get_local(&5).is_some()
+        })
+        .await
+    );
+    drain(&a, &mut admin, "users:v1").await;
+    assert_eq!(a.get_local(&5), Some(user(5, "loaded")));
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "the loader ran once");
+}
+
+#[tokio::test]
 async fn a_plain_set_by_another_client_invalidates_every_replica_and_other_prefixes_do_not() {
     let Some(server) = common::server() else {
         return;
