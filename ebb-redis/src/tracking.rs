@@ -23,10 +23,16 @@
 //!   tracking was on when its Redis call began and the status has not changed since; any
 //!   other is kept for at most `degraded_ttl`.
 //! - **Tracking back on (after a loss) drops everything filled before** (one O(1)
-//!   `invalidate_all`, which
-//!   also stops the L1 fill of every load in flight). The status is bumped first, so a write
-//!   in flight across the confirmation (which saw the old status) updates L1 for at most
-//!   `degraded_ttl`.
+//!   `invalidate_all`, which also stops the L1 fill of every load in flight). The status is
+//!   bumped first, so a write in flight across the confirmation (which saw the old status)
+//!   updates L1 for at most `degraded_ttl`. The first confirmation clears nothing: all L1
+//!   holds then was filled while tracking was not yet on, for `degraded_ttl` at most.
+//! - **Redis 7.0 and scripts**: `NOLOOP` spares the tracking client's plain commands (the
+//!   tier's `SET`), not its Lua scripts' writes (the fill, the tombstone): those come back as
+//!   invalidations and drop the writer's own copy, which costs one more Redis read, never a
+//!   stale value.
+//! - Outside a Tokio runtime at build time, the monitor does not run: a loss is seen only
+//!   through the disconnection push, and nothing caps the entries filled before it.
 //! - **While tracking is down**, L1 keeps serving; entries filled before the last moment
 //!   tracking was confirmed on are dropped at that moment plus `degraded_ttl` (or at once, if
 //!   the loss was noticed later), and entries filled while it is down live `degraded_ttl` at
@@ -293,6 +299,13 @@ impl Coherence {
 
     /// Before a Redis call whose result may enter L1 for `key` (its Redis key).
     pub(crate) fn seen(&self, key: &[u8]) -> Seen {
+        if !self.enabled() {
+            return Seen {
+                status: OFF,
+                stripe: 0,
+                flushes: 0,
+            };
+        }
         // Status first: a fill that sees the new status after a confirmation also sees the
         // stripe as it was after the confirmation's drop-all.
         let status = self.status.load(Ordering::SeqCst);
