@@ -703,6 +703,130 @@ async fn monitor(
 mod tests {
     use super::*;
 
+    fn coherence() -> (ebb_cache::Cache<u64, Option<u64>>, Arc<Coherence>) {
+        let local: ebb_cache::Cache<u64, Option<u64>> = ebb_cache::Cache::builder().build();
+        let options = Options {
+            degraded_ttl: Duration::from_secs(2),
+            ..Options::default()
+        };
+        let coherence = Coherence::new("ns", options, local.clone(), Duration::from_secs(1));
+        (local, coherence)
+    }
+
+    fn invalidate(keys: &[&str]) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Array(
+                keys.iter()
+                    .map(|k| Value::BulkString(k.as_bytes().to_vec()))
+                    .collect(),
+            )],
+        }
+    }
+
+    /// What a write's L1 update would store: `Some(ttl)`, or `None` (dropped).
+    fn update(c: &Coherence, key: &str, seen: &Seen) -> Option<Duration> {
+        c.update(key.as_bytes(), seen, Duration::from_secs(30), |ttl| ttl)
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_during_a_write_or_a_read_wins_and_others_do_not_matter() {
+        let (local, c) = coherence();
+        c.confirmed(1);
+        let seen = c.seen(b"ns:7");
+        assert_eq!(update(&c, "ns:7", &seen), Some(Duration::from_secs(30)));
+        // Another key, another namespace, the tier's own record: no effect on key 7.
+        c.on_push(1, invalidate(&["ns:8", "other:7"]));
+        c.on_push(
+            1,
+            PushInfo {
+                kind: PushKind::Invalidate,
+                data: vec![Value::Array(vec![Value::BulkString(b"ns:\xffx".to_vec())])],
+            },
+        );
+        assert_eq!(update(&c, "ns:7", &seen), Some(Duration::from_secs(30)));
+        assert_eq!(c.stats().invalidations, 1);
+        // Key 7 invalidated while the call was in flight: the update drops, the read keeps nothing.
+        local.insert(7, Some(1));
+        c.on_push(1, invalidate(&["ns:7"]));
+        assert_eq!(local.get(&7), None, "the invalidation dropped the key");
+        assert_eq!(update(&c, "ns:7", &seen), None);
+        assert_eq!(
+            c.fill_ttl(b"ns:7", &seen, Some(Duration::from_secs(30))),
+            Some(Duration::ZERO)
+        );
+        // A call that began after it is trusted again.
+        let later = c.seen(b"ns:7");
+        assert_eq!(update(&c, "ns:7", &later), Some(Duration::from_secs(30)));
+        // A null invalidation: every call in flight drops, and L1 is cleared.
+        local.insert(9, Some(1));
+        c.on_push(
+            1,
+            PushInfo {
+                kind: PushKind::Invalidate,
+                data: vec![Value::Nil],
+            },
+        );
+        assert_eq!(update(&c, "ns:7", &later), None);
+        assert_eq!(local.get(&9), None);
+        assert_eq!(c.stats().flushes, 1);
+    }
+
+    #[tokio::test]
+    async fn calls_that_tracking_did_not_cover_whole_are_capped_at_degraded_ttl() {
+        let (local, c) = coherence();
+        let cap = Some(Duration::from_secs(2));
+        // Before the first confirmation: capped.
+        let before = c.seen(b"ns:1");
+        assert_eq!(update(&c, "ns:1", &before), cap);
+        c.confirmed(1);
+        assert_eq!(
+            update(&c, "ns:1", &before),
+            cap,
+            "began before tracking was on"
+        );
+        // Lost during the call: capped; a disconnection of another connection is ignored.
+        let during = c.seen(b"ns:1");
+        c.on_push(
+            2,
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: vec![],
+            },
+        );
+        assert_eq!(c.tracking_state(), TrackingState::On);
+        c.on_push(
+            1,
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: vec![],
+            },
+        );
+        assert_eq!(c.tracking_state(), TrackingState::Down);
+        assert_eq!(update(&c, "ns:1", &during), cap);
+        assert_eq!(
+            update(&c, "ns:1", &c.seen(b"ns:1")),
+            cap,
+            "began while down"
+        );
+        // Back on: L1 cleared (a second confirmation), calls that began before stay capped.
+        local.insert(1, Some(1));
+        let down = c.seen(b"ns:1");
+        c.confirmed(3);
+        assert_eq!(local.get(&1), None);
+        assert_eq!(update(&c, "ns:1", &down), cap);
+        assert_eq!(
+            c.stats(),
+            CoherenceStats {
+                state: TrackingState::On,
+                invalidations: 0,
+                flushes: 0,
+                losses: 1,
+                confirmations: 2,
+            }
+        );
+    }
+
     #[test]
     fn trackinginfo_flags_are_read_in_both_protocols() {
         let flags = |f: &[&str]| {
