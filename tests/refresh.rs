@@ -603,3 +603,29 @@ async fn a_loader_holding_a_weak_handle_lets_the_cache_go() {
         .await
         .expect("a loader with a weak handle kept the cache alive");
 }
+
+#[test]
+fn a_reload_task_dropped_unpolled_by_its_runtime_ends_its_flight() {
+    let source = Source::new(|_| Act::After(MS));
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let c: LoadingCache<u64, u64, String> = Cache::builder()
+        .loader(source.loader())
+        .build_on(first.handle());
+    c.insert(1, 1);
+    // The reload's task is spawned, and the runtime goes away before it runs it.
+    let refreshing = first.block_on(async { c.refresh(1) });
+    drop(first);
+    assert_eq!(c.__internals().loads, 0, "a flight was left registered");
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let outcome = tokio::time::timeout(10 * SEC, refreshing)
+            .await
+            .expect("a refresh whose task was dropped unpolled never resolved");
+        assert!(matches!(outcome, Err(RefreshError::NoValue)), "{outcome:?}");
+        // The key is not wedged: the next refresh runs.
+        assert_eq!(c.refresh(1).await.unwrap(), 1002);
+    });
+}
