@@ -616,7 +616,11 @@ fn a_reload_task_dropped_unpolled_by_its_runtime_ends_its_flight() {
         .build_on(first.handle());
     c.insert(1, 1);
     // The reload's task is spawned, and the runtime goes away before it runs it.
-    let refreshing = first.block_on(async { c.refresh(1) });
+    // (Called inside the runtime, the future not awaited there.)
+    let refreshing = {
+        let _inside = first.enter();
+        c.refresh(1)
+    };
     drop(first);
     assert_eq!(c.__internals().loads, 0, "a flight was left registered");
     let second = tokio::runtime::Runtime::new().unwrap();
