@@ -98,6 +98,7 @@
 // Every example shows its `main`, so that it runs as pasted into a new `main.rs`.
 #![allow(clippy::needless_doctest_main)]
 
+mod breaker;
 mod builder;
 mod codec;
 mod config;
@@ -105,6 +106,7 @@ mod error;
 mod key;
 mod link;
 mod remote;
+mod stats;
 mod tier;
 mod writes;
 
@@ -113,7 +115,7 @@ pub use builder::TieredCacheBuilder;
 pub use codec::Postcard;
 pub use codec::{Codec, Json};
 pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL, DEFAULT_READ_TIMEOUT,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL, DEFAULT_READ_TIMEOUT,
     DEFAULT_REMOTE_TTL, DEFAULT_REMOTE_TTL_JITTER, DEFAULT_TOMBSTONE_TTL, DEFAULT_WRITE_TIMEOUT,
 };
 pub use error::{BoxError, Error};
@@ -123,6 +125,7 @@ pub use key::CacheKey;
 /// version.
 pub use redis;
 pub use remote::{NOT_FOUND, TOMBSTONE_PREFIX};
+pub use stats::TierStats;
 pub use tier::TieredCache;
 
 /// The code in `docs/redis.md`, compiled as doctests.
