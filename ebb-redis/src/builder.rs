@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use crate::codec::{Codec, Json};
 use crate::config::{
-    Settings, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL,
-    DEFAULT_READ_TIMEOUT, DEFAULT_REMOTE_TTL, DEFAULT_REMOTE_TTL_JITTER, DEFAULT_TOMBSTONE_TTL,
-    DEFAULT_WRITE_TIMEOUT,
+    Settings, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL, DEFAULT_READ_TIMEOUT, DEFAULT_REMOTE_TTL,
+    DEFAULT_REMOTE_TTL_JITTER, DEFAULT_TOMBSTONE_TTL, DEFAULT_WRITE_TIMEOUT,
 };
 use crate::error::Error;
 use crate::key::CacheKey;
@@ -322,11 +322,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
         link.warm_up();
         let remote = Remote::new(link, Arc::clone(&settings), Arc::clone(&counters));
         Ok(TieredCache::from_parts(
-            local,
-            remote,
-            self.codec,
-            settings,
-            counters,
+            local, remote, self.codec, settings, counters,
         ))
     }
 

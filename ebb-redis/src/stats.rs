@@ -159,6 +159,9 @@ pub(crate) fn publish(namespace: &str, stats: &TierStats) {
         metrics::counter!("ebb_redis_errors_total", "namespace" => ns.clone(), "kind" => kind)
             .absolute(value);
     }
-    metrics::gauge!("ebb_redis_breaker_open", "namespace" => ns)
-        .set(if stats.breaker_open { 1.0 } else { 0.0 });
+    metrics::gauge!("ebb_redis_breaker_open", "namespace" => ns).set(if stats.breaker_open {
+        1.0
+    } else {
+        0.0
+    });
 }

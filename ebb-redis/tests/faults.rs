@@ -174,7 +174,10 @@ async fn a_frozen_redis_opens_the_breaker_and_calls_stop_waiting() {
     let loads = Arc::new(AtomicUsize::new(0));
     for id in 10..13 {
         let started = tokio::time::Instant::now();
-        assert_eq!(a.try_get_with(id, counted(&loads, id)).await.unwrap(), user(id));
+        assert_eq!(
+            a.try_get_with(id, counted(&loads, id)).await.unwrap(),
+            user(id)
+        );
         assert!(started.elapsed() < timeout + MARGIN);
     }
     let stats = a.stats();
@@ -183,7 +186,10 @@ async fn a_frozen_redis_opens_the_breaker_and_calls_stop_waiting() {
     // Open: misses go straight to the loader, writes fail at once, L1 hits are served.
     let started = tokio::time::Instant::now();
     for id in 20..30 {
-        assert_eq!(a.try_get_with(id, counted(&loads, id)).await.unwrap(), user(id));
+        assert_eq!(
+            a.try_get_with(id, counted(&loads, id)).await.unwrap(),
+            user(id)
+        );
     }
     assert!(
         started.elapsed() < timeout,
@@ -206,9 +212,15 @@ async fn a_frozen_redis_opens_the_breaker_and_calls_stop_waiting() {
 
     // Thawed: after the cooldown a probe succeeds and the breaker closes.
     server.resume();
-    assert!(uses_redis_again(&a, &server).await, "the breaker did not close");
+    assert!(
+        uses_redis_again(&a, &server).await,
+        "the breaker did not close"
+    );
     let stats = a.stats();
-    assert!(!stats.breaker_open && stats.breaker_closes >= 1, "{stats:?}");
+    assert!(
+        !stats.breaker_open && stats.breaker_closes >= 1,
+        "{stats:?}"
+    );
     a.insert(1, user(1)).await.unwrap();
 }
 
@@ -223,14 +235,23 @@ async fn a_restarted_redis_is_used_again_without_restarting_the_tier() {
     server.shut_down();
     // Down: an L1 hit, a miss through the loader within the timeout.
     let loads = Arc::new(AtomicUsize::new(0));
-    assert_eq!(a.try_get_with(1, counted(&loads, 1)).await.unwrap(), user(1));
+    assert_eq!(
+        a.try_get_with(1, counted(&loads, 1)).await.unwrap(),
+        user(1)
+    );
     let started = tokio::time::Instant::now();
-    assert_eq!(a.try_get_with(2, counted(&loads, 2)).await.unwrap(), user(2));
+    assert_eq!(
+        a.try_get_with(2, counted(&loads, 2)).await.unwrap(),
+        user(2)
+    );
     assert!(started.elapsed() < timeout + MARGIN);
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     // A new, empty server on the same port: the background reconnect finds it.
     server.restart();
-    assert!(uses_redis_again(&a, &server).await, "the tier did not recover");
+    assert!(
+        uses_redis_again(&a, &server).await,
+        "the tier did not recover"
+    );
     assert!(a.stats().connections >= 2, "{:?}", a.stats());
     a.insert(1, user(1)).await.unwrap();
     let b = tier(server.url(), timeout);
@@ -248,7 +269,10 @@ async fn a_tier_built_before_its_redis_starts_serves_the_loader_then_redis() {
     let loads = Arc::new(AtomicUsize::new(0));
     for id in 0..10 {
         let started = tokio::time::Instant::now();
-        assert_eq!(a.try_get_with(id, counted(&loads, id)).await.unwrap(), user(id));
+        assert_eq!(
+            a.try_get_with(id, counted(&loads, id)).await.unwrap(),
+            user(id)
+        );
         assert!(started.elapsed() < timeout + MARGIN);
     }
     assert_eq!(loads.load(Ordering::SeqCst), 10);
@@ -256,7 +280,10 @@ async fn a_tier_built_before_its_redis_starts_serves_the_loader_then_redis() {
     let Some(server) = common::server_on(port) else {
         return;
     };
-    assert!(uses_redis_again(&a, &server).await, "the tier never connected");
+    assert!(
+        uses_redis_again(&a, &server).await,
+        "the tier never connected"
+    );
     assert_eq!(a.stats().connections, 1);
     a.insert(1, user(1)).await.unwrap();
 }
@@ -315,7 +342,10 @@ async fn a_full_or_read_only_redis_fails_writes_cleanly_and_serves_reads() {
     assert_eq!(raw(&mut admin, "users:v1:3").await, None);
     let stats = a.stats();
     assert!(stats.redis_refusals >= 11, "{stats:?}");
-    assert_eq!(stats.breaker_trips, 0, "refusals are not outages: {stats:?}");
+    assert_eq!(
+        stats.breaker_trips, 0,
+        "refusals are not outages: {stats:?}"
+    );
 
     // A read-only replica (of a primary that is not there) refuses writes the same way.
     let _: () = redis::cmd("CONFIG")
@@ -352,7 +382,11 @@ async fn garbage_under_a_key_is_a_counted_miss_and_is_replaced() {
     };
     let mut admin = server.admin().await;
     let a = tier(server.url(), Duration::from_secs(2));
-    for garbage in [&b"not json"[..], &[0x00, 0x9F, 0x92][..], b"{\"id\":\"seven\"}"] {
+    for garbage in [
+        &b"not json"[..],
+        &[0x00, 0x9F, 0x92][..],
+        b"{\"id\":\"seven\"}",
+    ] {
         let _: () = admin.set("users:v1:7", garbage).await.unwrap();
         let loads = Arc::new(AtomicUsize::new(0));
         let fresh = tier(server.url(), Duration::from_secs(2));

@@ -241,7 +241,10 @@ pub fn run(args: &[String]) -> Result<String, String> {
         let writer = tier(&url, "l2:v1");
         let mt = multi_tier(&url).await?;
         for id in 0..L2_KEYS {
-            writer.insert(id, item(id)).await.map_err(|e| e.to_string())?;
+            writer
+                .insert(id, item(id))
+                .await
+                .map_err(|e| e.to_string())?;
             mt_get(&mt, &format!("l2:{id}"), id, &AtomicU64::new(0)).await;
         }
         Ok::<_, String>(())
@@ -252,7 +255,9 @@ pub fn run(args: &[String]) -> Result<String, String> {
             reader.get_with(u64::MAX, async { item(0) }).await; // connected, script loaded
             let started = Instant::now();
             for id in 0..L2_KEYS {
-                let got = reader.get_with(id, async { unreachable!("an L2 hit") }).await;
+                let got = reader
+                    .get_with(id, async { unreachable!("an L2 hit") })
+                    .await;
                 std::hint::black_box(got);
             }
             started.elapsed().as_nanos() as f64 / L2_KEYS as f64
@@ -400,7 +405,11 @@ async fn loads_per_key(url: &str) -> Result<Vec<(&'static str, f64, f64)>, Strin
             task.await.map_err(|e| e.to_string())?;
         }
     }
-    rows.push(("ebb_redis", sequential, loads.swap(0, Ordering::Relaxed) as f64 / keys));
+    rows.push((
+        "ebb_redis",
+        sequential,
+        loads.swap(0, Ordering::Relaxed) as f64 / keys,
+    ));
 
     // multi_tier
     let mut systems = Vec::new();
@@ -429,7 +438,11 @@ async fn loads_per_key(url: &str) -> Result<Vec<(&'static str, f64, f64)>, Strin
             task.await.map_err(|e| e.to_string())?;
         }
     }
-    rows.push(("multi_tier", sequential, loads.swap(0, Ordering::Relaxed) as f64 / keys));
+    rows.push((
+        "multi_tier",
+        sequential,
+        loads.swap(0, Ordering::Relaxed) as f64 / keys,
+    ));
 
     // 4 plain ebb caches (no shared tier)
     let caches: Vec<_> = (0..REPLICAS).map(|_| plain()).collect();
@@ -447,4 +460,3 @@ async fn loads_per_key(url: &str) -> Result<Vec<(&'static str, f64, f64)>, Strin
     rows.push(("4 plain ebb caches", sequential, sequential));
     Ok(rows)
 }
-
