@@ -91,7 +91,7 @@ impl Counters {
 
 /// A snapshot of a tier's counters ([`TieredCache::stats`](crate::TieredCache::stats)), since
 /// it was built. With the `metrics` feature,
-/// [`publish_metrics`](crate::TieredCache::publish_metrics) publishes the same figures
+/// `TieredCache::publish_metrics` publishes the same figures
 /// (their metric names are in `docs/redis.md`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

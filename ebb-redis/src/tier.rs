@@ -2,8 +2,9 @@
 //!
 //! Invariants:
 //! - **Reads never fail because Redis did.** A miss asks Redis (bounded by the read
-//!   timeout); when Redis fails, times out, or holds bytes that do not decode, the loader
-//!   runs. Only the loader's own error reaches a caller.
+//!   timeout, and not at all while the breaker is open); when Redis fails, times out, or
+//!   holds bytes that do not decode, the loader runs (and its fill replaces those bytes).
+//!   Only the loader's own error reaches a caller.
 //! - **One load per key per replica.** Misses of a key join the local cache's single flight:
 //!   one Redis read and at most one loader run per key at a time in a replica.
 //! - **A local copy never outlives the remote one**: a value read from Redis is kept locally
