@@ -129,8 +129,8 @@ impl Permit<'_> {
         }
     }
 
-    /// The call timed out or found no connection.
-    pub(crate) fn failed(mut self) {
+    /// The call timed out or found no connection. Returns whether this opened the breaker.
+    pub(crate) fn failed(mut self) -> bool {
         self.recorded = true;
         let breaker = self.breaker;
         let mut state = breaker.state();
@@ -162,6 +162,7 @@ impl Permit<'_> {
                  the cooldown ends and a probe succeeds"
             );
         }
+        tripped
     }
 }
 
@@ -195,20 +196,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_after_the_threshold_probes_after_the_cooldown_and_closes() {
         let b = breaker();
-        b.admit().unwrap().failed();
-        b.admit().unwrap().failed();
+        assert!(!b.admit().unwrap().failed());
+        assert!(!b.admit().unwrap().failed());
         b.admit().unwrap().succeeded(); // resets the count
-        for _ in 0..3 {
-            b.admit().unwrap().failed();
-        }
+        assert!(!b.admit().unwrap().failed());
+        assert!(!b.admit().unwrap().failed());
+        assert!(
+            b.admit().unwrap().failed(),
+            "the third failure in a row opens it"
+        );
         assert!(b.admit().is_none(), "open");
         tokio::time::advance(Duration::from_millis(1999)).await;
         assert!(b.admit().is_none(), "still open");
         tokio::time::advance(Duration::from_millis(1)).await;
         let probe = b.admit().expect("the probe");
         assert!(b.admit().is_none(), "one probe at a time");
-        probe.failed();
-        assert!(b.admit().is_none(), "a failed probe reopens");
+        assert!(probe.failed(), "a failed probe reopens");
+        assert!(b.admit().is_none(), "open again");
         tokio::time::advance(Duration::from_secs(2)).await;
         let probe = b.admit().unwrap();
         drop(probe); // cancelled

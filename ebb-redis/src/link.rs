@@ -11,6 +11,8 @@
 //! - The task holds no strong reference to the link: a tier dropped while it connects (or
 //!   backs off) ends the task at its next step, and drops the new connection, if any, and
 //!   with it the connection's driver task. A dropped link leaves no task and no connection.
+//! - A connection is dropped when a command fails with an I/O error or a dropped connection,
+//!   and when timeouts open the breaker (a connection can die without an error).
 //! - Every change (connected, lost, an attempt failed) is a `tracing` event and a counter.
 //! - The state lock is a plain mutex held for a few field moves: never across an `.await`,
 //!   never around user code.
@@ -144,6 +146,21 @@ impl Link {
                 namespace = %self.namespace,
                 %error,
                 "the Redis connection is lost: reconnecting in the background"
+            );
+        }
+    }
+
+    /// Drop the connection, if there is one, and reconnect in the background (after
+    /// timeouts opened the breaker).
+    pub(crate) fn reconnect(self: &Arc<Self>) {
+        let mut state = self.state();
+        if matches!(&*state, State::Up { .. }) {
+            *state = State::Connecting(self.spawn_connector());
+            drop(state);
+            tracing::warn!(
+                target: "ebb_redis",
+                namespace = %self.namespace,
+                "Redis stopped answering: reconnecting in the background"
             );
         }
     }

@@ -219,8 +219,11 @@ impl Remote {
                 self.counters.count(kind);
                 if matches!(kind, Event::Refused) {
                     permit.succeeded();
-                } else {
-                    permit.failed();
+                } else if permit.failed() && matches!(kind, Event::Timeout) {
+                    // Timeouts opened the breaker: the connection may be dead without an
+                    // error (a peer gone without a reset, a failover to another address), so
+                    // open a new one in the background; the probe will use it.
+                    self.link.reconnect();
                 }
                 Err(error)
             }
