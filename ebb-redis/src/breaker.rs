@@ -80,6 +80,7 @@ impl Breaker {
         };
         drop(state);
         if probe {
+            self.counters.count(Event::BreakerProbe);
             tracing::info!(
                 target: "ebb_redis",
                 namespace = %self.namespace,
@@ -219,6 +220,13 @@ mod tests {
         b.admit().expect("the next call probes").succeeded();
         assert!(!b.is_open());
         let stats = b.counters.snapshot(false);
-        assert_eq!((stats.breaker_trips, stats.breaker_closes), (2, 1));
+        assert_eq!(
+            (
+                stats.breaker_trips,
+                stats.breaker_probes,
+                stats.breaker_closes
+            ),
+            (2, 3, 1)
+        );
     }
 }

@@ -227,6 +227,7 @@ async fn connect(
         };
         failures += 1;
         *strong.state() = State::Backoff(Arc::clone(&error));
+        strong.counters.count(Event::ConnectFailed);
         let pause = jittered(backoff);
         tracing::warn!(
             target: "ebb_redis",

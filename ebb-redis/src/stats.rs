@@ -26,7 +26,9 @@ pub(crate) enum Event {
     Skipped,
     BreakerTrip,
     BreakerClose,
+    BreakerProbe,
     Connected,
+    ConnectFailed,
     FillRefused,
 }
 
@@ -82,7 +84,9 @@ impl Counters {
             redis_skipped: self.sum(Event::Skipped),
             breaker_trips: self.sum(Event::BreakerTrip),
             breaker_closes: self.sum(Event::BreakerClose),
+            breaker_probes: self.sum(Event::BreakerProbe),
             connections: self.sum(Event::Connected),
+            connect_failures: self.sum(Event::ConnectFailed),
             fills_refused: self.sum(Event::FillRefused),
             breaker_open,
         }
@@ -124,8 +128,12 @@ pub struct TierStats {
     pub breaker_trips: u64,
     /// Times the breaker closed again after a successful probe.
     pub breaker_closes: u64,
+    /// Probes: calls let through to Redis by the open breaker after its cooldown.
+    pub breaker_probes: u64,
     /// Connections opened to Redis (the first one, and every reconnection).
     pub connections: u64,
+    /// Connection attempts that failed (each followed by a backoff pause).
+    pub connect_failures: u64,
     /// Load fills Redis refused because a write, removal or `invalidate_all` came after
     /// the load's read (the value was returned and kept nowhere).
     pub fills_refused: u64,
@@ -149,7 +157,9 @@ pub(crate) fn publish(namespace: &str, stats: &TierStats) {
     counter("ebb_redis_fills_refused_total", stats.fills_refused);
     counter("ebb_redis_breaker_trips_total", stats.breaker_trips);
     counter("ebb_redis_breaker_closes_total", stats.breaker_closes);
+    counter("ebb_redis_breaker_probes_total", stats.breaker_probes);
     counter("ebb_redis_connections_total", stats.connections);
+    counter("ebb_redis_connect_failures_total", stats.connect_failures);
     for (kind, value) in [
         ("timeout", stats.redis_timeouts),
         ("connection", stats.redis_connection_errors),

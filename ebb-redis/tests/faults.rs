@@ -223,6 +223,7 @@ async fn a_frozen_redis_opens_the_breaker_and_calls_stop_waiting() {
     );
     // Timeouts that open the breaker also replace the connection (it may be dead silently).
     assert!(stats.connections >= 2, "{stats:?}");
+    assert!(stats.breaker_probes >= 1, "{stats:?}");
     a.insert(1, user(1)).await.unwrap();
 }
 
@@ -286,7 +287,9 @@ async fn a_tier_built_before_its_redis_starts_serves_the_loader_then_redis() {
         uses_redis_again(&a, &server).await,
         "the tier never connected"
     );
-    assert_eq!(a.stats().connections, 1);
+    let stats = a.stats();
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    assert!(stats.connect_failures >= 1, "{stats:?}");
     a.insert(1, user(1)).await.unwrap();
 }
 
@@ -475,4 +478,57 @@ async fn counters_are_published_through_the_metrics_facade() {
     );
     let stats = a.stats();
     assert_eq!((stats.l1_hits, stats.loads, stats.negative_hits), (2, 2, 1));
+}
+
+/// Counts the events that say a value does not decode.
+struct Undecodable(Arc<AtomicUsize>);
+
+impl tracing::Subscriber for Undecodable {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" && format!("{value:?}").contains("does not decode") {
+                    self.0 = true;
+                }
+            }
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        if message.0 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test]
+async fn an_undecodable_value_is_logged_once_per_key_and_counted_every_time() {
+    let Some(server) = common::server() else {
+        return;
+    };
+    let logged = Arc::new(AtomicUsize::new(0));
+    // This test's thread only: a current-thread runtime runs every task of the tier here.
+    let _guard = tracing::subscriber::set_default(Undecodable(Arc::clone(&logged)));
+    let mut admin = server.admin().await;
+    let a = tier(server.url(), Duration::from_secs(2));
+    for round in 1..=3 {
+        let _: () = admin.set("users:v1:7", "garbage").await.unwrap();
+        assert_eq!(a.get_with(7, async { user(7) }).await, user(7));
+        assert_eq!(a.stats().decode_errors, round);
+        a.remove(&7).await.unwrap(); // out of L1, so that the next read asks Redis
+    }
+    assert_eq!(logged.load(Ordering::SeqCst), 1, "once per key per window");
+    let _: () = admin.set("users:v1:8", "garbage").await.unwrap();
+    assert_eq!(a.get_with(8, async { user(8) }).await, user(8));
+    assert_eq!(logged.load(Ordering::SeqCst), 2, "another key is logged");
 }
