@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use crate::codec::{Codec, Json};
 use crate::config::{
-    Settings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL,
-    DEFAULT_READ_TIMEOUT, DEFAULT_REMOTE_TTL, DEFAULT_REMOTE_TTL_JITTER, DEFAULT_TOMBSTONE_TTL,
-    DEFAULT_WRITE_TIMEOUT,
+    Settings, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL, DEFAULT_READ_TIMEOUT, DEFAULT_REMOTE_TTL,
+    DEFAULT_REMOTE_TTL_JITTER, DEFAULT_TOMBSTONE_TTL, DEFAULT_WRITE_TIMEOUT,
 };
 use crate::error::Error;
 use crate::key::CacheKey;
 use crate::link::Link;
 use crate::remote::Remote;
+use crate::stats::Counters;
 use crate::tier::TieredCache;
 
 /// Where the tier connects.
@@ -45,6 +46,8 @@ pub struct TieredCacheBuilder<K, V, C = Json> {
     negative_ttl: Duration,
     tombstone_ttl: Duration,
     jitter: f64,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -87,6 +90,8 @@ impl<K, V> TieredCache<K, V, Json> {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             jitter: DEFAULT_REMOTE_TTL_JITTER,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             _types: PhantomData,
         }
     }
@@ -136,6 +141,8 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             negative_ttl: self.negative_ttl,
             tombstone_ttl: self.tombstone_ttl,
             jitter: self.jitter,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: self.breaker_cooldown,
             _types: PhantomData,
         }
     }
@@ -212,6 +219,23 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
         self
     }
 
+    /// How many Redis failures in a row (a call that times out, or finds no connection)
+    /// open the breaker: then no call asks Redis (reads go to the loader, writes fail with
+    /// [`Error::Unavailable`]) until [`breaker_cooldown`](Self::breaker_cooldown) has passed
+    /// and one probing call succeeds. A refusal (Redis answered with an error: out of
+    /// memory, read-only) is not a failure. Default [`DEFAULT_BREAKER_THRESHOLD`], 5.
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.breaker_threshold = failures;
+        self
+    }
+
+    /// How long the open breaker skips Redis before one call probes it. Default
+    /// [`DEFAULT_BREAKER_COOLDOWN`], 2 s.
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
     /// Build the tier, or say why it cannot be built. Never blocks: the connection is opened
     /// in the background (inside a Tokio runtime; outside one, by the first call).
     pub fn try_build(self) -> Result<TieredCache<K, V, C>, Error>
@@ -233,12 +257,20 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             ("remote_ttl", self.remote_ttl),
             ("negative_ttl", self.negative_ttl),
             ("tombstone_ttl", self.tombstone_ttl),
+            ("breaker_cooldown", self.breaker_cooldown),
         ] {
             if value.is_zero() {
                 return Err(Error::Config(format!(
                     "{name} is zero: give it a positive duration"
                 )));
             }
+        }
+        if self.breaker_threshold == 0 {
+            return Err(Error::Config(
+                "breaker_threshold is zero: give the number of failures in a row that open \
+                 the breaker (default 5)"
+                    .into(),
+            ));
         }
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(Error::Config(format!(
@@ -277,11 +309,21 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             negative_ttl: self.negative_ttl,
             tombstone_ttl: self.tombstone_ttl,
             jitter: self.jitter,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: self.breaker_cooldown,
         });
-        let link = Link::new(client, self.connect_timeout);
+        let counters = Arc::new(Counters::new());
+        let link = Link::new(
+            client,
+            self.connect_timeout,
+            Arc::clone(&counters),
+            settings.namespace.clone(),
+        );
         link.warm_up();
-        let remote = Remote::new(link, Arc::clone(&settings));
-        Ok(TieredCache::from_parts(local, remote, self.codec, settings))
+        let remote = Remote::new(link, Arc::clone(&settings), Arc::clone(&counters));
+        Ok(TieredCache::from_parts(
+            local, remote, self.codec, settings, counters,
+        ))
     }
 
     /// Build the tier, like [`try_build`](Self::try_build).
