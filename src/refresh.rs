@@ -46,23 +46,24 @@ where
         return;
     };
     if refresh.reloads.push(key, refresh.rules.max_concurrent) {
-        let task = worker(Arc::downgrade(store), store.token.clone());
-        drop(tokio::spawn(task));
+        // The seat is the future's from here: given back however the future ends, even
+        // dropped unpolled (a runtime shutting down drops what it is handed).
+        let seat = Seat {
+            store: Arc::downgrade(store),
+            held: true,
+        };
+        drop(tokio::spawn(worker(seat, store.token.clone())));
     }
 }
 
 /// A reload task: reload queued keys until the queue is empty or the cache is gone.
-async fn worker<K, V, S>(store: Weak<Store<K, V, S>>, token: CancellationToken)
+async fn worker<K, V, S>(mut seat: Seat<K, V, S>, token: CancellationToken)
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    // Gives the task's place back however it ends (a runtime that shuts down drops it).
-    let mut seat = Seat {
-        store: store.clone(),
-        held: true,
-    };
+    let store = seat.store.clone();
     loop {
         let begun = {
             let Some(strong) = store.upgrade() else {
@@ -91,16 +92,11 @@ where
             }
         };
         if let Some((key, flight, generation, loading)) = begun {
-            run(
-                &store,
-                &token,
-                Job::Reload,
-                key,
-                flight,
-                generation,
-                loading,
-            )
-            .await;
+            let running = Running {
+                store: store.clone(),
+                job: Some((key, flight)),
+            };
+            run(running, &token, Job::Reload, generation, loading).await;
         }
     }
 }
@@ -233,9 +229,15 @@ pub(crate) fn spawn_one<K, V, S>(
     else {
         return;
     };
-    let (weak, token) = (Arc::downgrade(store), store.token.clone());
+    // The guard is the future's from here: the flight is ended however the future ends,
+    // even dropped unpolled (a runtime shutting down drops what it is handed).
+    let running = Running {
+        store: Arc::downgrade(store),
+        job: Some((key, flight)),
+    };
+    let token = store.token.clone();
     drop(handle.spawn(async move {
-        run(&weak, &token, job, key, flight, generation, loading).await;
+        run(running, &token, job, generation, loading).await;
     }));
 }
 
@@ -250,11 +252,9 @@ enum Ran<V> {
 
 /// Await the loader (no strong handle held), then end the reload.
 async fn run<K, V, S>(
-    store: &Weak<Store<K, V, S>>,
+    mut running: Running<K, V, S>,
     token: &CancellationToken,
     job: Job,
-    key: K,
-    flight: SyncArc<Flight<V>>,
     generation: u64,
     loading: Loading<V>,
 ) where
@@ -262,10 +262,7 @@ async fn run<K, V, S>(
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    let mut running = Running {
-        store: store.clone(),
-        job: Some((key, flight)),
-    };
+    let store = running.store.clone();
     let Some(timeout) = store
         .upgrade()
         .and_then(|s| s.rules().map(|rules| rules.timeout))

@@ -65,8 +65,9 @@ const MIN_POOL: usize = 16;
 /// Whether the runtime entered on this thread has timers: checked on the starting thread, so
 /// that a runtime without them is reported to the caller rather than killing the task. A
 /// `Sleep` made and dropped unpolled registers nothing.
-fn timers() -> Result<(), BuildError> {
-    std::panic::catch_unwind(|| drop(tokio::time::sleep(Duration::ZERO)))
+fn timers(at: tokio::time::Instant) -> Result<(), BuildError> {
+    // `sleep_until` a known instant: no clock read.
+    std::panic::catch_unwind(|| drop(tokio::time::sleep_until(at)))
         .map_err(|_| BuildError::TimersDisabled)
 }
 
@@ -96,7 +97,7 @@ where
         return Ok(false);
     }
     let _runtime = handle.enter();
-    if let Err(e) = timers() {
+    if let Err(e) = timers(store.clock.instant_at(0)) {
         signals.task_ended();
         return Err(e);
     }
@@ -112,7 +113,9 @@ where
     // while no task ran. A cache's first task, started as it is built, has none.
     let takeover = base > 0 || signals.missed.swap(false, Ordering::AcqRel);
     let seed = Seed {
-        started: tokio::time::Instant::now(),
+        // Read only when a periodic report was asked for: a cache built per request does
+        // without the clock read.
+        started: store.reports_asked().then(tokio::time::Instant::now),
         exit,
         base,
         takeover,
@@ -130,8 +133,8 @@ where
 /// task's state ([`Task`]: the wheel, the interval, buffers) is made, boxed, only when it
 /// runs and the cache is still there.
 struct Seed<K: Hash + Eq, V, S: BuildHasher + Clone> {
-    /// When the task was started: report periods count from here.
-    started: tokio::time::Instant,
+    /// When the task was started, if periodic reports count from it.
+    started: Option<tokio::time::Instant>,
     exit: Exit<K, V, S>,
     base: NodeId,
     takeover: bool,
@@ -262,7 +265,11 @@ enum Due {
 impl Reports {
     /// The reports a cache asked for, their periods counted from `since` (when its task
     /// was started).
-    fn new<K: Hash + Eq, V, S>(store: &Store<K, V, S>, since: tokio::time::Instant) -> Self {
+    fn new<K: Hash + Eq, V, S>(
+        store: &Store<K, V, S>,
+        since: Option<tokio::time::Instant>,
+    ) -> Self {
+        let since = since.unwrap_or_else(tokio::time::Instant::now);
         Reports {
             line: store.stats_interval.map(|period| StatsLine {
                 every: every(since, period),

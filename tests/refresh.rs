@@ -603,3 +603,104 @@ async fn a_loader_holding_a_weak_handle_lets_the_cache_go() {
         .await
         .expect("a loader with a weak handle kept the cache alive");
 }
+
+#[test]
+fn a_reload_task_dropped_unpolled_by_its_runtime_ends_its_flight() {
+    let source = Source::new(|_| Act::After(MS));
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let c: LoadingCache<u64, u64, String> = Cache::builder()
+        .loader(source.loader())
+        .build_on(first.handle());
+    c.insert(1, 1);
+    // The reload's task is spawned, and the runtime goes away before it runs it.
+    // (Called inside the runtime, the future not awaited there.)
+    let refreshing = {
+        let _inside = first.enter();
+        c.refresh(1)
+    };
+    drop(first);
+    assert_eq!(c.__internals().loads, 0, "a flight was left registered");
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let outcome = tokio::time::timeout(10 * SEC, refreshing)
+            .await
+            .expect("a refresh whose task was dropped unpolled never resolved");
+        assert!(matches!(outcome, Err(RefreshError::NoValue)), "{outcome:?}");
+        // The key is not wedged: the next refresh runs.
+        assert_eq!(c.refresh(1).await.unwrap(), 1002);
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_weigher_panicking_as_a_reload_stores_costs_that_reload_only() {
+    let source = Source::new(|_| Act::After(MS));
+    let c: LoadingCache<u64, u64, String> = Cache::builder()
+        .time_to_live(10 * SEC)
+        .tick(100 * MS)
+        .max_capacity(1_000)
+        .weigher(|_, v: &u64| {
+            assert_ne!(*v, 1002, "the weigher panics on the first reload's value");
+            1
+        })
+        .record_stats()
+        .loader(source.loader())
+        .refresh_after(8 * SEC)
+        .reload_backoff(500 * MS)
+        .build();
+    c.fetch(1).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..99 {
+        advance(100 * MS).await;
+        seen.push(c.get(&1).expect("a reader missed"));
+    }
+    seen.dedup();
+    // The second value was never stored; after the backoff the third was.
+    assert_eq!(seen, [1001, 1003]);
+    assert_eq!(c.__internals().loads, 0, "a flight was left registered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_clone_panicking_as_its_reload_is_due_costs_that_reload_only() {
+    use std::sync::atomic::AtomicBool;
+    static TRAP: AtomicBool = AtomicBool::new(false);
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Key(u64);
+    impl Clone for Key {
+        fn clone(&self) -> Self {
+            if TRAP.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                panic!("trap: a key's clone");
+            }
+            Key(self.0)
+        }
+    }
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&calls);
+    let c: LoadingCache<Key, u64, String> = Cache::builder()
+        .time_to_live(10 * SEC)
+        .tick(100 * MS)
+        .loader(move |_: Key| {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            async move { Ok::<u64, String>(n) }
+        })
+        .refresh_after(8 * SEC)
+        .reload_backoff(500 * MS)
+        .build();
+    assert_eq!(c.fetch(Key(1)).await.unwrap(), 1);
+    for step in 0..99 {
+        if step == 79 {
+            // The next clone of a key is the expiry task's, for the reload due at 8 s.
+            TRAP.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        advance(100 * MS).await;
+        assert!(c.get(&Key(1)).is_some(), "a reader missed at step {step}");
+    }
+    assert!(
+        !TRAP.load(std::sync::atomic::Ordering::SeqCst),
+        "the trap never fired"
+    );
+    // The trapped reload was skipped; one a backoff later stored the next value.
+    assert_eq!(c.get(&Key(1)), Some(2));
+}

@@ -342,3 +342,37 @@ async fn an_explicit_refresh_keeps_the_entrys_ttl_with_stale_copies_and_an_idle_
     advance(10 * SEC + 100 * MS).await;
     assert!(!c.contains_key(&2), "a refreshed entry never expired");
 }
+
+#[tokio::test(start_paused = true)]
+async fn churn_of_distinct_keys_with_stale_copies_leaves_the_books_balanced() {
+    let source = Source::new(|_| Act::After(MS));
+    let c: LoadingCache<u64, u64, String> = Cache::builder()
+        .time_to_live(SEC)
+        .tick(100 * MS)
+        .max_capacity(2_000)
+        .loader(source.loader())
+        .stale_if_error(2 * SEC)
+        .build();
+    let mut next = 0u64;
+    for _ in 0..300 {
+        for _ in 0..200 {
+            c.insert(next, next);
+            next += 1;
+        }
+        advance(100 * MS).await;
+        // Live entries are what the last second wrote, at most; stale copies are not counted,
+        // and live and stale together stay within the capacity.
+        assert!(c.entry_count() <= 2_000);
+        assert!(c.weighted_size() <= 2_000, "{}", c.weighted_size());
+    }
+    advance(3 * SEC + 200 * MS).await; // every window over
+    assert_eq!(c.entry_count(), 0);
+    assert_eq!(c.weighted_size(), 0, "a stale copy outlived its window");
+    let internals = c.__internals();
+    assert_eq!(
+        internals.policy_weight,
+        Some(0),
+        "the policy's books drifted"
+    );
+    assert_eq!(internals.nodes, 0, "wheel nodes left behind");
+}

@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use crate::codec::{Codec, Json};
 use crate::config::{
-    Settings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL,
-    DEFAULT_READ_TIMEOUT, DEFAULT_REMOTE_TTL, DEFAULT_REMOTE_TTL_JITTER, DEFAULT_TOMBSTONE_TTL,
-    DEFAULT_WRITE_TIMEOUT,
+    Settings, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL, DEFAULT_READ_TIMEOUT, DEFAULT_REMOTE_TTL,
+    DEFAULT_REMOTE_TTL_JITTER, DEFAULT_TOMBSTONE_TTL, DEFAULT_WRITE_TIMEOUT,
 };
 use crate::error::Error;
 use crate::key::CacheKey;
 use crate::link::Link;
 use crate::remote::Remote;
+use crate::stats::Counters;
 use crate::tier::TieredCache;
 
 /// Where the tier connects.
@@ -45,6 +46,8 @@ pub struct TieredCacheBuilder<K, V, C = Json> {
     negative_ttl: Duration,
     tombstone_ttl: Duration,
     jitter: f64,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
     coherence: crate::tracking::Options,
     _types: PhantomData<fn() -> (K, V)>,
 }
@@ -88,6 +91,8 @@ impl<K, V> TieredCache<K, V, Json> {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             jitter: DEFAULT_REMOTE_TTL_JITTER,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             coherence: crate::tracking::Options::default(),
             _types: PhantomData,
         }
@@ -138,6 +143,8 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             negative_ttl: self.negative_ttl,
             tombstone_ttl: self.tombstone_ttl,
             jitter: self.jitter,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: self.breaker_cooldown,
             coherence: self.coherence,
             _types: PhantomData,
         }
@@ -215,6 +222,23 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
         self
     }
 
+    /// How many Redis failures in a row (a call that times out, or finds no connection)
+    /// open the breaker: then no call asks Redis (reads go to the loader, writes fail with
+    /// [`Error::Unavailable`]) until [`breaker_cooldown`](Self::breaker_cooldown) has passed
+    /// and one probing call succeeds. A refusal (Redis answered with an error: out of
+    /// memory, read-only) is not a failure. Default [`DEFAULT_BREAKER_THRESHOLD`], 5.
+    pub fn breaker_threshold(mut self, failures: u32) -> Self {
+        self.breaker_threshold = failures;
+        self
+    }
+
+    /// How long the open breaker skips Redis before one call probes it. Default
+    /// [`DEFAULT_BREAKER_COOLDOWN`], 2 s.
+    pub fn breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
     /// Keep replicas coherent through Redis's invalidations (`CLIENT TRACKING` in broadcast
     /// mode on the namespace's prefix): any change to a key of the namespace, by anyone,
     /// drops it from every replica's L1. On by default; see `docs/coherence.md`. Off, L1
@@ -263,6 +287,7 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             ("remote_ttl", self.remote_ttl),
             ("negative_ttl", self.negative_ttl),
             ("tombstone_ttl", self.tombstone_ttl),
+            ("breaker_cooldown", self.breaker_cooldown),
             ("degraded_ttl", self.coherence.degraded_ttl),
             ("tracking_ping_interval", self.coherence.ping_interval),
         ] {
@@ -271,6 +296,13 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
                     "{name} is zero: give it a positive duration"
                 )));
             }
+        }
+        if self.breaker_threshold == 0 {
+            return Err(Error::Config(
+                "breaker_threshold is zero: give the number of failures in a row that open \
+                 the breaker (default 5)"
+                    .into(),
+            ));
         }
         if !(0.0..1.0).contains(&self.jitter) {
             return Err(Error::Config(format!(
@@ -309,6 +341,8 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             negative_ttl: self.negative_ttl,
             tombstone_ttl: self.tombstone_ttl,
             jitter: self.jitter,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: self.breaker_cooldown,
         });
         let coherence = crate::tracking::Coherence::new(
             &settings.namespace,
@@ -320,12 +354,19 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
             .client(client)
             .map_err(|e| Error::Config(format!("the Redis client in RESP3: {e}")))?;
         let hook = coherence.enabled().then(|| Arc::clone(&coherence));
-        let link = Link::new(client, self.connect_timeout, hook);
+        let counters = Arc::new(Counters::new());
+        let link = Link::new(
+            client,
+            self.connect_timeout,
+            Arc::clone(&counters),
+            settings.namespace.clone(),
+            hook,
+        );
         link.warm_up();
         coherence.start(&link);
-        let remote = Remote::new(link, Arc::clone(&settings));
+        let remote = Remote::new(link, Arc::clone(&settings), Arc::clone(&counters));
         Ok(TieredCache::from_parts(
-            local, remote, self.codec, settings, coherence,
+            local, remote, self.codec, settings, counters, coherence,
         ))
     }
 

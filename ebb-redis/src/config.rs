@@ -25,6 +25,13 @@ pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(10);
 /// as go-zero spreads its Redis TTLs.
 pub const DEFAULT_REMOTE_TTL_JITTER: f64 = 0.05;
 
+/// Default for [`breaker_threshold`](crate::TieredCacheBuilder::breaker_threshold): 5
+/// Redis failures in a row (timeouts, or no connection) open the breaker.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// Default for [`breaker_cooldown`](crate::TieredCacheBuilder::breaker_cooldown): 2 s
+/// without asking Redis, then one call probes it.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(2);
+
 /// What the tier needs at run time (the local tier's own settings went into its builder).
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -36,6 +43,8 @@ pub(crate) struct Settings {
     pub(crate) negative_ttl: Duration,
     pub(crate) tombstone_ttl: Duration,
     pub(crate) jitter: f64,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_cooldown: Duration,
 }
 
 impl Settings {
@@ -51,7 +60,7 @@ impl Settings {
 
 /// A number in `0.0..1.0`, from the standard library's randomly keyed hasher: good enough to
 /// spread expiries, with no dependency.
-fn unit_random() -> f64 {
+pub(crate) fn unit_random() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -75,6 +84,8 @@ mod tests {
             negative_ttl: DEFAULT_NEGATIVE_TTL,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             jitter: 0.05,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
         };
         let base = Duration::from_secs(600);
         let all: Vec<Duration> = (0..1000).map(|_| settings.jittered(base)).collect();

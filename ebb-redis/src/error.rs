@@ -40,6 +40,13 @@ pub enum Error {
         /// The client's error.
         source: BoxError,
     },
+    /// Redis was not asked: the breaker is open after repeated failures (timeouts, no
+    /// connection), until its cooldown ends and a probe succeeds. A write that fails so did
+    /// not happen (and the key was dropped from the local tier all the same).
+    Unavailable {
+        /// The operation that was not made.
+        operation: &'static str,
+    },
     /// The codec could not encode the value, or encoded it into bytes that begin with the
     /// marker byte `0xFF` (reserved for the tier's placeholders). Nothing was written.
     Encode(BoxError),
@@ -59,6 +66,11 @@ impl fmt::Display for Error {
             Error::Redis { operation, source } => {
                 write!(f, "ebb-redis: {operation} failed in Redis: {source}")
             }
+            Error::Unavailable { operation } => write!(
+                f,
+                "ebb-redis: {operation} skipped: the breaker is open after repeated Redis \
+                 failures (it probes Redis again after its cooldown)"
+            ),
             Error::Encode(source) => {
                 write!(f, "ebb-redis: the value could not be encoded: {source}")
             }
@@ -71,7 +83,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Redis { source, .. } | Error::Encode(source) => Some(source.as_ref()),
-            Error::Timeout { .. } | Error::Config(_) => None,
+            Error::Timeout { .. } | Error::Unavailable { .. } | Error::Config(_) => None,
         }
     }
 }

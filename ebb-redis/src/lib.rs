@@ -45,8 +45,21 @@
 //! loader), which reads the value, its remaining TTL and the server's clock in one round trip
 //! (a small Lua script). A Redis hit fills L1 for no longer than Redis has left; a Redis miss
 //! runs the loader and fills Redis, then L1. Reads never fail because Redis did: a Redis that
-//! is down, slow (past the read timeout) or holding bytes that do not decode is skipped, and
-//! the loader's value is kept in L1 only. Only the loader's own error reaches a caller.
+//! is down or slow (past the read timeout) is skipped, and the loader's value is kept in L1
+//! only; bytes that do not decode are a miss, replaced in Redis by the loaded value. Only the
+//! loader's own error reaches a caller.
+//!
+//! # Faults
+//!
+//! After [`breaker_threshold`](TieredCacheBuilder::breaker_threshold) (5) Redis failures in a
+//! row (timeouts, no connection), a breaker skips Redis for
+//! [`breaker_cooldown`](TieredCacheBuilder::breaker_cooldown) (2 s): misses go straight to
+//! the loader and writes fail with [`Error::Unavailable`]; then one call probes Redis. A lost
+//! connection is reopened in the background with a backoff (100 ms doubling to 2 s). A Redis
+//! that refuses writes (out of memory, read-only) fails the writes and serves the reads. Every
+//! change is a `tracing` event and a counter ([`TieredCache::stats`]; with the `metrics`
+//! feature, `TieredCache::publish_metrics`). The fault table, with what a caller sees and
+//! the test that shows it, is in `docs/redis.md`.
 //!
 //! # Writes, removals and loads that race them
 //!
@@ -83,7 +96,7 @@
 //!
 //! Each tier opens its own multiplexed connection (one socket, pipelined; never one the
 //! application's code shares), in the background from [`build`](TieredCacheBuilder::build),
-//! and reopens it when it breaks. Every Redis call, connecting included, is bounded: reads by
+//! and reopens it in the background when it breaks. Every Redis call, connecting included, is bounded: reads by
 //! [`read_timeout`](TieredCacheBuilder::read_timeout) (200 ms), writes by
 //! [`write_timeout`](TieredCacheBuilder::write_timeout) (500 ms), connection attempts by
 //! [`connect_timeout`](TieredCacheBuilder::connect_timeout) (1 s). A tier holds the L1's one
@@ -101,13 +114,15 @@
 //! # Cargo features
 //!
 //! None by default. `postcard`: the `Postcard` codec. `tls`: `rediss://` URLs through
-//! rustls (with ring) and the webpki roots.
+//! rustls (with ring) and the webpki roots. `metrics`: `TieredCache::publish_metrics`, the
+//! tier's counters through the `metrics` 0.24 facade.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 // Every example shows its `main`, so that it runs as pasted into a new `main.rs`.
 #![allow(clippy::needless_doctest_main)]
 
+mod breaker;
 mod builder;
 mod codec;
 mod config;
@@ -115,6 +130,7 @@ mod error;
 mod key;
 mod link;
 mod remote;
+mod stats;
 mod tier;
 mod tracking;
 mod writes;
@@ -124,8 +140,9 @@ pub use builder::TieredCacheBuilder;
 pub use codec::Postcard;
 pub use codec::{Codec, Json};
 pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL, DEFAULT_READ_TIMEOUT,
-    DEFAULT_REMOTE_TTL, DEFAULT_REMOTE_TTL_JITTER, DEFAULT_TOMBSTONE_TTL, DEFAULT_WRITE_TIMEOUT,
+    DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOCAL_TTL, DEFAULT_NEGATIVE_TTL, DEFAULT_READ_TIMEOUT, DEFAULT_REMOTE_TTL,
+    DEFAULT_REMOTE_TTL_JITTER, DEFAULT_TOMBSTONE_TTL, DEFAULT_WRITE_TIMEOUT,
 };
 pub use error::{BoxError, Error};
 pub use key::CacheKey;
@@ -134,6 +151,7 @@ pub use key::CacheKey;
 /// version.
 pub use redis;
 pub use remote::{NOT_FOUND, TOMBSTONE_PREFIX};
+pub use stats::TierStats;
 pub use tier::TieredCache;
 pub use tracking::{
     CoherenceStats, TrackingState, DEFAULT_DEGRADED_TTL, DEFAULT_TRACKING_PING_INTERVAL,

@@ -7,7 +7,8 @@
 //! - A load's fill is written only if, on the server's clock: the key holds nothing, or a
 //!   tombstone older than the load's read; no `invalidate_all` happened after the read; and
 //!   the read is younger than the tombstone TTL (so no tombstone written after the read can
-//!   have expired yet). A fill never overwrites a value or a placeholder.
+//!   have expired yet). A fill never overwrites a value or a placeholder, except the very
+//!   bytes its read found and could not decode (another writer's, an older schema's).
 //! - `insert` overwrites whatever is there; `remove` leaves a tombstone stamped with the
 //!   server's clock, living for the tombstone TTL.
 //! - Every call, connecting included, ends within its timeout.
@@ -17,9 +18,11 @@ use std::time::Duration;
 
 use redis::{FromRedisValue, Script, Value};
 
+use crate::breaker::Breaker;
 use crate::config::Settings;
 use crate::error::Error;
-use crate::link::Link;
+use crate::link::{connection_lost, Link};
+use crate::stats::{Counters, Event};
 
 /// The bytes stored for a key that was looked up and not found (by
 /// [`optionally_get_with`](crate::TieredCache::optionally_get_with)): `0xFF` then
@@ -56,7 +59,8 @@ return {now[1], now[2], ttl}
 
 /// A load's fill: 1 when written, 0 when refused (see the module's invariants).
 /// KEYS: the key, the namespace's invalidation record. ARGV: the bytes, the TTL in ms, the
-/// read's server time in µs, the tombstone TTL in µs, the tombstone prefix.
+/// read's server time in µs, the tombstone TTL in µs, the tombstone prefix, and the bytes
+/// the read found that did not decode (empty: none), which the fill may replace.
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -67,7 +71,7 @@ if now - read >= tonumber(ARGV[4]) then return 0 end
 local invalidated = redis.call('GET', KEYS[2])
 if invalidated and tonumber(invalidated) >= read then return 0 end
 local current = redis.call('GET', KEYS[1])
-if current then
+if current and not (ARGV[6] ~= '' and current == ARGV[6]) then
   local prefix = ARGV[5]
   if string.sub(current, 1, #prefix) ~= prefix then return 0 end
   if tonumber(string.sub(current, #prefix + 1)) >= read then return 0 end
@@ -113,6 +117,8 @@ pub(crate) struct Read {
 pub(crate) struct Remote {
     link: Arc<Link>,
     settings: Arc<Settings>,
+    pub(crate) breaker: Breaker,
+    counters: Arc<Counters>,
     /// `namespace:\xffebb:invalidated`.
     invalidated: Vec<u8>,
 }
@@ -127,46 +133,100 @@ fn millis(ttl: Duration) -> u64 {
 }
 
 impl Remote {
-    pub(crate) fn new(link: Arc<Link>, settings: Arc<Settings>) -> Remote {
+    pub(crate) fn new(link: Arc<Link>, settings: Arc<Settings>, counters: Arc<Counters>) -> Remote {
         let mut invalidated = format!("{}:", settings.namespace).into_bytes();
         invalidated.extend_from_slice(INVALIDATED);
+        let breaker = Breaker::new(
+            settings.breaker_threshold,
+            settings.breaker_cooldown,
+            Arc::clone(&counters),
+            settings.namespace.clone(),
+        );
         Remote {
             link,
             settings,
+            breaker,
+            counters,
             invalidated,
         }
     }
 
-    /// One request on the tier's connection, connecting first if needed, all within `limit`.
+    /// One request on the tier's connection, connecting first if needed, all within `limit`;
+    /// none while the breaker is open. Counts its failures by kind and tells the breaker.
     async fn call<T: FromRedisValue>(
         &self,
         operation: &'static str,
         limit: Duration,
         request: Request<'_>,
     ) -> Result<T, Error> {
+        let Some(permit) = self.breaker.admit() else {
+            self.counters.count(Event::Skipped);
+            return Err(Error::Unavailable { operation });
+        };
         let attempt = async {
-            let (id, mut conn) = self.link.conn().await.map_err(|e| Error::Redis {
-                operation,
-                source: e.to_string().into(),
-            })?;
+            let (id, mut conn) = match self.link.conn().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    return Err((
+                        Event::Connection,
+                        Error::Redis {
+                            operation,
+                            source: e.to_string().into(),
+                        },
+                    ))
+                }
+            };
             let result = match request {
                 Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
                 Request::Script(invocation) => invocation.invoke_async(&mut conn).await,
             };
             result.map_err(|error| {
                 self.link.failed(id, &error);
-                Error::Redis {
-                    operation,
-                    source: Box::new(error),
-                }
+                let kind = if connection_lost(&error) {
+                    Event::Connection
+                } else if error.is_timeout() {
+                    Event::Timeout
+                } else {
+                    // Redis answered, with an error: out of memory, read-only, an ACL denial.
+                    Event::Refused
+                };
+                (
+                    kind,
+                    Error::Redis {
+                        operation,
+                        source: Box::new(error),
+                    },
+                )
             })
         };
-        match tokio::time::timeout(limit, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                operation,
-                after: limit,
-            }),
+        let outcome = match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(failure)) => Err(failure),
+            Err(_) => Err((
+                Event::Timeout,
+                Error::Timeout {
+                    operation,
+                    after: limit,
+                },
+            )),
+        };
+        match outcome {
+            Ok(value) => {
+                permit.succeeded();
+                Ok(value)
+            }
+            Err((kind, error)) => {
+                self.counters.count(kind);
+                if matches!(kind, Event::Refused) {
+                    permit.succeeded();
+                } else if permit.failed() && matches!(kind, Event::Timeout) {
+                    // Timeouts opened the breaker: the connection may be dead without an
+                    // error (a peer gone without a reset, a failover to another address), so
+                    // open a new one in the background; the probe will use it.
+                    self.link.reconnect();
+                }
+                Err(error)
+            }
         }
     }
 
@@ -194,6 +254,7 @@ impl Remote {
         bytes: &[u8],
         ttl: Duration,
         read_at: u64,
+        replace: Option<&[u8]>,
     ) -> Result<bool, Error> {
         let tombstone_us =
             u64::try_from(self.settings.tombstone_ttl.as_micros()).unwrap_or(u64::MAX);
@@ -204,7 +265,8 @@ impl Remote {
             .arg(millis(ttl))
             .arg(read_at)
             .arg(tombstone_us)
-            .arg(TOMBSTONE_PREFIX);
+            .arg(TOMBSTONE_PREFIX)
+            .arg(replace.unwrap_or_default());
         let written: i64 = self
             .call(
                 "fill",

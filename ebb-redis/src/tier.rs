@@ -2,8 +2,9 @@
 //!
 //! Invariants:
 //! - **Reads never fail because Redis did.** A miss asks Redis (bounded by the read
-//!   timeout); when Redis fails, times out, or holds bytes that do not decode, the loader
-//!   runs. Only the loader's own error reaches a caller.
+//!   timeout, and not at all while the breaker is open); when Redis fails, times out, or
+//!   holds bytes that do not decode, the loader runs (and its fill replaces those bytes).
+//!   Only the loader's own error reaches a caller.
 //! - **One load per key per replica.** Misses of a key join the local cache's single flight:
 //!   one Redis read and at most one loader run per key at a time in a replica.
 //! - **A local copy never outlives the remote one**: a value read from Redis is kept locally
@@ -28,7 +29,13 @@ use crate::config::Settings;
 use crate::error::{BoxError, Error};
 use crate::key::CacheKey;
 use crate::remote::{Found, Remote, NOT_FOUND};
+use crate::stats::{Counters, Event, TierStats};
 use crate::writes::Writes;
+
+/// An undecodable value is logged once per key per this window (it is counted every time).
+const DECODE_LOG_WINDOW: Duration = Duration::from_secs(60);
+/// At most this many keys are remembered for that; past it, the oldest are forgotten.
+const DECODE_LOG_KEYS: usize = 1024;
 
 /// A two-tier cache: an in-process [`ebb_cache::Cache`] per replica (L1) in front of Redis
 /// (L2), shared by every replica of a service.
@@ -78,6 +85,9 @@ struct Inner<K, V, C> {
     codec: C,
     settings: Arc<Settings>,
     writes: Writes<K>,
+    counters: Arc<Counters>,
+    /// Redis keys whose undecodable value was logged, and when.
+    decode_logged: std::sync::Mutex<std::collections::HashMap<Vec<u8>, tokio::time::Instant>>,
     /// Invalidations from Redis, the tracking epoch (`tracking.rs`).
     coherence: Arc<crate::tracking::Coherence>,
 }
@@ -117,6 +127,7 @@ where
         remote: Remote,
         codec: C,
         settings: Arc<Settings>,
+        counters: Arc<Counters>,
         coherence: Arc<crate::tracking::Coherence>,
     ) -> Self {
         TieredCache {
@@ -126,8 +137,77 @@ where
                 codec,
                 settings,
                 writes: Writes::new(),
+                counters,
+                decode_logged: Default::default(),
                 coherence,
             }),
+        }
+    }
+
+    /// The tier's counters since it was built: hits in each tier, loads, not-found hits,
+    /// Redis errors by kind, the breaker's trips and state. Sums a few per-thread stripes;
+    /// reads and writes never wait for it.
+    ///
+    /// ```no_run
+    /// #[tokio::main]
+    /// async fn main() {
+    ///     let users: ebb_redis::TieredCache<u64, String> =
+    ///         ebb_redis::TieredCache::builder("users:v1").redis("redis://127.0.0.1:6379").build();
+    ///     users.get_with(7, async { "ada".to_string() }).await;
+    ///     users.get_with(7, async { unreachable!() }).await;
+    ///     let stats = users.stats();
+    ///     assert_eq!((stats.loads, stats.l1_hits), (1, 1));
+    /// }
+    /// ```
+    pub fn stats(&self) -> TierStats {
+        self.inner
+            .counters
+            .snapshot(self.inner.remote.breaker.is_open())
+    }
+
+    /// Publish the tier's counters ([`stats`](Self::stats)) now through the
+    /// [`metrics`](https://docs.rs/metrics/0.24) facade (0.24), to the global recorder, as
+    /// absolute values labelled `namespace`: the names are listed in `docs/redis.md`. Call it
+    /// in the scrape handler (the scrape is then exact), or from an interval task. Reads and
+    /// writes never call the facade. Needs the `metrics` cargo feature.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        crate::stats::publish(&self.inner.settings.namespace, &self.stats());
+    }
+
+    /// Log an undecodable value once per key per window.
+    fn log_undecodable(&self, redis_key: &[u8], error: &BoxError) {
+        let now = tokio::time::Instant::now();
+        let log = {
+            let mut logged = self
+                .inner
+                .decode_logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if logged.len() >= DECODE_LOG_KEYS {
+                logged.retain(|_, at| now.duration_since(*at) < DECODE_LOG_WINDOW);
+                if logged.len() >= DECODE_LOG_KEYS {
+                    logged.clear();
+                }
+            }
+            match logged.get(redis_key) {
+                Some(at) if now.duration_since(*at) < DECODE_LOG_WINDOW => false,
+                _ => {
+                    logged.insert(redis_key.to_vec(), now);
+                    true
+                }
+            }
+        };
+        if log {
+            tracing::warn!(
+                target: "ebb_redis",
+                namespace = %self.inner.settings.namespace,
+                key = %String::from_utf8_lossy(redis_key),
+                %error,
+                "a value in Redis does not decode: it counts as a miss and the loaded value \
+                 replaces it (another writer, or an older schema: give each schema its own \
+                 versioned namespace); logged once per key per minute"
+            );
         }
     }
 
@@ -207,6 +287,10 @@ where
         E: Send + Sync + 'static,
     {
         if let Some(hit) = self.inner.local.get(&key) {
+            self.inner.counters.count(Event::L1Hit);
+            if hit.is_none() {
+                self.inner.counters.count(Event::NegativeHit);
+            }
             return Ok(hit);
         }
         let miss = self.miss(key.clone(), init);
@@ -315,32 +399,41 @@ where
         // What Redis has left bounds the local copy.
         let keep =
             |cap: Duration, left: Option<Duration>| Some(left.map_or(cap, |left| cap.min(left)));
+        let counters = &self.inner.counters;
+        // The read's server time (`None`: Redis could not be asked, so no fill), and the
+        // undecodable bytes it found, which the fill replaces.
+        let mut undecodable = None;
         let read_at = match self.inner.remote.read(&redis_key).await {
             Ok(read) => match read.found {
                 Found::Value(bytes) => match self.inner.codec.decode(&bytes) {
-                    Ok(value) => return Ok((Some(value), keep(settings.local_ttl, read.ttl))),
+                    Ok(value) => {
+                        counters.count(Event::L2Hit);
+                        return Ok((Some(value), keep(settings.local_ttl, read.ttl)));
+                    }
                     Err(error) => {
-                        tracing::warn!(
-                            target: "ebb_redis",
-                            namespace = %settings.namespace,
-                            %error,
-                            "a value in Redis does not decode: loading it instead (roll the \
-                             namespace's version when a value's schema changes)"
-                        );
-                        None
+                        counters.count(Event::DecodeError);
+                        self.log_undecodable(&redis_key, &error);
+                        undecodable = Some(bytes);
+                        Some(read.at)
                     }
                 },
                 Found::Placeholder => {
+                    counters.count(Event::L2Hit);
+                    counters.count(Event::NegativeHit);
                     let cap = settings.local_ttl.min(settings.negative_ttl);
                     return Ok((None, keep(cap, read.ttl)));
                 }
-                Found::Nothing => Some(read.at),
+                Found::Nothing => {
+                    counters.count(Event::L2Miss);
+                    Some(read.at)
+                }
             },
             Err(error) => {
                 tracing::debug!(target: "ebb_redis", %error, "Redis read failed: loading");
                 None
             }
         };
+        counters.count(Event::Load);
         let loaded = init.await?;
         let (bytes, remote_ttl, local_ttl) = match &loaded {
             Some(value) => {
@@ -361,13 +454,22 @@ where
                 match self
                     .inner
                     .remote
-                    .fill(&redis_key, &bytes, remote_ttl, read_at)
+                    .fill(
+                        &redis_key,
+                        &bytes,
+                        remote_ttl,
+                        read_at,
+                        undecodable.as_deref(),
+                    )
                     .await
                 {
                     Ok(true) => local_ttl.min(remote_ttl),
                     // A write, removal or invalidate_all came after the read (or the load
                     // outlived the tombstone TTL): return the value, keep it nowhere.
-                    Ok(false) => Duration::ZERO,
+                    Ok(false) => {
+                        counters.count(Event::FillRefused);
+                        Duration::ZERO
+                    }
                     Err(error) => {
                         tracing::debug!(target: "ebb_redis", %error, "Redis fill failed");
                         local_ttl

@@ -163,6 +163,15 @@ impl<K, V, S> Drop for Store<K, V, S> {
 }
 
 impl<K, V, S> Store<K, V, S> {
+    /// Whether the expiry task makes periodic reports (a stats line, or metrics).
+    pub(crate) fn reports_asked(&self) -> bool {
+        #[cfg(feature = "metrics")]
+        if self.metrics_interval.is_some() {
+            return true;
+        }
+        self.stats_interval.is_some()
+    }
+
     /// The default TTL.
     pub(crate) fn time_to_live(&self) -> Option<Duration> {
         self.time_to_live

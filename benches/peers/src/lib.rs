@@ -7,7 +7,7 @@
 //! - One module per subcommand of the binary: `report`, `chart`, `hit_ratio`, `read_heavy`,
 //!   `clock_scan`, `weighted_writes`, `metrics_cost` (`metrics`), `iter_invalidate`,
 //!   `compute_expiry`, `refresh` (`refresh-latency`, `refresh-reads`), `stale`
-//!   (`stale-outage`), `coherence`, and `workloads` (the process-level workloads and `per-request-rounds`).
+//!   (`stale-outage`), `redis_tier` (`redis-tier`), `coherence`, and `workloads` (the process-level workloads and `per-request-rounds`).
 //! - `alloc`: the counting allocator, which the binary installs as its `#[global_allocator]`
 //!   and `workloads` reads; the benches run on the system allocator.
 
@@ -23,6 +23,7 @@ pub mod metrics_cost;
 pub mod mixed;
 pub mod names;
 pub mod read_heavy;
+pub mod redis_tier;
 pub mod refresh;
 pub mod report;
 pub mod stale;

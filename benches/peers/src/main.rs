@@ -31,6 +31,9 @@
 //!   ebb's `LoadingCache` with and without `stale_if_error` against moka's `try_get_with`:
 //!   errors seen by callers, calls to the failing source, stale values served, latency (see
 //!   `stale.rs`).
+//! - `ebb-peers redis-tier [ROUNDS]`: ebb-redis's tier against plain ebb, a bare redis-rs
+//!   `GET` and `multi-tier-cache` (moka + Redis) on a `redis-server` it starts itself: L1
+//!   hits, L2 hits, loader calls per key for 4 replicas (see `redis_tier.rs`).
 //! - `ebb-peers chart [TARGET_DIR]`: draw `benches/peers/performance.svg` from the last
 //!   `memory` results and the last `read_heavy` / `write_heavy` criterion results.
 
@@ -62,6 +65,7 @@ const USAGE: &str =
        ebb-peers refresh-latency [ROUNDS]
        ebb-peers refresh-reads [ROUNDS]
        ebb-peers stale-outage [ROUNDS]
+       ebb-peers redis-tier [ROUNDS]   (starts its own redis-server)
        ebb-peers coherence [WRITES]   (starts its own redis-server)
        ebb-peers chart [TARGET_DIR]   (after `memory` and the core bench)";
 
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Some("compute-expiry") => ebb_peers::compute_expiry::run(&args[1..]),
         Some("refresh-latency") => ebb_peers::refresh::run_latency(&args[1..]),
         Some("refresh-reads") => ebb_peers::refresh::run_reads(&args[1..]),
+        Some("redis-tier") => ebb_peers::redis_tier::run(&args[1..]),
         Some("stale-outage") => ebb_peers::stale::run_outage(&args[1..]),
         Some("coherence") => ebb_peers::coherence::run(&args[1..]),
         Some(workload) if workloads::is_workload(workload) => workloads::run(workload, &args[1..]),

@@ -95,9 +95,22 @@ pub fn server() -> Option<Server> {
     panic!("could not start {bin}: {last}");
 }
 
+/// A fresh server on `port` (a port from [`free_port`], for a tier built before its Redis
+/// starts), or `None` as [`server`] returns it.
+#[track_caller]
+pub fn server_on(port: u16) -> Option<Server> {
+    let mut server = server()?;
+    if server.port != port {
+        server.port = port;
+        server.restart();
+    }
+    Some(server)
+}
+
 static SERIAL: AtomicU32 = AtomicU32::new(0);
 
-fn free_port() -> u16 {
+/// A loopback port free now (for a server the test starts later).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free loopback port");
     listener.local_addr().unwrap().port()
 }
