@@ -353,7 +353,9 @@ impl<K, V, C> TieredCacheBuilder<K, V, C> {
         let client = coherence
             .client(client)
             .map_err(|e| Error::Config(format!("the Redis client in RESP3: {e}")))?;
-        let hook = coherence.enabled().then(|| Arc::clone(&coherence));
+        let hook = coherence
+            .enabled()
+            .then(|| Arc::clone(&coherence) as Arc<dyn crate::link::ConnectHook>);
         let counters = Arc::new(Counters::new());
         let link = Link::new(
             client,

@@ -39,9 +39,9 @@ pub(crate) struct Link {
     state: Mutex<State>,
     counters: Arc<Counters>,
     namespace: String,
-    /// Coherence's connect hook (`tracking.rs`): a push sender per connection, and
-    /// `CLIENT TRACKING` turned on before the connection is handed out.
-    tracking: Option<Arc<crate::tracking::Coherence>>,
+    /// The connect hook (coherence's, in `tracking.rs`: a push sender per connection, and
+    /// `CLIENT TRACKING` turned on before the connection is handed out).
+    tracking: Option<Arc<dyn ConnectHook>>,
 }
 
 enum State {
@@ -60,6 +60,20 @@ enum State {
     },
 }
 
+/// What a layer above does to each new connection before the link hands it out (coherence,
+/// in `tracking.rs`); the link knows nothing else of it.
+pub(crate) trait ConnectHook: Send + Sync + 'static {
+    /// The config to open the connection numbered `conn` with.
+    fn configure(&self, config: AsyncConnectionConfig, conn: u64) -> AsyncConnectionConfig;
+    /// The connection numbered `conn` is open: prepare it, within `limit`.
+    fn connected<'a>(
+        &'a self,
+        conn: u64,
+        connection: &'a mut MultiplexedConnection,
+        limit: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+}
+
 /// Why no connection could be had.
 pub(crate) type ConnectError = Arc<str>;
 
@@ -69,7 +83,7 @@ impl Link {
         connect_timeout: Duration,
         counters: Arc<Counters>,
         namespace: String,
-        tracking: Option<Arc<crate::tracking::Coherence>>,
+        tracking: Option<Arc<dyn ConnectHook>>,
     ) -> Arc<Link> {
         Arc::new(Link {
             client,
@@ -196,7 +210,7 @@ async fn connect(
     client: Client,
     timeout: Duration,
     mut done: watch::Sender<bool>,
-    tracking: Option<Weak<crate::tracking::Coherence>>,
+    tracking: Option<Weak<dyn ConnectHook>>,
 ) {
     static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let mut backoff = BACKOFF_MIN;

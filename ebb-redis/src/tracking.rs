@@ -57,7 +57,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::key::CacheKey;
-use crate::link::Link;
+use crate::link::{ConnectHook, Link};
 
 /// Default for [`degraded_ttl`](crate::TieredCacheBuilder::degraded_ttl): 2 s. While tracking
 /// is down (or was refused), no L1 entry lives longer than this.
@@ -173,6 +173,8 @@ pub(crate) struct Seen {
 
 /// The tier's coherence: see the module's invariants.
 pub(crate) struct Coherence {
+    /// Itself, for the push senders of the connections it configures.
+    me: Weak<Coherence>,
     options: Options,
     /// `namespace:`, the prefix tracked.
     prefix: Vec<u8>,
@@ -200,6 +202,21 @@ pub(crate) struct Coherence {
     confirmations: AtomicU64,
 }
 
+impl ConnectHook for Coherence {
+    fn configure(&self, config: AsyncConnectionConfig, conn: u64) -> AsyncConnectionConfig {
+        self.configure_connection(config, conn)
+    }
+
+    fn connected<'a>(
+        &'a self,
+        conn: u64,
+        connection: &'a mut MultiplexedConnection,
+        limit: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.track_connection(conn, connection, limit))
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -217,7 +234,8 @@ impl Coherence {
         S: BuildHasher + Clone + Send + Sync + 'static,
     {
         let (stop_tx, stop_rx) = oneshot::channel();
-        Arc::new(Coherence {
+        Arc::new_cyclic(|me| Coherence {
+            me: me.clone(),
             options,
             prefix: format!("{namespace}:").into_bytes(),
             status: AtomicU64::new(if options.enabled { DOWN } else { OFF }),
@@ -467,15 +485,15 @@ impl Coherence {
 
     /// The connect hook's first half: the connection's config, with a push sender tagged
     /// with the connection's id.
-    pub(crate) fn configure(
-        self: &Arc<Self>,
+    fn configure_connection(
+        &self,
         config: AsyncConnectionConfig,
         conn: u64,
     ) -> AsyncConnectionConfig {
         if !self.enabled() {
             return config;
         }
-        let me: Weak<Coherence> = Arc::downgrade(self);
+        let me = self.me.clone();
         config.set_push_sender(move |info: PushInfo| {
             if let Some(me) = me.upgrade() {
                 me.on_push(conn, info);
@@ -486,7 +504,7 @@ impl Coherence {
 
     /// The connect hook's second half, before the connection is handed out: turn tracking
     /// on, within `limit`.
-    pub(crate) async fn connected(
+    async fn track_connection(
         &self,
         conn: u64,
         connection: &mut MultiplexedConnection,
