@@ -20,8 +20,7 @@
 //!    per second Redis executed, and invalidated keys per second delivered to all N together.
 //!    The benchmark runs on the same two cores as the server, so the figures are a floor.
 
-use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use crate::redis_server::Server;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,60 +30,6 @@ use ebb_redis::redis::{self, AsyncCommands, PushInfo, PushKind, Value};
 const ROUND: usize = 1_000;
 const KEYS: u64 = 100;
 const TIMEOUT: Duration = Duration::from_secs(1);
-
-struct Server {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Server {
-    fn start() -> Result<Server, String> {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let dir = std::env::temp_dir().join(format!("ebb-peers-coherence-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let bin = std::env::var("EBB_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--maxclients", "10000"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {bin} (apt-get install redis-server): {e}"))?;
-        let server = Server { child, port, dir };
-        let client = redis::Client::open(server.url()).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    return Ok(server);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("redis-server not ready on port {port} within 10 s"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A replica under test: read a key (filling L1), write one, peek at L1.
 trait Replica {
@@ -339,7 +284,7 @@ pub fn run(args: &[String]) -> Result<String, String> {
     use std::fmt::Write;
     let writes = crate::rounds(args, 10_000)?;
     let rounds = writes.div_ceil(ROUND);
-    let server = Server::start()?;
+    let server = Server::start("coherence", &["--maxclients", "10000"])?;
     let url = server.url();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -23,6 +23,7 @@ pub mod metrics_cost;
 pub mod mixed;
 pub mod names;
 pub mod read_heavy;
+pub mod redis_server;
 pub mod redis_tier;
 pub mod refresh;
 pub mod report;

@@ -17,9 +17,8 @@
 //!   one Redis, asking for 1,000 fresh keys: one after another (replica 0, then 1, 2, 3 for
 //!   each key), and all 4 at once (one task per replica, a barrier per key).
 
+use crate::redis_server::Server;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,60 +46,6 @@ const L2_KEYS: u64 = 2_000;
 const LOAD_KEYS: u64 = 1_000;
 const REPLICAS: usize = 4;
 const TTL: Duration = Duration::from_secs(300);
-
-/// A `redis-server` of this command's own, killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Server {
-    fn start() -> Result<Server, String> {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
-        let dir = std::env::temp_dir().join(format!("ebb-peers-redis-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let bin = std::env::var("EBB_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {bin} (apt-get install redis-server): {e}"))?;
-        let server = Server { child, port, dir };
-        let client = redis::Client::open(server.url()).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    return Ok(server);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("redis-server not ready on port {port} within 10 s"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn tier(url: &str, namespace: &str) -> ebb_redis::TieredCache<u64, Item> {
     ebb_redis::TieredCache::builder(namespace)
@@ -164,7 +109,7 @@ fn ratio(a: &[f64], b: &[f64]) -> f64 {
 
 pub fn run(args: &[String]) -> Result<String, String> {
     let rounds = crate::rounds(args, 15)?;
-    let server = Server::start()?;
+    let server = Server::start("redis", &[])?;
     let url = server.url();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
