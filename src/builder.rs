@@ -621,7 +621,7 @@ where
             Arc::clone(&signals),
         ));
         if let Some(handle) = handle {
-            task::start(&store, handle, true)?;
+            task::start(&store, handle)?;
         }
         Ok(Cache::from_store(store))
     }

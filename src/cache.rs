@@ -109,7 +109,7 @@ where
     #[track_caller]
     fn start_task(&self) {
         if let Ok(handle) = Handle::try_current() {
-            if let Err(e) = task::start(&self.store, &handle, false) {
+            if let Err(e) = task::start(&self.store, &handle) {
                 panic!("{e}");
             }
         }

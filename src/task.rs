@@ -80,12 +80,11 @@ fn interval(tick: Duration) -> Interval {
 
 /// Start the cache's expiry task on `handle`'s runtime, unless one runs already (or the last
 /// handle is gone). Returns whether this call started it. The new task takes over the
-/// entries no running task knows (a task before it may have died with its runtime). `new`:
-/// the cache is being built, and no handle to it exists yet.
+/// entries no running task knows (a task before it may have died with its runtime, or
+/// writes came before it first ran).
 pub(crate) fn start<K, V, S>(
     store: &Arc<Store<K, V, S>>,
     handle: &Handle,
-    new: bool,
 ) -> Result<bool, BuildError>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -108,17 +107,11 @@ where
         store: Arc::downgrade(store),
         signals: Arc::clone(&signals),
     };
-    let base = store.handoff.open(&signals, new);
-    // Entries to take over: ids of a task before this one (`base > 0`), or entries written
-    // while no task ran. A cache's first task, started as it is built, has none.
-    let takeover = base > 0 || signals.missed.swap(false, Ordering::AcqRel);
     let seed = Seed {
         // Read only when a periodic report was asked for: a cache built per request does
         // without the clock read.
         started: store.reports_asked().then(tokio::time::Instant::now),
         exit,
-        base,
-        takeover,
         // Whatever an invalidation hid before this task and no sweep removed yet goes at
         // its first wake.
         sweep_again: store.has_unswept(),
@@ -136,8 +129,6 @@ struct Seed<K: Hash + Eq, V, S: BuildHasher + Clone> {
     /// When the task was started, if periodic reports count from it.
     started: Option<tokio::time::Instant>,
     exit: Exit<K, V, S>,
-    base: NodeId,
-    takeover: bool,
     sweep_again: bool,
     swept: u32,
 }
@@ -157,6 +148,13 @@ where
         else {
             return; // The cache is gone already: `exit` closes the hand-off.
         };
+        // The hand-off opens only now: writes made before this (a cache built per request,
+        // used and dropped before its task first runs) queue nothing; they set `missed`,
+        // and this task takes their entries over from the map.
+        let base = store.handoff.open(&self.exit.signals);
+        // Entries to take over: ids of a task before this one (`base > 0`), or entries written
+        // while no task ran.
+        let takeover = base > 0 || self.exit.signals.missed.swap(false, Ordering::AcqRel);
         let span = tracing::debug_span!("ebb", cache = %store.name);
         let task = Box::new(Task {
             store: Arc::downgrade(&store),
@@ -166,8 +164,8 @@ where
             reports: Reports::new(&store, self.started),
             token: store.token.clone(),
             wheel: Wheel::new(),
-            base: self.base,
-            takeover: self.takeover,
+            base,
+            takeover,
             spare: None,
             links: Vec::new(),
             pools: Vec::new(),
@@ -567,8 +565,8 @@ where
     }
 
     /// File every entry with a deadline that no running wheel knows: all of them for a task
-    /// that replaces one that died with its runtime, none for a cache's first task (writers
-    /// filed them). In batches; a key whose `Clone` panics is logged and left unfiled.
+    /// that replaces one that died with its runtime, those written before it first ran for a
+    /// cache's first task (the hand-off was closed to them). In batches; a key whose `Clone` panics is logged and left unfiled.
     async fn take_over(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
         let base = self.base;
         let (keys, mut failed) = store.map.keys_where(|entry| {

@@ -25,9 +25,10 @@
 //!   written, removed and written again before the next drain: a record is a key, not an
 //!   operation. A record names at most one node to link (the entry's) and at most two
 //!   orphans (in practice one: the node the entry held when this stripe map became current).
-//!   A pool holds the ids the task gave it plus those of queued nodes whose entry was removed.
-//!   A writer takes an id from its stripe's pool, else from the shared reserve, where the task
-//!   puts every free id it did not pool, and only then a fresh one: so the ids ever handed
+//!   A pool holds the ids the task gave it, those a writer moved there from the reserve,
+//!   and those of queued nodes whose entry was removed. A writer takes an id from its
+//!   stripe's pool, else from the shared reserve (moving a batch to its pool), where the
+//!   task puts every free id it did not pool, and only then a fresh one: so the ids ever handed
 //!   out stay within the most nodes held at once plus what the pools and the reserve hold,
 //!   however the write rate swings.
 //! - **No user code between two writes.** A writer's key `Clone`, `Hash` and `Eq` run here
@@ -64,6 +65,9 @@ const MAX_IDS: u32 = u32::MAX - 1;
 pub(crate) fn needs_push(held: NodeId, old: u64, deadline: u64) -> bool {
     deadline != NEVER && (held == UNFILED || deadline < old)
 }
+
+/// A writer whose pool ran dry moves up to this many ids from the reserve to its pool.
+const RESERVE_BATCH: usize = 32;
 
 /// A stripe this large wakes the task even if no deadline is near, so drains stay small.
 const WAKE_AT_RECORDS: usize = 4096;
@@ -117,7 +121,7 @@ pub(crate) struct Signals {
     pub(crate) notify: Wake,
     /// The tick the task sleeps until; `u64::MAX` when it has no timer at all.
     pub(crate) next_wake: AtomicU64,
-    /// Set while no task reads the hand-off (before the first task starts, and after one
+    /// Set while no task reads the hand-off (until a task first runs, and after one
     /// stops): writers then queue nothing and take no ids.
     pub(crate) closed: AtomicBool,
     /// The cache's lifecycle: whether a task runs ([`TASK`]), whether the last handle is
@@ -250,6 +254,8 @@ pub(crate) struct Handoff<K, S> {
     /// Free ids beyond what the stripes' pools hold, for a writer whose pool ran dry: the
     /// task stocks it with every id it freed and did not pool.
     reserve: Mutex<Vec<NodeId>>,
+    /// How many ids the reserve holds, as of its last change (a hint read without its lock).
+    reserved: AtomicUsize,
     /// The next id never handed out.
     fresh: AtomicU32,
 }
@@ -270,6 +276,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             stripes,
             hasher,
             reserve: Mutex::new(Vec::new()),
+            reserved: AtomicUsize::new(0),
             fresh: AtomicU32::new(0),
         }
     }
@@ -318,7 +325,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             }
             let id = match stripe.pool.pop() {
                 Some(id) => id,
-                None => self.reserved_or_fresh_id(),
+                None => self.reserved_or_fresh_id(&mut stripe.pool),
             };
             stripe.taken += 1;
             record.node = id;
@@ -335,12 +342,22 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         node
     }
 
-    /// An id for a writer whose stripe's pool is empty: a free one from the reserve, else
-    /// one never handed out. Fresh ids are taken only while no free id is in reach, so the
-    /// ids handed out follow the most nodes held at once, not the write rate.
-    fn reserved_or_fresh_id(&self) -> NodeId {
-        if let Some(id) = lock(&self.reserve).pop() {
-            return id;
+    /// An id for a writer whose stripe's pool is empty: a free one from the reserve (which
+    /// tops the pool up with up to [`RESERVE_BATCH`] more), else one never handed out. Fresh
+    /// ids are taken only while no free id is in reach, so the ids handed out follow the
+    /// most nodes held at once, not the write rate.
+    fn reserved_or_fresh_id(&self, pool: &mut Vec<NodeId>) -> NodeId {
+        // The hint spares a writer the reserve's lock while the reserve is empty (always,
+        // while a cache only grows); it is written under that lock.
+        if self.reserved.load(Ordering::Relaxed) != 0 {
+            let mut reserve = lock(&self.reserve);
+            let from = reserve.len().saturating_sub(RESERVE_BATCH);
+            pool.extend(reserve.drain(from..));
+            self.reserved.store(reserve.len(), Ordering::Relaxed);
+            drop(reserve);
+            if let Some(id) = pool.pop() {
+                return id;
+            }
         }
         let id = self.fresh.fetch_add(1, Ordering::Relaxed);
         assert!(id < MAX_IDS, "ebb: more than {MAX_IDS} wheel nodes");
@@ -350,7 +367,9 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     /// Add free ids (the task's) to the reserve.
     pub(crate) fn stock(&self, ids: &mut Vec<NodeId>) {
         if !ids.is_empty() {
-            lock(&self.reserve).append(ids);
+            let mut reserve = lock(&self.reserve);
+            reserve.append(ids);
+            self.reserved.store(reserve.len(), Ordering::Relaxed);
         }
     }
 
@@ -385,7 +404,11 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     /// Drop every record and pool and refuse new records: the task has stopped.
     pub(crate) fn close(&self, signals: &Signals) {
         signals.closed.store(true, Ordering::SeqCst);
-        drop(std::mem::take(&mut *lock(&self.reserve)));
+        {
+            let mut reserve = lock(&self.reserve);
+            self.reserved.store(0, Ordering::Relaxed);
+            drop(std::mem::take(&mut *reserve));
+        }
         for i in 0..self.stripes.len() {
             let mut stripe = self.lock(i);
             stripe.taken = 0;
@@ -403,15 +426,10 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     /// entry may still hold one (the new task files such entries again, and ignores such ids
     /// when they come back as orphans). While closed nobody took an id, so none is in flight.
     ///
-    /// `new`: no handle to the cache exists yet, so no writer can be inside a stripe.
-    /// Otherwise every stripe is held at once: a writer that saw the hand-off closed (under
-    /// its stripe's lock) has finished, `missed` included, before it opens.
-    pub(crate) fn open(&self, signals: &Signals, new: bool) -> NodeId {
-        let held: Vec<_> = if new {
-            Vec::new()
-        } else {
-            (0..self.stripes.len()).map(|i| self.lock(i)).collect()
-        };
+    /// Every stripe is held at once: a writer that saw the hand-off closed (under its
+    /// stripe's lock) has finished, `missed` included, before it opens.
+    pub(crate) fn open(&self, signals: &Signals) -> NodeId {
+        let held: Vec<_> = (0..self.stripes.len()).map(|i| self.lock(i)).collect();
         let base = self.fresh.load(Ordering::Relaxed);
         signals.closed.store(false, Ordering::SeqCst);
         drop(held);
@@ -742,7 +760,7 @@ mod loom_handoff {
                 thread::spawn(move || write(&w, 10))
             };
             // A task starting: open the hand-off, then look for writes nobody filed.
-            w.handoff.open(&w.signals, false);
+            w.handoff.open(&w.signals);
             let take_over = w.signals.missed.swap(false, Ordering::AcqRel);
             writer.join().unwrap();
             let queued = w.handoff.len() == 1;
