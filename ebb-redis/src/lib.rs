@@ -42,9 +42,10 @@
 //!
 //! An L1 hit costs what an ebb hit costs. A miss joins the key's single flight in this
 //! replica (however many callers miss at once, one asks Redis and at most one runs its
-//! loader), which reads the value, its remaining TTL and the server's clock in one round trip
-//! (a small Lua script). A Redis hit fills L1 for no longer than Redis has left; a Redis miss
-//! runs the loader and fills Redis, then L1. Reads never fail because Redis did: a Redis that
+//! loader), which reads the value and its remaining TTL in one round trip (`PTTL` and `GET`,
+//! pipelined). A Redis hit fills L1 for no longer than Redis has left; a Redis miss reads the
+//! key again with the server's clock (a small Lua script, for the fill protocol), runs the
+//! loader and fills Redis, then L1. Reads never fail because Redis did: a Redis that
 //! is down or slow (past the read timeout) is skipped, and the loader's value is kept in L1
 //! only; bytes that do not decode are a miss, replaced in Redis by the loaded value. Only the
 //! loader's own error reaches a caller.

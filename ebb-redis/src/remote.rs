@@ -2,8 +2,13 @@
 //! a timeout.
 //!
 //! Invariants (the fill protocol, see `docs/redis.md`):
-//! - A read returns the value, its remaining TTL and the server's clock in one round trip
-//!   (one script), so the local copy never outlives the remote one.
+//! - A read returns the value and its remaining TTL in one round trip (`PTTL` then `GET`,
+//!   pipelined), so the local copy never outlives the remote one: the TTL is read *before*
+//!   the value, so a write slipping between the two can only shorten what is kept, never
+//!   lengthen it, and a value whose key had no TTL left (`-2`) is not trusted as a hit.
+//! - A read that a fill may follow (nothing, a tombstone, undecodable bytes) is a stamped
+//!   read: value, TTL and the server's clock in one script, so that the clock a fill is
+//!   checked against is the clock of the very read that found no usable value.
 //! - A load's fill is written only if, on the server's clock: the key holds nothing, or a
 //!   tombstone older than the load's read; no `invalidate_all` happened after the read; and
 //!   the read is younger than the tombstone TTL (so no tombstone written after the read can
@@ -17,6 +22,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::{FromRedisValue, Script, Value};
+use tokio::time::Instant;
 
 use crate::breaker::Breaker;
 use crate::config::Settings;
@@ -44,7 +50,8 @@ const INVALIDATED: &[u8] = b"\xffebb:invalidated";
 /// Keys unlinked per `SCAN` step of `invalidate_all`.
 const SCAN_BATCH: usize = 500;
 
-/// `GET`, `TIME` and `PTTL` in one round trip: `{seconds, microseconds, pttl[, value]}`.
+/// `GET`, `TIME` and `PTTL` atomically, in one round trip: `{seconds, microseconds, pttl[,
+/// value]}`. The stamped read, for a miss that may end in a fill.
 static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -106,8 +113,9 @@ pub(crate) enum Found {
 
 /// A read's answer.
 pub(crate) struct Read {
-    /// The server's clock at the read, in µs since the epoch.
-    pub(crate) at: u64,
+    /// The server's clock at the read, in µs since the epoch: `Some` for a stamped read
+    /// ([`Remote::read_stamped`]), `None` for a plain one ([`Remote::read`]).
+    pub(crate) at: Option<u64>,
     pub(crate) found: Found,
     /// What is left of the key's TTL (`None`: no TTL, or no key).
     pub(crate) ttl: Option<Duration>,
@@ -125,6 +133,7 @@ pub(crate) struct Remote {
 
 enum Request<'a> {
     Cmd(&'a redis::Cmd),
+    Pipeline(&'a redis::Pipeline),
     Script(&'a redis::ScriptInvocation<'a>),
 }
 
@@ -159,6 +168,19 @@ impl Remote {
         limit: Duration,
         request: Request<'_>,
     ) -> Result<T, Error> {
+        self.call_until(operation, Instant::now() + limit, limit, request)
+            .await
+    }
+
+    /// [`call`](Self::call), ending by `deadline`, the end of a budget of `limit` (the
+    /// timeout the error names).
+    async fn call_until<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        deadline: Instant,
+        limit: Duration,
+        request: Request<'_>,
+    ) -> Result<T, Error> {
         let Some(permit) = self.breaker.admit() else {
             self.counters.count(Event::Skipped);
             return Err(Error::Unavailable { operation });
@@ -178,6 +200,7 @@ impl Remote {
             };
             let result = match request {
                 Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                Request::Pipeline(pipeline) => pipeline.query_async(&mut conn).await,
                 Request::Script(invocation) => invocation.invoke_async(&mut conn).await,
             };
             result.map_err(|error| {
@@ -199,7 +222,7 @@ impl Remote {
                 )
             })
         };
-        let outcome = match tokio::time::timeout(limit, attempt).await {
+        let outcome = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(failure)) => Err(failure),
             Err(_) => Err((
@@ -230,12 +253,43 @@ impl Remote {
         }
     }
 
-    /// The key's value (or placeholder), its remaining TTL and the server's clock.
-    pub(crate) async fn read(&self, key: &[u8]) -> Result<Read, Error> {
+    /// The key's value (or placeholder) and its remaining TTL, without the server's clock:
+    /// `PTTL` then `GET`, pipelined, by `deadline` (the end of the read timeout). A value
+    /// found with no TTL left (`-2`: the key expired or was written between the two) is
+    /// reported as `Found::Nothing`, so that the caller asks again with
+    /// [`read_stamped`](Self::read_stamped).
+    pub(crate) async fn read(&self, key: &[u8], deadline: Instant) -> Result<Read, Error> {
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("PTTL").arg(key).cmd("GET").arg(key);
+        let (ttl, value): (i64, Option<Vec<u8>>) = self
+            .call_until(
+                "read",
+                deadline,
+                self.settings.read_timeout,
+                Request::Pipeline(&pipeline),
+            )
+            .await?;
+        let found = match value {
+            Some(_) if ttl == -2 => Found::Nothing,
+            Some(bytes) => found(bytes),
+            None => Found::Nothing,
+        };
+        Ok(Read {
+            at: None,
+            found,
+            ttl: u64::try_from(ttl).ok().map(Duration::from_millis),
+        })
+    }
+
+    /// The key's value (or placeholder), its remaining TTL and the server's clock, read
+    /// atomically (one script) by `deadline` (the end of the read timeout): the read a fill
+    /// may follow.
+    pub(crate) async fn read_stamped(&self, key: &[u8], deadline: Instant) -> Result<Read, Error> {
         let invocation = READ.key(key);
         let reply: Value = self
-            .call(
+            .call_until(
                 "read",
+                deadline,
                 self.settings.read_timeout,
                 Request::Script(&invocation),
             )
@@ -360,6 +414,17 @@ fn glob_prefix(namespace: &str) -> String {
     pattern
 }
 
+/// What the bytes under a key stand for.
+fn found(bytes: Vec<u8>) -> Found {
+    if bytes == NOT_FOUND {
+        Found::Placeholder
+    } else if bytes.starts_with(TOMBSTONE_PREFIX) {
+        Found::Nothing
+    } else {
+        Found::Value(bytes)
+    }
+}
+
 fn parse_read(reply: Value) -> Result<Read, String> {
     let Value::Array(items) = reply else {
         return Err(format!("unexpected reply to the read script: {reply:?}"));
@@ -371,19 +436,10 @@ fn parse_read(reply: Value) -> Result<Read, String> {
     let ttl: i64 = redis::from_redis_value(next()?).map_err(|e| e.to_string())?;
     let found = match next() {
         Err(_) => Found::Nothing,
-        Ok(value) => {
-            let bytes: Vec<u8> = redis::from_redis_value(value).map_err(|e| e.to_string())?;
-            if bytes == NOT_FOUND {
-                Found::Placeholder
-            } else if bytes.starts_with(TOMBSTONE_PREFIX) {
-                Found::Nothing
-            } else {
-                Found::Value(bytes)
-            }
-        }
+        Ok(value) => found(redis::from_redis_value(value).map_err(|e| e.to_string())?),
     };
     Ok(Read {
-        at: seconds * 1_000_000 + micros,
+        at: Some(seconds * 1_000_000 + micros),
         found,
         ttl: u64::try_from(ttl).ok().map(Duration::from_millis),
     })

@@ -293,8 +293,9 @@ where
             }
             return Ok(hit);
         }
-        let miss = self.miss(key.clone(), init);
-        let miss = crate::tracking::guard_fill(&self.inner.coherence, self.redis_key(&key), miss);
+        let redis_key = self.redis_key(&key);
+        let miss = self.miss(&redis_key, init);
+        let miss = crate::tracking::guard_fill(&self.inner.coherence, &redis_key, miss);
         self.inner.local.try_get_with_expiry(key, miss).await
     }
 
@@ -388,49 +389,70 @@ where
         )
     }
 
-    /// A miss in this replica, as the leader of the key's flight: Redis, then the loader and
-    /// the fill. Returns the outcome and how long the local tier keeps it (zero: not kept).
-    async fn miss<F, E>(&self, key: K, init: F) -> Result<(Option<V>, Option<Duration>), E>
+    /// A miss in this replica, as the leader of the key's flight (`redis_key` is its Redis
+    /// key): Redis, then the loader and the fill. Returns the outcome and how long the local
+    /// tier keeps it (zero: not kept).
+    ///
+    /// Redis is read plainly first (`PTTL`, `GET`: all a hit needs); only when that finds no
+    /// usable value is it read again, stamped with the server's clock, for the fill. Both
+    /// reads together stay within the read timeout.
+    async fn miss<F, E>(
+        &self,
+        redis_key: &[u8],
+        init: F,
+    ) -> Result<(Option<V>, Option<Duration>), E>
     where
         F: Future<Output = Result<Option<V>, E>>,
     {
         let settings = &self.inner.settings;
-        let redis_key = self.redis_key(&key);
+        let remote = &self.inner.remote;
         // What Redis has left bounds the local copy.
         let keep =
             |cap: Duration, left: Option<Duration>| Some(left.map_or(cap, |left| cap.min(left)));
         let counters = &self.inner.counters;
-        // The read's server time (`None`: Redis could not be asked, so no fill), and the
-        // undecodable bytes it found, which the fill replaces.
+        // Both reads end within the read timeout.
+        let deadline = tokio::time::Instant::now() + settings.read_timeout;
+        let stamped = || remote.read_stamped(redis_key, deadline);
+        // The stamped read's server time (`None`: Redis could not be asked, so no fill), and
+        // the undecodable bytes it found, which the fill replaces.
         let mut undecodable = None;
-        let read_at = match self.inner.remote.read(&redis_key).await {
-            Ok(read) => match read.found {
-                Found::Value(bytes) => match self.inner.codec.decode(&bytes) {
-                    Ok(value) => {
+        let mut read = remote.read(redis_key, deadline).await;
+        let read_at = loop {
+            match read {
+                Ok(found) => match found.found {
+                    Found::Value(bytes) => match self.inner.codec.decode(&bytes) {
+                        Ok(value) => {
+                            counters.count(Event::L2Hit);
+                            return Ok((Some(value), keep(settings.local_ttl, found.ttl)));
+                        }
+                        Err(error) => match found.at {
+                            None => read = stamped().await,
+                            Some(at) => {
+                                counters.count(Event::DecodeError);
+                                self.log_undecodable(redis_key, &error);
+                                undecodable = Some(bytes);
+                                break Some(at);
+                            }
+                        },
+                    },
+                    Found::Placeholder => {
                         counters.count(Event::L2Hit);
-                        return Ok((Some(value), keep(settings.local_ttl, read.ttl)));
+                        counters.count(Event::NegativeHit);
+                        let cap = settings.local_ttl.min(settings.negative_ttl);
+                        return Ok((None, keep(cap, found.ttl)));
                     }
-                    Err(error) => {
-                        counters.count(Event::DecodeError);
-                        self.log_undecodable(&redis_key, &error);
-                        undecodable = Some(bytes);
-                        Some(read.at)
-                    }
+                    Found::Nothing => match found.at {
+                        None => read = stamped().await,
+                        Some(at) => {
+                            counters.count(Event::L2Miss);
+                            break Some(at);
+                        }
+                    },
                 },
-                Found::Placeholder => {
-                    counters.count(Event::L2Hit);
-                    counters.count(Event::NegativeHit);
-                    let cap = settings.local_ttl.min(settings.negative_ttl);
-                    return Ok((None, keep(cap, read.ttl)));
+                Err(error) => {
+                    tracing::debug!(target: "ebb_redis", %error, "Redis read failed: loading");
+                    break None;
                 }
-                Found::Nothing => {
-                    counters.count(Event::L2Miss);
-                    Some(read.at)
-                }
-            },
-            Err(error) => {
-                tracing::debug!(target: "ebb_redis", %error, "Redis read failed: loading");
-                None
             }
         };
         counters.count(Event::Load);
@@ -455,7 +477,7 @@ where
                     .inner
                     .remote
                     .fill(
-                        &redis_key,
+                        redis_key,
                         &bytes,
                         remote_ttl,
                         read_at,

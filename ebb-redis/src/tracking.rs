@@ -641,12 +641,12 @@ impl Coherence {
 /// whole of it. `seen` is taken at the first poll, before the miss's Redis read.
 pub(crate) async fn guard_fill<V, E>(
     coherence: &Coherence,
-    key: Vec<u8>,
+    key: &[u8],
     fill: impl std::future::Future<Output = Result<(V, Option<Duration>), E>>,
 ) -> Result<(V, Option<Duration>), E> {
-    let seen = coherence.seen(&key);
+    let seen = coherence.seen(key);
     let (value, ttl) = fill.await?;
-    Ok((value, coherence.fill_ttl(&key, &seen, ttl)))
+    Ok((value, coherence.fill_ttl(key, &seen, ttl)))
 }
 
 /// Whether `CLIENT TRACKING` was refused for good (an ACL, an unknown command or option).

@@ -164,6 +164,67 @@ async fn a_local_copy_never_outlives_what_redis_has_left() {
     assert_eq!(loads.load(Ordering::SeqCst), 0);
 }
 
+/// How many times Redis ran `command` since the last `CONFIG RESETSTAT`.
+async fn calls(admin: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn an_l2_hit_is_a_plain_read_and_only_a_miss_reads_the_clock() {
+    let Some(server) = common::server() else {
+        return;
+    };
+    let mut admin = server.admin().await;
+    let writer = replica(&server, "users:v1");
+    writer.insert(1, user(1, "ada")).await.unwrap();
+    let reader = replica(&server, "users:v1");
+    let loads = Arc::new(AtomicUsize::new(0));
+    // A first miss loads both scripts (redis-rs sends `SCRIPT LOAD` on `NOSCRIPT`).
+    reader.get_with(3, async { user(3, "warm") }).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // An L2 hit: PTTL and GET, no script. (Commands a script runs count too.)
+    let got = reader
+        .try_get_with(1, counted(&loads, user(1, "loaded")))
+        .await
+        .unwrap();
+    assert_eq!(got, user(1, "ada"));
+    assert_eq!(calls(&mut admin, "evalsha").await, 0);
+    assert_eq!(calls(&mut admin, "time").await, 0);
+    assert_eq!(calls(&mut admin, "pttl").await, 1);
+    assert_eq!(calls(&mut admin, "get").await, 1);
+    // A miss: the plain read, then the stamped read (a script) whose clock the fill uses.
+    let got = reader
+        .try_get_with(2, counted(&loads, user(2, "loaded")))
+        .await
+        .unwrap();
+    assert_eq!(got, user(2, "loaded"));
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    // PTTL: the hit's, the miss's plain read's, the stamped read's (inside its script).
+    assert_eq!(calls(&mut admin, "pttl").await, 3);
+    assert_eq!(
+        calls(&mut admin, "time").await,
+        2,
+        "the stamped read's and the fill's"
+    );
+    assert_eq!(calls(&mut admin, "script").await, 0);
+    let scripts = calls(&mut admin, "evalsha").await + calls(&mut admin, "eval").await;
+    assert_eq!(scripts, 2, "the stamped read and the fill");
+    assert!(raw(&mut admin, "users:v1:2").await.is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_misses_run_the_loader_once() {
     let Some(server) = common::server() else {
