@@ -139,6 +139,9 @@ pub(crate) struct Signals {
     /// Set once the last handle is gone and no task runs: what `Cache::closed` waits for.
     ended: AtomicBool,
     end: tokio::sync::Notify,
+    /// Callers of [`Signals::ended`] registered or registering on `end`: the end notifies
+    /// only when there is one (a cache built per request is never waited for).
+    end_waiters: AtomicUsize,
     /// How many times the task woke (test-only visibility).
     pub(crate) wakeups: AtomicU64,
     /// Wheel nodes the task holds, as of its last wake (test-only visibility).
@@ -203,17 +206,30 @@ impl Signals {
     }
 
     fn end(&self) {
-        self.ended.store(true, Ordering::Release);
-        self.end.notify_waiters();
+        // SeqCst pairs with `ended`: either this load sees its waiter, or its check of
+        // `ended` sees the store.
+        self.ended.store(true, Ordering::SeqCst);
+        if self.end_waiters.load(Ordering::SeqCst) != 0 {
+            self.end.notify_waiters();
+        }
     }
 
     /// Whether the last handle is gone and no task runs.
     pub(crate) fn is_ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
+        self.ended.load(Ordering::SeqCst)
     }
 
     /// Wait until the last handle is gone and no task runs.
     pub(crate) async fn ended(&self) {
+        /// Counts a waiter from before its registration until it returns or is dropped.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.end_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.end_waiters);
         loop {
             let notified = self.end.notified();
             tokio::pin!(notified);
@@ -236,8 +252,13 @@ struct Stripe<K, S> {
     taken: usize,
 }
 
-#[repr(align(64))]
-struct Padded<K, S>(Mutex<Stripe<K, S>>);
+/// A stripe followed by a cache line of padding: two stripes' locks and maps never share a
+/// line, and the array needs no over-aligned allocation (which the system allocator serves
+/// more slowly than a plain one).
+struct Padded<K, S> {
+    stripe: Mutex<Stripe<K, S>>,
+    _line: [u64; 8],
+}
 
 /// What [`Handoff::take`] hands the task.
 pub(crate) struct Taken<K, S> {
@@ -264,12 +285,13 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     pub(crate) fn new(stripes: usize, hasher: S) -> Self {
         debug_assert!(stripes.is_power_of_two());
         let stripes = (0..stripes)
-            .map(|_| {
-                Padded(Mutex::new(Stripe {
+            .map(|_| Padded {
+                stripe: Mutex::new(Stripe {
                     records: HashMap::with_hasher(hasher.clone()),
                     pool: Vec::new(),
                     taken: 0,
-                }))
+                }),
+                _line: [0; 8],
             })
             .collect();
         Handoff {
@@ -286,7 +308,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Stripe<K, S>> {
-        lock(&self.stripes[i].0)
+        lock(&self.stripes[i].stripe)
     }
 
     fn stripe_of(&self, key: &K) -> usize {
