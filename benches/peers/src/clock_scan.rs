@@ -101,12 +101,12 @@ pub fn run(args: &[String]) -> Result<String, String> {
         let _ = writeln!(
             out,
             "| {capacity} | {inserts} | {:.0} | {:.0} | {:.4} | {:.1} µs ({:.1} µs) | {:.1} µs ({:.1} µs) |",
-            median(cold),
-            median(hot),
-            median(ratios),
-            median(cold_worst.clone()),
+            crate::median(cold),
+            crate::median(hot),
+            crate::median(ratios),
+            crate::median(cold_worst.clone()),
             max(cold_worst),
-            median(hot_worst.clone()),
+            crate::median(hot_worst.clone()),
             max(hot_worst),
         );
     }
@@ -120,9 +120,4 @@ pub fn run(args: &[String]) -> Result<String, String> {
 
 fn max(values: Vec<f64>) -> f64 {
     values.into_iter().fold(0.0, f64::max)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -274,14 +274,14 @@ fn computes(rt: &Runtime, rounds: usize) -> String {
         let _ = writeln!(
             out,
             "| {tasks} | {yields} | {:.0} | {:.0} | {} | {:.0} | {} | {:.1}% / {:.1}% / {:.1}% |",
-            median(ebb_all),
-            median(f.clone()),
+            crate::median(ebb_all),
+            crate::median(f.clone()),
             ratios(ef, f),
-            median(s.clone()),
+            crate::median(s.clone()),
             ratios(es, s),
-            100.0 * median(ebb_mixed),
-            100.0 * median(mf.clone()),
-            100.0 * median(ms.clone()),
+            100.0 * crate::median(ebb_mixed),
+            100.0 * crate::median(mf.clone()),
+            100.0 * crate::median(ms.clone()),
         );
     }
     let _ = writeln!(
@@ -380,12 +380,12 @@ fn expiry_reads(rt: &Runtime, rounds: usize) -> Result<String, String> {
         let _ = writeln!(
             out,
             "| {name} | {:.1} | {:.1} | {:.1} | {ratio} |",
-            median(t.clone()),
+            crate::median(t.clone()),
             t[0],
             t[t.len() - 1],
         );
     }
-    let r = median((0..rounds).map(|r| times[1][r] / beside[1][r]).collect());
+    let r = crate::median((0..rounds).map(|r| times[1][r] / beside[1][r]).collect());
     let verdict = if r <= INERT_TARGET { "met" } else { "missed" };
     let _ = writeln!(
         out,
@@ -402,9 +402,4 @@ fn ratios(a: &[f64], b: &[f64]) -> String {
     let mut r: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
     r.sort_by(f64::total_cmp);
     format!("{:.2} ({:.2}-{:.2})", r[r.len() / 2], r[0], r[r.len() - 1])
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

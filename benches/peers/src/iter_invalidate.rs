@@ -142,9 +142,9 @@ fn iter(rt: &Runtime, rounds: usize) -> String {
             out,
             "| {} | {:.1} | {:.1} | {:.2} | {lo:.2}-{hi:.2} | {:.1} MB | {:.1} MB |",
             ttl.map_or("none".to_string(), |t| format!("{} s", t.as_secs())),
-            median(e_ns),
-            median(m_ns),
-            median(ratios),
+            crate::median(e_ns),
+            crate::median(m_ns),
+            crate::median(ratios),
             e_heap as f64 / 1e6,
             m_heap as f64 / 1e6,
         );
@@ -321,7 +321,7 @@ fn invalidate(rt: &Runtime, rounds: usize) -> Result<String, String> {
         let _ = writeln!(
             out,
             "| {name} | {:.digits$}{unit} | {lo:.digits$}{unit} | {hi:.digits$}{unit} |",
-            median(v)
+            crate::median(v)
         );
     };
     let f = |g: &dyn Fn(&Sweep) -> f64| runs.iter().map(g).collect::<Vec<_>>();
@@ -534,7 +534,7 @@ fn pending(rt: &Runtime, rounds: usize) -> Result<String, String> {
         }
         allocs.push((
             threads,
-            median((0..rounds).map(|_| alloc_pair(threads)).collect()),
+            crate::median((0..rounds).map(|_| alloc_pair(threads)).collect()),
         ));
         for (i, (name, _)) in others.iter().enumerate() {
             let ratios: Vec<f64> = (0..rounds).map(|r| times[i][r] / beside[i][r]).collect();
@@ -542,9 +542,9 @@ fn pending(rt: &Runtime, rounds: usize) -> Result<String, String> {
             let _ = writeln!(
                 out,
                 "| {name} | {threads} | {:.1} | {:.1} | {:.2} | {lo:.2}-{hi:.2} |",
-                median(times[i].clone()),
-                median(beside[i].clone()),
-                median(ratios),
+                crate::median(times[i].clone()),
+                crate::median(beside[i].clone()),
+                crate::median(ratios),
             );
         }
     }
@@ -578,9 +578,4 @@ fn range(values: &[f64]) -> (f64, f64) {
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (lo, hi)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

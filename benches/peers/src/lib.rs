@@ -31,6 +31,21 @@ pub mod stale;
 pub mod weighted_writes;
 pub mod workloads;
 
+/// The median of `values` (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The runtime the subcommands measure on: two workers, timers and I/O.
+pub fn two_workers() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// The `[ROUNDS]` argument of the alternating subcommands: a positive number, or `default`.
 pub fn rounds(args: &[String], default: usize) -> Result<usize, String> {
     match args.first() {

@@ -84,7 +84,8 @@ pub fn run(args: &[String]) -> Result<String, String> {
         }
     }
     // The median over pairs of `i`'s throughput over ebb's.
-    let to_ebb = |i: usize| median((0..rounds).map(|r| beside[i][r] / times[i][r]).collect());
+    let to_ebb =
+        |i: usize| crate::median((0..rounds).map(|r| beside[i][r] / times[i][r]).collect());
 
     let mut out = format!(
         "### metrics, alternating ({rounds} rounds; each cache beside ebb on {PER_ROUND} operations, 2 threads)\n\n\
@@ -98,7 +99,7 @@ pub fn run(args: &[String]) -> Result<String, String> {
         let _ = writeln!(
             out,
             "| {name} | {:.1} | {:.1} | {:.1} | {ratio:.2} |",
-            median(t.clone()),
+            crate::median(t.clone()),
             t[0],
             t[t.len() - 1],
         );
@@ -115,7 +116,7 @@ pub fn run(args: &[String]) -> Result<String, String> {
         let _ = writeln!(
             out,
             "- {EBB_METRICS} ÷ {EBB_STATS}, within the same rounds: median {:.2}",
-            median((0..rounds).map(|r| times[1][r] / times[2][r]).collect())
+            crate::median((0..rounds).map(|r| times[1][r] / times[2][r]).collect())
         );
         // The recorder holds what the last publish put there (at most 10 ms old).
         std::thread::sleep(2 * PUBLISH);
@@ -144,9 +145,4 @@ pub fn run(args: &[String]) -> Result<String, String> {
         to_ebb(1)
     );
     Ok(out)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

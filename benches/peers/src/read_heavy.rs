@@ -75,7 +75,7 @@ pub fn run(args: &[String]) -> Result<String, String> {
         if i == ebb {
             return 1.0;
         }
-        median((0..rounds).map(|r| beside[i][r] / times[i][r]).collect())
+        crate::median((0..rounds).map(|r| beside[i][r] / times[i][r]).collect())
     };
     // `a`'s throughput over `b`'s, one of them ebb.
     let ratio = |a: usize, b: usize| if b == ebb { to_ebb(a) } else { 1.0 / to_ebb(b) };
@@ -86,7 +86,7 @@ pub fn run(args: &[String]) -> Result<String, String> {
         .map(|(i, (name, _))| {
             serde_json::json!({
                 "impl": name,
-                "ns_per_op": median(times[i].clone()),
+                "ns_per_op": crate::median(times[i].clone()),
                 "to_ebb": to_ebb(i),
             })
         })
@@ -104,7 +104,7 @@ pub fn run(args: &[String]) -> Result<String, String> {
         let _ = writeln!(
             out,
             "| {name} | {:.1} | {:.1} | {:.1} | {:.2} |",
-            median(t.clone()),
+            crate::median(t.clone()),
             t[0],
             t[t.len() - 1],
             to_ebb(i)
@@ -130,9 +130,4 @@ pub fn run(args: &[String]) -> Result<String, String> {
         hit_ratio * 100.0
     );
     Ok(out)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

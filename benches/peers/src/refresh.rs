@@ -331,18 +331,10 @@ fn count(calls: Vec<Call>, mut loads: Vec<Load>, reloads: (u64, u64)) -> Measure
     }
 }
 
-fn runtime() -> Result<Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-}
-
 /// `ebb-peers refresh-latency [ROUNDS]`.
 pub fn run_latency(args: &[String]) -> Result<String, String> {
     let rounds = crate::rounds(args, 3)?;
-    let rt = runtime()?;
+    let rt = crate::two_workers()?;
     // Per configuration, one per round.
     let mut found: Vec<Vec<Measured>> = CONFIGS.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
@@ -494,7 +486,7 @@ fn filled<C: ReadHeavy + Send + Sync + 'static>(cache: C) -> (Walk, Box<dyn Fn()
 /// `ebb-peers refresh-reads [ROUNDS]`.
 pub fn run_reads(args: &[String]) -> Result<String, String> {
     let rounds = crate::rounds(args, 21)?;
-    let rt = runtime()?;
+    let rt = crate::two_workers()?;
     let handle = rt.handle();
     let loaded = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&loaded);

@@ -351,18 +351,10 @@ fn count(calls: Vec<Call>, mut log: Vec<SourceCall>, stale_served: Option<u64>) 
     }
 }
 
-fn runtime() -> Result<Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-}
-
 /// `ebb-peers stale-outage [ROUNDS]`.
 pub fn run_outage(args: &[String]) -> Result<String, String> {
     let rounds = crate::rounds(args, 3)?;
-    let rt = runtime()?;
+    let rt = crate::two_workers()?;
     // Per configuration, one per round.
     let mut found: Vec<Vec<Measured>> = CONFIGS.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {

@@ -137,7 +137,7 @@ pub fn run(args: &[String]) -> Result<String, String> {
             1.0
         } else {
             // `times[i]` holds only pairs' measurements, in the order of `beside[i]`.
-            median(
+            crate::median(
                 beside[i]
                     .iter()
                     .zip(&times[i])
@@ -150,7 +150,7 @@ pub fn run(args: &[String]) -> Result<String, String> {
             "| {} | {} | {:.1} | {:.1} | {:.1} | {ratio:.2} | {} |",
             config.name,
             config.capacity,
-            median(t.clone()),
+            crate::median(t.clone()),
             t[0],
             t[t.len() - 1],
             peak[i]
@@ -160,9 +160,4 @@ pub fn run(args: &[String]) -> Result<String, String> {
     drop(caches);
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(out)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
