@@ -638,14 +638,19 @@ impl Coherence {
 
 /// A miss's outcome, judged before it enters L1: the TTL it is kept for is zero if its key
 /// was invalidated while it ran, and at most `degraded_ttl` unless tracking was on for the
-/// whole of it. `seen` is taken at the first poll, before the miss's Redis read.
-pub(crate) async fn guard_fill<V, E>(
+/// whole of it. `seen` is taken at the first poll, before the miss's Redis read (`fill`
+/// makes the miss's future then: a future passed in by value would be stored twice in this
+/// one, which ebb boxes per miss).
+pub(crate) async fn guard_fill<V, E, F>(
     coherence: &Coherence,
     key: &[u8],
-    fill: impl std::future::Future<Output = Result<(V, Option<Duration>), E>>,
-) -> Result<(V, Option<Duration>), E> {
+    fill: impl FnOnce() -> F,
+) -> Result<(V, Option<Duration>), E>
+where
+    F: std::future::Future<Output = Result<(V, Option<Duration>), E>>,
+{
     let seen = coherence.seen(key);
-    let (value, ttl) = fill.await?;
+    let (value, ttl) = fill().await?;
     Ok((value, coherence.fill_ttl(key, &seen, ttl)))
 }
 
