@@ -267,8 +267,16 @@ impl Remote {
     /// reported as `Found::Nothing`, so that the caller asks again with
     /// [`read_stamped`](Self::read_stamped).
     pub(crate) async fn read(&self, key: &[u8], deadline: Instant) -> Result<Read, Error> {
-        let mut pipeline = redis::pipe();
-        pipeline.cmd("PTTL").arg(key).cmd("GET").arg(key);
+        // Built at its final size: no buffer grows.
+        let command = |name: &str| {
+            let mut cmd = redis::Cmd::with_capacity(2, name.len() + key.len());
+            cmd.arg(name).arg(key);
+            cmd
+        };
+        let mut pipeline = redis::Pipeline::with_capacity(2);
+        pipeline
+            .add_command(command("PTTL"))
+            .add_command(command("GET"));
         let (ttl, value): (i64, Option<Vec<u8>>) = self
             .call_until(
                 "read",
