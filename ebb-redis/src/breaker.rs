@@ -11,8 +11,11 @@
 //!   caller cancelled) lets the next call probe.
 //! - Every change of state is a `tracing` event (target `ebb_redis`) and a counter.
 //! - The lock is held for a few field moves: never across an `.await`, never around user
-//!   code.
+//!   code. While the breaker is closed with no failure counted (a healthy Redis), calls are
+//!   admitted and their successes recorded without it: `healthy` mirrors that state, and is
+//!   only written under the lock.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -28,6 +31,8 @@ enum State {
 
 pub(crate) struct Breaker {
     state: Mutex<State>,
+    /// Whether `state` is `Closed` with no failure counted (written under its lock).
+    healthy: AtomicBool,
     threshold: u32,
     cooldown: Duration,
     counters: Arc<Counters>,
@@ -51,6 +56,7 @@ impl Breaker {
     ) -> Breaker {
         Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
+            healthy: AtomicBool::new(true),
             threshold,
             cooldown,
             counters,
@@ -62,6 +68,12 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Mirror `state` (under its lock) in `healthy`.
+    fn mirror(&self, state: &State) {
+        let healthy = matches!(state, State::Closed { failures: 0 });
+        self.healthy.store(healthy, Ordering::Release);
+    }
+
     /// Whether the breaker is open or probing now.
     pub(crate) fn is_open(&self) -> bool {
         !matches!(*self.state(), State::Closed { .. })
@@ -69,11 +81,19 @@ impl Breaker {
 
     /// A permit to call Redis, or `None` when the breaker is open (or another call probes).
     pub(crate) fn admit(&self) -> Option<Permit<'_>> {
+        if self.healthy.load(Ordering::Acquire) {
+            return Some(Permit {
+                breaker: self,
+                probe: false,
+                recorded: false,
+            });
+        }
         let mut state = self.state();
         let probe = match &*state {
             State::Closed { .. } => false,
             State::Open { until } if Instant::now() >= *until => {
                 *state = State::Probing;
+                self.mirror(&state);
                 true
             }
             State::Open { .. } | State::Probing => return None,
@@ -98,6 +118,7 @@ impl Breaker {
         *state = State::Open {
             until: Instant::now() + self.cooldown,
         };
+        self.mirror(state);
     }
 }
 
@@ -106,14 +127,19 @@ impl Permit<'_> {
     pub(crate) fn succeeded(mut self) {
         self.recorded = true;
         let breaker = self.breaker;
+        if !self.probe && breaker.healthy.load(Ordering::Acquire) {
+            return; // closed, and no failure to forget
+        }
         let mut state = breaker.state();
         let closed = match &mut *state {
             State::Closed { failures } => {
                 *failures = 0;
+                breaker.mirror(&state);
                 false
             }
             State::Probing if self.probe => {
                 *state = State::Closed { failures: 0 };
+                breaker.mirror(&state);
                 true
             }
             // A call admitted before the breaker opened: the probe decides.
@@ -142,6 +168,7 @@ impl Permit<'_> {
                     breaker.open(&mut state);
                     true
                 } else {
+                    breaker.mirror(&state);
                     false
                 }
             }
@@ -176,6 +203,7 @@ impl Drop for Permit<'_> {
                 *state = State::Open {
                     until: Instant::now(),
                 };
+                self.breaker.mirror(&state);
             }
         }
     }

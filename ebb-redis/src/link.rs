@@ -111,6 +111,15 @@ impl Link {
         }
     }
 
+    /// The connection if it is up now, without waiting (the usual case); `None` otherwise,
+    /// when [`conn`](Self::conn) says what to do.
+    pub(crate) fn up(&self) -> Option<(u64, MultiplexedConnection)> {
+        match &*self.state() {
+            State::Up { id, conn } => Some((*id, conn.clone())),
+            _ => None,
+        }
+    }
+
     /// The connection, waiting for an attempt in progress; an error at once while the
     /// connection task backs off. The caller bounds the wait.
     pub(crate) async fn conn(

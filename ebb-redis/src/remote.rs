@@ -186,7 +186,13 @@ impl Remote {
             return Err(Error::Unavailable { operation });
         };
         let attempt = async {
-            let (id, mut conn) = match self.link.conn().await {
+            // Connected (the usual case): no waiting, and no connection wait's state in
+            // this future (boxed when it is needed: ebb boxes a miss's whole future).
+            let up = match self.link.up() {
+                Some(up) => Ok(up),
+                None => Box::pin(self.link.conn()).await,
+            };
+            let (id, mut conn) = match up {
                 Ok(conn) => conn,
                 Err(e) => {
                     return Err((
@@ -201,7 +207,9 @@ impl Remote {
             let result = match request {
                 Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
                 Request::Pipeline(pipeline) => pipeline.query_async(&mut conn).await,
-                Request::Script(invocation) => invocation.invoke_async(&mut conn).await,
+                // The largest of the three futures (`EVALSHA`, then `SCRIPT LOAD` when the
+                // script is missing), and only on the miss and write paths: boxed.
+                Request::Script(invocation) => Box::pin(invocation.invoke_async(&mut conn)).await,
             };
             result.map_err(|error| {
                 self.link.failed(id, &error);
@@ -259,8 +267,16 @@ impl Remote {
     /// reported as `Found::Nothing`, so that the caller asks again with
     /// [`read_stamped`](Self::read_stamped).
     pub(crate) async fn read(&self, key: &[u8], deadline: Instant) -> Result<Read, Error> {
-        let mut pipeline = redis::pipe();
-        pipeline.cmd("PTTL").arg(key).cmd("GET").arg(key);
+        // Built at its final size: no buffer grows.
+        let command = |name: &str| {
+            let mut cmd = redis::Cmd::with_capacity(2, name.len() + key.len());
+            cmd.arg(name).arg(key);
+            cmd
+        };
+        let mut pipeline = redis::Pipeline::with_capacity(2);
+        pipeline
+            .add_command(command("PTTL"))
+            .add_command(command("GET"));
         let (ttl, value): (i64, Option<Vec<u8>>) = self
             .call_until(
                 "read",

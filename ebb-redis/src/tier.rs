@@ -294,8 +294,10 @@ where
             return Ok(hit);
         }
         let redis_key = self.redis_key(&key);
-        let miss = self.miss(&redis_key, init);
-        let miss = crate::tracking::guard_fill(&self.inner.coherence, &redis_key, miss);
+        let redis_key = &redis_key[..];
+        let miss = crate::tracking::guard_fill(&self.inner.coherence, redis_key, move || {
+            self.miss(redis_key, init)
+        });
         self.inner.local.try_get_with_expiry(key, miss).await
     }
 
@@ -396,9 +398,52 @@ where
     /// Redis is read plainly first (`PTTL`, `GET`: all a hit needs); only when that finds no
     /// usable value is it read again, stamped with the server's clock, for the fill. Both
     /// reads together stay within the read timeout.
+    ///
+    /// The hit is answered here; everything after a read that found no usable value (the
+    /// stamped read, the loader, the fill) is [`load`](Self::load), boxed: ebb boxes this
+    /// whole future per miss, and keeping the rare states out of it keeps that allocation
+    /// small on the hit path.
     async fn miss<F, E>(
         &self,
         redis_key: &[u8],
+        init: F,
+    ) -> Result<(Option<V>, Option<Duration>), E>
+    where
+        F: Future<Output = Result<Option<V>, E>>,
+    {
+        let settings = &self.inner.settings;
+        // Both reads end within the read timeout.
+        let deadline = tokio::time::Instant::now() + settings.read_timeout;
+        let read = self.inner.remote.read(redis_key, deadline).await;
+        if let Ok(found) = &read {
+            // What Redis has left bounds the local copy.
+            let keep = |cap: Duration| Some(found.ttl.map_or(cap, |left| cap.min(left)));
+            match &found.found {
+                Found::Value(bytes) => {
+                    if let Ok(value) = self.inner.codec.decode(bytes) {
+                        self.inner.counters.count(Event::L2Hit);
+                        return Ok((Some(value), keep(settings.local_ttl)));
+                    }
+                }
+                Found::Placeholder => {
+                    self.inner.counters.count(Event::L2Hit);
+                    self.inner.counters.count(Event::NegativeHit);
+                    return Ok((None, keep(settings.local_ttl.min(settings.negative_ttl))));
+                }
+                Found::Nothing => {}
+            }
+        }
+        Box::pin(self.load(redis_key, deadline, read, init)).await
+    }
+
+    /// The rest of a miss after a plain read (`read`) found no usable value: the stamped
+    /// read (which may still find a value), the loader and the fill, all reads ending by
+    /// `deadline`.
+    async fn load<F, E>(
+        &self,
+        redis_key: &[u8],
+        deadline: tokio::time::Instant,
+        mut read: Result<crate::remote::Read, Error>,
         init: F,
     ) -> Result<(Option<V>, Option<Duration>), E>
     where
@@ -410,13 +455,10 @@ where
         let keep =
             |cap: Duration, left: Option<Duration>| Some(left.map_or(cap, |left| cap.min(left)));
         let counters = &self.inner.counters;
-        // Both reads end within the read timeout.
-        let deadline = tokio::time::Instant::now() + settings.read_timeout;
         let stamped = || remote.read_stamped(redis_key, deadline);
         // The stamped read's server time (`None`: Redis could not be asked, so no fill), and
         // the undecodable bytes it found, which the fill replaces.
         let mut undecodable = None;
-        let mut read = remote.read(redis_key, deadline).await;
         let read_at = loop {
             match read {
                 Ok(found) => match found.found {

@@ -41,9 +41,10 @@
 //!   both under the stripe's lock; a write's L1 update checks the sequence it saw before its
 //!   Redis call, then updates L1, under the same lock, so a foreign write's invalidation
 //!   that arrives while the write is in flight always wins. A read's fill checks the
-//!   sequence too; the invalidation's L1 removal stops the fill ebb makes after it (ebb's
-//!   "writes win over loads"). A null invalidation bumps a global flush sequence checked the
-//!   same way, then clears L1.
+//!   sequence too, without the lock (an atomic load: a bump it misses comes before that
+//!   invalidation's L1 removal, which stops the fill ebb makes after it: ebb's "writes win
+//!   over loads"). A null invalidation bumps a global flush sequence checked the same way,
+//!   then clears L1.
 //! - No lock is held across an `.await`; the push handler never blocks on I/O.
 
 use std::hash::{BuildHasher, Hash};
@@ -164,9 +165,21 @@ where
     }
 }
 
+/// A stripe of keys: its invalidation sequence, changed only under its lock (by an
+/// invalidation, which also drops the key there) and read without it (a read's check: the
+/// invalidation's L1 removal, after its bump, stops ebb's fill); a write's L1 update holds
+/// the lock from its check to its update.
+#[derive(Default)]
+struct Stripe {
+    lock: Mutex<()>,
+    seq: AtomicU64,
+}
+
 /// What a Redis call saw before it began, to be checked before its result enters L1.
 pub(crate) struct Seen {
     status: u64,
+    /// The key's stripe (its index), and its sequence then.
+    index: usize,
     stripe: u64,
     flushes: u64,
 }
@@ -182,7 +195,7 @@ pub(crate) struct Coherence {
     status: AtomicU64,
     /// The connection tracking was last confirmed on (0: none).
     conn: AtomicU64,
-    stripes: Box<[Mutex<u64>]>,
+    stripes: Box<[Stripe]>,
     /// Null invalidations (and drop-alls of L1 for coherence), as a sequence.
     flush_seq: AtomicU64,
     local: Box<dyn Local>,
@@ -240,7 +253,7 @@ impl Coherence {
             prefix: format!("{namespace}:").into_bytes(),
             status: AtomicU64::new(if options.enabled { DOWN } else { OFF }),
             conn: AtomicU64::new(0),
-            stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             flush_seq: AtomicU64::new(0),
             local: Box::new(L1 { cache }),
             read_timeout,
@@ -274,11 +287,16 @@ impl Coherence {
         redis::Client::open(info.set_redis_settings(settings))
     }
 
-    fn stripe(&self, key: &[u8]) -> &Mutex<u64> {
+    /// The index of `key`'s stripe.
+    fn index(key: &[u8]) -> usize {
         use std::hash::Hasher;
         let mut hasher = std::hash::DefaultHasher::new();
         hasher.write(key);
-        &self.stripes[(hasher.finish() as usize) % STRIPES]
+        (hasher.finish() as usize) % STRIPES
+    }
+
+    fn stripe(&self, key: &[u8]) -> &Stripe {
+        &self.stripes[Self::index(key)]
     }
 
     fn state(status: u64) -> u64 {
@@ -320,6 +338,7 @@ impl Coherence {
         if !self.enabled() {
             return Seen {
                 status: OFF,
+                index: 0,
                 stripe: 0,
                 flushes: 0,
             };
@@ -328,9 +347,11 @@ impl Coherence {
         // stripe as it was after the confirmation's drop-all.
         let status = self.status.load(Ordering::SeqCst);
         let flushes = self.flush_seq.load(Ordering::SeqCst);
-        let stripe = *lock(self.stripe(key));
+        let index = Self::index(key);
+        let stripe = self.stripes[index].seq.load(Ordering::SeqCst);
         Seen {
             status,
+            index,
             stripe,
             flushes,
         }
@@ -364,7 +385,8 @@ impl Coherence {
         seen: &Seen,
         ttl: Option<Duration>,
     ) -> Option<Duration> {
-        let stripe = *lock(self.stripe(key));
+        debug_assert!(!self.enabled() || seen.index == Self::index(key));
+        let stripe = self.stripes[seen.index].seq.load(Ordering::SeqCst);
         self.judge(seen, stripe, ttl)
     }
 
@@ -378,8 +400,10 @@ impl Coherence {
         ttl: Duration,
         update: impl FnOnce(Option<Duration>) -> R,
     ) -> R {
-        let stripe = lock(self.stripe(key));
-        match self.judge(seen, *stripe, Some(ttl)) {
+        debug_assert!(!self.enabled() || seen.index == Self::index(key));
+        let stripe = &self.stripes[seen.index];
+        let _locked = lock(&stripe.lock);
+        match self.judge(seen, stripe.seq.load(Ordering::SeqCst), Some(ttl)) {
             Some(ttl) if !ttl.is_zero() => update(Some(ttl)),
             _ => update(None),
         }
@@ -416,10 +440,11 @@ impl Coherence {
             return;
         }
         self.invalidations.fetch_add(1, Ordering::Relaxed);
-        let mut stripe = lock(self.stripe(key));
-        *stripe += 1;
+        let stripe = self.stripe(key);
+        let locked = lock(&stripe.lock);
+        stripe.seq.fetch_add(1, Ordering::SeqCst);
         self.local.drop_key(text);
-        drop(stripe);
+        drop(locked);
     }
 
     /// Drop all of L1, after bumping the flush sequence (so no update in flight lands after).
@@ -638,14 +663,19 @@ impl Coherence {
 
 /// A miss's outcome, judged before it enters L1: the TTL it is kept for is zero if its key
 /// was invalidated while it ran, and at most `degraded_ttl` unless tracking was on for the
-/// whole of it. `seen` is taken at the first poll, before the miss's Redis read.
-pub(crate) async fn guard_fill<V, E>(
+/// whole of it. `seen` is taken at the first poll, before the miss's Redis read (`fill`
+/// makes the miss's future then: a future passed in by value would be stored twice in this
+/// one, which ebb boxes per miss).
+pub(crate) async fn guard_fill<V, E, F>(
     coherence: &Coherence,
     key: &[u8],
-    fill: impl std::future::Future<Output = Result<(V, Option<Duration>), E>>,
-) -> Result<(V, Option<Duration>), E> {
+    fill: impl FnOnce() -> F,
+) -> Result<(V, Option<Duration>), E>
+where
+    F: std::future::Future<Output = Result<(V, Option<Duration>), E>>,
+{
     let seen = coherence.seen(key);
-    let (value, ttl) = fill.await?;
+    let (value, ttl) = fill().await?;
     Ok((value, coherence.fill_ttl(key, &seen, ttl)))
 }
 
