@@ -569,7 +569,7 @@ where
         let settings = &self.inner.settings;
         let remote_ttl = settings.jittered(settings.remote_ttl);
         let local = &self.inner.local;
-        let ticket = self.inner.writes.begin(&key, |key| drop(local.remove(key)));
+        let ticket = self.inner.writes.begin(&key, |key| local.remove(key));
         let seen = self.inner.coherence.seen(&redis_key);
         let result = self.inner.remote.set(&redis_key, &bytes, remote_ttl).await;
         let mut replaced = None;
@@ -608,7 +608,7 @@ where
     pub async fn remove(&self, key: &K) -> Result<(), Error> {
         let redis_key = self.redis_key(key);
         let local = &self.inner.local;
-        let ticket = self.inner.writes.begin(key, |key| drop(local.remove(key)));
+        let ticket = self.inner.writes.begin(key, |key| local.remove(key));
         let result = self.inner.remote.tombstone(&redis_key).await;
         let mut removed = None;
         ticket.finish(|_| removed = local.remove(key));

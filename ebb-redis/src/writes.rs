@@ -29,8 +29,9 @@ struct Record {
 }
 
 /// One write in flight. Finish it with [`Ticket::finish`]; dropped unfinished, it drops the
-/// key from the local tier with `drop_local`.
-pub(crate) struct Ticket<'a, K: Hash + Eq + Clone, F: FnMut(&K)> {
+/// key from the local tier with `drop_local`, which hands back what it removed so that it is
+/// dropped after the record's lock (a value's `Drop` is user code).
+pub(crate) struct Ticket<'a, K: Hash + Eq + Clone, R, F: FnMut(&K) -> R> {
     writes: &'a Writes<K>,
     key: K,
     number: u64,
@@ -48,7 +49,11 @@ impl<K: Hash + Eq + Clone> Writes<K> {
 
     /// Record a write of `key` beginning now. `drop_local` removes the key from the local
     /// tier (what an unfinished or overlapped write does).
-    pub(crate) fn begin<F: FnMut(&K)>(&self, key: &K, drop_local: F) -> Ticket<'_, K, F> {
+    pub(crate) fn begin<R, F: FnMut(&K) -> R>(
+        &self,
+        key: &K,
+        drop_local: F,
+    ) -> Ticket<'_, K, R, F> {
         let mut record = self
             .in_flight
             .entry(key.clone())
@@ -75,16 +80,18 @@ impl<K: Hash + Eq + Clone> Writes<K> {
     }
 
     /// End the write numbered `number`: under the record's lock, `local(alone)` runs, where
-    /// `alone` says whether no other write overlapped it.
-    fn end(&self, key: &K, number: u64, overlapped: bool, local: impl FnOnce(bool)) {
+    /// `alone` says whether no other write overlapped it; what it returns is handed back
+    /// after the lock.
+    fn end<R>(&self, key: &K, number: u64, overlapped: bool, local: impl FnOnce(bool) -> R) -> R {
         match self.in_flight.entry(key.clone()) {
             dashmap::Entry::Occupied(mut record) => {
                 let alone = !overlapped && record.get().begun == number;
                 record.get_mut().count -= 1;
-                local(alone);
+                let out = local(alone);
                 if record.get().count == 0 {
                     record.remove();
                 }
+                out
             }
             // Unreachable while the books balance; dropping the key locally is always safe.
             dashmap::Entry::Vacant(_) => local(false),
@@ -92,7 +99,7 @@ impl<K: Hash + Eq + Clone> Writes<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone, F: FnMut(&K)> Ticket<'_, K, F> {
+impl<K: Hash + Eq + Clone, R, F: FnMut(&K) -> R> Ticket<'_, K, R, F> {
     /// End the write: `local(alone)` runs under the key's record lock, where `alone` says
     /// whether the local tier may take the written value (no other write of the key
     /// overlapped this one).
@@ -103,13 +110,15 @@ impl<K: Hash + Eq + Clone, F: FnMut(&K)> Ticket<'_, K, F> {
     }
 }
 
-impl<K: Hash + Eq + Clone, F: FnMut(&K)> Drop for Ticket<'_, K, F> {
+impl<K: Hash + Eq + Clone, R, F: FnMut(&K) -> R> Drop for Ticket<'_, K, R, F> {
     fn drop(&mut self) {
         if !self.finished {
             let drop_local = &mut self.drop_local;
             let key = &self.key;
-            self.writes
+            let removed = self
+                .writes
                 .end(key, self.number, self.overlapped, |_| drop_local(key));
+            drop(removed); // outside the record's lock
         }
     }
 }
@@ -146,5 +155,27 @@ mod tests {
         drop(writes.begin(&3, |_| dropped += 1));
         assert_eq!(dropped, 1);
         assert!(writes.is_idle());
+    }
+
+    #[test]
+    fn an_unfinished_write_drops_what_it_removed_after_the_record_lock() {
+        /// A removed value whose `Drop` writes the same key again: under the record's lock
+        /// it would wait on that lock forever.
+        struct WritesAgain<'a>(&'a Writes<u64>);
+        impl Drop for WritesAgain<'_> {
+            fn drop(&mut self) {
+                self.0.begin(&1, |_| ()).finish(|_| ());
+            }
+        }
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let writes = Writes::new();
+            drop(writes.begin(&1, |_| WritesAgain(&writes)));
+            done.send(writes.is_idle()).unwrap();
+        });
+        let idle = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a removed value was dropped under the write's record lock");
+        assert!(idle);
     }
 }
