@@ -11,20 +11,8 @@ use std::time::Duration;
 
 use ebb_redis::redis::{self, AsyncCommands};
 use ebb_redis::{TieredCache, TrackingState};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-}
-
-fn user(id: u64, name: &str) -> User {
-    User {
-        id,
-        name: name.into(),
-    }
-}
+use common::{user, User};
 
 /// Generous: the tests share two cores.
 const SLACK: Duration = Duration::from_secs(2);

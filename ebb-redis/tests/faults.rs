@@ -11,19 +11,11 @@ use std::time::Duration;
 
 use ebb_redis::redis::{self, AsyncCommands};
 use ebb_redis::{Error, TieredCache};
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-}
+use common::User;
 
 fn user(id: u64) -> User {
-    User {
-        id,
-        name: format!("user {id}"),
-    }
+    common::user(id, &format!("user {id}"))
 }
 
 /// The margin a call may take past its timeouts on two shared cores.

@@ -10,21 +10,9 @@ use std::time::Duration;
 
 use ebb_redis::redis::{self, AsyncCommands};
 use ebb_redis::{Error, TieredCache, NOT_FOUND, TOMBSTONE_PREFIX};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    name: String,
-}
-
-fn user(id: u64, name: &str) -> User {
-    User {
-        id,
-        name: name.into(),
-    }
-}
+use common::{user, User};
 
 /// Generous: the tests share two cores, and a read that times out would run the loader.
 const SLACK: Duration = Duration::from_secs(2);

@@ -264,3 +264,18 @@ pub async fn eventually(limit: Duration, mut condition: impl AsyncFnMut() -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The value the tests cache: a small record, JSON in Redis.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct User {
+    pub id: u64,
+    pub name: String,
+}
+
+/// A [`User`].
+pub fn user(id: u64, name: &str) -> User {
+    User {
+        id,
+        name: name.into(),
+    }
+}
