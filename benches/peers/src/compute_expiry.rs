@@ -344,24 +344,8 @@ fn expiry_reads(rt: &Runtime, rounds: usize) -> Result<String, String> {
 
     let measure =
         |i: usize| two_threads(READS, &gets, &walks[i].1).as_nanos() as f64 / READS as f64;
-    // ns/get of every cache in every round, and of ebb in the same pair.
-    let mut times = vec![Vec::with_capacity(rounds); walks.len()];
-    let mut beside = vec![Vec::with_capacity(rounds); walks.len()];
-    for round in 0..rounds {
-        for j in 1..walks.len() {
-            let i = 1 + (round + j) % (walks.len() - 1);
-            let (e, t) = if round % 2 == 0 {
-                let e = measure(0);
-                (e, measure(i))
-            } else {
-                let t = measure(i);
-                (measure(0), t)
-            };
-            times[i].push(t);
-            beside[i].push(e);
-            times[0].push(e);
-        }
-    }
+    // ns per operation of every implementation in every round, and of ebb beside it.
+    let (times, beside) = crate::pairs_beside(walks.len(), 0, rounds, measure);
 
     let mut out = format!(
         "### compute-expiry: `get` with a per-entry Expiry ({rounds} rounds; each cache beside \

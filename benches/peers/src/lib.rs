@@ -37,6 +37,38 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Measure every implementation `0..count` beside the `reference` one, round after round:
+/// in each round every other implementation once, in a rotating order, each paired with a
+/// measurement of the reference taken right before it (even rounds) or right after it (odd
+/// rounds). Returns per implementation its measurements, and the reference's measurements
+/// made beside it (the reference's own row gets all of them).
+pub fn pairs_beside(
+    count: usize,
+    reference: usize,
+    rounds: usize,
+    mut measure: impl FnMut(usize) -> f64,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let mut times = vec![Vec::with_capacity(rounds); count];
+    let mut beside = vec![Vec::with_capacity(rounds); count];
+    let others: Vec<usize> = (0..count).filter(|&i| i != reference).collect();
+    for round in 0..rounds {
+        for j in 0..others.len() {
+            let i = others[(round + j) % others.len()];
+            let (e, t) = if round % 2 == 0 {
+                let e = measure(reference);
+                (e, measure(i))
+            } else {
+                let t = measure(i);
+                (measure(reference), t)
+            };
+            times[i].push(t);
+            beside[i].push(e);
+            times[reference].push(e);
+        }
+    }
+    (times, beside)
+}
+
 /// The runtime the subcommands measure on: two workers, timers and I/O.
 pub fn two_workers() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()

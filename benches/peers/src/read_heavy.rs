@@ -50,25 +50,8 @@ pub fn run(args: &[String]) -> Result<String, String> {
     let ebb = walks.iter().position(|w| w.0 == EBB).ok_or("no ebb")?;
     let measure =
         |i: usize| two_threads(PER_ROUND, &ops, &walks[i].1).as_nanos() as f64 / PER_ROUND as f64;
-    // ns/op of every implementation in every round, and of ebb in the same pair.
-    let mut times = vec![Vec::with_capacity(rounds); walks.len()];
-    let mut beside = vec![Vec::with_capacity(rounds); walks.len()];
-    let others: Vec<usize> = (0..walks.len()).filter(|&i| i != ebb).collect();
-    for round in 0..rounds {
-        for j in 0..others.len() {
-            let i = others[(round + j) % others.len()];
-            let (e, t) = if round % 2 == 0 {
-                let e = measure(ebb);
-                (e, measure(i))
-            } else {
-                let t = measure(i);
-                (measure(ebb), t)
-            };
-            times[i].push(t);
-            beside[i].push(e);
-            times[ebb].push(e);
-        }
-    }
+    // ns/op of every implementation in every round, and of ebb beside it.
+    let (times, beside) = crate::pairs_beside(walks.len(), ebb, rounds, measure);
     let index = |name: &str| walks.iter().position(|w| w.0 == name);
     // The median over pairs of `i`'s throughput over ebb's.
     let to_ebb = |i: usize| {

@@ -516,24 +516,8 @@ pub fn run_reads(args: &[String]) -> Result<String, String> {
 
     let measure =
         |i: usize| two_threads(READS, &gets, &caches[i].1 .0).as_nanos() as f64 / READS as f64;
-    // ns/get of every cache in every round, and of ebb in the same pair.
-    let mut times = vec![Vec::with_capacity(rounds); caches.len()];
-    let mut beside = vec![Vec::with_capacity(rounds); caches.len()];
-    for round in 0..rounds {
-        for j in 1..caches.len() {
-            let i = 1 + (round + j) % (caches.len() - 1);
-            let (e, t) = if round % 2 == 0 {
-                let e = measure(0);
-                (e, measure(i))
-            } else {
-                let t = measure(i);
-                (measure(0), t)
-            };
-            times[i].push(t);
-            beside[i].push(e);
-            times[0].push(e);
-        }
-    }
+    // ns per operation of every implementation in every round, and of ebb beside it.
+    let (times, beside) = crate::pairs_beside(caches.len(), 0, rounds, measure);
     for (name, (_, present)) in &caches {
         if !present() {
             return Err(format!("{name}: a key went missing during the run"));
