@@ -151,10 +151,10 @@ where
         // The hand-off opens only now: writes made before this (a cache built per request,
         // used and dropped before its task first runs) queue nothing; they set `missed`,
         // and this task takes their entries over from the map.
-        let base = store.handoff.open(&self.exit.signals);
+        let (base, missed) = store.handoff.open(&self.exit.signals);
         // Entries to take over: ids of a task before this one (`base > 0`), or entries written
         // while no task ran.
-        let takeover = base > 0 || self.exit.signals.missed.swap(false, Ordering::AcqRel);
+        let takeover = base > 0 || missed;
         let span = tracing::debug_span!("ebb", cache = %store.name);
         let task = Box::new(Task {
             store: Arc::downgrade(&store),

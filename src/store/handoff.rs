@@ -40,13 +40,22 @@
 //! - **Nothing grows after the task is gone.** The task sets `closed` and then empties every
 //!   stripe under its lock; writers check `closed` under the same lock, and then neither queue
 //!   nor take ids.
+//! - **No write lost while closed.** The stripes are made when a task first opens the
+//!   hand-off (a cache built per request, whose task never gets to run, makes none). A writer
+//!   that finds the hand-off closed sets `missed`, then looks at `closed` again; the opening
+//!   task clears `closed`, then reads `missed`; a `SeqCst` fence on each side sits between
+//!   the two steps, so either the writer sees the hand-off open (and queues under its
+//!   stripe's lock) or the task sees `missed` (and takes the entry over from the map, whose
+//!   shard lock the writer holds).
 //! - Lock order is always shard lock, then stripe lock. The task never holds a stripe lock
 //!   while it takes a shard lock, and holds one only to swap a stripe's map and pool.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
-use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use crate::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use crate::sync::{lock, Mutex, MutexGuard, Wake};
 use crate::time::clock::NEVER;
 use crate::time::wheel::NodeId;
@@ -129,7 +138,8 @@ pub(crate) struct Signals {
     /// sets `TASK` ([`Signals::claim_task`]).
     lifecycle: AtomicU8,
     /// Set when a writer found the hand-off closed, so that the next task takes over the
-    /// entries nobody filed; cleared by that task as it opens the hand-off.
+    /// entries nobody filed; cleared by that task as it opens the hand-off (see the module
+    /// docs: "No write lost while closed").
     pub(crate) missed: AtomicBool,
     /// Tasks started so far (test-only visibility).
     pub(crate) tasks_started: AtomicU64,
@@ -270,7 +280,14 @@ pub(crate) struct Taken<K, S> {
 }
 
 pub(crate) struct Handoff<K, S> {
+    /// Made when a task first opens the hand-off. Loom models make them at once (loom cannot
+    /// see a `OnceLock`'s wait); the models cover the protocol with the stripes there.
+    #[cfg(not(loom))]
+    stripes: std::sync::OnceLock<Box<[Padded<K, S>]>>,
+    #[cfg(loom)]
     stripes: Box<[Padded<K, S>]>,
+    /// How many stripes there are, or will be.
+    count: usize,
     hasher: S,
     /// Free ids beyond what the stripes' pools hold, for a writer whose pool ran dry: the
     /// task stocks it with every id it freed and did not pool.
@@ -284,35 +301,62 @@ pub(crate) struct Handoff<K, S> {
 impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     pub(crate) fn new(stripes: usize, hasher: S) -> Self {
         debug_assert!(stripes.is_power_of_two());
-        let stripes = (0..stripes)
+        let handoff = Handoff {
+            #[cfg(not(loom))]
+            stripes: std::sync::OnceLock::new(),
+            #[cfg(loom)]
+            stripes: Box::new([]),
+            count: stripes,
+            hasher,
+            reserve: Mutex::new(Vec::new()),
+            reserved: AtomicUsize::new(0),
+            fresh: AtomicU32::new(0),
+        };
+        #[cfg(loom)]
+        let handoff = Handoff {
+            stripes: handoff.make(),
+            ..handoff
+        };
+        handoff
+    }
+
+    fn make(&self) -> Box<[Padded<K, S>]> {
+        (0..self.count)
             .map(|_| Padded {
                 stripe: Mutex::new(Stripe {
-                    records: HashMap::with_hasher(hasher.clone()),
+                    records: self.empty(),
                     pool: Vec::new(),
                     taken: 0,
                 }),
                 _line: [0; 8],
             })
-            .collect();
-        Handoff {
-            stripes,
-            hasher,
-            reserve: Mutex::new(Vec::new()),
-            reserved: AtomicUsize::new(0),
-            fresh: AtomicU32::new(0),
-        }
+            .collect()
+    }
+
+    /// The stripes, once a task has opened the hand-off.
+    fn stripes(&self) -> Option<&[Padded<K, S>]> {
+        #[cfg(not(loom))]
+        return self.stripes.get().map(|stripes| &**stripes);
+        #[cfg(loom)]
+        return Some(&self.stripes);
+    }
+
+    /// The stripes of a hand-off a task opened, for the task.
+    fn opened(&self) -> &[Padded<K, S>] {
+        self.stripes()
+            .expect("ebb: the hand-off is used before its task opened it")
     }
 
     pub(crate) fn stripe_count(&self) -> usize {
-        self.stripes.len()
+        self.count
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Stripe<K, S>> {
-        lock(&self.stripes[i].stripe)
+        lock(&self.opened()[i].stripe)
     }
 
     fn stripe_of(&self, key: &K) -> usize {
-        (self.hasher.hash_one(key) >> 32) as usize & (self.stripes.len() - 1)
+        (self.hasher.hash_one(key) >> 32) as usize & (self.count - 1)
     }
 
     /// Ids handed out so far, pooled or not: the wheel's slab holds no more cells than this.
@@ -327,7 +371,10 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     /// is lowered), else a newly taken id (and `held`, linked in the wheel, becomes an
     /// orphan). Once the task has stopped: `held`, and nothing queued.
     pub(crate) fn push(&self, signals: &Signals, key: K, held: NodeId, tick: u64) -> NodeId {
-        let mut guard = self.lock(self.stripe_of(&key));
+        let Some(stripes) = self.open_stripes(signals) else {
+            return held;
+        };
+        let mut guard = lock(&stripes[self.stripe_of(&key)].stripe);
         if signals.closed.load(Ordering::Acquire) {
             // The next task must look for this entry: nobody filed it.
             signals.missed.store(true, Ordering::Release);
@@ -362,6 +409,25 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             signals.notify.wake();
         }
         node
+    }
+
+    /// The stripes for a writer, or `None` if the hand-off is closed, in which case the write
+    /// is marked `missed` for the next task (see the module docs: "No write lost while
+    /// closed"). A hand-off that closes after this returns is caught under the stripe's lock.
+    #[inline]
+    fn open_stripes(&self, signals: &Signals) -> Option<&[Padded<K, S>]> {
+        if !signals.closed.load(Ordering::Acquire) {
+            if let Some(stripes) = self.stripes() {
+                return Some(stripes);
+            }
+        }
+        signals.missed.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        // Acquire: a hand-off seen open here has its stripes made.
+        if signals.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.stripes()
     }
 
     /// An id for a writer whose stripe's pool is empty: a free one from the reserve (which
@@ -412,15 +478,16 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
 
     /// Whether any stripe holds a record.
     pub(crate) fn has_records(&self) -> bool {
-        (0..self.stripes.len()).any(|i| !self.lock(i).records.is_empty())
+        self.stripes()
+            .is_some_and(|stripes| stripes.iter().any(|s| !lock(&s.stripe).records.is_empty()))
     }
 
     /// The number of queued records (test-only visibility).
     #[cfg(any(test, feature = "internals"))]
     pub(crate) fn len(&self) -> usize {
-        (0..self.stripes.len())
-            .map(|i| self.lock(i).records.len())
-            .sum()
+        self.stripes().map_or(0, |stripes| {
+            stripes.iter().map(|s| lock(&s.stripe).records.len()).sum()
+        })
     }
 
     /// Drop every record and pool and refuse new records: the task has stopped.
@@ -431,8 +498,8 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             self.reserved.store(0, Ordering::Relaxed);
             drop(std::mem::take(&mut *reserve));
         }
-        for i in 0..self.stripes.len() {
-            let mut stripe = self.lock(i);
+        for padded in self.stripes().unwrap_or_default() {
+            let mut stripe = lock(&padded.stripe);
             stripe.taken = 0;
             let old = (
                 std::mem::replace(&mut stripe.records, self.empty()),
@@ -443,19 +510,29 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         }
     }
 
-    /// Accept records again, for a task that starts now with an empty wheel. Returns the
-    /// first id of its epoch: ids below it were handed out for a task that is gone, and an
-    /// entry may still hold one (the new task files such entries again, and ignores such ids
-    /// when they come back as orphans). While closed nobody took an id, so none is in flight.
+    /// Accept records again, for a task that starts now with an empty wheel (making the
+    /// stripes if no task opened the hand-off before). Returns the first id of its epoch:
+    /// ids below it were handed out for a task that is gone, and an entry may still hold one
+    /// (the new task files such entries again, and ignores such ids when they come back as
+    /// orphans). While closed nobody took an id, so none is in flight. Returns too whether a
+    /// writer found the hand-off closed since the last task opened it (clearing the mark):
+    /// the task must then take over the entries no task filed.
     ///
-    /// Every stripe is held at once: a writer that saw the hand-off closed (under its
-    /// stripe's lock) has finished, `missed` included, before it opens.
-    pub(crate) fn open(&self, signals: &Signals) -> NodeId {
-        let held: Vec<_> = (0..self.stripes.len()).map(|i| self.lock(i)).collect();
+    /// Every stripe is held at once: a writer that saw the hand-off closed under its stripe's
+    /// lock has finished, `missed` included, before it opens; one that saw it closed before
+    /// taking a lock is caught by the fences (see the module docs).
+    pub(crate) fn open(&self, signals: &Signals) -> (NodeId, bool) {
+        #[cfg(not(loom))]
+        let stripes = self.stripes.get_or_init(|| self.make());
+        #[cfg(loom)]
+        let stripes = &self.stripes;
+        let held: Vec<_> = stripes.iter().map(|s| lock(&s.stripe)).collect();
         let base = self.fresh.load(Ordering::Relaxed);
         signals.closed.store(false, Ordering::SeqCst);
         drop(held);
-        base
+        fence(Ordering::SeqCst);
+        let missed = signals.missed.swap(false, Ordering::Acquire);
+        (base, missed)
     }
 }
 
@@ -465,7 +542,10 @@ impl<K: Hash + Eq + Clone, S: BuildHasher + Clone> Handoff<K, S> {
     /// record forgets it. Else the node is linked (or about to be, from a map the task swapped
     /// out) and the record orphans it.
     pub(crate) fn orphan(&self, signals: &Signals, key: &K, node: NodeId) {
-        let mut guard = self.lock(self.stripe_of(key));
+        let Some(stripes) = self.stripes() else {
+            return; // Never opened: nothing was queued or linked.
+        };
+        let mut guard = lock(&stripes[self.stripe_of(key)].stripe);
         if signals.closed.load(Ordering::Acquire) {
             return;
         }
@@ -782,8 +862,7 @@ mod loom_handoff {
                 thread::spawn(move || write(&w, 10))
             };
             // A task starting: open the hand-off, then look for writes nobody filed.
-            w.handoff.open(&w.signals);
-            let take_over = w.signals.missed.swap(false, Ordering::AcqRel);
+            let (_, take_over) = w.handoff.open(&w.signals);
             writer.join().unwrap();
             let queued = w.handoff.len() == 1;
             assert!(
