@@ -35,6 +35,7 @@
 //!   closed so that writers stop queueing records no one will read.
 
 use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -103,11 +104,12 @@ where
     // Built before the hand-off opens and before the task first runs, so that a runtime
     // dropping the task unpolled still closes it and lets another task start.
     signals.tasks_alive.fetch_add(1, Ordering::SeqCst);
+    signals.hold_store(store);
     let exit = Exit {
-        store: Arc::downgrade(store),
         signals: Arc::clone(&signals),
+        close: close::<K, V, S>,
     };
-    let seed = Seed {
+    let seed = Seed::<K, V, S> {
         // Read only when a periodic report was asked for: a cache built per request does
         // without the clock read.
         started: store.reports_asked().then(tokio::time::Instant::now),
@@ -116,6 +118,7 @@ where
         // its first wake.
         sweep_again: store.has_unswept(),
         swept: store.generation(),
+        store: PhantomData,
     };
     drop(handle.spawn(seed.grow()));
     Ok(true)
@@ -128,9 +131,10 @@ where
 struct Seed<K: Hash + Eq, V, S: BuildHasher + Clone> {
     /// When the task was started, if periodic reports count from it.
     started: Option<tokio::time::Instant>,
-    exit: Exit<K, V, S>,
+    exit: Exit,
     sweep_again: bool,
     swept: u32,
+    store: PhantomData<fn() -> Store<K, V, S>>,
 }
 
 impl<K, V, S> Seed<K, V, S>
@@ -142,8 +146,8 @@ where
     async fn grow(self) {
         let Some(store) = self
             .exit
-            .store
-            .upgrade()
+            .signals
+            .store::<Store<K, V, S>>()
             .filter(|store| !store.token.is_cancelled())
         else {
             return; // The cache is gone already: `exit` closes the hand-off.
@@ -323,7 +327,7 @@ enum Flow {
 }
 
 struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
-    _exit: Exit<K, V, S>,
+    _exit: Exit,
     store: Weak<Store<K, V, S>>,
     clock: Clock,
     signals: Arc<Signals>,
@@ -351,22 +355,35 @@ struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
     reports: Reports,
 }
 
-/// Closes the hand-off however the task ends, including when the runtime drops it.
-struct Exit<K: Hash + Eq, V, S: BuildHasher + Clone> {
-    store: Weak<Store<K, V, S>>,
+/// Closes the hand-off however the task ends, including when the runtime drops it. Holds no
+/// `Weak` of the store (it reaches the store through the signals): a task that never runs
+/// pins only the signals.
+struct Exit {
     signals: Arc<Signals>,
+    /// Closes the hand-off of the store the signals hold, if it is still there.
+    close: fn(&Signals),
 }
 
-impl<K: Hash + Eq, V, S: BuildHasher + Clone> Drop for Exit<K, V, S> {
+impl Drop for Exit {
     fn drop(&mut self) {
-        match self.store.upgrade() {
-            Some(store) => store.handoff.close(&self.signals),
-            None => self.signals.closed.store(true, Ordering::SeqCst),
-        }
+        (self.close)(&self.signals);
         // Closed first: a task started after this line finds the hand-off empty.
         self.signals.tasks_alive.fetch_sub(1, Ordering::SeqCst);
         self.signals.task_ended();
         debug!("expiry task stopped");
+    }
+}
+
+/// [`Exit::close`] for a store of `K`, `V`, `S`.
+fn close<K, V, S>(signals: &Signals)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: BuildHasher + Clone + Send + Sync + 'static,
+{
+    match signals.store::<Store<K, V, S>>() {
+        Some(store) => store.handoff.close(signals),
+        None => signals.closed.store(true, Ordering::SeqCst),
     }
 }
 

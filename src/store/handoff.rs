@@ -50,8 +50,10 @@
 //! - Lock order is always shard lock, then stripe lock. The task never holds a stripe lock
 //!   while it takes a shard lock, and holds one only to swap a stripe's map and pool.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
+use std::sync::{Arc, Weak};
 
 use crate::sync::atomic::{
     fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
@@ -152,6 +154,10 @@ pub(crate) struct Signals {
     /// Callers of [`Signals::ended`] registered or registering on `end`: the end notifies
     /// only when there is one (a cache built per request is never waited for).
     end_waiters: AtomicUsize,
+    /// The store, for a task that has not run yet to reach when it first does: such a task
+    /// holds only these signals, and the store's drop empties this, so a cache dropped before
+    /// its task runs frees its store at once. Set by [`Signals::hold_store`].
+    store: std::sync::Mutex<Option<Weak<dyn Any + Send + Sync>>>,
     /// How many times the task woke (test-only visibility).
     pub(crate) wakeups: AtomicU64,
     /// Wheel nodes the task holds, as of its last wake (test-only visibility).
@@ -222,6 +228,33 @@ impl Signals {
         if self.end_waiters.load(Ordering::SeqCst) != 0 {
             self.end.notify_waiters();
         }
+    }
+
+    /// Keep `store` (a `Weak` of it) for a task to reach, unless one is kept already.
+    pub(crate) fn hold_store<T: Any + Send + Sync>(&self, store: &Arc<T>) {
+        let mut slot = self.slot();
+        if slot.is_none() {
+            let weak: Weak<T> = Arc::downgrade(store);
+            *slot = Some(weak);
+        }
+    }
+
+    /// The store, while a handle keeps it alive.
+    pub(crate) fn store<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let weak = self.slot().clone()?;
+        weak.upgrade()?.downcast().ok()
+    }
+
+    /// Let go of the store: its last handle is dropping it.
+    pub(crate) fn release_store(&self) {
+        let weak = self.slot().take();
+        drop(weak);
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Weak<dyn Any + Send + Sync>>> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the last handle is gone and no task runs.

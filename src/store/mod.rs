@@ -98,11 +98,12 @@ pub(crate) struct Settings<K, V> {
     pub(crate) refresh: Option<(refresh::Rules, Arc<dyn crate::loader::Reload<K, V>>)>,
 }
 
-/// The store: its parts in a box of their own, so that what a `Weak` of the store keeps
-/// alive once the last handle is gone (the expiry task holds one, and a task that never got
-/// to run holds it until it does) is a pointer, not the whole store.
+/// The store. A task that has not run yet holds no `Weak` of it (it reaches the store
+/// through [`Signals`] when it first runs), so a cache dropped before its task runs frees the
+/// whole store at once; a running task's `Weak` keeps the allocation, not the parts, until the
+/// task ends.
 pub(crate) struct Store<K, V, S> {
-    parts: Box<Parts<K, V, S>>,
+    parts: Parts<K, V, S>,
 }
 
 impl<K, V, S> std::ops::Deref for Store<K, V, S> {
@@ -157,6 +158,7 @@ pub(crate) struct Parts<K, V, S> {
 
 impl<K, V, S> Drop for Store<K, V, S> {
     fn drop(&mut self) {
+        self.signals.release_store();
         self.token.cancel();
         self.signals.handles_gone();
     }
@@ -258,9 +260,7 @@ where
             }),
             fallbacks: std::sync::atomic::AtomicUsize::new(0),
         };
-        Store {
-            parts: Box::new(parts),
-        }
+        Store { parts }
     }
 
     /// The deadline of a write with the default TTL (jittered), now.
