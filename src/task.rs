@@ -118,7 +118,7 @@ where
         // its first wake.
         sweep_again: store.has_unswept(),
         swept: store.generation(),
-        store: PhantomData,
+        types: PhantomData,
     };
     drop(handle.spawn(seed.grow()));
     Ok(true)
@@ -134,7 +134,7 @@ struct Seed<K: Hash + Eq, V, S: BuildHasher + Clone> {
     exit: Exit,
     sweep_again: bool,
     swept: u32,
-    store: PhantomData<fn() -> Store<K, V, S>>,
+    types: PhantomData<fn() -> (K, V, S)>,
 }
 
 impl<K, V, S> Seed<K, V, S>
