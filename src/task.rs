@@ -134,7 +134,7 @@ struct Seed<K: Hash + Eq, V, S: BuildHasher + Clone> {
     exit: Exit,
     sweep_again: bool,
     swept: u32,
-    types: PhantomData<fn() -> (K, V, S)>,
+    types: PhantomData<(K, V, S)>,
 }
 
 impl<K, V, S> Seed<K, V, S>
