@@ -27,7 +27,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use super::entry::GENERATION_MASK;
 
@@ -78,6 +78,9 @@ pub(crate) enum Begin<K, V> {
     Matching(Predicate<K, V>),
 }
 
+/// [`Invalidations::alls`]: (generation, when) of the last few `invalidate_all`s.
+type Alls = [(AtomicU64, AtomicU64); REMEMBERED];
+
 /// The generations: how many began, which hid everything, which predicates are pending.
 pub(crate) struct Invalidations<K, V> {
     /// Generations begun so far (the current one's full number).
@@ -88,7 +91,9 @@ pub(crate) struct Invalidations<K, V> {
     swept: AtomicU64,
     /// The last few `invalidate_all`s: (generation, when), by generation modulo
     /// [`REMEMBERED`]: tells an entry that expired before it was hidden from one hidden live.
-    alls: [(AtomicU64, AtomicU64); REMEMBERED],
+    /// Made at the first `invalidate_all` (a cache that never calls it, one built per request
+    /// say, carries a pointer, not the array).
+    alls: OnceLock<Box<Alls>>,
     /// Pending predicates and the generation each began, replaced whole on each change, so
     /// that a reader takes a shared copy in one step.
     pending: RwLock<Option<List<K, V>>>,
@@ -100,7 +105,7 @@ impl<K, V> Default for Invalidations<K, V> {
             count: AtomicU64::new(0),
             last_all: AtomicU64::new(0),
             swept: AtomicU64::new(0),
-            alls: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
+            alls: OnceLock::new(),
             pending: RwLock::new(None),
         }
     }
@@ -149,9 +154,11 @@ impl<K, V> Invalidations<K, V> {
         if full >= self.last_all.load(Ordering::Acquire) {
             return None;
         }
-        // The first `invalidate_all` after it.
-        let at = self
-            .alls
+        // The first `invalidate_all` after it (one happened: `alls` is made).
+        let Some(alls) = self.alls.get() else {
+            return Some(0);
+        };
+        let at = alls
             .iter()
             .map(|(generation, at)| {
                 (
@@ -201,7 +208,12 @@ impl<K, V> Invalidations<K, V> {
         }
         match begin {
             Begin::All { now } => {
-                let (generation, at) = &self.alls[next as usize % REMEMBERED];
+                let alls = self.alls.get_or_init(|| {
+                    Box::new(std::array::from_fn(|_| {
+                        (AtomicU64::new(0), AtomicU64::new(0))
+                    }))
+                });
+                let (generation, at) = &alls[next as usize % REMEMBERED];
                 at.store(now, Ordering::Release);
                 generation.store(next, Ordering::Release);
                 self.last_all.store(next, Ordering::Release);
