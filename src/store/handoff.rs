@@ -241,6 +241,12 @@ impl Signals {
 
     /// The store, while a handle keeps it alive.
     pub(crate) fn store<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        // The store lets go of the slot before the last handle marks itself gone: once gone,
+        // there is nothing to find (and a task run after its cache, one per request, takes
+        // no lock).
+        if self.lifecycle.load(Ordering::Acquire) & GONE != 0 {
+            return None;
+        }
         let weak = self.slot().clone()?;
         weak.upgrade()?.downcast().ok()
     }
