@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 
 use tokio::sync::mpsc::Sender;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use tokio_util::sync::CancellationToken;
 
@@ -580,7 +580,6 @@ where
         self.validate()?;
         let clock = Clock::new(self.tick);
         let shards = shard_count();
-        let signals = Arc::new(Signals::new());
         let idle = self
             .time_to_idle
             .filter(|idle| *idle < clock.horizon())
@@ -613,13 +612,18 @@ where
             metrics_interval: self.metrics_interval,
             refresh,
         };
-        let store = Arc::new(Store::new(
-            settings,
-            self.initial_capacity,
-            shards,
-            self.hasher,
-            Arc::clone(&signals),
-        ));
+        // The signals keep a `Weak` of the store from the start: how a task that has not run
+        // yet reaches it (see `Signals::store`).
+        let store = Arc::new_cyclic(|store: &Weak<Store<K, V, S>>| {
+            let signals = Arc::new(Signals::with_store(store.clone()));
+            Store::new(
+                settings,
+                self.initial_capacity,
+                shards,
+                self.hasher,
+                signals,
+            )
+        });
         if let Some(handle) = handle {
             task::start(&store, handle)?;
         }

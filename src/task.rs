@@ -104,7 +104,6 @@ where
     // Built before the hand-off opens and before the task first runs, so that a runtime
     // dropping the task unpolled still closes it and lets another task start.
     signals.tasks_alive.fetch_add(1, Ordering::SeqCst);
-    signals.hold_store(store);
     let exit = Exit {
         signals: Arc::clone(&signals),
         close: close::<K, V, S>,

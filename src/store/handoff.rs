@@ -156,7 +156,7 @@ pub(crate) struct Signals {
     end_waiters: AtomicUsize,
     /// The store, for a task that has not run yet to reach when it first does: such a task
     /// holds only these signals, and the store's drop empties this, so a cache dropped before
-    /// its task runs frees its store at once. Set by [`Signals::hold_store`].
+    /// its task runs frees its store at once. Set by [`Signals::with_store`].
     store: std::sync::Mutex<Option<Weak<dyn Any + Send + Sync>>>,
     /// How many times the task woke (test-only visibility).
     pub(crate) wakeups: AtomicU64,
@@ -230,12 +230,13 @@ impl Signals {
         }
     }
 
-    /// Keep `store` (a `Weak` of it) for a task to reach, unless one is kept already.
-    pub(crate) fn hold_store<T: Any + Send + Sync>(&self, store: &Arc<T>) {
-        let mut slot = self.slot();
-        if slot.is_none() {
-            let weak: Weak<T> = Arc::downgrade(store);
-            *slot = Some(weak);
+    /// Signals of a cache no task serves yet, that keep a `Weak` of its store for a task
+    /// to reach.
+    pub(crate) fn with_store(store: Weak<impl Any + Send + Sync>) -> Self {
+        let store: Weak<dyn Any + Send + Sync> = store;
+        Signals {
+            store: std::sync::Mutex::new(Some(store)),
+            ..Signals::new()
         }
     }
 
