@@ -84,3 +84,52 @@ pub fn task_future_bytes() -> usize {
     drop(floor);
     n
 }
+
+/// The least a fixed-TTL cache over a `DashMap` does to remove expired entries, for
+/// `expiry`: an insert stores `(value, now + ttl)` and appends `(deadline, key)` to a FIFO
+/// (with one TTL, deadlines come in write order); each maintenance call pops the due keys and
+/// removes each by key if its entry's deadline has passed. No task, no wheel, no hand-off:
+/// the map's own insert and remove, one clock read per write, and a queue. Written for this
+/// benchmark, not taken from ebb.
+pub struct ExpiryFloor {
+    map: DashMap<u64, (u64, Instant)>,
+    due: std::sync::Mutex<std::collections::VecDeque<(Instant, u64)>>,
+    ttl: Duration,
+}
+
+impl ExpiryFloor {
+    pub fn new(ttl: Duration) -> Self {
+        ExpiryFloor {
+            map: DashMap::new(),
+            due: Default::default(),
+            ttl,
+        }
+    }
+
+    pub fn insert(&self, key: u64, value: u64) {
+        let deadline = Instant::now() + self.ttl;
+        self.map.insert(key, (value, deadline));
+        self.due.lock().unwrap().push_back((deadline, key));
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Remove every entry whose deadline has passed.
+    pub fn remove_expired(&self) {
+        let now = Instant::now();
+        let mut due = self.due.lock().unwrap();
+        while let Some(&(deadline, key)) = due.front() {
+            if deadline > now {
+                break;
+            }
+            due.pop_front();
+            self.map.remove_if(&key, |_, entry| entry.1 <= now);
+        }
+    }
+}

@@ -33,7 +33,10 @@ pub const DASHMAP: &str = "dashmap";
 
 /// The naive correct implementation of ebb's design (`floor::Floor`): an `Arc` of a
 /// `DashMap<u64, (u64, Instant)>` and a `CancellationToken`'s `DropGuard`, and one spawned
-/// task per cache holding a `Weak` of it and waiting on the token (`per-request`).
+/// task per cache holding a `Weak` of it and waiting on the token (`per-request`). In
+/// `expiry`, the least a fixed-TTL cache over a `DashMap` does to remove what expires
+/// (`floor::ExpiryFloor`: the map, a clock read per write, a FIFO of deadlines drained by key
+/// at each maintenance call).
 pub const FLOOR: &str = "floor";
 
 /// `moka::future::Cache<u64, u64>` with the same TTL as ebb.
