@@ -34,6 +34,7 @@
 //! - **Closed once stopped**: however it stops (cancelled, runtime shut down), the hand-off is
 //!   closed so that writers stop queueing records no one will read.
 
+use std::cell::Cell;
 use std::hash::{BuildHasher, Hash};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -63,13 +64,25 @@ const SPARE_CAPACITY: usize = 4096;
 /// Free ids a stripe's pool gets beyond what its writers took since the last swap.
 const MIN_POOL: usize = 16;
 
-/// Whether the runtime entered on this thread has timers: checked on the starting thread, so
-/// that a runtime without them is reported to the caller rather than killing the task. A
-/// `Sleep` made and dropped unpolled registers nothing.
-fn timers(at: tokio::time::Instant) -> Result<(), BuildError> {
+/// Whether `handle`'s runtime has timers: checked on the starting thread, so that a runtime
+/// without them is reported to the caller rather than killing the task. A `Sleep` made and
+/// dropped unpolled registers nothing. The last runtime found to have them is remembered per
+/// thread (runtime ids are never reused): a cache built per request checks once, not on every
+/// build (each check enters the runtime and clones its handle twice).
+fn timers(handle: &Handle, at: tokio::time::Instant) -> Result<(), BuildError> {
+    thread_local! {
+        static TIMED: Cell<Option<tokio::runtime::Id>> = const { Cell::new(None) };
+    }
+    let id = handle.id();
+    if TIMED.with(Cell::get) == Some(id) {
+        return Ok(());
+    }
+    let _runtime = handle.enter();
     // `sleep_until` a known instant: no clock read.
     std::panic::catch_unwind(|| drop(tokio::time::sleep_until(at)))
-        .map_err(|_| BuildError::TimersDisabled)
+        .map_err(|_| BuildError::TimersDisabled)?;
+    TIMED.with(|timed| timed.set(Some(id)));
+    Ok(())
 }
 
 /// The task's interval, made when the task first runs (inside its runtime).
@@ -96,8 +109,7 @@ where
     if !signals.claim_task() {
         return Ok(false);
     }
-    let _runtime = handle.enter();
-    if let Err(e) = timers(store.clock.instant_at(0)) {
+    if let Err(e) = timers(handle, store.clock.instant_at(0)) {
         signals.task_ended();
         return Err(e);
     }
@@ -111,7 +123,11 @@ where
     let seed = Seed::<K, V, S> {
         // Read only when a periodic report was asked for: a cache built per request does
         // without the clock read.
-        started: store.reports_asked().then(tokio::time::Instant::now),
+        started: store.reports_asked().then(|| {
+            // In the runtime: a paused clock is the runtime's.
+            let _runtime = handle.enter();
+            tokio::time::Instant::now()
+        }),
         exit,
         // Whatever an invalidation hid before this task and no sweep removed yet goes at
         // its first wake.
