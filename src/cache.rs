@@ -405,6 +405,7 @@ where
         Internals {
             nodes: store.signals.nodes.load(Ordering::Acquire),
             records: store.handoff.len(),
+            listed: store.handoff.listed(),
             node_ids: store.handoff.ids(),
             loads: store.flights.len(),
             wakeups: store.signals.wakeups.load(Ordering::Acquire),
@@ -457,8 +458,11 @@ impl<K, V, S> WeakCache<K, V, S> {
 pub struct Internals {
     /// Wheel nodes the task held after its last wake.
     pub nodes: usize,
-    /// Hand-off records queued for the task now.
+    /// Hand-off records queued for the task now, listed ones included.
     pub records: usize,
+    /// Of `records`, those queued in a stripe's list (a new key while its map was empty):
+    /// a key has at most one record in a map and one in a list.
+    pub listed: usize,
     /// Wheel node ids handed out so far: a bound on the wheel's slab.
     pub node_ids: u32,
     /// Loads in flight now.

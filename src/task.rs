@@ -187,6 +187,7 @@ where
             takeover,
             spare: None,
             links: Vec::new(),
+            orphans: Vec::new(),
             pools: Vec::new(),
             free: Vec::new(),
             sweep_again: self.sweep_again,
@@ -355,8 +356,10 @@ struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
     /// Whether the entries in the map are still to be taken over (at the first wake).
     takeover: bool,
     spare: Option<Records<K, S>>,
-    /// The nodes of a drained map, to link in id order.
+    /// The nodes of a drained stripe, to link in id order.
     links: Vec<(NodeId, u64, K)>,
+    /// The orphans of a drained stripe, to remove once its nodes are linked.
+    orphans: Vec<NodeId>,
     /// Per stripe: the ids its writers left in their pool, held for its next pool, and how
     /// many they took last time.
     pools: Vec<(Vec<NodeId>, usize)>,
@@ -510,24 +513,27 @@ where
     /// each stripe a pool of free ids for its writers.
     async fn drain(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
         for stripe in 0..store.handoff.stripe_count() {
-            let spare = self.spare.take().unwrap_or_else(|| store.handoff.empty());
+            let spare = (
+                self.spare.take().unwrap_or_else(|| store.handoff.empty()),
+                std::mem::take(&mut self.links),
+            );
             let pool = self.pool_for(stripe);
             let Taken {
                 mut records,
+                fresh: mut links,
                 pool: left,
                 taken,
             } = store.handoff.take(stripe, spare, pool);
             self.keep_pool(stripe, left, taken);
-            // Orphans first (they were linked from earlier maps), then the new nodes in id
-            // order: writers take fresh ids in write order, so slot lists then run through the
-            // slab in order, and walking them later does not miss the cache at every node.
-            let mut links = std::mem::take(&mut self.links);
+            // The new nodes in id order: writers take fresh ids in write order, so slot lists
+            // then run through the slab in order, and walking them later does not miss the
+            // cache at every node. Then the orphans: linked from earlier maps, or just now
+            // (a queued node whose entry went before this drain).
+            let mut orphans = std::mem::take(&mut self.orphans);
             for (key, record) in records.drain() {
                 // An orphan from before `base` was handed out for a task that is gone: this
                 // wheel never linked it.
-                for orphan in record.orphans.nodes().filter(|&id| id >= self.base) {
-                    quietly(self.wheel.remove(orphan - self.base));
-                }
+                orphans.extend(record.orphans.nodes().filter(|&id| id >= self.base));
                 if record.node != UNFILED {
                     links.push((record.node, record.tick, key));
                 } else {
@@ -552,6 +558,10 @@ where
             if links.capacity() <= SPARE_CAPACITY {
                 self.links = links;
             }
+            for orphan in orphans.drain(..) {
+                quietly(self.wheel.remove(orphan - self.base));
+            }
+            self.orphans = orphans;
         }
         self.stock_reserve(store);
         Flow::Continue

@@ -8,23 +8,29 @@
 //! task swaps each stripe out whole and links every recorded node at its tick: filing costs it
 //! no map lookup and no shard lock. A writer that removes an entry, or moves it to an earlier
 //! deadline after its node was linked, records the node it leaves behind as an *orphan*, which
-//! the task frees.
+//! the task frees. While a stripe's map is empty, a new key (an entry that held no node) is
+//! queued in a plain list beside it instead, `(id, tick, key)`, with no map insert: the common
+//! case of a cache filling up. The task links the list's nodes and the map's, then frees the
+//! orphans (a listed node whose entry went before the drain is one).
 //!
 //! Invariants:
 //! - **Every id in one place.** An id is on the wheel's free list; or in a stripe's pool or
 //!   the reserve; or
-//!   held by an entry (its `node`) and either named by the queued record of the entry's key
-//!   (not linked yet) or linked in the wheel; or linked in the wheel and named as an orphan by
-//!   a queued record (no entry holds it). A node the task finds held by no entry when it fires
+//!   held by an entry (its `node`) and either named by the queued record or list item of the
+//!   entry's key (not linked yet) or linked in the wheel; or named as an orphan by a queued
+//!   record and either linked in the wheel or listed (no entry holds it). A node the task finds held by no entry when it fires
 //!   is such an orphan: the task leaves it for its record to free.
 //! - **Never late.** A record's tick is at most the tick of the entry's deadline: a first or
 //!   an earlier deadline always goes through [`Handoff::push`], which lowers the tick of a
 //!   queued record. A later deadline needs nothing: the node fires early and the task re-files
 //!   it.
-//! - **Bounded.** A stripe holds at most one record per key, however often the key is
-//!   written, removed and written again before the next drain: a record is a key, not an
-//!   operation. A record names at most one node to link (the entry's) and at most two
-//!   orphans (in practice one: the node the entry held when this stripe map became current).
+//! - **Bounded.** A stripe holds at most one record and one list item per key, however often
+//!   the key is written, removed and written again before the next drain: a record is a key,
+//!   not an operation. A key is listed only while the map is empty, and whatever ends a
+//!   listed node's use (a removal, an earlier deadline) puts a record in the map, so the key
+//!   is not listed again before the drain. A record names at most one node to link (the
+//!   entry's) and at most two orphans (in practice one: the node the entry held when this
+//!   stripe map became current, or the listed one).
 //!   A pool holds the ids the task gave it, those a writer moved there from the reserve,
 //!   and those of queued nodes whose entry was removed. A writer takes an id from its
 //!   stripe's pool, else from the shared reserve (moving a batch to its pool), where the
@@ -293,9 +299,16 @@ impl Signals {
     }
 }
 
+/// A queued node of a key that had no record when it was queued: (node, tick, key).
+pub(crate) type Fresh<K> = (NodeId, u64, K);
+
 /// A stripe's records, and the ids its writers hand out.
 struct Stripe<K, S> {
     records: Records<K, S>,
+    /// Nodes queued while `records` was empty, for entries that held none (a new key): no
+    /// map insert. Once `records` holds anything (a key removed or moved earlier since the
+    /// last drain), every push goes there, so no key is queued twice (see the module docs).
+    fresh: Vec<Fresh<K>>,
     /// Ids the task freed (or queued nodes whose entry went), for writers to take first.
     pool: Vec<NodeId>,
     /// Ids writers took since the task last swapped the pool.
@@ -313,6 +326,9 @@ struct Padded<K, S> {
 /// What [`Handoff::take`] hands the task.
 pub(crate) struct Taken<K, S> {
     pub(crate) records: Records<K, S>,
+    /// Nodes to link, queued outside `records`. Some may be named as orphans in `records`
+    /// too (their entry went before the drain): the task links these first.
+    pub(crate) fresh: Vec<Fresh<K>>,
     /// The ids left in the pool the task swapped out: still held, now by the task.
     pub(crate) pool: Vec<NodeId>,
     /// Ids writers took from the stripe since the previous swap.
@@ -365,6 +381,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             .map(|_| Padded {
                 stripe: Mutex::new(Stripe {
                     records: self.empty(),
+                    fresh: Vec::new(),
                     pool: Vec::new(),
                     taken: 0,
                 }),
@@ -421,6 +438,17 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             return held;
         }
         let stripe = &mut *guard;
+        if held == UNFILED && stripe.records.is_empty() {
+            let id = self.take_id(&mut stripe.pool, &mut stripe.taken);
+            stripe.fresh.push((id, tick, key));
+            let wake = stripe.fresh.len() == WAKE_AT_RECORDS
+                || tick < signals.next_wake.load(Ordering::SeqCst);
+            drop(guard);
+            if wake {
+                signals.notify.wake();
+            }
+            return id;
+        }
         let len_before = stripe.records.len();
         let record = stripe.records.entry(key).or_insert(Record::EMPTY);
         let node = if held != UNFILED && record.node == held {
@@ -432,11 +460,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             if held != UNFILED {
                 record.orphans.add(held);
             }
-            let id = match stripe.pool.pop() {
-                Some(id) => id,
-                None => self.reserved_or_fresh_id(&mut stripe.pool),
-            };
-            stripe.taken += 1;
+            let id = self.take_id(&mut stripe.pool, &mut stripe.taken);
             record.node = id;
             record.tick = tick;
             id
@@ -470,6 +494,17 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         self.stripes()
     }
 
+    /// An id for a writer: from its stripe's `pool`, else the reserve or a fresh one; counted
+    /// in the stripe's `taken`.
+    #[inline]
+    fn take_id(&self, pool: &mut Vec<NodeId>, taken: &mut usize) -> NodeId {
+        *taken += 1;
+        match pool.pop() {
+            Some(id) => id,
+            None => self.reserved_or_fresh_id(pool),
+        }
+    }
+
     /// An id for a writer whose stripe's pool is empty: a free one from the reserve (which
     /// tops the pool up with up to [`RESERVE_BATCH`] more), else one never handed out. Fresh
     /// ids are taken only while no free id is in reach, so the ids handed out follow the
@@ -501,11 +536,18 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         }
     }
 
-    /// Swap stripe `i`'s records for `spare` and its pool for `pool`.
-    pub(crate) fn take(&self, i: usize, spare: Records<K, S>, pool: Vec<NodeId>) -> Taken<K, S> {
+    /// Swap stripe `i`'s records for `spare` (an empty map and an empty list) and its pool
+    /// for `pool`.
+    pub(crate) fn take(
+        &self,
+        i: usize,
+        spare: (Records<K, S>, Vec<Fresh<K>>),
+        pool: Vec<NodeId>,
+    ) -> Taken<K, S> {
         let mut stripe = self.lock(i);
         Taken {
-            records: std::mem::replace(&mut stripe.records, spare),
+            records: std::mem::replace(&mut stripe.records, spare.0),
+            fresh: std::mem::replace(&mut stripe.fresh, spare.1),
             pool: std::mem::replace(&mut stripe.pool, pool),
             taken: std::mem::take(&mut stripe.taken),
         }
@@ -518,15 +560,45 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
 
     /// Whether any stripe holds a record.
     pub(crate) fn has_records(&self) -> bool {
-        self.stripes()
-            .is_some_and(|stripes| stripes.iter().any(|s| !lock(&s.stripe).records.is_empty()))
+        self.stripes().is_some_and(|stripes| {
+            stripes.iter().any(|s| {
+                let stripe = lock(&s.stripe);
+                !stripe.records.is_empty() || !stripe.fresh.is_empty()
+            })
+        })
+    }
+
+    /// Queued records and fresh nodes, apart (loom models).
+    #[cfg(all(test, loom))]
+    fn queued(&self) -> (usize, usize) {
+        self.opened()
+            .iter()
+            .map(|s| {
+                let stripe = lock(&s.stripe);
+                (stripe.records.len(), stripe.fresh.len())
+            })
+            .fold((0, 0), |(r, f), (sr, sf)| (r + sr, f + sf))
     }
 
     /// The number of queued records (test-only visibility).
     #[cfg(any(test, feature = "internals"))]
     pub(crate) fn len(&self) -> usize {
         self.stripes().map_or(0, |stripes| {
-            stripes.iter().map(|s| lock(&s.stripe).records.len()).sum()
+            stripes
+                .iter()
+                .map(|s| {
+                    let stripe = lock(&s.stripe);
+                    stripe.records.len() + stripe.fresh.len()
+                })
+                .sum()
+        })
+    }
+
+    /// The number of queued list items, of [`Handoff::len`] (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn listed(&self) -> usize {
+        self.stripes().map_or(0, |stripes| {
+            stripes.iter().map(|s| lock(&s.stripe).fresh.len()).sum()
         })
     }
 
@@ -543,6 +615,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             stripe.taken = 0;
             let old = (
                 std::mem::replace(&mut stripe.records, self.empty()),
+                std::mem::take(&mut stripe.fresh),
                 std::mem::take(&mut stripe.pool),
             );
             drop(stripe);
@@ -658,7 +731,11 @@ mod loom_handoff {
             entry.node = w.handoff.push(&w.signals, 1, entry.node, deadline);
         }
         entry.deadline = deadline;
-        assert!(w.handoff.len() <= 1, "more than one record for one key");
+        let (records, fresh) = w.handoff.queued();
+        assert!(
+            records <= 1 && fresh <= 1,
+            "key 1 queued more than once: {records} records, {fresh} fresh"
+        );
     }
 
     /// A writer: `Store::remove` of key 1.
@@ -681,24 +758,32 @@ mod loom_handoff {
         held: Vec<NodeId>,
     }
 
-    /// The task's drain: free every orphan, link every queued node at its tick, and put
+    /// The task's drain: link every queued node at its tick, then free every orphan, and put
     /// every id it holds in the reserve.
     fn drain(w: &World, wheel: &mut Wheel) {
         for i in 0..w.handoff.stripe_count() {
-            let taken = w.handoff.take(i, w.handoff.empty(), Vec::new());
+            let taken = w
+                .handoff
+                .take(i, (w.handoff.empty(), Vec::new()), Vec::new());
             wheel.held.extend(taken.pool);
-            for (_key, record) in taken.records {
-                for orphan in record.orphans.nodes() {
-                    assert!(
-                        wheel.linked.remove(&orphan).is_some(),
-                        "orphan {orphan} not linked"
-                    );
-                    wheel.held.push(orphan);
+            let mut orphans = Vec::new();
+            let fresh = taken.fresh.into_iter().map(|(node, tick, _)| (node, tick));
+            let queued = taken.records.into_iter().map(|(_key, record)| {
+                orphans.extend(record.orphans.nodes());
+                (record.node, record.tick)
+            });
+            for (node, tick) in fresh.chain(queued).collect::<Vec<_>>() {
+                if node != UNFILED {
+                    let linked = wheel.linked.insert(node, tick);
+                    assert!(linked.is_none(), "node {node} linked twice");
                 }
-                if record.node != UNFILED {
-                    let linked = wheel.linked.insert(record.node, record.tick);
-                    assert!(linked.is_none(), "node {} linked twice", record.node);
-                }
+            }
+            for orphan in orphans {
+                assert!(
+                    wheel.linked.remove(&orphan).is_some(),
+                    "orphan {orphan} not linked"
+                );
+                wheel.held.push(orphan);
             }
         }
         w.handoff.stock(&mut wheel.held);
