@@ -115,6 +115,7 @@ where
     }
     // Built before the hand-off opens and before the task first runs, so that a runtime
     // dropping the task unpolled still closes it and lets another task start.
+    #[cfg(any(test, feature = "internals"))]
     signals.tasks_alive.fetch_add(1, Ordering::SeqCst);
     let exit = Exit {
         signals: Arc::clone(&signals),
@@ -386,6 +387,7 @@ impl Drop for Exit {
     fn drop(&mut self) {
         (self.close)(&self.signals);
         // Closed first: a task started after this line finds the hand-off empty.
+        #[cfg(any(test, feature = "internals"))]
         self.signals.tasks_alive.fetch_sub(1, Ordering::SeqCst);
         self.signals.task_ended();
         debug!("expiry task stopped");
@@ -399,9 +401,9 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    match signals.store::<Store<K, V, S>>() {
-        Some(store) => store.handoff.close(signals),
-        None => signals.closed.store(true, Ordering::SeqCst),
+    // A store that is gone has no writer left, and no task can start for it.
+    if let Some(store) = signals.store::<Store<K, V, S>>() {
+        store.handoff.close(signals);
     }
 }
 

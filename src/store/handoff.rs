@@ -150,9 +150,11 @@ pub(crate) struct Signals {
     /// docs: "No write lost while closed").
     pub(crate) missed: AtomicBool,
     /// Tasks started so far (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) tasks_started: AtomicU64,
     /// Tasks that exist now, from their start until their exit guard drops: at most one
     /// (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) tasks_alive: AtomicUsize,
     /// Set once the last handle is gone and no task runs: what `Cache::closed` waits for.
     ended: AtomicBool,
@@ -204,6 +206,7 @@ impl Signals {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    #[cfg(any(test, feature = "internals"))]
                     self.tasks_started.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
