@@ -15,8 +15,6 @@ use tokio::sync::mpsc::Sender;
 
 use std::sync::{Arc, OnceLock, Weak};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::cache::Cache;
 use crate::config::Policy;
 use crate::error::BuildError;
@@ -606,7 +604,6 @@ where
             expiry: self.expiry,
             time_to_live: self.time_to_live,
             jitter: self.jitter,
-            token: CancellationToken::new(),
             stats_interval: self.stats_interval,
             #[cfg(feature = "metrics")]
             metrics_interval: self.metrics_interval,

@@ -52,7 +52,7 @@ where
             store: Arc::downgrade(store),
             held: true,
         };
-        drop(tokio::spawn(worker(seat, store.token.clone())));
+        drop(tokio::spawn(worker(seat, store.token().clone())));
     }
 }
 
@@ -235,7 +235,7 @@ pub(crate) fn spawn_one<K, V, S>(
         store: Arc::downgrade(store),
         job: Some((key, flight)),
     };
-    let token = store.token.clone();
+    let token = store.token().clone();
     drop(handle.spawn(async move {
         run(running, &token, job, generation, loading).await;
     }));

@@ -164,7 +164,7 @@ where
             .exit
             .signals
             .store::<Store<K, V, S>>()
-            .filter(|store| !store.token.is_cancelled())
+            .filter(|store| !store.token().is_cancelled())
         else {
             return; // The cache is gone already: `exit` closes the hand-off.
         };
@@ -182,7 +182,7 @@ where
             signals: Arc::clone(&self.exit.signals),
             interval: interval(store.clock.tick()),
             reports: Reports::new(&store, self.started),
-            token: store.token.clone(),
+            token: store.token().clone(),
             wheel: Wheel::new(),
             base,
             takeover,

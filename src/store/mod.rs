@@ -44,7 +44,7 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -87,8 +87,6 @@ pub(crate) struct Settings<K, V> {
     /// The default TTL, and the jitter that spreads it.
     pub(crate) time_to_live: Option<Duration>,
     pub(crate) jitter: f64,
-    /// Cancelled when the store goes, with the last handle: ends the expiry task.
-    pub(crate) token: CancellationToken,
     /// Every how long the task logs a stats line, if asked.
     pub(crate) stats_interval: Option<Duration>,
     /// Every how long the task publishes metrics, if asked.
@@ -136,8 +134,11 @@ pub(crate) struct Parts<K, V, S> {
     time_to_live: Option<Duration>,
     jitter: f64,
     /// Cancelled when the last handle drops the store: ends the expiry task (each task the
-    /// cache starts waits on a clone).
-    pub(crate) token: CancellationToken,
+    /// cache starts waits on a clone) and the reloads. Made when first asked for, by a
+    /// holder of the store (the task as it first runs, a reload as it starts): the store's
+    /// drop cannot come before, and cancels it if it was made. A cache dropped before its
+    /// task runs (one per request) makes none.
+    token: OnceLock<CancellationToken>,
     pub(crate) stats_interval: Option<Duration>,
     /// The generations `invalidate_all` and `invalidate_entries_if` begin.
     pub(crate) invalidations: Invalidations<K, V>,
@@ -159,12 +160,19 @@ pub(crate) struct Parts<K, V, S> {
 impl<K, V, S> Drop for Store<K, V, S> {
     fn drop(&mut self) {
         self.signals.release_store();
-        self.token.cancel();
+        if let Some(token) = self.token.get() {
+            token.cancel();
+        }
         self.signals.handles_gone();
     }
 }
 
 impl<K, V, S> Store<K, V, S> {
+    /// The token the store's drop cancels (see [`Parts::token`]).
+    pub(crate) fn token(&self) -> &CancellationToken {
+        self.token.get_or_init(CancellationToken::new)
+    }
+
     /// Whether the expiry task makes periodic reports (a stats line, or metrics).
     pub(crate) fn reports_asked(&self) -> bool {
         #[cfg(feature = "metrics")]
@@ -241,7 +249,7 @@ where
             notifier: settings.notifier,
             time_to_live: settings.time_to_live,
             jitter: settings.jitter,
-            token: settings.token,
+            token: OnceLock::new(),
             stats_interval: settings.stats_interval,
             invalidations: Invalidations::default(),
             expiry_reads: settings.expiry_reads,
