@@ -47,3 +47,49 @@ impl Wake {
         self.loom.wait();
     }
 }
+
+/// Stripes made when first asked for: a cache that never needs them (one built per request)
+/// makes none. Loom models make them at once: loom cannot see a `OnceLock`'s wait, and the
+/// models cover the protocols with the stripes there.
+pub(crate) struct LazyStripes<T> {
+    #[cfg(not(loom))]
+    cell: std::sync::OnceLock<Box<[T]>>,
+    #[cfg(loom)]
+    cell: Box<[T]>,
+}
+
+impl<T> LazyStripes<T> {
+    /// None yet; under loom, `make`'s at once.
+    pub(crate) fn new(make: impl FnOnce() -> Box<[T]>) -> Self {
+        #[cfg(not(loom))]
+        {
+            let _ = make;
+            LazyStripes {
+                cell: std::sync::OnceLock::new(),
+            }
+        }
+        #[cfg(loom)]
+        LazyStripes { cell: make() }
+    }
+
+    /// The stripes, if made.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&[T]> {
+        #[cfg(not(loom))]
+        return self.cell.get().map(|stripes| &**stripes);
+        #[cfg(loom)]
+        return Some(&self.cell);
+    }
+
+    /// The stripes, made by `make` if they are not yet.
+    #[inline]
+    pub(crate) fn get_or_make(&self, make: impl FnOnce() -> Box<[T]>) -> &[T] {
+        #[cfg(not(loom))]
+        return self.cell.get_or_init(make);
+        #[cfg(loom)]
+        {
+            let _ = make;
+            &self.cell
+        }
+    }
+}

@@ -28,7 +28,7 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use crate::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use crate::sync::{lock, Arc, Mutex};
+use crate::sync::{lock, Arc, LazyStripes, Mutex};
 
 /// An error shared by every caller of one failed load; the concrete type is recovered by the
 /// caller that asked for it.
@@ -158,11 +158,8 @@ type Stripe<K, V, S> = Mutex<HashMap<K, Arc<Flight<V>>, S>>;
 /// The registry of flights.
 pub(crate) struct Flights<K, V, S> {
     /// Made at the first flight: a cache that never loads (a cache built per request, say)
-    /// allocates none. Loom models make them at once (loom cannot see a `OnceLock`'s wait).
-    #[cfg(not(loom))]
-    stripes: std::sync::OnceLock<Box<[Stripe<K, V, S>]>>,
-    #[cfg(loom)]
-    stripes: Box<[Stripe<K, V, S>]>,
+    /// allocates none.
+    stripes: LazyStripes<Stripe<K, V, S>>,
     count: usize,
     hasher: S,
     /// Flights registered now; lets writers skip the registry while nothing loads.
@@ -177,35 +174,25 @@ where
 {
     pub(crate) fn new(stripes: usize, hasher: S) -> Self {
         debug_assert!(stripes.is_power_of_two());
-        let flights = Flights {
-            #[cfg(not(loom))]
-            stripes: std::sync::OnceLock::new(),
-            #[cfg(loom)]
-            stripes: Box::new([]),
+        Flights {
+            stripes: LazyStripes::new(|| Self::make(stripes, &hasher)),
             count: stripes,
             hasher,
             active: AtomicUsize::new(0),
-        };
-        #[cfg(loom)]
-        let flights = Flights {
-            stripes: flights.make(),
-            ..flights
-        };
-        flights
+        }
     }
 
-    fn make(&self) -> Box<[Stripe<K, V, S>]> {
-        (0..self.count)
-            .map(|_| Mutex::new(HashMap::with_hasher(self.hasher.clone())))
+    fn make(count: usize, hasher: &S) -> Box<[Stripe<K, V, S>]> {
+        (0..count)
+            .map(|_| Mutex::new(HashMap::with_hasher(hasher.clone())))
             .collect()
     }
 
     fn stripe<Q: Hash + ?Sized>(&self, key: &Q) -> &Stripe<K, V, S> {
         let hash = self.hasher.hash_one(key) >> 32;
-        #[cfg(not(loom))]
-        let stripes = self.stripes.get_or_init(|| self.make());
-        #[cfg(loom)]
-        let stripes = &self.stripes;
+        let stripes = self
+            .stripes
+            .get_or_make(|| Self::make(self.count, &self.hasher));
         &stripes[hash as usize & (self.count - 1)]
     }
 

@@ -64,7 +64,7 @@ use std::sync::{Arc, Weak};
 use crate::sync::atomic::{
     fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
-use crate::sync::{lock, Mutex, MutexGuard, Wake};
+use crate::sync::{lock, LazyStripes, Mutex, MutexGuard, Wake};
 use crate::time::clock::NEVER;
 use crate::time::wheel::NodeId;
 
@@ -339,12 +339,8 @@ pub(crate) struct Taken<K, S> {
 }
 
 pub(crate) struct Handoff<K, S> {
-    /// Made when a task first opens the hand-off. Loom models make them at once (loom cannot
-    /// see a `OnceLock`'s wait); the models cover the protocol with the stripes there.
-    #[cfg(not(loom))]
-    stripes: std::sync::OnceLock<Box<[Padded<K, S>]>>,
-    #[cfg(loom)]
-    stripes: Box<[Padded<K, S>]>,
+    /// Made when a task first opens the hand-off.
+    stripes: LazyStripes<Padded<K, S>>,
     /// How many stripes there are, or will be.
     count: usize,
     hasher: S,
@@ -360,30 +356,21 @@ pub(crate) struct Handoff<K, S> {
 impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     pub(crate) fn new(stripes: usize, hasher: S) -> Self {
         debug_assert!(stripes.is_power_of_two());
-        let handoff = Handoff {
-            #[cfg(not(loom))]
-            stripes: std::sync::OnceLock::new(),
-            #[cfg(loom)]
-            stripes: Box::new([]),
+        Handoff {
+            stripes: LazyStripes::new(|| Self::make(stripes, &hasher)),
             count: stripes,
             hasher,
             reserve: Mutex::new(Vec::new()),
             reserved: AtomicUsize::new(0),
             fresh: AtomicU32::new(0),
-        };
-        #[cfg(loom)]
-        let handoff = Handoff {
-            stripes: handoff.make(),
-            ..handoff
-        };
-        handoff
+        }
     }
 
-    fn make(&self) -> Box<[Padded<K, S>]> {
-        (0..self.count)
+    fn make(count: usize, hasher: &S) -> Box<[Padded<K, S>]> {
+        (0..count)
             .map(|_| Padded {
                 stripe: Mutex::new(Stripe {
-                    records: self.empty(),
+                    records: HashMap::with_hasher(hasher.clone()),
                     fresh: Vec::new(),
                     pool: Vec::new(),
                     taken: 0,
@@ -395,10 +382,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
 
     /// The stripes, once a task has opened the hand-off.
     fn stripes(&self) -> Option<&[Padded<K, S>]> {
-        #[cfg(not(loom))]
-        return self.stripes.get().map(|stripes| &**stripes);
-        #[cfg(loom)]
-        return Some(&self.stripes);
+        self.stripes.get()
     }
 
     /// The stripes of a hand-off a task opened, for the task.
@@ -638,10 +622,9 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     /// lock has finished, `missed` included, before it opens; one that saw it closed before
     /// taking a lock is caught by the fences (see the module docs).
     pub(crate) fn open(&self, signals: &Signals) -> (NodeId, bool) {
-        #[cfg(not(loom))]
-        let stripes = self.stripes.get_or_init(|| self.make());
-        #[cfg(loom)]
-        let stripes = &self.stripes;
+        let stripes = self
+            .stripes
+            .get_or_make(|| Self::make(self.count, &self.hasher));
         let held: Vec<_> = stripes.iter().map(|s| lock(&s.stripe)).collect();
         let base = self.fresh.load(Ordering::Relaxed);
         signals.closed.store(false, Ordering::SeqCst);
