@@ -49,7 +49,7 @@ use tracing::{debug, error, info, trace, Instrument};
 
 use crate::error::BuildError;
 use crate::listener::RemovalCause;
-use crate::stats::Counter;
+use crate::stats::{Counter, LagBatch};
 use crate::store::handoff::{Records, Signals, Taken};
 use crate::store::{Fired, Retired, Store, UNFILED};
 use crate::time::clock::{Clock, NEVER};
@@ -194,6 +194,7 @@ where
             sweep_again: self.sweep_again,
             swept: self.swept,
             work: Work::default(),
+            lag: LagBatch::default(),
             _exit: self.exit,
         });
         drop(store);
@@ -372,6 +373,8 @@ struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
     swept: u32,
     work: Work,
     reports: Reports,
+    /// Expiry lag gathered since it was last published to the store's.
+    lag: LagBatch,
 }
 
 /// Closes the hand-off however the task ends, including when the runtime drops it. Holds no
@@ -700,11 +703,13 @@ where
             self.fire(store, node, now);
             done += 1;
             if done % BATCH == 0 {
+                store.lag.add(&mut self.lag);
                 if let Flow::Stop = self.pause(store).await {
                     return Flow::Stop;
                 }
             }
         }
+        store.lag.add(&mut self.lag);
         self.work.fired += done;
         Flow::Continue
     }
@@ -716,7 +721,7 @@ where
     /// `node` is the wheel's index (the id less `base`).
     fn fire(&mut self, store: &Arc<Store<K, V, S>>, node: NodeId, now: u64) {
         let fired = catch_unwind(AssertUnwindSafe(|| {
-            store.fire(self.wheel.get(node), node + self.base, now)
+            store.fire(self.wheel.get(node), node + self.base, now, &mut self.lag)
         }));
         let removed = match fired {
             Ok(Fired::Orphaned) => None,

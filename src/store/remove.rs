@@ -25,7 +25,7 @@ use super::invalidate::{Begin, Predicate, Seen};
 use super::refresh::Check;
 use super::Store;
 use crate::listener::RemovalCause;
-use crate::stats::Counter;
+use crate::stats::{Counter, LagBatch};
 use crate::time::clock::NEVER;
 use crate::time::wheel::NodeId;
 
@@ -208,7 +208,7 @@ where
     /// lock, the entry is removed if it still holds the node and is no longer live, or its
     /// node is re-filed or dropped. User code (the key's `Hash` and `Eq`) runs only before
     /// anything changes: a panic leaves the entry and the node as they were.
-    pub(crate) fn fire(&self, key: &K, node: NodeId, now: u64) -> Fired<K, V> {
+    pub(crate) fn fire(&self, key: &K, node: NodeId, now: u64, lag: &mut LagBatch) -> Fired<K, V> {
         let held = self.hold_for_removal(key);
         let generation = self.generation();
         let mut fired = Fired::Orphaned;
@@ -280,7 +280,7 @@ where
                 true => entry.deadline().saturating_add(self.stale_window()),
                 false => entry.deadline(),
             };
-            self.lag.record(now.saturating_sub(due));
+            lag.record(now.saturating_sub(due));
         }
         Fired::Removed(self.retired(key, entry, cause))
     }
