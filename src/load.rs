@@ -98,7 +98,8 @@ struct Lead<K, V, S, F> {
     loader: Pin<Box<F>>,
     /// The generation the load began in (its full number).
     generation: u64,
-    started: tokio::time::Instant,
+    /// When the load began, if the cache keeps statistics (for the load-time counter).
+    started: Option<tokio::time::Instant>,
     /// Abandons the flight: a plain function made where the cache's bounds hold, so that
     /// neither `Load` nor its `Drop` needs them.
     abandon: Abandon<K, V, S>,
@@ -247,7 +248,8 @@ where
                             flight,
                             loader: Box::pin(init),
                             generation: store.generation_count(),
-                            started: tokio::time::Instant::now(),
+                            // Read only for the load-time statistic.
+                            started: store.counters().is_some().then(tokio::time::Instant::now),
                             abandon: abandon::<K, V, S>,
                         });
                     }
@@ -292,10 +294,12 @@ where
         flight: &Arc<Flight<V>>,
         loaded: Loaded<V>,
         generation: u64,
-        started: tokio::time::Instant,
+        started: Option<tokio::time::Instant>,
     ) -> Outcome<V> {
         let store = self.store;
-        store.count(Counter::LoadNanos, started.elapsed().as_nanos() as u64);
+        if let Some(started) = started {
+            store.count(Counter::LoadNanos, started.elapsed().as_nanos() as u64);
+        }
         store.count(
             match loaded {
                 Loaded::Value(..) => Counter::LoadSuccess,
