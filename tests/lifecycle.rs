@@ -174,6 +174,16 @@ fn build_on_works_from_a_plain_thread() {
 
 #[test]
 fn a_runtime_without_timers_is_an_error() {
+    // A runtime with timers first, on this thread: what its check found is not taken for
+    // the next runtime's.
+    let timed = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let _guard = timed.enter();
+        assert!(Cache::<u64, u64>::builder().try_build().is_ok());
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
