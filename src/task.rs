@@ -195,6 +195,8 @@ where
             swept: self.swept,
             work: Work::default(),
             lag: LagBatch::default(),
+            due: Vec::new(),
+            fired: Vec::new(),
             _exit: self.exit,
         });
         drop(store);
@@ -375,6 +377,9 @@ struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
     reports: Reports,
     /// Expiry lag gathered since it was last published to the store's.
     lag: LagBatch,
+    /// Buffers for firing nodes in batches: the nodes due, and what each firing did.
+    due: Vec<NodeId>,
+    fired: Vec<Option<Fired<K, V>>>,
 }
 
 /// Closes the hand-off however the task ends, including when the runtime drops it. Holds no
@@ -698,20 +703,35 @@ where
     async fn advance(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
         let now = store.clock.now();
         let now_tick = store.clock.tick_floor(now);
+        let one_by_one = store.fires_one_by_one();
         let mut done = 0;
-        while let Some(node) = self.wheel.poll(now_tick) {
-            self.fire(store, node, now);
-            done += 1;
-            if done % BATCH == 0 {
+        let mut due = std::mem::take(&mut self.due);
+        let mut flow = Flow::Continue;
+        loop {
+            let node = self.wheel.poll(now_tick);
+            if let Some(node) = node {
+                if one_by_one {
+                    self.fire(store, node, now);
+                } else {
+                    due.push(node);
+                }
+                done += 1;
+            }
+            if node.is_none() || done % BATCH == 0 {
+                self.fire_all(store, &mut due, now);
                 store.lag.add(&mut self.lag);
+                if node.is_none() {
+                    break;
+                }
                 if let Flow::Stop = self.pause(store).await {
-                    return Flow::Stop;
+                    flow = Flow::Stop;
+                    break;
                 }
             }
         }
-        store.lag.add(&mut self.lag);
+        self.due = due;
         self.work.fired += done;
-        Flow::Continue
+        flow
     }
 
     /// Act on what a fired node means (decided by the store under the key's shard lock),
@@ -719,26 +739,59 @@ where
     /// that panics leaves the entry and its node as they were: the node fires again one tick
     /// later.
     /// `node` is the wheel's index (the id less `base`).
+    /// Fire one node (a bounded cache's way).
     fn fire(&mut self, store: &Arc<Store<K, V, S>>, node: NodeId, now: u64) {
         let fired = catch_unwind(AssertUnwindSafe(|| {
             store.fire(self.wheel.get(node), node + self.base, now, &mut self.lag)
         }));
+        self.settle(store, node, fired.ok(), now);
+    }
+
+    /// Fire the nodes in `due` at once (an unbounded cache's way), and empty it.
+    fn fire_all(&mut self, store: &Arc<Store<K, V, S>>, due: &mut Vec<NodeId>, now: u64) {
+        if due.is_empty() {
+            return;
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        {
+            let items: Vec<(&K, NodeId)> = due
+                .iter()
+                .map(|&node| (self.wheel.get(node), node + self.base))
+                .collect();
+            store.fire_all(&items, now, &mut self.lag, &mut fired);
+        }
+        for (&node, fired) in due.iter().zip(fired.drain(..)) {
+            self.settle(store, node, fired, now);
+        }
+        due.clear();
+        self.fired = fired;
+    }
+
+    /// What a fired node's step means for the wheel, and the report of what it removed;
+    /// `None`: its key's `Hash` or `Eq` panicked, and it is tried again next tick.
+    fn settle(
+        &mut self,
+        store: &Arc<Store<K, V, S>>,
+        node: NodeId,
+        fired: Option<Fired<K, V>>,
+        now: u64,
+    ) {
         let removed = match fired {
-            Ok(Fired::Orphaned) => None,
-            Ok(Fired::Removed(retired)) => {
+            Some(Fired::Orphaned) => None,
+            Some(Fired::Removed(retired)) => {
                 quietly(self.wheel.remove(node));
                 self.work.expired += usize::from(retired.cause == RemovalCause::Expired);
                 Some(retired)
             }
-            Ok(Fired::Unfiled) => {
+            Some(Fired::Unfiled) => {
                 quietly(self.wheel.remove(node));
                 None
             }
-            Ok(Fired::Refile(tick)) => {
+            Some(Fired::Refile(tick)) => {
                 self.wheel.reschedule(node, tick);
                 None
             }
-            Ok(Fired::Reload(tick)) => {
+            Some(Fired::Reload(tick)) => {
                 // The key for the reload: the wheel's own if the node is done, else a copy
                 // (user code: a panic there costs this reload, and the stamp a backoff).
                 let key = match tick {
@@ -758,7 +811,7 @@ where
                 }
                 None
             }
-            Err(_) => {
+            None => {
                 error!(
                     "a key's Hash or Eq panicked as its deadline came; it is tried again next tick"
                 );

@@ -520,6 +520,61 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
             .map(|(k, e)| (k, e.into_entry())))
     }
 
+    /// `key`'s hash by the map's hasher (user code), as [`Map::remove_grouped`] takes it.
+    pub(crate) fn hash(&self, key: &K) -> u64 {
+        with_map!(self, m => m.hash_usize(key) as u64)
+    }
+
+    /// For each key of `keys` (with its hash in `hashes`, from [`Map::hash`]) that has an
+    /// entry: `f(i, entry, stamp)`, which may change the entry, under the shard's write
+    /// lock, and the entry removed if `f` says so (into `removed`, with its index). The keys
+    /// of one shard go under one lock: the cache misses of consecutive entries then overlap,
+    /// where one lock per key makes each wait for the previous release. A panic in a key's
+    /// `Eq` or in `f` costs that key only (its index goes to `panicked`); `f` must change an
+    /// entry only when it keeps it, so that a panic leaves a removed one as it was.
+    pub(crate) fn remove_grouped(
+        &self,
+        keys: &[&K],
+        hashes: &[u64],
+        mut f: impl FnMut(usize, &mut Entry<V>, Option<&Stamp>) -> bool,
+        removed: &mut Vec<(usize, K, Entry<V>)>,
+        panicked: &mut Vec<usize>,
+    ) {
+        with_map!(self, m => {
+            let mut order: Vec<(usize, usize)> = hashes
+                .iter()
+                .enumerate()
+                .map(|(i, hash)| (m.determine_shard(*hash as usize), i))
+                .collect();
+            order.sort_unstable();
+            let shards = m.shards();
+            for group in order.chunk_by(|a, b| a.0 == b.0) {
+                let mut table = shards[group[0].0].write();
+                for &(_, i) in group {
+                    let (key, hash) = (keys[i], hashes[i]);
+                    let step = catch_unwind(AssertUnwindSafe(|| {
+                        let remove = table
+                            .get_mut(hash, |(k, _)| k == key)
+                            .is_some_and(|(_, value)| {
+                                let (entry, stamp) = value.get_mut().split_mut();
+                                f(i, entry, stamp)
+                            });
+                        if remove {
+                            table.remove_entry(hash, |(k, _)| k == key)
+                        } else {
+                            None
+                        }
+                    }));
+                    match step {
+                        Ok(Some((k, value))) => removed.push((i, k, value.into_inner().into_entry())),
+                        Ok(None) => {}
+                        Err(_) => panicked.push(i),
+                    }
+                }
+            }
+        })
+    }
+
     /// Remove `key` if `f`, which may change the entry (and its refresh state), says so,
     /// under the shard's write lock.
     pub(crate) fn remove_if_mut<Q>(

@@ -18,7 +18,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use dashmap::Entry as Slot;
 
 use super::capacity::Held;
-use super::entry::{with_map, Entry, Fired, Retired, Stored};
+use super::entry::{with_map, Entry, Fired, Retired, Stamp, Stored};
 use super::flight::Flight;
 use super::handoff::UNFILED;
 use super::invalidate::{Begin, Predicate, Seen};
@@ -217,46 +217,9 @@ where
         let stale_key = (held.is_some() && self.stale_window() > 0).then(|| key.clone());
         let mut newly_stale = false;
         let removed = self.map.remove_if_mut(key, |_, entry, stamp| {
-            if entry.node != node {
-                return false;
-            }
-            // Hidden by `invalidate_all` (a pending predicate is the sweep's), or expired and
-            // not kept as a stale copy (see `stale.rs`).
-            if entry.generation() != generation && self.invalidations.hidden(entry.generation()) {
-                return true;
-            }
-            if !entry.is_live(entry.generation(), || now) {
-                return match self.keep_stale(entry, now) {
-                    Some((until, newly)) => {
-                        fired = Fired::Refile(self.clock.tick_of(until));
-                        newly_stale = newly;
-                        false
-                    }
-                    None => true,
-                };
-            }
-            let deadline = entry.deadline();
-            // A cache that refreshes: the check may start a reload (see `refresh.rs`).
-            let (reload, wake) = match stamp {
-                None => (false, deadline),
-                Some(stamp) => {
-                    let reload = matches!(self.check(stamp, deadline, now), Check::Reload);
-                    (reload, deadline.min(stamp.due()))
-                }
-            };
-            let tick = match wake {
-                NEVER => {
-                    entry.node = UNFILED;
-                    None
-                }
-                wake => Some(self.clock.tick_of(wake)),
-            };
-            fired = match (reload, tick) {
-                (true, tick) => Fired::Reload(tick),
-                (false, None) => Fired::Unfiled,
-                (false, Some(tick)) => Fired::Refile(tick),
-            };
-            false
+            let (remove, step, newly) = self.step(entry, stamp, node, now, generation);
+            (fired, newly_stale) = (step, newly);
+            remove
         });
         let Some((key, entry)) = removed else {
             if let (true, Some(capacity), Some((mut shard, _)), Some(stale_key)) =
@@ -272,7 +235,116 @@ where
             return fired;
         };
         self.forget(held, &key, &entry);
-        // Judged at `now`, the time it was removed for: no clock read per entry.
+        Fired::Removed(self.fired_out(key, entry, now, lag))
+    }
+
+    /// Whether fired nodes go one at a time ([`fire`](Self::fire)): a bounded cache's do.
+    pub(crate) fn fires_one_by_one(&self) -> bool {
+        self.capacity.is_some()
+    }
+
+    /// [`fire`](Self::fire) for many nodes at once (`items`: each node's key and id), for a
+    /// cache without a capacity bound (a bound takes each key's policy shard before its map
+    /// shard, so those go one at a time). The keys of one map shard go under one lock (see
+    /// [`Map::remove_grouped`]). `fired[i]` is the step for `items[i]`, or `None` if its key's
+    /// `Hash` or `Eq` panicked (nothing changed for it).
+    pub(crate) fn fire_all(
+        &self,
+        items: &[(&K, NodeId)],
+        now: u64,
+        lag: &mut LagBatch,
+        fired: &mut Vec<Option<Fired<K, V>>>,
+    ) {
+        debug_assert!(
+            self.capacity.is_none(),
+            "a bounded cache fires one key at a time"
+        );
+        let generation = self.generation();
+        fired.clear();
+        fired.resize_with(items.len(), || None);
+        // Hashed first, with no lock held (user code): a key whose `Hash` panics is left out.
+        let (mut keys, mut hashes, mut of) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (key, _)) in items.iter().enumerate() {
+            if let Ok(hash) = catch_unwind(AssertUnwindSafe(|| self.map.hash(key))) {
+                keys.push(*key);
+                hashes.push(hash);
+                of.push(i);
+                fired[i] = Some(Fired::Orphaned);
+            }
+        }
+        let (mut removed, mut panicked) = (Vec::new(), Vec::new());
+        self.map.remove_grouped(
+            &keys,
+            &hashes,
+            |j, entry, stamp| {
+                let (remove, step, _) = self.step(entry, stamp, items[of[j]].1, now, generation);
+                fired[of[j]] = Some(step);
+                remove
+            },
+            &mut removed,
+            &mut panicked,
+        );
+        for j in panicked {
+            fired[of[j]] = None;
+        }
+        for (j, key, entry) in removed {
+            fired[of[j]] = Some(Fired::Removed(self.fired_out(key, entry, now, lag)));
+        }
+    }
+
+    /// What a fired `node` does to its entry, under the entry's shard lock: whether to
+    /// remove it (then it is left as it was), else what becomes of the node (the entry may
+    /// change: a stale copy kept, a node dropped), and whether the entry just became a stale
+    /// copy.
+    fn step(
+        &self,
+        entry: &mut Entry<V>,
+        stamp: Option<&Stamp>,
+        node: NodeId,
+        now: u64,
+        generation: u32,
+    ) -> (bool, Fired<K, V>, bool) {
+        if entry.node != node {
+            return (false, Fired::Orphaned, false);
+        }
+        // Hidden by `invalidate_all` (a pending predicate is the sweep's), or expired and
+        // not kept as a stale copy (see `stale.rs`).
+        if entry.generation() != generation && self.invalidations.hidden(entry.generation()) {
+            return (true, Fired::Orphaned, false);
+        }
+        if !entry.is_live(entry.generation(), || now) {
+            return match self.keep_stale(entry, now) {
+                Some((until, newly)) => (false, Fired::Refile(self.clock.tick_of(until)), newly),
+                None => (true, Fired::Orphaned, false),
+            };
+        }
+        let deadline = entry.deadline();
+        // A cache that refreshes: the check may start a reload (see `refresh.rs`).
+        let (reload, wake) = match stamp {
+            None => (false, deadline),
+            Some(stamp) => {
+                let reload = matches!(self.check(stamp, deadline, now), Check::Reload);
+                (reload, deadline.min(stamp.due()))
+            }
+        };
+        let tick = match wake {
+            NEVER => {
+                entry.node = UNFILED;
+                None
+            }
+            wake => Some(self.clock.tick_of(wake)),
+        };
+        let step = match (reload, tick) {
+            (true, tick) => Fired::Reload(tick),
+            (false, None) => Fired::Unfiled,
+            (false, Some(tick)) => Fired::Refile(tick),
+        };
+        (false, step, false)
+    }
+
+    /// An entry a fired node took out of the map: its cause judged at `now` (no clock read
+    /// per entry), its lag gathered, ready to report.
+    fn fired_out(&self, key: K, entry: Entry<V>, now: u64, lag: &mut LagBatch) -> Retired<K, V> {
         let cause = self.cause_at(&entry, RemovalCause::Explicit, || now);
         if cause == RemovalCause::Expired {
             // Due at its deadline, or a stale copy at the end of its window.
@@ -282,7 +354,7 @@ where
             };
             lag.record(now.saturating_sub(due));
         }
-        Fired::Removed(self.retired(key, entry, cause))
+        self.retired(key, entry, cause)
     }
 
     /// A sweep's step for `key`, whose entry may be older than the current generation:
