@@ -246,8 +246,9 @@ where
     /// [`fire`](Self::fire) for many nodes at once (`items`: each node's key and id), for a
     /// cache without a capacity bound (a bound takes each key's policy shard before its map
     /// shard, so those go one at a time). The keys of one map shard go under one lock (see
-    /// [`Map::remove_grouped`]). `fired[i]` is the step for `items[i]`, or `None` if its key's
-    /// `Hash` or `Eq` panicked (nothing changed for it).
+    /// [`Map::remove_grouped`](super::entry::Map::remove_grouped)). `fired[i]` is the step
+    /// for `items[i]`, or `None` if its key's `Hash` or `Eq` panicked (nothing changed for
+    /// it).
     pub(crate) fn fire_all(
         &self,
         items: &[(&K, NodeId)],
