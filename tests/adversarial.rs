@@ -38,6 +38,11 @@ impl Fuse {
         self.0.store(-1, SeqCst);
     }
 
+    /// Whether the armed operation came (and panicked).
+    fn burned(&self) -> bool {
+        self.0.load(SeqCst) == 0
+    }
+
     fn burn(&self, what: &str) {
         let left = self
             .0
@@ -53,10 +58,11 @@ impl Fuse {
 enum In {
     Clone,
     Hash,
+    Eq,
     Drop,
 }
 
-/// A key or value whose `Clone`, `Hash` or `Drop` panics when its fuse says so. Equality and
+/// A key or value whose `Clone`, `Hash`, `Eq` or `Drop` panics when its fuse says so. Equality and
 /// hashing are by `id`.
 #[derive(Debug)]
 struct Trap {
@@ -99,6 +105,11 @@ impl Hash for Trap {
 
 impl PartialEq for Trap {
     fn eq(&self, other: &Self) -> bool {
+        for side in [self, other] {
+            if side.trapped == In::Eq {
+                side.fuse.burn("eq");
+            }
+        }
         self.id == other.id
     }
 }
@@ -235,6 +246,7 @@ async fn the_task_survives(trapped: In, in_key: bool, invalidate: bool, listen: 
     } else {
         advance(11 * MS).await;
     }
+    assert!(fuse.burned(), "the trap in {trapped:?} was never reached");
     fuse.disarm();
     for id in 1..=1000 {
         cache.insert(
@@ -252,6 +264,10 @@ async fn the_task_survives(trapped: In, in_key: bool, invalidate: bool, listen: 
     );
     let internals = cache.__internals();
     assert!(!internals.task_closed, "the task ended: {internals:?}");
+    assert_eq!(
+        internals.tasks_started, 1,
+        "the task died and another took over"
+    );
     assert_eq!(
         (internals.nodes, internals.records),
         (0, 0),
@@ -291,6 +307,11 @@ async fn the_task_survives_a_value_drop_panicking_as_it_expires() {
 #[tokio::test(start_paused = true)]
 async fn the_task_survives_a_key_hash_panicking_as_a_node_fires() {
     the_task_survives(In::Hash, true, false, true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_survives_a_key_eq_panicking_as_a_node_fires() {
+    the_task_survives(In::Eq, true, false, true).await;
 }
 
 #[tokio::test(start_paused = true)]
