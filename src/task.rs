@@ -367,7 +367,10 @@ struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
     /// Per stripe: the ids its writers left in their pool, held for its next pool, and how
     /// many they took last time.
     pools: Vec<(Vec<NodeId>, usize)>,
-    /// A buffer for the free ids that go to the hand-off's reserve.
+    /// Ids the task fired, freed or took back from a pool since it last stocked the
+    /// hand-off's reserve (as writers see them, `base` added): they top up the pools and
+    /// stock the reserve at the next drain, with whatever is on the wheel's free list. Kept
+    /// here rather than on that list, which the next drain would walk through the slab.
     free: Vec<NodeId>,
     /// A sweep left keys behind (their `Clone` panicked): it runs again at the next wake.
     sweep_again: bool,
@@ -569,7 +572,8 @@ where
                 self.links = links;
             }
             for orphan in orphans.drain(..) {
-                quietly(self.wheel.remove(orphan - self.base));
+                quietly(self.wheel.take(orphan - self.base));
+                self.free.push(orphan);
             }
             self.orphans = orphans;
         }
@@ -596,6 +600,8 @@ where
         let (held, demand) = &mut self.pools[stripe];
         let mut pool = std::mem::take(held);
         let want = *demand + MIN_POOL;
+        let from_free = want.saturating_sub(pool.len()).min(self.free.len());
+        pool.extend(self.free.drain(self.free.len() - from_free..));
         while pool.len() < want {
             match self.wheel.take_free() {
                 Some(id) => pool.push(id + self.base),
@@ -611,7 +617,7 @@ where
         let want = taken + MIN_POOL;
         while left.len() > want {
             let id = left.pop().expect("longer than want");
-            self.wheel.release(id - self.base);
+            self.free.push(id);
         }
         self.pools[stripe] = (left, taken);
     }
@@ -779,12 +785,14 @@ where
         let removed = match fired {
             Some(Fired::Orphaned) => None,
             Some(Fired::Removed(retired)) => {
-                quietly(self.wheel.remove(node));
+                quietly(self.wheel.take(node));
+                self.free.push(node + self.base);
                 self.work.expired += usize::from(retired.cause == RemovalCause::Expired);
                 Some(retired)
             }
             Some(Fired::Unfiled) => {
-                quietly(self.wheel.remove(node));
+                quietly(self.wheel.take(node));
+                self.free.push(node + self.base);
                 None
             }
             Some(Fired::Refile(tick)) => {

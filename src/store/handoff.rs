@@ -14,7 +14,8 @@
 //! orphans (a listed node whose entry went before the drain is one).
 //!
 //! Invariants:
-//! - **Every id in one place.** An id is on the wheel's free list; or in a stripe's pool or
+//! - **Every id in one place.** An id is free with the task (on the wheel's free list, or in
+//!   the task's own list of the ids it freed since its last drain); or in a stripe's pool or
 //!   the reserve; or
 //!   held by an entry (its `node`) and either named by the queued record or list item of the
 //!   entry's key (not linked yet) or linked in the wheel; or named as an orphan by a queued

@@ -264,11 +264,13 @@ where
         fired.clear();
         fired.resize_with(items.len(), || None);
         // Hashed first, with no lock held (user code): a key whose `Hash` panics is left out.
-        let (mut keys, mut hashes, mut of) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (key, _)) in items.iter().enumerate() {
+        let (mut keys, mut hashes, mut nodes, mut of) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, (key, node)) in items.iter().enumerate() {
             if let Ok(hash) = catch_unwind(AssertUnwindSafe(|| self.map.hash(key))) {
                 keys.push(*key);
                 hashes.push(hash);
+                nodes.push(*node);
                 of.push(i);
                 fired[i] = Some(Fired::Orphaned);
             }
@@ -277,6 +279,7 @@ where
         self.map.remove_grouped(
             &keys,
             &hashes,
+            &nodes,
             |j, entry, stamp| {
                 let (remove, step, _) = self.step(entry, stamp, items[of[j]].1, now, generation);
                 fired[of[j]] = Some(step);

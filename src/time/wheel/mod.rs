@@ -253,6 +253,7 @@ impl<T> Wheel<T> {
     /// # Panics
     ///
     /// If `id` is a live node or already free.
+    #[cfg(test)]
     pub(crate) fn release(&mut self, id: NodeId) {
         assert!(
             (id as usize) < MAX_NODES,
@@ -299,6 +300,27 @@ impl<T> Wheel<T> {
             Cell::Live(node) => {
                 self.free_head = id;
                 self.free += 1;
+                self.len -= 1;
+                node.item
+            }
+            Cell::Free { .. } => unreachable!("wheel: unlink accepted a free node"),
+        }
+    }
+
+    /// Unlinks node `id` and returns its item, leaving the id with the caller (as
+    /// [`take_free`](Self::take_free) would): to [`link`](Self::link) again or
+    /// [`release`](Self::release). For a caller that keeps its own list of free ids.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not an allocated node.
+    pub(crate) fn take(&mut self, id: NodeId) -> T {
+        self.unlink(id);
+        let cell = Cell::Free {
+            next_free: RESERVED,
+        };
+        match mem::replace(self.entries.cell_mut(id), cell) {
+            Cell::Live(node) => {
                 self.len -= 1;
                 node.item
             }

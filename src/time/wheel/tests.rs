@@ -221,6 +221,10 @@ fn ids_held_by_the_caller() {
     wheel.release(9);
     wheel.check();
     assert_eq!(wheel.free_len(), 5);
+    assert_eq!(wheel.take(2), 20, "taken out: the caller holds the id");
+    assert_eq!(wheel.free_len(), 5);
+    wheel.check();
+    wheel.link(2, 20, 20);
     assert_eq!(wheel.remove(5), 50);
     assert_eq!(wheel.free_len(), 6);
     let mut taken: Vec<_> = std::iter::from_fn(|| wheel.take_free()).collect();
@@ -504,6 +508,8 @@ enum Op {
     Reschedule(Index, u64),
     ReschedulePast(Index, u64),
     Remove(Index),
+    /// Take a live node out, its id held by the caller afterwards.
+    Take(Index),
     Advance(u64, u64),
     /// Hold an id: off the free list, or one the wheel never saw (`bool`).
     Hold(bool, u8),
@@ -521,6 +527,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<Index>(), offset()).prop_map(|(i, o)| Op::Reschedule(i, o)),
         1 => (any::<Index>(), offset()).prop_map(|(i, o)| Op::ReschedulePast(i, o)),
         2 => any::<Index>().prop_map(Op::Remove),
+        1 => any::<Index>().prop_map(Op::Take),
         4 => (jump(), any::<u64>()).prop_map(|(j, s)| Op::Advance(j, s)),
         1 => (any::<bool>(), 0..5u8).prop_map(|(f, gap)| Op::Hold(f, gap)),
         2 => (any::<Index>(), offset()).prop_map(|(i, o)| Op::LinkHeld(i, o)),
@@ -611,6 +618,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some(id) = pick(&model, &i) {
                     let (_, item) = model.remove(&id).unwrap();
                     prop_assert_eq!(wheel.remove(id), item);
+                }
+            }
+            Op::Take(i) => {
+                if let Some(id) = pick(&model, &i) {
+                    let (_, item) = model.remove(&id).unwrap();
+                    prop_assert_eq!(wheel.take(id), item);
+                    held.push(id);
                 }
             }
             Op::Hold(never_seen, gap) => {
