@@ -33,9 +33,12 @@ use crate::policy::MAX_FREQ;
 use crate::time::clock::NEVER;
 use crate::time::wheel::NodeId;
 
-/// One cached value and its bookkeeping.
+/// One cached value and its bookkeeping. The bookkeeping comes first, in this order, so
+/// that it sits right after a small key in the map's slot: [`Map::remove_grouped`] warms a
+/// slot's lines by reading `deadline` and `node` alone (no user code), and a small key
+/// shares its line with `deadline`.
+#[repr(C)]
 pub(crate) struct Entry<V> {
-    pub(crate) value: V,
     /// The effective deadline (see the module docs).
     pub(super) deadline: AtomicU64,
     /// [`UNFILED`], or the id of the wheel node for this key (queued or linked).
@@ -44,6 +47,7 @@ pub(crate) struct Entry<V> {
     /// bounded caches its eviction-policy state: in the main queue (bit 2), reads counted
     /// since it last passed its queue's head (bits 0-1, at most 3). Readers bump the counter.
     meta: AtomicU32,
+    pub(crate) value: V,
 }
 
 /// Generations wrap at 2^28: the bits of `meta` above the stale bit and the policy's.
@@ -573,7 +577,10 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
                     .iter()
                     .filter(|&&i| {
                         table
-                            .get(hashes[i], |(_, e)| e.get().entry().node == nodes[i])
+                            .get(hashes[i], |(_, e)| {
+                                let entry = e.get().entry();
+                                entry.node == nodes[i] && entry.deadline() != NEVER
+                            })
                             .is_some()
                     })
                     .count();
