@@ -400,8 +400,10 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         lock(&self.opened()[i].stripe)
     }
 
-    fn stripe_of(&self, key: &K) -> usize {
-        (self.hasher.hash_one(key) >> 32) as usize & (self.count - 1)
+    /// The stripe of a key whose hash by the map's hasher is `hash`: every push and orphan
+    /// of one key goes to one stripe, so that it has one record there.
+    fn stripe_of(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & (self.count - 1)
     }
 
     /// Ids handed out so far, pooled or not: the wheel's slab holds no more cells than this.
@@ -410,16 +412,24 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         self.fresh.load(Ordering::Relaxed)
     }
 
-    /// Queue a node for `key`, whose entry holds `held` (`UNFILED` or a node), to be linked at
-    /// `tick`; called with the key's shard lock held, when [`needs_push`] says so. Returns the
+    /// Queue a node for `key` (whose hash by the map's hasher is `hash`), whose entry holds
+    /// `held` (`UNFILED` or a node), to be linked at `tick`; called with the key's shard lock
+    /// held, when [`needs_push`] says so. Returns the
     /// entry's node from now on: `held` itself if it is still queued here (the record's tick
     /// is lowered), else a newly taken id (and `held`, linked in the wheel, becomes an
     /// orphan). Once the task has stopped: `held`, and nothing queued.
-    pub(crate) fn push(&self, signals: &Signals, key: K, held: NodeId, tick: u64) -> NodeId {
+    pub(crate) fn push(
+        &self,
+        signals: &Signals,
+        key: K,
+        hash: u64,
+        held: NodeId,
+        tick: u64,
+    ) -> NodeId {
         let Some(stripes) = self.open_stripes(signals) else {
             return held;
         };
-        let mut guard = lock(&stripes[self.stripe_of(&key)].stripe);
+        let mut guard = lock(&stripes[self.stripe_of(hash)].stripe);
         if signals.closed.load(Ordering::Acquire) {
             // The next task must look for this entry: nobody filed it.
             signals.missed.store(true, Ordering::Release);
@@ -641,11 +651,11 @@ impl<K: Hash + Eq + Clone, S: BuildHasher + Clone> Handoff<K, S> {
     /// behind. A node still queued here was never linked: its id goes back to the pool, and the
     /// record forgets it. Else the node is linked (or about to be, from a map the task swapped
     /// out) and the record orphans it.
-    pub(crate) fn orphan(&self, signals: &Signals, key: &K, node: NodeId) {
+    pub(crate) fn orphan(&self, signals: &Signals, key: &K, hash: u64, node: NodeId) {
         let Some(stripes) = self.stripes() else {
             return; // Never opened: nothing was queued or linked.
         };
-        let mut guard = lock(&stripes[self.stripe_of(key)].stripe);
+        let mut guard = lock(&stripes[self.stripe_of(hash)].stripe);
         if signals.closed.load(Ordering::Acquire) {
             return;
         }
@@ -711,11 +721,16 @@ mod loom_handoff {
         })
     }
 
+    /// Key 1's hash by the map's hasher, for a stripe.
+    const KEY_HASH: u64 = 1 << 32;
+
     /// A writer: `Store::write` for key 1 (deadlines stand for their own ticks).
     fn write(w: &World, deadline: u64) {
         let mut entry = lock(&w.entry);
         if needs_push(entry.node, entry.deadline, deadline) {
-            entry.node = w.handoff.push(&w.signals, 1, entry.node, deadline);
+            entry.node = w
+                .handoff
+                .push(&w.signals, 1, KEY_HASH, entry.node, deadline);
         }
         entry.deadline = deadline;
         let (records, fresh) = w.handoff.queued();
@@ -729,7 +744,7 @@ mod loom_handoff {
     fn remove(w: &World) {
         let mut entry = lock(&w.entry);
         if entry.node != UNFILED {
-            w.handoff.orphan(&w.signals, &1, entry.node);
+            w.handoff.orphan(&w.signals, &1, KEY_HASH, entry.node);
         }
         *entry = Entry {
             deadline: NEVER,

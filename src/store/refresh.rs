@@ -278,7 +278,8 @@ where
                 let next = if next >= deadline { Stamp::IDLE } else { next };
                 // The key's clone for the hand-off (user code) comes before the two writes.
                 let held = stored.entry().node;
-                let node = self.hand_off(stored.key(), held, old, deadline.min(next));
+                let key = stored.key();
+                let node = self.hand_off(key, || self.map.hash(key), held, old, deadline.min(next));
                 if let Some(stamp) = stored.stamp() {
                     stamp.set_next(next);
                 }

@@ -109,7 +109,8 @@ where
     /// behind (see handoff.rs).
     pub(crate) fn orphan(&self, key: &K, entry: &Entry<V>) {
         if let Some(node) = entry.filed_node() {
-            self.handoff.orphan(&self.signals, key, node);
+            self.handoff
+                .orphan(&self.signals, key, self.map.hash(key), node);
         }
     }
 

@@ -16,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use dashmap::Entry as Slot;
+use dashmap::{DashMap, Entry as Slot, SharedValue};
 
 use super::capacity::{Capacity, Evicted, Held, Room, EVICTION_BUDGET};
 use super::entry::{with_map, Entry, Removed, Retired, Stored};
@@ -190,8 +190,9 @@ where
                         // The key's clone for the hand-off (user code) comes first.
                         let held = stored.entry().node;
                         let due = stored.stamp().map_or(NEVER, |s| s.due());
-                        let node =
-                            self.hand_off(stored.key(), held, stored.wake(), wanted.min(due));
+                        let key = stored.key();
+                        let hash = || self.map.hash(key);
+                        let node = self.hand_off(key, hash, held, stored.wake(), wanted.min(due));
                         let entry = stored.entry_mut();
                         entry.node = node;
                         entry.deadline.store(wanted, Ordering::Relaxed);
@@ -216,11 +217,49 @@ where
         };
         let admission = self.admission(&key, &value);
         let replaced = with_map!(&self.map, m => {
-            let slot = m.entry(key);
-            self.flights.supersede(slot.key());
-            self.write(slot, value, cap, self.generation())
+            // Hashed once, for the map's shard and the hand-off's stripe.
+            let hash = m.hash_usize(&key) as u64;
+            self.write_hashed(m, key, hash, value, cap)
         });
         self.after_write(admission, replaced);
+    }
+
+    /// [`write`](Self::write) for `key`, whose hash by the map's hasher is `hash`, under its
+    /// shard's write lock taken here: the hand-off's stripe comes from that same hash.
+    fn write_hashed<E: Stored<V>>(
+        &self,
+        m: &DashMap<K, E, S>,
+        key: K,
+        hash: u64,
+        value: V,
+        cap: Cap,
+    ) -> Option<Retired<K, V>> {
+        let rehash = |(k, _): &(K, SharedValue<E>)| m.hasher().hash_one(k);
+        let mut table = m.shards()[m.determine_shard(hash as usize)].write();
+        // Room first (a resize hashes keys, user code), as the map's own entry does.
+        table.reserve(1, rehash);
+        self.flights.supersede(&key);
+        let generation = self.generation();
+        match table.get_mut(hash, |(k, _)| *k == key) {
+            Some((stored_key, stored)) => {
+                let (new, cause) =
+                    self.next_entry(stored_key, || hash, stored.get(), value, cap, generation);
+                // The map keeps the caller's key and hands its own back with the old entry
+                // (see `write`).
+                let old = std::mem::replace(stored.get_mut(), new);
+                let key = std::mem::replace(stored_key, key);
+                Some(Retired {
+                    key: Some(key),
+                    entry: old.into_entry(),
+                    cause,
+                })
+            }
+            None => {
+                let entry = self.new_entry(&key, || hash, value, cap, generation);
+                table.insert(hash, (key, SharedValue::new(entry)), rehash);
+                None
+            }
+        }
     }
 
     /// An insert into a bounded cache whose entries all weigh 1, in one map lookup. An
@@ -414,53 +453,21 @@ where
         cap: Cap,
         generation: u32,
     ) -> Option<Retired<K, V>> {
-        let deadline = self.effective(cap);
-        // A cache that refreshes files the node at the first refresh check, if earlier.
-        let fresh = if E::REFRESH {
-            self.fresh(cap.at.min(cap.until), cap.now)
-        } else {
-            super::entry::Fresh::NONE
-        };
-        let wake = deadline.min(fresh.at);
         match slot {
             Slot::Vacant(slot) => {
-                let node = self.hand_off(slot.key(), UNFILED, NEVER, wake);
-                slot.insert(E::with_refresh(
-                    Entry::new(value, deadline, node, generation, 0),
-                    Self::bound::<E>(cap, deadline),
-                    fresh,
-                ));
-                self.count(Counter::Insert, 1);
+                let key = slot.key();
+                let entry = self.new_entry(key, || self.map.hash(key), value, cap, generation);
+                slot.insert(entry);
                 None
             }
             Slot::Occupied(slot) => {
-                let old = slot.get().entry();
-                let node = self.hand_off(slot.key(), old.node, slot.get().wake(), wake);
-                // Judging the cause needs the time (the write's own, if it read the clock):
-                // only when someone counts or listens.
-                let cause = if self.counters.is_some() || self.notifier.is_active() {
-                    let now = || cap.now.unwrap_or_else(|| self.clock.now());
-                    self.cause_at(old, RemovalCause::Replaced, now)
-                } else {
-                    RemovalCause::Replaced
-                };
-                self.count(
-                    if cause == RemovalCause::Replaced {
-                        Counter::Update
-                    } else {
-                        Counter::Insert
-                    },
-                    1,
-                );
-                let new = Entry::new(value, deadline, node, generation, old.policy_bits());
+                let key = slot.key();
+                let hash = || self.map.hash(key);
+                let (new, cause) = self.next_entry(key, hash, slot.get(), value, cap, generation);
                 // The map keeps the caller's key and hands back its own with the old entry,
                 // so no key is cloned or dropped here: both go with the report, after the
                 // policy has accounted for the write.
-                let (key, old) = slot.replace_entry(E::with_refresh(
-                    new,
-                    Self::bound::<E>(cap, deadline),
-                    fresh,
-                ));
+                let (key, old) = slot.replace_entry(new);
                 Some(Retired {
                     key: Some(key),
                     entry: old.into_entry(),
@@ -468,6 +475,73 @@ where
                 })
             }
         }
+    }
+
+    /// A write's effective deadline, refresh state and the tick its node is due.
+    fn deadlines<E: Stored<V>>(&self, cap: Cap) -> (u64, super::entry::Fresh, u64) {
+        let deadline = self.effective(cap);
+        // A cache that refreshes files the node at the first refresh check, if earlier.
+        let fresh = if E::REFRESH {
+            self.fresh(cap.at.min(cap.until), cap.now)
+        } else {
+            super::entry::Fresh::NONE
+        };
+        (deadline, fresh, deadline.min(fresh.at))
+    }
+
+    /// The entry a write stores for `key` (hashed by `hash`, if the hand-off needs it),
+    /// which has none: its node is handed to the task.
+    fn new_entry<E: Stored<V>>(
+        &self,
+        key: &K,
+        hash: impl FnOnce() -> u64,
+        value: V,
+        cap: Cap,
+        generation: u32,
+    ) -> E {
+        let (deadline, fresh, wake) = self.deadlines::<E>(cap);
+        let node = self.hand_off(key, hash, UNFILED, NEVER, wake);
+        self.count(Counter::Insert, 1);
+        E::with_refresh(
+            Entry::new(value, deadline, node, generation, 0),
+            Self::bound::<E>(cap, deadline),
+            fresh,
+        )
+    }
+
+    /// The entry a write stores over `old`, `key`'s (hashed by `hash`, if the hand-off
+    /// needs it), and why `old` leaves.
+    fn next_entry<E: Stored<V>>(
+        &self,
+        key: &K,
+        hash: impl FnOnce() -> u64,
+        old: &E,
+        value: V,
+        cap: Cap,
+        generation: u32,
+    ) -> (E, RemovalCause) {
+        let (deadline, fresh, wake) = self.deadlines::<E>(cap);
+        let node = self.hand_off(key, hash, old.entry().node, old.wake(), wake);
+        let old = old.entry();
+        // Judging the cause needs the time (the write's own, if it read the clock): only
+        // when someone counts or listens.
+        let cause = if self.counters.is_some() || self.notifier.is_active() {
+            let now = || cap.now.unwrap_or_else(|| self.clock.now());
+            self.cause_at(old, RemovalCause::Replaced, now)
+        } else {
+            RemovalCause::Replaced
+        };
+        self.count(
+            if cause == RemovalCause::Replaced {
+                Counter::Update
+            } else {
+                Counter::Insert
+            },
+            1,
+        );
+        let new = Entry::new(value, deadline, node, generation, old.policy_bits());
+        let new = E::with_refresh(new, Self::bound::<E>(cap, deadline), fresh);
+        (new, cause)
     }
 
     /// The expiry task's takeover of `key`: an entry with a deadline whose node no running
@@ -480,8 +554,9 @@ where
                 if deadline != NEVER && (node == UNFILED || node < base) {
                     // The key's clone (user code) comes before the two writes.
                     let key = stored.key().clone();
+                    let hash = self.map.hash(&key);
                     let due = self.clock.tick_of(deadline);
-                    let node = self.handoff.push(&self.signals, key, UNFILED, due);
+                    let node = self.handoff.push(&self.signals, key, hash, UNFILED, due);
                     stored.entry_mut().node = node;
                 }
             }
@@ -505,10 +580,20 @@ where
     /// [`needs_push`]). The deadline's tick (a division) is worked out only then: most
     /// overwrites move a deadline later and need nothing.
     #[inline]
-    pub(super) fn hand_off(&self, key: &K, held: NodeId, old: u64, deadline: u64) -> NodeId {
+    pub(super) fn hand_off(
+        &self,
+        key: &K,
+        hash: impl FnOnce() -> u64,
+        held: NodeId,
+        old: u64,
+        deadline: u64,
+    ) -> NodeId {
         if needs_push(held, old, deadline) {
             let due = self.clock.tick_of(deadline);
-            self.handoff.push(&self.signals, key.clone(), held, due)
+            // Hashed (user code) before the key's clone; both before the stripe changes.
+            let hash = hash();
+            self.handoff
+                .push(&self.signals, key.clone(), hash, held, due)
         } else {
             held
         }
