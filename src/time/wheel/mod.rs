@@ -375,8 +375,15 @@ impl<T> Wheel<T> {
         let now = now.max(self.elapsed);
         loop {
             if self.due_head != NIL {
+                // The due list's head: unlinked without looking up where it is.
                 let id = self.due_head;
-                self.unlink(id);
+                let node = self.node_mut(id);
+                let next = mem::replace(&mut node.next, NIL);
+                node.prev = UNLINKED;
+                self.due_head = next;
+                if next != NIL {
+                    self.node_mut(next).prev = NIL;
+                }
                 return Some(id);
             }
             let taken = self.take_slots_until(now);
