@@ -265,8 +265,13 @@ where
         fired.clear();
         fired.resize_with(items.len(), || None);
         // Hashed first, with no lock held (user code): a key whose `Hash` panics is left out.
-        let (mut keys, mut hashes, mut nodes, mut of) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let n = items.len();
+        let (mut keys, mut hashes, mut nodes, mut of) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         for (i, (key, node)) in items.iter().enumerate() {
             if let Ok(hash) = catch_unwind(AssertUnwindSafe(|| self.map.hash(key))) {
                 keys.push(*key);
@@ -276,7 +281,7 @@ where
                 fired[i] = Some(Fired::Orphaned);
             }
         }
-        let (mut removed, mut panicked) = (Vec::new(), Vec::new());
+        let (mut removed, mut panicked) = (Vec::with_capacity(n), Vec::new());
         self.map.remove_grouped(
             &keys,
             &hashes,
