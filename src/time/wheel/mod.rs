@@ -308,8 +308,8 @@ impl<T> Wheel<T> {
     }
 
     /// Unlinks node `id` and returns its item, leaving the id with the caller (as
-    /// [`take_free`](Self::take_free) would): to [`link`](Self::link) again or
-    /// [`release`](Self::release). For a caller that keeps its own list of free ids.
+    /// [`take_free`](Self::take_free) would), to [`link`](Self::link) again. For a caller
+    /// that keeps its own list of free ids.
     ///
     /// # Panics
     ///
