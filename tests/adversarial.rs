@@ -534,6 +534,47 @@ async fn a_key_hash_panicking_in_a_call_costs_only_that_call() {
     assert_eq!(internals.policy_weight, Some(0), "{internals:?}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_key_hash_or_eq_panicking_in_an_unbounded_insert_costs_only_that_insert() {
+    for trapped in [In::Hash, In::Eq] {
+        let fuse = Fuse::disarmed();
+        let key = |id| Trap::new(id, &fuse, trapped);
+        let cache: Cache<Trap, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
+        cache.insert(key(0), 0);
+        settle().await;
+        // Each insert's first, second, ... hash or comparison of a key panics: overwrites of
+        // key 0, and new keys that make the map grow (a resize hashes every key).
+        let mut panicked = 0;
+        for nth in 1..=4 {
+            for id in 0..40 {
+                fuse.arm(nth);
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    cache.insert(key(id), nth as u64)
+                }));
+                panicked += usize::from(caught.is_err());
+                fuse.disarm();
+            }
+            settle().await;
+        }
+        assert!(panicked > 0, "{trapped:?}: no insert panicked");
+        for id in 0..40 {
+            cache.insert(key(id), 99);
+        }
+        settle().await;
+        for id in 0..40 {
+            assert_eq!(cache.get(&key(id)), Some(99), "{trapped:?}: key {id}");
+        }
+        advance(SEC + 2 * MS).await;
+        assert_eq!(cache.entry_count(), 0, "{trapped:?}");
+        let internals = cache.__internals();
+        assert_eq!(
+            (internals.nodes, internals.records, internals.tasks_started),
+            (0, 0, 1),
+            "{trapped:?}: {internals:?}"
+        );
+    }
+}
+
 #[test]
 fn build_on_a_current_thread_runtime_expires_only_while_it_is_driven() {
     let rt = tokio::runtime::Builder::new_current_thread()

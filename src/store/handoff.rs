@@ -647,15 +647,21 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
 }
 
 impl<K: Hash + Eq + Clone, S: BuildHasher + Clone> Handoff<K, S> {
-    /// Tell the task that `key`'s entry, being removed under its shard lock, leaves `node`
-    /// behind. A node still queued here was never linked: its id goes back to the pool, and the
+    /// Tell the task that `key`'s entry (`hash` gives the key's hash by the map's hasher),
+    /// being removed under its shard lock, leaves `node` behind. A node still queued here was never linked: its id goes back to the pool, and the
     /// record forgets it. Else the node is linked (or about to be, from a map the task swapped
     /// out) and the record orphans it.
-    pub(crate) fn orphan(&self, signals: &Signals, key: &K, hash: u64, node: NodeId) {
+    pub(crate) fn orphan(
+        &self,
+        signals: &Signals,
+        key: &K,
+        hash: impl FnOnce() -> u64,
+        node: NodeId,
+    ) {
         let Some(stripes) = self.stripes() else {
             return; // Never opened: nothing was queued or linked.
         };
-        let mut guard = lock(&stripes[self.stripe_of(hash)].stripe);
+        let mut guard = lock(&stripes[self.stripe_of(hash())].stripe);
         if signals.closed.load(Ordering::Acquire) {
             return;
         }
@@ -744,7 +750,7 @@ mod loom_handoff {
     fn remove(w: &World) {
         let mut entry = lock(&w.entry);
         if entry.node != UNFILED {
-            w.handoff.orphan(&w.signals, &1, KEY_HASH, entry.node);
+            w.handoff.orphan(&w.signals, &1, || KEY_HASH, entry.node);
         }
         *entry = Entry {
             deadline: NEVER,

@@ -110,7 +110,7 @@ where
     pub(crate) fn orphan(&self, key: &K, entry: &Entry<V>) {
         if let Some(node) = entry.filed_node() {
             self.handoff
-                .orphan(&self.signals, key, self.map.hash(key), node);
+                .orphan(&self.signals, key, || self.map.hash(key), node);
         }
     }
 

@@ -238,9 +238,10 @@ where
         let mut table = m.shards()[m.determine_shard(hash as usize)].write();
         // Room first (a resize hashes keys, user code), as the map's own entry does.
         table.reserve(1, rehash);
+        let found = table.get_mut(hash, |(k, _)| *k == key);
         self.flights.supersede(&key);
         let generation = self.generation();
-        match table.get_mut(hash, |(k, _)| *k == key) {
+        match found {
             Some((stored_key, stored)) => {
                 let (new, cause) =
                     self.next_entry(stored_key, || hash, stored.get(), value, cap, generation);
