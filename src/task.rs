@@ -353,15 +353,16 @@ struct Task<K: Hash + Eq, V, S: BuildHasher + Clone> {
     signals: Arc<Signals>,
     token: CancellationToken,
     interval: Interval,
-    /// Indexed by `id - base`: ids below `base` belong to a task that is gone.
-    wheel: Wheel<K>,
+    /// Indexed by `id - base`: ids below `base` belong to a task that is gone. A node's item
+    /// is the hash its key is filed under in the map: with the node id, it finds the entry.
+    wheel: Wheel<u64>,
     /// The first node id of this task's epoch (see `Handoff::open`).
     base: NodeId,
     /// Whether the entries in the map are still to be taken over (at the first wake).
     takeover: bool,
     spare: Option<Records<K, S>>,
-    /// The nodes of a drained stripe, to link in id order.
-    links: Vec<(NodeId, u64, K)>,
+    /// The nodes of a drained stripe, to link in id order: (id, tick, key's hash).
+    links: Vec<(NodeId, u64, u64)>,
     /// The orphans of a drained stripe, to remove once its nodes are linked.
     orphans: Vec<NodeId>,
     /// Per stripe: the ids its writers left in their pool, held for its next pool, and how
@@ -548,18 +549,17 @@ where
                 // wheel never linked it.
                 orphans.extend(record.orphans.nodes().filter(|&id| id >= self.base));
                 if record.node != UNFILED {
-                    links.push((record.node, record.tick, key));
-                } else {
-                    quietly(key);
+                    links.push((record.node, record.tick, record.hash));
                 }
+                quietly(key);
             }
             if records.capacity() <= SPARE_CAPACITY {
                 self.spare = Some(records);
             }
             links.sort_unstable_by_key(|(node, ..)| *node);
             let mut done = 0;
-            for (node, tick, key) in links.drain(..) {
-                self.wheel.link(node - self.base, tick, key);
+            for (node, tick, hash) in links.drain(..) {
+                self.wheel.link(node - self.base, tick, hash);
                 done += 1;
                 if done % BATCH == 0 {
                     if let Flow::Stop = self.pause(store).await {
@@ -740,15 +740,14 @@ where
         flow
     }
 
-    /// Act on what a fired node means (decided by the store under the key's shard lock),
-    /// then report what it removed, with the wheel no longer borrowed. A key's `Hash` or `Eq`
-    /// that panics leaves the entry and its node as they were: the node fires again one tick
-    /// later.
-    /// `node` is the wheel's index (the id less `base`).
-    /// Fire one node (a bounded cache's way).
+    /// Fire one node (a bounded cache's way; `node` is the wheel's index, the id less
+    /// `base`): act on what it means (decided by the store under the key's shard lock), then
+    /// report what it removed, with the wheel no longer borrowed. A key's `Hash`, `Eq` or
+    /// `Clone` that panics leaves the entry and its node as they were: the node fires again
+    /// one tick later.
     fn fire(&mut self, store: &Arc<Store<K, V, S>>, node: NodeId, now: u64) {
         let fired = catch_unwind(AssertUnwindSafe(|| {
-            store.fire(self.wheel.get(node), node + self.base, now, &mut self.lag)
+            store.fire(*self.wheel.get(node), node + self.base, now, &mut self.lag)
         }));
         self.settle(store, node, fired.ok(), now);
     }
@@ -760,9 +759,9 @@ where
         }
         let mut fired = std::mem::take(&mut self.fired);
         {
-            let items: Vec<(&K, NodeId)> = due
+            let items: Vec<(u64, NodeId)> = due
                 .iter()
-                .map(|&node| (self.wheel.get(node), node + self.base))
+                .map(|&node| (*self.wheel.get(node), node + self.base))
                 .collect();
             store.fire_all(&items, now, &mut self.lag, &mut fired);
         }
@@ -799,29 +798,22 @@ where
                 self.wheel.reschedule(node, tick);
                 None
             }
-            Some(Fired::Reload(tick)) => {
-                // The key for the reload: the wheel's own if the node is done, else a copy
-                // (user code: a panic there costs this reload, and the stamp a backoff).
-                let key = match tick {
-                    None => Ok(self.wheel.remove(node)),
-                    Some(tick) => {
-                        self.wheel.reschedule(node, tick);
-                        let key = self.wheel.get(node);
-                        catch_unwind(AssertUnwindSafe(|| key.clone())).map_err(|_| {
-                            let _ = catch_unwind(AssertUnwindSafe(|| store.reload_ended(key)));
-                            error!("a key's Clone panicked as its reload was due; it is skipped");
-                        })
+            Some(Fired::Reload(tick, key)) => {
+                match tick {
+                    None => {
+                        quietly(self.wheel.take(node));
+                        self.free.push(node + self.base);
                     }
-                };
-                if let Ok(key) = key {
-                    self.work.reloads += 1;
-                    crate::refresh::queue(store, key);
+                    Some(tick) => self.wheel.reschedule(node, tick),
                 }
+                self.work.reloads += 1;
+                crate::refresh::queue(store, key);
                 None
             }
             None => {
                 error!(
-                    "a key's Hash or Eq panicked as its deadline came; it is tried again next tick"
+                    "a key's Hash, Eq or Clone panicked as its deadline or reload came; it is \
+                     tried again next tick"
                 );
                 let retry = self.clock.tick_floor(now).saturating_add(1);
                 self.wheel.reschedule(node, retry);

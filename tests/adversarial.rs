@@ -211,11 +211,26 @@ async fn a_key_clone_panicking_as_a_load_finishes_hands_the_key_over() {
 /// or swept after `invalidate_all`); then 1,000 later entries must still expire on time, and
 /// the books must balance. With `listen`, a listener and a channel both hear every removal
 /// (so the task clones each key and value once); without, the task drops what it removes.
+/// `bounded`: a cache with a capacity, whose task hashes and compares each fired node's key
+/// (an unbounded cache's finds the entry by its node: see below).
 async fn the_task_survives(trapped: In, in_key: bool, invalidate: bool, listen: bool) {
+    the_task_survives_in(trapped, in_key, invalidate, listen, false).await;
+}
+
+async fn the_task_survives_in(
+    trapped: In,
+    in_key: bool,
+    invalidate: bool,
+    listen: bool,
+    bounded: bool,
+) {
     let fuse = Fuse::disarmed();
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
     let heard = Arc::new(AtomicUsize::new(0));
     let mut builder = Cache::builder().time_to_live(10 * MS).tick(MS);
+    if bounded {
+        builder = builder.max_capacity(10_000);
+    }
     if listen {
         let heard = Arc::clone(&heard);
         builder = builder
@@ -306,12 +321,53 @@ async fn the_task_survives_a_value_drop_panicking_as_it_expires() {
 
 #[tokio::test(start_paused = true)]
 async fn the_task_survives_a_key_hash_panicking_as_a_node_fires() {
-    the_task_survives(In::Hash, true, false, true).await;
+    the_task_survives_in(In::Hash, true, false, true, true).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_task_survives_a_key_eq_panicking_as_a_node_fires() {
-    the_task_survives(In::Eq, true, false, true).await;
+    the_task_survives_in(In::Eq, true, false, true, true).await;
+}
+
+/// An unbounded cache's task finds a fired node's entry by the hash its key was filed under
+/// and the node it holds: a key whose `Hash` or `Eq` would panic then is removed on time all
+/// the same, and reported.
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_cache_expires_with_no_key_hash_or_eq() {
+    for trapped in [In::Hash, In::Eq] {
+        let fuse = Fuse::disarmed();
+        let plain = Fuse::disarmed();
+        let heard = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&heard);
+        let cache: Cache<Trap, Trap> = Cache::builder()
+            .time_to_live(10 * MS)
+            .tick(MS)
+            .eviction_listener(move |_, _, _| {
+                counted.fetch_add(1, SeqCst);
+            })
+            .build();
+        cache.insert(
+            Trap::new(0, &fuse, trapped),
+            Trap::new(0, &plain, In::Clone),
+        );
+        settle().await;
+        fuse.arm(1);
+        advance(11 * MS).await;
+        settle().await;
+        assert!(
+            !fuse.burned(),
+            "the task ran the key's {trapped:?} as its node fired"
+        );
+        assert_eq!(cache.entry_count(), 0, "{trapped:?}: the entry stayed");
+        assert_eq!(heard.load(SeqCst), 1, "{trapped:?}: not reported once");
+        let internals = cache.__internals();
+        assert_eq!(
+            (internals.nodes, internals.records),
+            (0, 0),
+            "{trapped:?}: {internals:?}"
+        );
+        fuse.disarm();
+    }
 }
 
 #[tokio::test(start_paused = true)]

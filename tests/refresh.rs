@@ -701,6 +701,8 @@ async fn a_key_clone_panicking_as_its_reload_is_due_costs_that_reload_only() {
         !TRAP.load(std::sync::atomic::Ordering::SeqCst),
         "the trap never fired"
     );
-    // The trapped reload was skipped; one a backoff later stored the next value.
+    // The trapped reload left the entry as it was and was tried again a tick later: one
+    // reload, which stored the next value.
     assert_eq!(c.get(&Key(1)), Some(2));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

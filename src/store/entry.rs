@@ -25,7 +25,7 @@ use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use dashmap::DashMap;
+use dashmap::{DashMap, SharedValue};
 
 use super::handoff::UNFILED;
 use crate::listener::RemovalCause;
@@ -524,24 +524,41 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
             .map(|(k, e)| (k, e.into_entry())))
     }
 
-    /// `key`'s hash by the map's hasher (user code), as [`Map::remove_grouped`] takes it.
+    /// `key`'s hash by the map's hasher (user code): the hash the map files it under, which
+    /// the hand-off and the wheel keep for its node.
     pub(crate) fn hash(&self, key: &K) -> u64 {
         with_map!(self, m => m.hash_usize(key) as u64)
     }
 
-    /// For each key of `keys` (with its hash in `hashes`, from [`Map::hash`]) that has an
-    /// entry: `f(i, entry, stamp)`, which may change the entry, under the shard's write
-    /// lock, and the entry removed if `f` says so (into `removed`, with its index). The keys
-    /// of one shard go under one lock: the cache misses of consecutive entries then overlap,
-    /// where one lock per key makes each wait for the previous release. A panic in a key's
-    /// `Eq` or in `f` costs that key only (its index goes to `panicked`); `f` must change an
-    /// entry only when it keeps it, so that a panic leaves a removed one as it was.
+    /// A copy of the key whose entry holds `node`, looked for under `hash` (the key's, from
+    /// [`Map::hash`]) with the shard's read lock: no `Hash` or `Eq` runs, only the key's
+    /// `Clone` (a panic there leaves everything as it was). `None`: no entry holds `node`.
+    pub(crate) fn key_of(&self, hash: u64, node: NodeId) -> Option<K>
+    where
+        K: Clone,
+    {
+        with_map!(self, m => {
+            let table = m.shards()[m.determine_shard(hash as usize)].read();
+            table
+                .get(hash, holds::<K, V, _>(node))
+                .map(|(k, _)| k.clone())
+        })
+    }
+
+    /// For each node of `nodes` (with the hash its key is filed under in `hashes`) that an
+    /// entry holds: `f(i, key, entry, stamp)`, which may change the entry, under the shard's
+    /// write lock, and the entry removed if `f` says so (into `removed`, with its index).
+    /// An entry is found by its node alone (a node id is held by one entry at most): no key's
+    /// `Hash` or `Eq` runs. The nodes of one shard go under one lock: the cache misses of
+    /// consecutive entries then overlap, where one lock per key makes each wait for the
+    /// previous release. A panic in `f` costs that node only (its index goes to `panicked`);
+    /// `f` must change an entry only when it keeps it, so that a panic leaves a removed one
+    /// as it was.
     pub(crate) fn remove_grouped(
         &self,
-        keys: &[&K],
         hashes: &[u64],
         nodes: &[NodeId],
-        mut f: impl FnMut(usize, &mut Entry<V>, Option<&Stamp>) -> bool,
+        mut f: impl FnMut(usize, &K, &mut Entry<V>, Option<&Stamp>) -> bool,
         removed: &mut Vec<(usize, K, Entry<V>)>,
         panicked: &mut Vec<usize>,
     ) {
@@ -570,9 +587,10 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
                     continue;
                 }
                 let mut table = shard.write();
-                // A first pass finds each key's entry by its node (no user code): the probes
-                // are independent, so their cache misses overlap, and the pass below finds
-                // its lines in cache.
+                // A first pass finds each entry: the probes are independent, so their cache
+                // misses overlap, and the pass below finds its lines in cache. It reads the
+                // deadline as well as the node: a bucket may straddle two cache lines (the
+                // table is only 16-byte aligned), and the step below reads both.
                 let found = group
                     .iter()
                     .filter(|&&i| {
@@ -586,16 +604,16 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
                     .count();
                 std::hint::black_box(found);
                 for &i in group {
-                    let (key, hash) = (keys[i], hashes[i]);
+                    let (hash, node) = (hashes[i], nodes[i]);
                     let step = catch_unwind(AssertUnwindSafe(|| {
-                        let remove = table
-                            .get_mut(hash, |(k, _)| k == key)
-                            .is_some_and(|(_, value)| {
+                        let remove = table.get_mut(hash, holds::<K, V, _>(node)).is_some_and(
+                            |(key, value)| {
                                 let (entry, stamp) = value.get_mut().split_mut();
-                                f(i, entry, stamp)
-                            });
+                                f(i, key, entry, stamp)
+                            },
+                        );
                         if remove {
-                            table.remove_entry(hash, |(k, _)| k == key)
+                            table.remove_entry(hash, holds::<K, V, _>(node))
                         } else {
                             None
                         }
@@ -670,6 +688,11 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
     }
 }
 
+/// A map bucket's test for the entry that holds `node` (an id is held by one entry at most).
+fn holds<K, V, E: Stored<V>>(node: NodeId) -> impl Fn(&(K, SharedValue<E>)) -> bool {
+    move |(_, e)| e.get().entry().node == node
+}
+
 /// An entry that left the map, on its way to being reported.
 pub(crate) struct Retired<K, V> {
     /// The key: `None` for an entry an overwrite replaced when nobody listens (the key
@@ -692,9 +715,10 @@ pub(crate) enum Fired<K, V> {
     Unfiled,
     /// The entry's deadline moved later: re-file the node at this tick.
     Refile(u64),
-    /// The entry is due for a reload (its stamp says so now): queue its key, and re-file the
-    /// node at this tick (`None`: the entry has no deadline, and the node is free).
-    Reload(Option<u64>),
+    /// The entry is due for a reload (its stamp says so now): queue this key (a copy of the
+    /// entry's), and re-file the node at this tick (`None`: the entry has no deadline, and
+    /// the node is free).
+    Reload(Option<u64>, K),
 }
 
 #[cfg(test)]

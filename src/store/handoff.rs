@@ -9,8 +9,9 @@
 //! no map lookup and no shard lock. A writer that removes an entry, or moves it to an earlier
 //! deadline after its node was linked, records the node it leaves behind as an *orphan*, which
 //! the task frees. While a stripe's map is empty, a new key (an entry that held no node) is
-//! queued in a plain list beside it instead, `(id, tick, key)`, with no map insert: the common
-//! case of a cache filling up. The task links the list's nodes and the map's, then frees the
+//! queued in a plain list beside it instead, `(id, tick, hash)`, with no map insert and no
+//! copy of the key: the common case of a cache filling up. The wheel keeps each node's hash
+//! (the key's, by the map's hasher), not its key: with the node id, that finds the entry. The task links the list's nodes and the map's, then frees the
 //! orphans (a listed node whose entry went before the drain is one).
 //!
 //! Invariants:
@@ -97,6 +98,9 @@ pub(crate) struct Record {
     pub(crate) node: NodeId,
     /// The tick to link it at.
     pub(crate) tick: u64,
+    /// The hash the key is filed under in the map, for the node to link (the wheel keeps it
+    /// to find the entry).
+    pub(crate) hash: u64,
     pub(crate) orphans: Orphans,
 }
 
@@ -104,6 +108,7 @@ impl Record {
     const EMPTY: Record = Record {
         node: UNFILED,
         tick: u64::MAX,
+        hash: 0,
         orphans: Orphans::NONE,
     };
 }
@@ -303,8 +308,9 @@ impl Signals {
     }
 }
 
-/// A queued node of a key that had no record when it was queued: (node, tick, key).
-pub(crate) type Fresh<K> = (NodeId, u64, K);
+/// A queued node of a key that had no record when it was queued: (node, tick, the hash the
+/// key is filed under in the map). No copy of the key.
+pub(crate) type Fresh = (NodeId, u64, u64);
 
 /// A stripe's records, and the ids its writers hand out.
 struct Stripe<K, S> {
@@ -312,7 +318,7 @@ struct Stripe<K, S> {
     /// Nodes queued while `records` was empty, for entries that held none (a new key): no
     /// map insert. Once `records` holds anything (a key removed or moved earlier since the
     /// last drain), every push goes there, so no key is queued twice (see the module docs).
-    fresh: Vec<Fresh<K>>,
+    fresh: Vec<Fresh>,
     /// Ids the task freed (or queued nodes whose entry went), for writers to take first.
     pool: Vec<NodeId>,
     /// Ids writers took since the task last swapped the pool.
@@ -332,7 +338,7 @@ pub(crate) struct Taken<K, S> {
     pub(crate) records: Records<K, S>,
     /// Nodes to link, queued outside `records`. Some may be named as orphans in `records`
     /// too (their entry went before the drain): the task links these first.
-    pub(crate) fresh: Vec<Fresh<K>>,
+    pub(crate) fresh: Vec<Fresh>,
     /// The ids left in the pool the task swapped out: still held, now by the task.
     pub(crate) pool: Vec<NodeId>,
     /// Ids writers took from the stripe since the previous swap.
@@ -412,16 +418,18 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         self.fresh.load(Ordering::Relaxed)
     }
 
-    /// Queue a node for `key` (whose hash by the map's hasher is `hash`), whose entry holds
+    /// Queue a node for a key (whose hash by the map's hasher is `hash`), whose entry holds
     /// `held` (`UNFILED` or a node), to be linked at `tick`; called with the key's shard lock
-    /// held, when [`needs_push`] says so. Returns the
+    /// held, when [`needs_push`] says so. `key` gives a copy of the key (user code), called
+    /// before the stripe changes and only for a record: a new key's node is queued with its
+    /// hash alone. Returns the
     /// entry's node from now on: `held` itself if it is still queued here (the record's tick
     /// is lowered), else a newly taken id (and `held`, linked in the wheel, becomes an
     /// orphan). Once the task has stopped: `held`, and nothing queued.
     pub(crate) fn push(
         &self,
         signals: &Signals,
-        key: K,
+        key: impl FnOnce() -> K,
         hash: u64,
         held: NodeId,
         tick: u64,
@@ -438,7 +446,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         let stripe = &mut *guard;
         if held == UNFILED && stripe.records.is_empty() {
             let id = self.take_id(&mut stripe.pool, &mut stripe.taken);
-            stripe.fresh.push((id, tick, key));
+            stripe.fresh.push((id, tick, hash));
             let wake = stripe.fresh.len() == WAKE_AT_RECORDS
                 || tick < signals.next_wake.load(Ordering::SeqCst);
             drop(guard);
@@ -447,6 +455,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             }
             return id;
         }
+        let key = key();
         let len_before = stripe.records.len();
         let record = stripe.records.entry(key).or_insert(Record::EMPTY);
         let node = if held != UNFILED && record.node == held {
@@ -461,6 +470,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             let id = self.take_id(&mut stripe.pool, &mut stripe.taken);
             record.node = id;
             record.tick = tick;
+            record.hash = hash;
             id
         };
         let grew_large =
@@ -539,7 +549,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     pub(crate) fn take(
         &self,
         i: usize,
-        spare: (Records<K, S>, Vec<Fresh<K>>),
+        spare: (Records<K, S>, Vec<Fresh>),
         pool: Vec<NodeId>,
     ) -> Taken<K, S> {
         let mut stripe = self.lock(i);
@@ -736,7 +746,7 @@ mod loom_handoff {
         if needs_push(entry.node, entry.deadline, deadline) {
             entry.node = w
                 .handoff
-                .push(&w.signals, 1, KEY_HASH, entry.node, deadline);
+                .push(&w.signals, || 1, KEY_HASH, entry.node, deadline);
         }
         entry.deadline = deadline;
         let (records, fresh) = w.handoff.queued();

@@ -149,11 +149,12 @@ impl<K> Reloads<K> {
 }
 
 /// What a fired node of a live entry means for its refresh.
-pub(crate) enum Check {
+pub(crate) enum Check<K> {
     /// Nothing: the entry waits for its next check or its deadline.
     Wait,
-    /// A reload is due: the stamp now says [`Stamp::RELOADING`].
-    Reload,
+    /// A reload of this key (a copy of the entry's) is due: the stamp now says
+    /// [`Stamp::RELOADING`].
+    Reload(K),
 }
 
 impl<K, V, S> Store<K, V, S>
@@ -193,9 +194,11 @@ where
         }
     }
 
-    /// The refresh check of a live entry whose node fired at `now` (the expiry task, under
-    /// the key's shard write lock): start a reload, move the check to a re-check, or nothing.
-    pub(super) fn check(&self, stamp: &Stamp, deadline: u64, now: u64) -> Check {
+    /// The refresh check of `key`'s live entry, whose node fired at `now` (the expiry task,
+    /// under the key's shard write lock): start a reload, move the check to a re-check, or
+    /// nothing. A reload copies the key first (user code): a panic there leaves the stamp as
+    /// it was.
+    pub(super) fn check(&self, key: &K, stamp: &Stamp, deadline: u64, now: u64) -> Check<K> {
         let Some(after) = self.rules().and_then(|r| r.after) else {
             return Check::Wait;
         };
@@ -203,8 +206,9 @@ where
             return Check::Wait;
         }
         if stamp.was_read() {
+            let key = key.clone();
             stamp.start_reload();
-            return Check::Reload;
+            return Check::Reload(key);
         }
         let tick = self.clock.tick_nanos();
         let next = match deadline {

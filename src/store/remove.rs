@@ -9,7 +9,9 @@
 //!   the entry leaves the map until the policy forgets it; the weight is read before the
 //!   removal, so no user code runs between the two.
 //! - **The task's steps run no user code after their first change**: a panic in a key's
-//!   `Hash` or `Eq` leaves the entry and its node as they were.
+//!   `Hash`, `Eq` or `Clone` leaves the entry and its node as they were. An unbounded
+//!   cache's fired nodes run none of them but a reload's `Clone`: each entry is found by the
+//!   hash its key is filed under and the node it holds.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
@@ -205,11 +207,29 @@ where
         }
     }
 
+    /// The expiry task's step for `node`, fired at `now`, whose key is filed under `hash`, in
+    /// a bounded cache (see [`fires_one_by_one`](Self::fires_one_by_one)): the key is found
+    /// by its node and copied (the policy needs it), then stepped as [`fire_key`] says.
+    ///
+    /// [`fire_key`]: Self::fire_key
+    pub(crate) fn fire(
+        &self,
+        hash: u64,
+        node: NodeId,
+        now: u64,
+        lag: &mut LagBatch,
+    ) -> Fired<K, V> {
+        match self.map.key_of(hash, node) {
+            Some(key) => self.fire_key(&key, node, now, lag),
+            None => Fired::Orphaned,
+        }
+    }
+
     /// The expiry task's step for `node`, fired for `key` at `now`: under the key's shard
     /// lock, the entry is removed if it still holds the node and is no longer live, or its
-    /// node is re-filed or dropped. User code (the key's `Hash` and `Eq`) runs only before
-    /// anything changes: a panic leaves the entry and the node as they were.
-    pub(crate) fn fire(&self, key: &K, node: NodeId, now: u64, lag: &mut LagBatch) -> Fired<K, V> {
+    /// node is re-filed or dropped. User code (the key's `Hash`, `Eq` and `Clone`) runs only
+    /// before anything changes: a panic leaves the entry and the node as they were.
+    fn fire_key(&self, key: &K, node: NodeId, now: u64, lag: &mut LagBatch) -> Fired<K, V> {
         let held = self.hold_for_removal(key);
         let generation = self.generation();
         let mut fired = Fired::Orphaned;
@@ -217,8 +237,8 @@ where
         // the key's copy (user code) is made before anything changes.
         let stale_key = (held.is_some() && self.stale_window() > 0).then(|| key.clone());
         let mut newly_stale = false;
-        let removed = self.map.remove_if_mut(key, |_, entry, stamp| {
-            let (remove, step, newly) = self.step(entry, stamp, node, now, generation);
+        let removed = self.map.remove_if_mut(key, |k, entry, stamp| {
+            let (remove, step, newly) = self.step(k, entry, stamp, node, now, generation);
             (fired, newly_stale) = (step, newly);
             remove
         });
@@ -244,15 +264,16 @@ where
         self.capacity.is_some()
     }
 
-    /// [`fire`](Self::fire) for many nodes at once (`items`: each node's key and id), for a
-    /// cache without a capacity bound (a bound takes each key's policy shard before its map
-    /// shard, so those go one at a time). The keys of one map shard go under one lock (see
-    /// [`Map::remove_grouped`](super::entry::Map::remove_grouped)). `fired[i]` is the step
-    /// for `items[i]`, or `None` if its key's `Hash` or `Eq` panicked (nothing changed for
-    /// it).
+    /// [`fire`](Self::fire) for many nodes at once (`items`: the hash each node's key is
+    /// filed under, and the node), for a cache without a capacity bound (a bound takes each
+    /// key's policy shard before its map shard, so those go one at a time). Each entry is
+    /// found by its node, the nodes of one map shard under one lock (see
+    /// [`Map::remove_grouped`](super::entry::Map::remove_grouped)): no key's `Hash` or `Eq`
+    /// runs. `fired[i]` is the step for `items[i]`, or `None` if it panicked (a key's
+    /// `Clone` for a reload: nothing changed for it).
     pub(crate) fn fire_all(
         &self,
-        items: &[(&K, NodeId)],
+        items: &[(u64, NodeId)],
         now: u64,
         lag: &mut LagBatch,
         fired: &mut Vec<Option<Fired<K, V>>>,
@@ -263,51 +284,36 @@ where
         );
         let generation = self.generation();
         fired.clear();
-        fired.resize_with(items.len(), || None);
-        // Hashed first, with no lock held (user code): a key whose `Hash` panics is left out.
-        let n = items.len();
-        let (mut keys, mut hashes, mut nodes, mut of) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (i, (key, node)) in items.iter().enumerate() {
-            if let Ok(hash) = catch_unwind(AssertUnwindSafe(|| self.map.hash(key))) {
-                keys.push(*key);
-                hashes.push(hash);
-                nodes.push(*node);
-                of.push(i);
-                fired[i] = Some(Fired::Orphaned);
-            }
-        }
-        let (mut removed, mut panicked) = (Vec::with_capacity(n), Vec::new());
+        fired.resize_with(items.len(), || Some(Fired::Orphaned));
+        let hashes: Vec<u64> = items.iter().map(|&(hash, _)| hash).collect();
+        let nodes: Vec<NodeId> = items.iter().map(|&(_, node)| node).collect();
+        let (mut removed, mut panicked) = (Vec::with_capacity(items.len()), Vec::new());
         self.map.remove_grouped(
-            &keys,
             &hashes,
             &nodes,
-            |j, entry, stamp| {
-                let (remove, step, _) = self.step(entry, stamp, items[of[j]].1, now, generation);
-                fired[of[j]] = Some(step);
+            |i, key, entry, stamp| {
+                let (remove, step, _) = self.step(key, entry, stamp, nodes[i], now, generation);
+                fired[i] = Some(step);
                 remove
             },
             &mut removed,
             &mut panicked,
         );
-        for j in panicked {
-            fired[of[j]] = None;
+        for i in panicked {
+            fired[i] = None;
         }
-        for (j, key, entry) in removed {
-            fired[of[j]] = Some(Fired::Removed(self.fired_out(key, entry, now, lag)));
+        for (i, key, entry) in removed {
+            fired[i] = Some(Fired::Removed(self.fired_out(key, entry, now, lag)));
         }
     }
 
-    /// What a fired `node` does to its entry, under the entry's shard lock: whether to
+    /// What a fired `node` does to `key`'s entry, under the entry's shard lock: whether to
     /// remove it (then it is left as it was), else what becomes of the node (the entry may
-    /// change: a stale copy kept, a node dropped), and whether the entry just became a stale
-    /// copy.
+    /// change: a stale copy kept, a node dropped, a reload started, once the key is copied
+    /// for it), and whether the entry just became a stale copy.
     fn step(
         &self,
+        key: &K,
         entry: &mut Entry<V>,
         stamp: Option<&Stamp>,
         node: NodeId,
@@ -331,9 +337,12 @@ where
         let deadline = entry.deadline();
         // A cache that refreshes: the check may start a reload (see `refresh.rs`).
         let (reload, wake) = match stamp {
-            None => (false, deadline),
+            None => (None, deadline),
             Some(stamp) => {
-                let reload = matches!(self.check(stamp, deadline, now), Check::Reload);
+                let reload = match self.check(key, stamp, deadline, now) {
+                    Check::Reload(key) => Some(key),
+                    Check::Wait => None,
+                };
                 (reload, deadline.min(stamp.due()))
             }
         };
@@ -345,9 +354,9 @@ where
             wake => Some(self.clock.tick_of(wake)),
         };
         let step = match (reload, tick) {
-            (true, tick) => Fired::Reload(tick),
-            (false, None) => Fired::Unfiled,
-            (false, Some(tick)) => Fired::Refile(tick),
+            (Some(key), tick) => Fired::Reload(tick, key),
+            (None, None) => Fired::Unfiled,
+            (None, Some(tick)) => Fired::Refile(tick),
         };
         (false, step, false)
     }

@@ -553,11 +553,13 @@ where
             if let Some(mut stored) = m.get_mut(key) {
                 let (deadline, node) = (stored.wake(), stored.entry().node);
                 if deadline != NEVER && (node == UNFILED || node < base) {
-                    // The key's clone (user code) comes before the two writes.
-                    let key = stored.key().clone();
-                    let hash = self.map.hash(&key);
+                    // The key's hash and clone (user code) come before the two writes.
+                    let key = stored.key();
+                    let hash = self.map.hash(key);
                     let due = self.clock.tick_of(deadline);
-                    let node = self.handoff.push(&self.signals, key, hash, UNFILED, due);
+                    let node =
+                        self.handoff
+                            .push(&self.signals, || key.clone(), hash, UNFILED, due);
                     stored.entry_mut().node = node;
                 }
             }
@@ -591,10 +593,11 @@ where
     ) -> NodeId {
         if needs_push(held, old, deadline) {
             let due = self.clock.tick_of(deadline);
-            // Hashed (user code) before the key's clone; both before the stripe changes.
+            // Hashed (user code) before the stripe changes; the key is copied (user code) only
+            // for a record, before the stripe changes too.
             let hash = hash();
             self.handoff
-                .push(&self.signals, key.clone(), hash, held, due)
+                .push(&self.signals, || key.clone(), hash, held, due)
         } else {
             held
         }

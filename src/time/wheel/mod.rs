@@ -291,6 +291,7 @@ impl<T> Wheel<T> {
     /// # Panics
     ///
     /// If `id` is not an allocated node.
+    #[cfg(test)]
     pub(crate) fn remove(&mut self, id: NodeId) -> T {
         self.unlink(id);
         let cell = Cell::Free {
@@ -366,10 +367,10 @@ impl<T> Wheel<T> {
     /// Unlinks and returns one node with `when <= now`, or `None` if there is none, in which
     /// case `elapsed` becomes `max(elapsed, now)` and [`next_expiration`] is `None` or
     /// `> now`. A returned node is *fired*: still allocated, linked nowhere, and must be
-    /// [`remove`]d or [`reschedule`]d by the caller.
+    /// [`take`]n or [`reschedule`]d by the caller.
     ///
     /// [`next_expiration`]: Self::next_expiration
-    /// [`remove`]: Self::remove
+    /// [`take`]: Self::take
     /// [`reschedule`]: Self::reschedule
     pub(crate) fn poll(&mut self, now: u64) -> Option<NodeId> {
         let now = now.max(self.elapsed);
