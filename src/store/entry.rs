@@ -545,19 +545,20 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
         })
     }
 
-    /// For each node of `nodes` (with the hash its key is filed under in `hashes`) that an
-    /// entry holds: `f(i, key, entry, stamp)`, which may change the entry, under the shard's
-    /// write lock, and the entry removed if `f` says so (into `removed`, with its index).
-    /// An entry is found by its node alone (a node id is held by one entry at most): no key's
-    /// `Hash` or `Eq` runs. The nodes of one shard go under one lock: the cache misses of
+    /// For each node of `items` (each with the hash its key is filed under: `(hash, node)`)
+    /// under the shard's write lock: the entry removed at once if `leaves(i, entry)` says it
+    /// holds the node and goes as it is; else, if an entry holds the node, `f(i, key, entry,
+    /// stamp)`, which may change it, and the entry removed if `f` says so. What left goes
+    /// into `removed`, with its index. An entry is found by its node alone (a node id is held
+    /// by one entry at most): no key's `Hash` or `Eq` runs. The nodes of one shard go under one lock: the cache misses of
     /// consecutive entries then overlap, where one lock per key makes each wait for the
     /// previous release. A panic in `f` costs that node only (its index goes to `panicked`);
     /// `f` must change an entry only when it keeps it, so that a panic leaves a removed one
     /// as it was.
     pub(crate) fn remove_grouped(
         &self,
-        hashes: &[u64],
-        nodes: &[NodeId],
+        items: &[(u64, NodeId)],
+        leaves: impl Fn(usize, &Entry<V>) -> bool,
         mut f: impl FnMut(usize, &K, &mut Entry<V>, Option<&Stamp>) -> bool,
         removed: &mut Vec<(usize, K, Entry<V>)>,
         panicked: &mut Vec<usize>,
@@ -567,7 +568,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
             // are shard `s`'s, in the order given.
             let shards = m.shards();
             let shard_of: Vec<usize> =
-                hashes.iter().map(|hash| m.determine_shard(*hash as usize)).collect();
+                items.iter().map(|&(hash, _)| m.determine_shard(hash as usize)).collect();
             let mut starts = vec![0; shards.len() + 1];
             for &s in &shard_of {
                 starts[s + 1] += 1;
@@ -575,7 +576,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
             for s in 0..shards.len() {
                 starts[s + 1] += starts[s];
             }
-            let mut order = vec![0; hashes.len()];
+            let mut order = vec![0; items.len()];
             let mut next = starts.clone();
             for (i, &s) in shard_of.iter().enumerate() {
                 order[next[s]] = i;
@@ -594,18 +595,24 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
                 let found = group
                     .iter()
                     .filter(|&&i| {
+                        let (hash, node) = items[i];
                         table
-                            .get(hashes[i], |(_, e)| {
+                            .get(hash, |(_, e)| {
                                 let entry = e.get().entry();
-                                entry.node == nodes[i] && entry.deadline() != NEVER
+                                entry.node == node && entry.deadline() != NEVER
                             })
                             .is_some()
                     })
                     .count();
                 std::hint::black_box(found);
                 for &i in group {
-                    let (hash, node) = (hashes[i], nodes[i]);
+                    let (hash, node) = items[i];
                     let step = catch_unwind(AssertUnwindSafe(|| {
+                        // Most fired entries leave as they are: taken out in one probe.
+                        let gone = table.remove_entry(hash, |(_, e)| leaves(i, e.get().entry()));
+                        if gone.is_some() {
+                            return gone;
+                        }
                         let remove = table.get_mut(hash, holds::<K, V, _>(node)).is_some_and(
                             |(key, value)| {
                                 let (entry, stamp) = value.get_mut().split_mut();

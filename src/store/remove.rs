@@ -285,14 +285,12 @@ where
         let generation = self.generation();
         fired.clear();
         fired.resize_with(items.len(), || Some(Fired::Orphaned));
-        let hashes: Vec<u64> = items.iter().map(|&(hash, _)| hash).collect();
-        let nodes: Vec<NodeId> = items.iter().map(|&(_, node)| node).collect();
         let (mut removed, mut panicked) = (Vec::with_capacity(items.len()), Vec::new());
         self.map.remove_grouped(
-            &hashes,
-            &nodes,
+            items,
+            |i, entry| self.leaves(entry, items[i].1, now, generation),
             |i, key, entry, stamp| {
-                let (remove, step, _) = self.step(key, entry, stamp, nodes[i], now, generation);
+                let (remove, step, _) = self.step(key, entry, stamp, items[i].1, now, generation);
                 fired[i] = Some(step);
                 remove
             },
@@ -305,6 +303,21 @@ where
         for (i, key, entry) in removed {
             fired[i] = Some(Fired::Removed(self.fired_out(key, entry, now, lag)));
         }
+    }
+
+    /// Whether a fired `node` takes its entry out of the map (on a shared look, changing
+    /// nothing): the entry holds the node, and `invalidate_all` hid it (a pending predicate
+    /// is the sweep's), or it expired and is not kept as a stale copy (see `stale.rs`).
+    /// [`step`](Self::step) removes exactly these.
+    fn leaves(&self, entry: &Entry<V>, node: NodeId, now: u64, generation: u32) -> bool {
+        if entry.node != node {
+            return false;
+        }
+        let e = entry.generation();
+        if e != generation && self.invalidations.hidden(e) {
+            return true;
+        }
+        !entry.is_live(e, || now) && !self.keeps_stale(entry, now)
     }
 
     /// What a fired `node` does to `key`'s entry, under the entry's shard lock: whether to
@@ -323,12 +336,11 @@ where
         if entry.node != node {
             return (false, Fired::Orphaned, false);
         }
-        // Hidden by `invalidate_all` (a pending predicate is the sweep's), or expired and
-        // not kept as a stale copy (see `stale.rs`).
-        if entry.generation() != generation && self.invalidations.hidden(entry.generation()) {
+        if self.leaves(entry, node, now, generation) {
             return (true, Fired::Orphaned, false);
         }
         if !entry.is_live(entry.generation(), || now) {
+            // Kept as a stale copy (`leaves` said so).
             return match self.keep_stale(entry, now) {
                 Some((until, newly)) => (false, Fired::Refile(self.clock.tick_of(until)), newly),
                 None => (true, Fired::Orphaned, false),

@@ -57,6 +57,13 @@ where
         (self.map.len() as u64).saturating_sub(stale)
     }
 
+    /// Whether [`keep_stale`](Self::keep_stale) keeps `entry`, past its deadline at `now`,
+    /// as a stale copy (a look, changing nothing).
+    pub(super) fn keeps_stale(&self, entry: &Entry<V>, now: u64) -> bool {
+        let window = self.stale_window();
+        window > 0 && now < entry.deadline().saturating_add(window)
+    }
+
     /// The expiry task, under the shard's write lock, for an entry past its deadline at
     /// `now` (and not hidden by an invalidation): keep it as a stale copy? The end of its
     /// window if so, and whether it was marked just now; `None` to remove it.
