@@ -43,6 +43,10 @@ pub const FLOOR: &str = "floor";
 pub const MOKA_FUTURE: &str = "moka_future";
 /// `moka_future` with `max_capacity(N)`, so that nothing is evicted (`memory`).
 pub const MOKA_FUTURE_BOUNDED: &str = "moka_future_bounded";
+/// `ebb_cache::Cache<String, u64>` with a TTL, keys of 24 bytes (`memory`).
+pub const EBB_STRING: &str = "ebb_string";
+/// `moka::future::Cache<String, u64>` with the same TTL and keys as `ebb_string` (`memory`).
+pub const MOKA_FUTURE_STRING: &str = "moka_future_string";
 /// `moka::sync::Cache<u64, u64>` with the same TTL as ebb.
 pub const MOKA_SYNC: &str = "moka_sync";
 /// moka future's `get_with` on a present key (`get_with_hit`).

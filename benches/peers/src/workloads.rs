@@ -25,8 +25,8 @@ use crate::alloc::{
 };
 use crate::floor::Floor;
 use crate::names::{
-    DASHMAP, EBB, EBB_BOUNDED, FLOOR, MINI_MOKA, MOKA_FUTURE, MOKA_FUTURE_BOUNDED, MOKA_SYNC,
-    QUICK_CACHE,
+    DASHMAP, EBB, EBB_BOUNDED, EBB_STRING, FLOOR, MINI_MOKA, MOKA_FUTURE, MOKA_FUTURE_BOUNDED,
+    MOKA_FUTURE_STRING, MOKA_SYNC, QUICK_CACHE,
 };
 
 /// `per-request`: cycles of build, insert, get, drop.
@@ -67,6 +67,8 @@ fn impls(workload: &str) -> &'static [&'static str] {
             MINI_MOKA,
             DASHMAP,
             QUICK_CACHE,
+            EBB_STRING,
+            MOKA_FUTURE_STRING,
         ],
         "idle" => &[EBB, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA, QUICK_CACHE],
         "expiry" => &[EBB, FLOOR, MOKA_FUTURE, MOKA_SYNC, MINI_MOKA],
@@ -1037,6 +1039,29 @@ fn memory(name: &str, n: u64) -> Value {
                 drop(black_box(c));
                 out
             }
+            EBB_STRING => measure!(
+                {
+                    let c: ebb_cache::Cache<String, u64> =
+                        ebb_cache::Cache::builder().time_to_live(MEMORY_TTL).build();
+                    (0..n).for_each(|k| c.insert(string_key(k), k));
+                    c
+                },
+                |c: &ebb_cache::Cache<String, u64>| c.entry_count()
+            ),
+            MOKA_FUTURE_STRING => {
+                let c: moka::future::Cache<String, u64> = moka::future::Cache::builder()
+                    .time_to_live(MEMORY_TTL)
+                    .build();
+                for k in 0..n {
+                    c.insert(string_key(k), k).await;
+                }
+                c.run_pending_tasks().await;
+                tokio::time::sleep(settle).await;
+                c.run_pending_tasks().await;
+                let out = (live_bytes(), rss(), c.entry_count());
+                drop(black_box(c));
+                out
+            }
             MOKA_SYNC => measure!(
                 {
                     let c: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder()
@@ -1092,10 +1117,17 @@ fn memory(name: &str, n: u64) -> Value {
     })
 }
 
+/// A `memory` key of 24 bytes (`ebb_string`, `moka_future_string`): each its own heap
+/// allocation, as a service's string keys are.
+fn string_key(k: u64) -> String {
+    format!("session:{k:016}")
+}
+
 fn memory_table(rows: &[Value]) -> String {
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let mut s = String::from(
-        "### memory (N `u64 -> u64` entries, TTL 300 s where the cache has one)\n\n\
+        "### memory (N `u64 -> u64` entries, `String -> u64` with 24-byte keys for the \
+         `_string` rows; TTL 300 s where the cache has one)\n\n\
          | N | implementation | TTL | entries reported | heap B/entry | heap ÷ moka future | \
          heap ÷ ebb | RSS B/entry |\n|---:|---|---|---:|---:|---:|---:|---:|\n",
     );
@@ -1134,6 +1166,12 @@ fn memory_table(rows: &[Value]) -> String {
                 "N = {n}: ebb ÷ moka future heap = {:.2} (target ≤ 0.40: {})",
                 e / m,
                 verdict(e / m <= 0.4)
+            ));
+        }
+        if let (Some(e), Some(m)) = (heap_of(EBB_STRING), heap_of(MOKA_FUTURE_STRING)) {
+            verdicts.push(format!(
+                "N = {n}, String keys: ebb ÷ moka future heap = {:.2}",
+                e / m
             ));
         }
         if let (Some(e), Some(m)) = (heap_of(EBB_BOUNDED), heap_of(MOKA_FUTURE_BOUNDED)) {
