@@ -216,3 +216,47 @@ async fn ttl_churn_at_uneven_rates_hands_out_ids_in_proportion_to_live_entries()
         "{internals:?}"
     );
 }
+
+/// A key that counts its copies; equal and hashed by its number.
+#[derive(Debug)]
+struct Counted(u64, Arc<AtomicU64>);
+
+impl PartialEq for Counted {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Counted {}
+
+impl std::hash::Hash for Counted {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        Counted(self.0, Arc::clone(&self.1))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_keys_reach_the_wheel_and_expire_without_a_copy() {
+    let copies = Arc::new(AtomicU64::new(0));
+    let c: Cache<Counted, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
+    settle().await;
+    for k in 0..10_000 {
+        c.insert(Counted(k, Arc::clone(&copies)), k);
+    }
+    settle().await;
+    assert_eq!(c.__internals().nodes, 10_000, "{:?}", c.__internals());
+    advance(SEC + 2 * MS).await;
+    assert_eq!(c.entry_count(), 0);
+    assert_eq!(
+        copies.load(Ordering::Relaxed),
+        0,
+        "the hand-off or the wheel copied keys"
+    );
+}
