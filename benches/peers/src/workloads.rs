@@ -1032,12 +1032,7 @@ fn memory(name: &str, n: u64) -> Value {
                 for k in 0..n {
                     c.insert(k, k).await;
                 }
-                c.run_pending_tasks().await;
-                tokio::time::sleep(settle).await;
-                c.run_pending_tasks().await;
-                let out = (live_bytes(), rss(), c.entry_count());
-                drop(black_box(c));
-                out
+                measure_moka(c, settle).await
             }
             EBB_STRING => measure!(
                 {
@@ -1055,12 +1050,7 @@ fn memory(name: &str, n: u64) -> Value {
                 for k in 0..n {
                     c.insert(string_key(k), k).await;
                 }
-                c.run_pending_tasks().await;
-                tokio::time::sleep(settle).await;
-                c.run_pending_tasks().await;
-                let out = (live_bytes(), rss(), c.entry_count());
-                drop(black_box(c));
-                out
+                measure_moka(c, settle).await
             }
             MOKA_SYNC => measure!(
                 {
@@ -1115,6 +1105,20 @@ fn memory(name: &str, n: u64) -> Value {
         "heap_per_entry": (heap_after - heap_before) as f64 / n as f64,
         "rss_per_entry": (rss_after as f64 - rss_before as f64) / n as f64,
     })
+}
+
+/// `memory`'s reading of a filled moka future cache: heap, RSS and count once its pending
+/// work has run before and after `settle`; the cache is dropped after.
+async fn measure_moka<K>(c: moka::future::Cache<K, u64>, settle: Duration) -> (isize, u64, u64)
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+{
+    c.run_pending_tasks().await;
+    tokio::time::sleep(settle).await;
+    c.run_pending_tasks().await;
+    let out = (live_bytes(), rss(), c.entry_count());
+    drop(black_box(c));
+    out
 }
 
 /// A `memory` key of 24 bytes (`ebb_string`, `moka_future_string`): each its own heap
