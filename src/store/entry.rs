@@ -550,11 +550,11 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
     /// holds the node and goes as it is; else, if an entry holds the node, `f(i, key, entry,
     /// stamp)`, which may change it, and the entry removed if `f` says so. What left goes
     /// into `removed`, with its index. An entry is found by its node alone (a node id is held
-    /// by one entry at most): no key's `Hash` or `Eq` runs. The nodes of one shard go under one lock: the cache misses of
-    /// consecutive entries then overlap, where one lock per key makes each wait for the
-    /// previous release. A panic in `f` costs that node only (its index goes to `panicked`);
-    /// `f` must change an entry only when it keeps it, so that a panic leaves a removed one
-    /// as it was.
+    /// by one entry at most): no key's `Hash` or `Eq` runs. The nodes of one shard go under
+    /// one lock: the cache misses of consecutive entries then overlap, where one lock per key
+    /// makes each wait for the previous release. A panic in `f` costs that node only (its
+    /// index goes to `panicked`); `f` must change an entry only when it keeps it, so that a
+    /// panic leaves a removed one as it was.
     pub(crate) fn remove_grouped(
         &self,
         items: &[(u64, NodeId)],

@@ -10,9 +10,10 @@
 //! deadline after its node was linked, records the node it leaves behind as an *orphan*, which
 //! the task frees. While a stripe's map is empty, a new key (an entry that held no node) is
 //! queued in a plain list beside it instead, `(id, tick, hash)`, with no map insert and no
-//! copy of the key: the common case of a cache filling up. The wheel keeps each node's hash
-//! (the key's, by the map's hasher), not its key: with the node id, that finds the entry. The task links the list's nodes and the map's, then frees the
-//! orphans (a listed node whose entry went before the drain is one).
+//! copy of the key: the common case of a cache filling up. The task links the list's nodes
+//! and the map's, then frees the orphans (a listed node whose entry went before the drain is
+//! one). The wheel keeps each node's hash (the key's, by the map's hasher), not its key: with
+//! the node id, that finds the entry.
 //!
 //! Invariants:
 //! - **Every id in one place.** An id is free with the task (on the wheel's free list, or in
