@@ -329,6 +329,13 @@ async fn the_task_survives_a_key_eq_panicking_as_a_node_fires() {
     the_task_survives_in(In::Eq, true, false, true, true).await;
 }
 
+/// A bounded cache's task copies a fired node's key (found by hash and node) for its policy:
+/// a `Clone` that panics there costs that attempt only, and the entry goes a tick later.
+#[tokio::test(start_paused = true)]
+async fn the_task_survives_a_key_clone_panicking_as_a_bounded_cache_fires() {
+    the_task_survives_in(In::Clone, true, false, false, true).await;
+}
+
 /// An unbounded cache's task finds a fired node's entry by the hash its key was filed under
 /// and the node it holds: a key whose `Hash` or `Eq` would panic then is removed on time all
 /// the same, and reported.
