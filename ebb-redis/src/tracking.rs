@@ -48,6 +48,7 @@
 //! - No lock is held across an `.await`; the push handler never blocks on I/O.
 
 use std::hash::{BuildHasher, Hash};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -129,8 +130,9 @@ pub struct CoherenceStats {
 
 /// L1, seen without its types: what an invalidation does to it.
 trait Local: Send + Sync {
-    /// Drop the key whose text (after `namespace:`) is `text`.
-    fn drop_key(&self, text: &[u8]);
+    /// Drop the key whose text (after `namespace:`) is `text`, and hand back what it removed,
+    /// to be dropped after the stripe's lock (a value's `Drop` is user code).
+    fn drop_key(&self, text: &[u8]) -> Option<Box<dyn Send>>;
     /// Drop everything.
     fn drop_all(&self);
 }
@@ -145,9 +147,24 @@ where
     V: Clone + Send + Sync + 'static,
     S: BuildHasher + Clone + Send + Sync + 'static,
 {
-    fn drop_key(&self, text: &[u8]) {
-        match std::str::from_utf8(text).ok().and_then(K::from_key) {
-            Some(key) => drop(self.cache.remove(&key)),
+    fn drop_key(&self, text: &[u8]) -> Option<Box<dyn Send>> {
+        // A `from_key` that panics is treated as one that cannot read the text back.
+        let key = catch_unwind(AssertUnwindSafe(|| {
+            std::str::from_utf8(text).ok().and_then(K::from_key)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(
+                target: "ebb_redis",
+                "a key's CacheKey::from_key panicked on an invalidated key; matching its text \
+                 instead"
+            );
+            None
+        });
+        match key {
+            Some(key) => self
+                .cache
+                .remove(&key)
+                .map(|removed| Box::new(removed) as Box<dyn Send>),
             // A key type that cannot be read back: match its text (O(1) now, the sweep later).
             None => {
                 let text = text.to_vec();
@@ -156,6 +173,7 @@ where
                     key.write_key(&mut mine);
                     mine.as_bytes() == text
                 });
+                None
             }
         }
     }
@@ -443,8 +461,15 @@ impl Coherence {
         let stripe = self.stripe(key);
         let locked = lock(&stripe.lock);
         stripe.seq.fetch_add(1, Ordering::SeqCst);
-        self.local.drop_key(text);
+        let removed = self.local.drop_key(text);
         drop(locked);
+        // This runs in the connection's driver: a value's `Drop` that panics ends here.
+        if catch_unwind(AssertUnwindSafe(|| drop(removed))).is_err() {
+            tracing::error!(
+                target: "ebb_redis",
+                "a value's Drop panicked as an invalidation removed it; the key is gone"
+            );
+        }
     }
 
     /// Drop all of L1, after bumping the flush sequence (so no update in flight lands after).
@@ -818,6 +843,50 @@ mod tests {
         assert_eq!(update(&c, "ns:7", &later), None);
         assert_eq!(local.get(&9), None);
         assert_eq!(c.stats().flushes, 1);
+    }
+
+    #[tokio::test]
+    async fn a_value_whose_drop_panics_costs_an_invalidation_nothing() {
+        /// A value whose `Drop` panics once armed (clones are not armed).
+        struct Bomb(bool);
+        impl Clone for Bomb {
+            fn clone(&self) -> Self {
+                Bomb(false)
+            }
+        }
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                if self.0 && !std::thread::panicking() {
+                    panic!("a value's Drop panicked");
+                }
+            }
+        }
+        let local: ebb_cache::Cache<u64, Option<Bomb>> = ebb_cache::Cache::builder().build();
+        let c = Coherence::new(
+            "ns",
+            Options::default(),
+            local.clone(),
+            Duration::from_secs(1),
+        );
+        c.confirmed(1);
+        local.insert(7, Some(Bomb(true)));
+        local.insert(8, Some(Bomb(false)));
+        let seen = c.seen(b"ns:8");
+        // The push handler runs inside the connection's driver: a panic there would end it.
+        let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.on_push(1, invalidate(&["ns:7"]));
+        }));
+        assert!(pushed.is_ok(), "a value's Drop panic left the push handler");
+        assert!(!local.contains_key(&7), "the invalidation dropped the key");
+        assert_eq!(c.stats().invalidations, 1);
+        // The stripes work as before: another key's invalidation and update.
+        c.on_push(1, invalidate(&["ns:8"]));
+        assert!(!local.contains_key(&8));
+        assert_eq!(
+            c.update(b"ns:8", &seen, Duration::from_secs(30), |ttl| ttl),
+            None
+        );
+        assert_eq!(c.stats().invalidations, 2);
     }
 
     #[tokio::test]

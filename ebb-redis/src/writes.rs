@@ -13,6 +13,7 @@
 //! - Records live only while a write of their key is in flight.
 
 use std::hash::Hash;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use dashmap::DashMap;
 
@@ -81,17 +82,20 @@ impl<K: Hash + Eq + Clone> Writes<K> {
 
     /// End the write numbered `number`: under the record's lock, `local(alone)` runs, where
     /// `alone` says whether no other write overlapped it; what it returns is handed back
-    /// after the lock.
+    /// after the lock. The record is settled whatever `local` does: a panic in it (a replaced
+    /// value's `Drop`, user code) goes on to the caller after the books are balanced.
     fn end<R>(&self, key: &K, number: u64, overlapped: bool, local: impl FnOnce(bool) -> R) -> R {
         match self.in_flight.entry(key.clone()) {
             dashmap::Entry::Occupied(mut record) => {
                 let alone = !overlapped && record.get().begun == number;
+                let out = catch_unwind(AssertUnwindSafe(|| local(alone)));
                 record.get_mut().count -= 1;
-                let out = local(alone);
                 if record.get().count == 0 {
                     record.remove();
+                } else {
+                    drop(record);
                 }
-                out
+                out.unwrap_or_else(|panic| resume_unwind(panic))
             }
             // Unreachable while the books balance; dropping the key locally is always safe.
             dashmap::Entry::Vacant(_) => local(false),
@@ -154,6 +158,23 @@ mod tests {
         // Unfinished: dropped locally, books balanced.
         drop(writes.begin(&3, |_| dropped += 1));
         assert_eq!(dropped, 1);
+        assert!(writes.is_idle());
+    }
+
+    #[test]
+    fn a_local_update_that_panics_costs_that_write_only_never_the_books() {
+        let writes = Writes::new();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writes
+                .begin(&1, |_| ())
+                .finish(|_| panic!("a replaced value's Drop"))
+        }));
+        assert!(panicked.is_err());
+        assert!(writes.is_idle(), "the write's record outlived it");
+        // The key's next write is alone again.
+        let mut alone = None;
+        writes.begin(&1, |_| ()).finish(|a| alone = Some(a));
+        assert_eq!(alone, Some(true));
         assert!(writes.is_idle());
     }
 
