@@ -46,6 +46,9 @@
 //!   over loads"). A null invalidation bumps a global flush sequence checked the same way,
 //!   then clears L1.
 //! - No lock is held across an `.await`; the push handler never blocks on I/O.
+//! - User code never ends the push handler, which runs in the connection's driver: a key's
+//!   `from_key` runs under the stripe's lock but a panic there only falls back to matching
+//!   the key's text; a removed value is dropped after the lock, and a panic there is logged.
 
 use std::hash::{BuildHasher, Hash};
 use std::panic::{catch_unwind, AssertUnwindSafe};

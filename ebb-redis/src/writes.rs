@@ -10,7 +10,8 @@
 //!   begins after it is ordered after the local write too.
 //! - A write dropped before it finishes (cancelled, or unwound by a panic) may still have
 //!   reached Redis: its record drops the key locally and leaves the books balanced.
-//! - Records live only while a write of their key is in flight.
+//! - Records live only while a write of their key is in flight: a local update that panics
+//!   (a replaced value's `Drop`, user code) settles its record before the panic goes on.
 
 use std::hash::Hash;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
