@@ -404,6 +404,8 @@ where
         let store = &self.store;
         Internals {
             nodes: store.signals.nodes.load(Ordering::Acquire),
+            map_capacity: store.map.capacity(),
+            map_shards: store.map.shard_count(),
             records: store.handoff.len(),
             listed: store.handoff.listed(),
             node_ids: store.handoff.ids(),
@@ -458,6 +460,10 @@ impl<K, V, S> WeakCache<K, V, S> {
 pub struct Internals {
     /// Wheel nodes the task held after its last wake.
     pub nodes: usize,
+    /// Entries the map's tables have room for now, all shards together.
+    pub map_capacity: usize,
+    /// The map's shards.
+    pub map_shards: usize,
     /// Hand-off records queued for the task now, listed ones included.
     pub records: usize,
     /// Of `records`, those queued in a stripe's list (a new key while its map was empty):

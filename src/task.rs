@@ -499,6 +499,9 @@ where
             return Flow::Stop;
         }
         let work = std::mem::take(&mut self.work);
+        if work.fired + work.swept > 0 && store.shrink_map() {
+            error!("a key's Hash panicked as the map's table shrank; the table keeps its room");
+        }
         if work.filed + work.fired + work.swept > 0 {
             trace!(
                 filed = work.filed,

@@ -842,3 +842,38 @@ async fn a_key_drop_panicking_in_a_remove_during_a_load_keeps_the_books() {
         "phantom weight"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_hash_panicking_as_the_table_shrinks_costs_that_shrink_only() {
+    let fuse = Fuse::disarmed();
+    let plain = Fuse::disarmed();
+    let cache: Cache<Trap, u64> = Cache::builder().time_to_live(10 * MS).tick(MS).build();
+    settle().await;
+    cache.insert_with_ttl(Trap::new(0, &fuse, In::Hash), 0, 60 * SEC);
+    for id in 1..=4000 {
+        cache.insert(Trap::new(id, &plain, In::Clone), id);
+    }
+    settle().await;
+    fuse.arm(1);
+    // The burst expires; every shard's table shrinks, and rehashing key 0 panics.
+    advance(11 * MS).await;
+    assert!(fuse.burned(), "no table shrank past key 0");
+    fuse.disarm();
+    assert_eq!(cache.entry_count(), 1);
+    assert_eq!(cache.get(&Trap::new(0, &plain, In::Clone)), Some(0));
+    let internals = cache.__internals();
+    assert!(!internals.task_closed, "the task ended: {internals:?}");
+    // The next burst's expiry shrinks that shard too.
+    for id in 1..=4000 {
+        cache.insert(Trap::new(id, &plain, In::Clone), id);
+    }
+    settle().await;
+    advance(11 * MS).await;
+    assert_eq!(cache.entry_count(), 1);
+    let internals = cache.__internals();
+    assert!(
+        internals.map_capacity <= internals.map_shards * 128,
+        "{internals:?}"
+    );
+    assert_eq!(internals.tasks_started, 1);
+}

@@ -260,3 +260,70 @@ async fn new_keys_reach_the_wheel_and_expire_without_a_copy() {
         "the hand-off or the wheel copied keys"
     );
 }
+
+/// Let the task work through a large expiry (it yields between batches) until `left` remain.
+async fn expired_down_to(c: &Cache<u64, u64>, left: u64) {
+    for _ in 0..10_000 {
+        if c.entry_count() == left {
+            settle().await;
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{} entries left, not {left}", c.entry_count());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_that_expires_gives_its_table_back() {
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
+    settle().await;
+    for k in 0..100_000 {
+        c.insert(k, k);
+    }
+    settle().await;
+    let peak = c.__internals().map_capacity;
+    assert!(peak >= 100_000, "{:?}", c.__internals());
+    // A few keys outlive the burst.
+    for k in 0..10 {
+        c.insert_with_ttl(k, k, 60 * SEC);
+    }
+    advance(SEC + 2 * MS).await;
+    expired_down_to(&c, 10).await;
+    let after = c.__internals();
+    assert!(
+        after.map_capacity <= after.map_shards * 128,
+        "the map kept room for {} entries (peak {peak}) after the burst expired: {after:?}",
+        after.map_capacity
+    );
+    for k in 0..10 {
+        assert_eq!(c.get(&k), Some(k));
+    }
+    // It grows again as before.
+    for k in 0..100_000 {
+        c.insert(k, k);
+    }
+    assert_eq!(c.entry_count(), 100_000);
+    assert_eq!(c.get(&99_999), Some(99_999));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_initial_capacity_is_kept_through_a_burst() {
+    let c: Cache<u64, u64> = Cache::builder()
+        .time_to_live(SEC)
+        .tick(MS)
+        .initial_capacity(50_000)
+        .build();
+    settle().await;
+    let initial = c.__internals().map_capacity;
+    assert!(initial >= 50_000, "{:?}", c.__internals());
+    for k in 0..200_000 {
+        c.insert(k, k);
+    }
+    advance(SEC + 2 * MS).await;
+    expired_down_to(&c, 0).await;
+    let after = c.__internals().map_capacity;
+    assert!(
+        (initial..initial * 2).contains(&after),
+        "room for {after} entries after the burst, {initial} at first"
+    );
+}

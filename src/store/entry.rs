@@ -19,6 +19,8 @@
 //!   only move `deadline` later, up to the cap, with `fetch_max`.
 //! - The policy bits are hints: readers bump the read counter with a relaxed
 //!   compare-and-swap; only the policy, under its shard lock, moves an entry between queues.
+//! - A shard's table grows as writers need room and shrinks only when the expiry task asks
+//!   ([`Map::shrink`], after removals), never below the shard's share of the initial capacity.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
@@ -156,6 +158,23 @@ impl<V> Entry<V> {
     /// Whether the entry has a node in the wheel.
     pub(crate) fn filed_node(&self) -> Option<NodeId> {
         (self.node != UNFILED).then_some(self.node)
+    }
+}
+
+/// A shard's table with room for at most this many entries is never shrunk.
+pub(crate) const SMALL_TABLE: usize = 128;
+
+/// A table shrinks once its entries fill at most one part in this many of its room.
+const SHRINK_WHEN: usize = 8;
+
+/// The entries a table of `buckets` buckets holds before it grows (hashbrown fills tables
+/// to seven eighths). Not the table's `capacity()`, which leaves out the slots removals
+/// left marked as deleted until the table is rebuilt.
+fn room(buckets: usize) -> usize {
+    if buckets < 8 {
+        buckets.saturating_sub(1)
+    } else {
+        buckets / 8 * 7
     }
 }
 
@@ -497,6 +516,52 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
 
     pub(crate) fn len(&self) -> usize {
         with_map!(self, m => m.len())
+    }
+
+    /// Entries the tables have room for, all shards together (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn capacity(&self) -> usize {
+        with_map!(self, m => m.shards().iter().map(|s| room(s.read().buckets())).sum())
+    }
+
+    /// The map's shards (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn shard_count(&self) -> usize {
+        with_map!(self, m => m.shards().len())
+    }
+
+    /// Give back the room removals left: a shard's table at most an eighth full shrinks to
+    /// room for twice its entries, never below `keep` (the shard's share of the initial
+    /// capacity); a table with room for at most [`SMALL_TABLE`] entries stays as it is. A
+    /// table only grows on its own, so after a burst it would keep the burst's size for good.
+    ///
+    /// Shrinking rehashes the shard's keys (a key's `Hash`) under its write lock, and
+    /// changes nothing else. A `Hash` that panics leaves that table as it was (the keys are
+    /// copied into the new table, which replaces the old one only once all are in); returns
+    /// whether one did.
+    pub(crate) fn shrink(&self, keep: usize) -> bool {
+        let roomy = |len: usize, room: usize| {
+            room > SMALL_TABLE.max(keep) && len.saturating_mul(SHRINK_WHEN) <= room
+        };
+        let mut panicked = false;
+        with_map!(self, m => {
+            let rehash = |(k, _): &(K, SharedValue<_>)| m.hasher().hash_one(k);
+            for shard in m.shards() {
+                let table = shard.read();
+                if !roomy(table.len(), room(table.buckets())) {
+                    continue;
+                }
+                drop(table);
+                let mut table = shard.write();
+                let len = table.len();
+                if roomy(len, room(table.buckets())) {
+                    let to = len.saturating_mul(2).max(keep);
+                    panicked |=
+                        catch_unwind(AssertUnwindSafe(|| table.shrink_to(to, rehash))).is_err();
+                }
+            }
+        });
+        panicked
     }
 
     /// `f` of the entry for `key`, under the shard's read lock.

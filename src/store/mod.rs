@@ -117,6 +117,9 @@ impl<K, V, S> std::ops::Deref for Store<K, V, S> {
 /// generations of invalidations.
 pub(crate) struct Parts<K, V, S> {
     pub(crate) map: Map<K, V, S>,
+    /// The room each shard's table keeps however few entries it holds: its share of the
+    /// initial capacity.
+    room: usize,
     pub(crate) handoff: Handoff<K, S>,
     pub(crate) flights: Flights<K, V, S>,
     pub(crate) signals: Arc<Signals>,
@@ -231,6 +234,8 @@ where
             // Two stripes per core (shards are four per core): writers hold a stripe only to
             // queue one record, and the stripes stay under 1 KiB in all, which glibc serves
             // without consolidating its fast bins (a cache built per request pays that).
+            // What DashMap gives each shard of the initial capacity.
+            room: capacity / shards,
             handoff: Handoff::new((shards / 2).max(1), hasher.clone()),
             // Loads register and unregister briefly: a stripe per core (shards are four per
             // core) is plenty, and a cache built per request allocates a quarter of the bytes.
@@ -283,6 +288,12 @@ where
     /// The deadline of a write with its own `ttl`, now; `None` for zero (nothing is stored).
     pub(crate) fn cap_for_ttl(&self, ttl: Duration) -> Option<Cap> {
         (!ttl.is_zero()).then(|| self.clock.cap_after(ttl))
+    }
+
+    /// Give back the room in the map that removals left (see [`Map::shrink`]); whether a
+    /// key's `Hash` panicked (that shard stays as it was).
+    pub(crate) fn shrink_map(&self) -> bool {
+        self.map.shrink(self.room)
     }
 
     /// The current generation (see `invalidate.rs`).
