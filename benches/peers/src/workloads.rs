@@ -1224,9 +1224,13 @@ fn idle(name: &str) -> Value {
     EPOCH.get_or_init(Instant::now);
     let removals = Arc::new(Removals::default());
     let rss_before = rss();
+    // The heap the cache holds once idle: live bytes after the wait, less those before it
+    // was built, read while it is still alive.
+    let heap_before = crate::alloc::live_bytes();
+    let held = || crate::alloc::live_bytes() - heap_before;
     let fill_start = since_epoch_ns();
     // Build and fill; then make no call at all for IDLE_WAIT, then read the count once.
-    let (count, listener, fill_end) = rt.block_on(async {
+    let (count, listener, fill_end, heap_held) = rt.block_on(async {
         let r = Arc::clone(&removals);
         match name {
             EBB => {
@@ -1240,7 +1244,7 @@ fn idle(name: &str) -> Value {
                 (0..IDLE_ENTRIES).for_each(|k| c.insert(k, k));
                 let fill_end = since_epoch_ns();
                 tokio::time::sleep(IDLE_WAIT).await;
-                (Some(c.entry_count()), true, fill_end)
+                (Some(c.entry_count()), true, fill_end, held())
             }
             MOKA_FUTURE => {
                 let c: moka::future::Cache<u64, u64> = moka::future::Cache::builder()
@@ -1254,7 +1258,7 @@ fn idle(name: &str) -> Value {
                 }
                 let fill_end = since_epoch_ns();
                 tokio::time::sleep(IDLE_WAIT).await;
-                (Some(c.entry_count()), true, fill_end)
+                (Some(c.entry_count()), true, fill_end, held())
             }
             MOKA_SYNC => {
                 let c: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder()
@@ -1266,7 +1270,7 @@ fn idle(name: &str) -> Value {
                 (0..IDLE_ENTRIES).for_each(|k| c.insert(k, k));
                 let fill_end = since_epoch_ns();
                 tokio::time::sleep(IDLE_WAIT).await;
-                (Some(c.entry_count()), true, fill_end)
+                (Some(c.entry_count()), true, fill_end, held())
             }
             MINI_MOKA => {
                 let c: mini_moka::sync::Cache<u64, u64> = mini_moka::sync::Cache::builder()
@@ -1275,7 +1279,7 @@ fn idle(name: &str) -> Value {
                 (0..IDLE_ENTRIES).for_each(|k| c.insert(k, k));
                 let fill_end = since_epoch_ns();
                 tokio::time::sleep(IDLE_WAIT).await;
-                (Some(c.entry_count()), false, fill_end)
+                (Some(c.entry_count()), false, fill_end, held())
             }
             QUICK_CACHE => {
                 // No TTL: it can only hold every entry.
@@ -1284,7 +1288,7 @@ fn idle(name: &str) -> Value {
                 (0..IDLE_ENTRIES).for_each(|k| c.insert(k, k));
                 let fill_end = since_epoch_ns();
                 tokio::time::sleep(IDLE_WAIT).await;
-                (Some(c.len() as u64), false, fill_end)
+                (Some(c.len() as u64), false, fill_end, held())
             }
             other => unreachable!("idle: {other}"),
         }
@@ -1302,6 +1306,7 @@ fn idle(name: &str) -> Value {
         "last_after_fill_end_ms": if last > 0 { Some((last - fill_end) as f64 / 1e6) } else { None },
         "rss_before": rss_before,
         "rss_after": rss_after,
+        "heap_held": heap_held,
     })
 }
 
@@ -1310,14 +1315,15 @@ fn idle_table(rows: &[Value]) -> String {
     let mut s = format!(
         "### idle ({IDLE_ENTRIES} entries, TTL 1 s, then no calls for 3 s; ebb tick 100 ms)\n\n\
          | implementation | entries reported after 3 s | expiry notifications | last \
-         notification after fill end | fill time | RSS before fill | RSS after idle |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n"
+         notification after fill end | fill time | RSS before fill | RSS after idle | heap \
+         the cache holds after idle |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let name = r["impl"].as_str().unwrap_or("?");
         let no_ttl = name == QUICK_CACHE;
         s.push_str(&format!(
-            "| {name} | {}{} | {} | {} | {:.0} ms | {} | {} |\n",
+            "| {name} | {}{} | {} | {} | {:.0} ms | {} | {} | {} |\n",
             r["count"],
             if no_ttl { " (no TTL)" } else { "" },
             if r["listener"].as_bool() == Some(true) {
@@ -1331,6 +1337,7 @@ fn idle_table(rows: &[Value]) -> String {
             f(r, "fill_ms"),
             bytes(f(r, "rss_before")),
             bytes(f(r, "rss_after")),
+            bytes(f(r, "heap_held")),
         ));
     }
     if let Some(e) = rows.iter().find(|r| r["impl"] == EBB) {
