@@ -263,7 +263,7 @@ where
     // A compute that stored nothing ends its flight as abandoned: whoever waits starts over
     // and finds the key as the compute left it.
     leading.flight = None;
-    store.flights.end(&key, &flight, outcome);
+    store.flights.end(&key, &flight, move || outcome);
     result
 }
 

@@ -226,14 +226,13 @@ where
                         // Registered first, looked last: a write before registration shows
                         // here. The look clones the value (user code): a panic there
                         // abandons the flight before it goes on.
-                        let found = catch_unwind(AssertUnwindSafe(|| {
-                            store.peek(&self.key).map(|value| (value.clone(), value))
-                        }));
+                        let found = catch_unwind(AssertUnwindSafe(|| store.peek(&self.key)));
                         match found {
-                            Ok(Some((shared, value))) => {
+                            Ok(Some(value)) => {
+                                // A waiter's copy is made only if one joined.
                                 store
                                     .flights
-                                    .end(&self.key, &flight, Outcome::Value(shared));
+                                    .end(&self.key, &flight, || Outcome::Value(value.clone()));
                                 self.miss = None;
                                 return Poll::Ready(Outcome::Value(value));
                             }
@@ -275,7 +274,7 @@ where
                     let (flight, generation, started) =
                         (Arc::clone(&lead.flight), lead.generation, lead.started);
                     let outcome = self.store_loaded(&flight, loaded(output), generation, started);
-                    store.flights.end(&self.key, &flight, outcome.clone());
+                    store.flights.end(&self.key, &flight, || outcome.clone());
                     self.led = true;
                     // Ended: from here on, dropping this future abandons nothing. The loader
                     // is dropped last, after the flight is settled.

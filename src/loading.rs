@@ -204,7 +204,7 @@ where
                     if let Some(value) = store.peek(&key) {
                         store
                             .flights
-                            .end(&key, &flight, Outcome::Value(value.clone()));
+                            .end(&key, &flight, || Outcome::Value(value.clone()));
                         return Ok(value);
                     }
                     let Ok(handle) = Handle::try_current() else {
@@ -214,6 +214,7 @@ where
                              its load as a task, so it must be awaited within a Tokio runtime"
                         );
                     };
+                    flight.leader_waits();
                     let led = crate::sync::Arc::clone(&flight);
                     crate::refresh::spawn_one(shared, Job::Load, key.clone(), led, &handle);
                     (flight, true)
@@ -328,6 +329,7 @@ where
         let flight = match store.flights.join_or_lead(&key) {
             Role::Wait(flight) => flight,
             Role::Lead(flight) => {
+                flight.leader_waits();
                 let flight_ = crate::sync::Arc::clone(&flight);
                 crate::refresh::spawn_one(store, Job::Reload, key, flight_, &handle);
                 flight

@@ -389,7 +389,7 @@ fn end_quietly<K, V, S>(
     let ended = catch_unwind(AssertUnwindSafe(|| {
         store.reload_ended(key);
         match outcome {
-            Some(outcome) => store.flights.end(key, flight, outcome),
+            Some(outcome) => store.flights.end(key, flight, move || outcome),
             None => store.flights.abandon(key, flight),
         }
     }));

@@ -382,3 +382,54 @@ async fn load_futures_are_lazy_and_unpin() {
     assert_eq!(c.get(&2), None);
     assert_eq!(c.__internals().loads, 0);
 }
+
+/// A value that counts its clones.
+#[derive(Debug)]
+struct Copies(Arc<AtomicUsize>);
+
+impl Clone for Copies {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Copies(Arc::clone(&self.0))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_nobody_waits_for_copies_its_value_only_for_the_map() {
+    let copies = Arc::new(AtomicUsize::new(0));
+    let c: Cache<u64, Copies> = Cache::builder().build();
+    let value = c.get_with(1, async { Copies(Arc::clone(&copies)) }).await;
+    assert_eq!(
+        copies.load(Ordering::Relaxed),
+        1,
+        "copies made by a load with no waiter (one is the map's)"
+    );
+    drop(value);
+    // With a waiter, the flight keeps a copy, and the waiter takes its own from it.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let leader = {
+        let (c, copies) = (c.clone(), Arc::clone(&copies));
+        tokio::spawn(async move {
+            c.get_with(2, async move {
+                let _ = rx.await;
+                Copies(copies)
+            })
+            .await
+        })
+    };
+    settle().await;
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move { c.get_with(2, async { unreachable!("it waits") }).await })
+    };
+    settle().await;
+    copies.store(0, Ordering::Relaxed);
+    tx.send(()).unwrap();
+    leader.await.unwrap();
+    waiter.await.unwrap();
+    assert_eq!(
+        copies.load(Ordering::Relaxed),
+        3,
+        "the map's copy, the flight's and the waiter's own"
+    );
+}

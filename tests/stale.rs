@@ -376,3 +376,71 @@ async fn churn_of_distinct_keys_with_stale_copies_leaves_the_books_balanced() {
     );
     assert_eq!(internals.nodes, 0, "wheel nodes left behind");
 }
+
+/// A value whose `Clone` panics once its shared countdown reaches zero (negative: never).
+#[derive(Debug)]
+struct Brittle(u64, Arc<std::sync::atomic::AtomicI64>);
+
+impl Clone for Brittle {
+    fn clone(&self) -> Self {
+        if self.1.fetch_sub(1, Ordering::SeqCst) == 1 {
+            panic!("trap: a value's clone");
+        }
+        Brittle(self.0, Arc::clone(&self.1))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_value_clone_panicking_as_a_fetch_finds_a_written_value_never_wedges_the_key() {
+    let fuse = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let loads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c: LoadingCache<u64, Brittle, String> = {
+        let (fuse, loads) = (Arc::clone(&fuse), Arc::clone(&loads));
+        Cache::<u64, Brittle>::builder()
+            .loader(move |k| {
+                let (fuse, loads) = (Arc::clone(&fuse), Arc::clone(&loads));
+                async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok(Brittle(k, fuse))
+                }
+            })
+            .stale_if_error(60 * SEC)
+            .build()
+    };
+    // A compute leads key 1 and stores nothing, once released.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let compute = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.as_cache()
+                .entry(1)
+                .and_compute_with(|_| async move {
+                    let _ = released.await;
+                    ebb_cache::Op::Nop
+                })
+                .await
+        })
+    };
+    advance(MS).await;
+    // A fetch misses and waits for the compute's flight.
+    let fetch = {
+        let c = c.clone();
+        tokio::spawn(async move { c.fetch(1).await.map(|v| v.0) })
+    };
+    advance(MS).await;
+    // A write lands, then the compute ends: the fetch starts over, leads, and finds the
+    // written value; the second copy of it from now panics.
+    c.as_cache().insert(1, Brittle(7, Arc::clone(&fuse)));
+    fuse.store(2, Ordering::SeqCst);
+    release.send(()).unwrap();
+    let _ = compute.await;
+    let _ = fetch.await; // it may return the value or pass the panic on: either way, ...
+    fuse.store(-1, Ordering::SeqCst);
+    // ... the key is not wedged: a miss loads it.
+    c.as_cache().remove(&1);
+    let again = tokio::time::timeout(10 * SEC, c.fetch(1))
+        .await
+        .expect("a fetch waited forever on a flight a panic left unsettled");
+    assert_eq!(again.unwrap().0, 1);
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}

@@ -18,6 +18,10 @@
 //!   Nobody waits on a flight that cannot end.
 //! - **Nothing is left behind.** A flight leaves the registry when it is settled: a million
 //!   loaded keys leave no records.
+//! - **A copy only for a waiter.** A flight is settled with its outcome only if a caller joined
+//!   it (or its leader waits on it, handing the load to a task); with none, it is settled as
+//!   abandoned and its leader makes no copy of the value. Joining and unregistering take the
+//!   same stripe lock, so no caller joins once the leader looked.
 //! - A key's `Clone` and `Hash` (user code) run before the registry changes, never between
 //!   two changes that must both happen (the registered count and the map).
 
@@ -61,6 +65,8 @@ impl<V: Clone> Clone for Outcome<V> {
 pub(crate) struct Flight<V> {
     outcome: Mutex<Option<Outcome<V>>>,
     superseded: AtomicBool,
+    /// Whether a caller joined to wait; set under the key's stripe lock.
+    joined: AtomicBool,
     done: tokio::sync::Notify,
     /// How loom models wait: a condition variable loom can see (it cannot see `done`).
     #[cfg(loom)]
@@ -72,10 +78,17 @@ impl<V: Clone> Flight<V> {
         Flight {
             outcome: Mutex::new(None),
             superseded: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
             #[cfg(loom)]
             settled: loom::sync::Condvar::new(),
         }
+    }
+
+    /// Count the leader as a waiter: it hands the flight to a task to end, and waits for it
+    /// itself. Called before the task is spawned (which orders it before the task's `end`).
+    pub(crate) fn leader_waits(&self) {
+        self.joined.store(true, Ordering::Relaxed);
     }
 
     /// The outcome, once the flight is settled.
@@ -200,7 +213,10 @@ where
     pub(crate) fn join_or_lead(&self, key: &K) -> Role<V> {
         let mut stripe = lock(self.stripe(key));
         match stripe.get_mut(key) {
-            Some(joined) if !joined.is_settled() => Role::Wait(Arc::clone(joined)),
+            Some(joined) if !joined.is_settled() => {
+                joined.joined.store(true, Ordering::Relaxed);
+                Role::Wait(Arc::clone(joined))
+            }
             Some(settled) => {
                 let flight = Arc::new(Flight::new());
                 *settled = Arc::clone(&flight);
@@ -255,12 +271,32 @@ where
         }
     }
 
-    /// Unregister and settle `flight`. The flight is settled even if unregistering panics (a
-    /// user `Hash` or `Eq`); the panic then goes on, and the next caller for the key replaces
-    /// the settled flight it finds.
-    pub(crate) fn end(&self, key: &K, flight: &Arc<Flight<V>>, outcome: Outcome<V>) {
+    /// Unregister and settle `flight` with `outcome()`, made only if a caller waits for it:
+    /// callers join under the stripe lock that unregistering takes, so once the flight is
+    /// unregistered nobody else can (a leader with no waiters clones no value for them). The
+    /// flight is settled even if unregistering panics (a user `Hash` or `Eq`; then
+    /// `outcome()` is made, as a caller may still join) or if `outcome()` does (a value's
+    /// `Clone`; then the flight is abandoned and its waiters start over); the panic then goes
+    /// on, and the next caller for the key replaces the settled flight it finds.
+    pub(crate) fn end(
+        &self,
+        key: &K,
+        flight: &Arc<Flight<V>>,
+        outcome: impl FnOnce() -> Outcome<V>,
+    ) {
         let unregistered = catch_unwind(AssertUnwindSafe(|| self.unregister(key, flight)));
-        flight.settle(outcome);
+        let made = if unregistered.is_err() || flight.joined.load(Ordering::Relaxed) {
+            catch_unwind(AssertUnwindSafe(outcome))
+        } else {
+            Ok(Outcome::Abandoned)
+        };
+        match made {
+            Ok(outcome) => flight.settle(outcome),
+            Err(panic) => {
+                flight.settle(Outcome::Abandoned);
+                resume_unwind(panic);
+            }
+        }
         if let Err(panic) = unregistered {
             resume_unwind(panic);
         }
@@ -328,7 +364,7 @@ mod loom_flights {
             match registry.join_or_lead(&1) {
                 Role::Lead(flight) => {
                     if let Some(v) = hit(stored) {
-                        registry.end(&1, &flight, Outcome::Value(v));
+                        registry.end(&1, &flight, || Outcome::Value(v));
                         return Some(v);
                     }
                     let others = loading.fetch_add(1, Ordering::SeqCst);
@@ -338,7 +374,7 @@ mod loom_flights {
                     match ends {
                         Ends::Finishes => {
                             stored.store(7, Ordering::SeqCst);
-                            registry.end(&1, &flight, Outcome::Value(7));
+                            registry.end(&1, &flight, || Outcome::Value(7));
                             return Some(7);
                         }
                         Ends::Cancelled | Ends::PanicsBeforeStoring => {
@@ -406,7 +442,7 @@ mod loom_flights {
                     let new = stored.load(Ordering::SeqCst) * 2 + 1;
                     stored.store(new, Ordering::SeqCst);
                     loading.fetch_sub(1, Ordering::SeqCst);
-                    registry.end(&1, &flight, Outcome::Value(new as u32));
+                    registry.end(&1, &flight, || Outcome::Value(new as u32));
                     return new as u32;
                 }
                 Role::Wait(flight) => drop(flight.wait_blocking()),
@@ -551,7 +587,7 @@ mod loom_flights {
             if !loads {
                 self.reload_ended();
                 let error: SharedError = std::sync::Arc::new("failed");
-                self.registry.end(&1, &flight, Outcome::Error(error));
+                self.registry.end(&1, &flight, || Outcome::Error(error));
                 return (false, Some(flight));
             }
             // Loaded: `finish` asks `reload_cap`, which reads the written TTL under the shard
@@ -567,7 +603,7 @@ mod loom_flights {
             self.report(replaced.flatten());
             // `end_quietly`, stored or not: the stamp, then the flight.
             self.reload_ended();
-            self.registry.end(&1, &flight, Outcome::Value(RELOADED));
+            self.registry.end(&1, &flight, || Outcome::Value(RELOADED));
             (stored, Some(flight))
         }
 
