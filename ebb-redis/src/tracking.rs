@@ -893,6 +893,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_whose_from_key_panics_is_invalidated_by_its_text() {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        struct Stubborn(u64);
+        impl CacheKey for Stubborn {
+            fn write_key(&self, out: &mut String) {
+                out.push_str(&self.0.to_string());
+            }
+            fn from_key(_: &str) -> Option<Self> {
+                panic!("a key's from_key panicked");
+            }
+        }
+        let local: ebb_cache::Cache<Stubborn, Option<u64>> = ebb_cache::Cache::builder().build();
+        let c = Coherence::new(
+            "ns",
+            Options::default(),
+            local.clone(),
+            Duration::from_secs(1),
+        );
+        c.confirmed(1);
+        local.insert(Stubborn(7), Some(1));
+        local.insert(Stubborn(8), Some(1));
+        let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.on_push(1, invalidate(&["ns:7"]));
+        }));
+        assert!(pushed.is_ok(), "a from_key panic left the push handler");
+        assert_eq!(local.get(&Stubborn(7)), None, "the key was not invalidated");
+        assert_eq!(local.get(&Stubborn(8)), Some(Some(1)));
+        assert_eq!(c.stats().invalidations, 1);
+    }
+
+    #[tokio::test]
     async fn calls_that_tracking_did_not_cover_whole_are_capped_at_degraded_ttl() {
         let (local, c) = coherence();
         let cap = Some(Duration::from_secs(2));
