@@ -800,6 +800,31 @@ mod tests {
         }
     }
 
+    /// Coherence over `local` (namespace `ns`), tracking confirmed on connection 1.
+    fn confirmed_over<K, V>(local: &ebb_cache::Cache<K, Option<V>>) -> Arc<Coherence>
+    where
+        K: CacheKey + Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let c = Coherence::new(
+            "ns",
+            Options::default(),
+            local.clone(),
+            Duration::from_secs(1),
+        );
+        c.confirmed(1);
+        c
+    }
+
+    /// Whether the push handler returns from an invalidation of `key`: it runs inside the
+    /// connection's driver, which a panic would end.
+    fn push_returns(c: &Coherence, key: &str) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.on_push(1, invalidate(&[key]));
+        }))
+        .is_ok()
+    }
+
     /// What a write's L1 update would store: `Some(ttl)`, or `None` (dropped).
     fn update(c: &Coherence, key: &str, seen: &Seen) -> Option<Duration> {
         c.update(key.as_bytes(), seen, Duration::from_secs(30), |ttl| ttl)
@@ -865,21 +890,14 @@ mod tests {
             }
         }
         let local: ebb_cache::Cache<u64, Option<Bomb>> = ebb_cache::Cache::builder().build();
-        let c = Coherence::new(
-            "ns",
-            Options::default(),
-            local.clone(),
-            Duration::from_secs(1),
-        );
-        c.confirmed(1);
+        let c = confirmed_over(&local);
         local.insert(7, Some(Bomb(true)));
         local.insert(8, Some(Bomb(false)));
         let seen = c.seen(b"ns:8");
-        // The push handler runs inside the connection's driver: a panic there would end it.
-        let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            c.on_push(1, invalidate(&["ns:7"]));
-        }));
-        assert!(pushed.is_ok(), "a value's Drop panic left the push handler");
+        assert!(
+            push_returns(&c, "ns:7"),
+            "a value's Drop panic left the push handler"
+        );
         assert!(!local.contains_key(&7), "the invalidation dropped the key");
         assert_eq!(c.stats().invalidations, 1);
         // The stripes work as before: another key's invalidation and update.
@@ -905,19 +923,13 @@ mod tests {
             }
         }
         let local: ebb_cache::Cache<Stubborn, Option<u64>> = ebb_cache::Cache::builder().build();
-        let c = Coherence::new(
-            "ns",
-            Options::default(),
-            local.clone(),
-            Duration::from_secs(1),
-        );
-        c.confirmed(1);
+        let c = confirmed_over(&local);
         local.insert(Stubborn(7), Some(1));
         local.insert(Stubborn(8), Some(1));
-        let pushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            c.on_push(1, invalidate(&["ns:7"]));
-        }));
-        assert!(pushed.is_ok(), "a from_key panic left the push handler");
+        assert!(
+            push_returns(&c, "ns:7"),
+            "a from_key panic left the push handler"
+        );
         assert_eq!(local.get(&Stubborn(7)), None, "the key was not invalidated");
         assert_eq!(local.get(&Stubborn(8)), Some(Some(1)));
         assert_eq!(c.stats().invalidations, 1);
