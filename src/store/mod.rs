@@ -231,11 +231,11 @@ where
                 hasher.clone(),
                 shards,
             ),
+            // What DashMap gives each shard of the initial capacity.
+            room: capacity / shards,
             // Two stripes per core (shards are four per core): writers hold a stripe only to
             // queue one record, and the stripes stay under 1 KiB in all, which glibc serves
             // without consolidating its fast bins (a cache built per request pays that).
-            // What DashMap gives each shard of the initial capacity.
-            room: capacity / shards,
             handoff: Handoff::new((shards / 2).max(1), hasher.clone()),
             // Loads register and unregister briefly: a stripe per core (shards are four per
             // core) is plenty, and a cache built per request allocates a quarter of the bytes.
