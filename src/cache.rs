@@ -404,6 +404,7 @@ where
         let store = &self.store;
         Internals {
             nodes: store.signals.nodes.load(Ordering::Acquire),
+            wheel_cells: store.signals.wheel_cells.load(Ordering::Acquire),
             map_capacity: store.map.capacity(),
             map_shards: store.map.shard_count(),
             records: store.handoff.len(),
@@ -460,6 +461,8 @@ impl<K, V, S> WeakCache<K, V, S> {
 pub struct Internals {
     /// Wheel nodes the task held after its last wake.
     pub nodes: usize,
+    /// Wheel slab cells in memory after the task's last wake that fired or swept.
+    pub wheel_cells: usize,
     /// Entries the map's tables have room for now, all shards together.
     pub map_capacity: usize,
     /// The map's shards.

@@ -499,8 +499,18 @@ where
             return Flow::Stop;
         }
         let work = std::mem::take(&mut self.work);
-        if work.fired + work.swept > 0 && store.shrink_map() {
-            error!("a key's Hash panicked as the map's table shrank; the table keeps its room");
+        if work.fired + work.swept > 0 {
+            if store.shrink_map() {
+                error!("a key's Hash panicked as the map's table shrank; the table keeps its room");
+            }
+            // Every id the wheel does not link is held: by this task, or handed out.
+            self.wheel.trim();
+            if self.free.is_empty() && self.free.capacity() > SPARE_CAPACITY {
+                self.free = Vec::new();
+            }
+            self.signals
+                .wheel_cells
+                .store(self.wheel.cells(), Ordering::Release);
         }
         if work.filed + work.fired + work.swept > 0 {
             trace!(

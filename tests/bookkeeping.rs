@@ -274,15 +274,15 @@ async fn expired_down_to(c: &Cache<u64, u64>, left: u64) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_burst_that_expires_gives_its_table_back() {
+async fn a_burst_that_expires_gives_its_room_back() {
     let c: Cache<u64, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
     settle().await;
     for k in 0..100_000 {
         c.insert(k, k);
     }
     settle().await;
-    let peak = c.__internals().map_capacity;
-    assert!(peak >= 100_000, "{:?}", c.__internals());
+    let peak = c.__internals();
+    assert!(peak.map_capacity >= 100_000, "{peak:?}");
     // A few keys outlive the burst.
     for k in 0..10 {
         c.insert_with_ttl(k, k, 60 * SEC);
@@ -292,18 +292,34 @@ async fn a_burst_that_expires_gives_its_table_back() {
     let after = c.__internals();
     assert!(
         after.map_capacity <= after.map_shards * 128,
-        "the map kept room for {} entries (peak {peak}) after the burst expired: {after:?}",
-        after.map_capacity
+        "the map kept room for {} entries (peak {}) after the burst expired: {after:?}",
+        after.map_capacity,
+        peak.map_capacity
     );
+    // The wheel keeps the chunks of its slab that hold the ten live nodes, and its last.
+    assert!(
+        after.wheel_cells <= 11 * 4096 && after.wheel_cells < 100_000,
+        "the wheel kept {} cells for 10 nodes after the burst expired: {after:?}",
+        after.wheel_cells
+    );
+    assert!(after.node_ids >= 100_000, "ids follow the peak: {after:?}");
     for k in 0..10 {
         assert_eq!(c.get(&k), Some(k));
     }
-    // It grows again as before.
+    // It grows again as before, reusing the burst's ids, and expires again.
     for k in 0..100_000 {
         c.insert(k, k);
     }
     assert_eq!(c.entry_count(), 100_000);
     assert_eq!(c.get(&99_999), Some(99_999));
+    advance(SEC + 2 * MS).await;
+    expired_down_to(&c, 0).await;
+    let again = c.__internals();
+    assert!(
+        again.node_ids < after.node_ids + 4096,
+        "the second burst took free ids, not fresh ones: {again:?}"
+    );
+    assert!(again.wheel_cells <= 4096, "{again:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -177,6 +177,9 @@ pub(crate) struct Signals {
     pub(crate) wakeups: AtomicU64,
     /// Wheel nodes the task holds, as of its last wake (test-only visibility).
     pub(crate) nodes: AtomicUsize,
+    /// Wheel slab cells in memory, as of the task's last wake that fired or swept
+    /// (test-only visibility).
+    pub(crate) wheel_cells: AtomicUsize,
 }
 
 /// [`Signals::lifecycle`]: a task runs.

@@ -16,7 +16,10 @@
 //! `prev` / `next` indices, one head per slot), so filing, unfiling and moving a node are
 //! O(1) and need no allocation once the slab has grown. Freed nodes go on a free list and
 //! their ids are reused. The slab grows by chunks of 4,096 cells, never by doubling, so it
-//! holds at most one chunk of cells beyond the most nodes it has held at once. Each level also has a 64-bit bitmap with one bit per non-empty slot,
+//! holds at most one chunk of cells beyond the most nodes it has held at once; for a caller
+//! that holds the ids it does not link, [`Wheel::trim`] gives back every chunk but the last
+//! with no live node, so memory follows the nodes live now. Each level also has a 64-bit
+//! bitmap with one bit per non-empty slot,
 //! and there is one extra list, the *due* list, for nodes whose deadline has already been
 //! reached (inserted in the past, or brought down to "due" while advancing).
 //!
@@ -219,13 +222,13 @@ impl<T> Wheel<T> {
             "wheel: node id {id} out of range"
         );
         self.entries.grow_to(id as usize + 1);
-        let cell = self.entries.cell_mut(id);
-        match *cell {
+        match self.entries.cell_mut(id) {
             Cell::Free {
                 next_free: RESERVED,
-            } => *cell = Cell::Live(Node::new(item, when)),
+            } => {}
             _ => panic!("wheel: node {id} is not held by the caller"),
         }
+        self.entries.replace(id, Cell::Live(Node::new(item, when)));
         self.len += 1;
         self.file(id);
     }
@@ -272,6 +275,23 @@ impl<T> Wheel<T> {
         self.free += 1;
     }
 
+    /// Gives back the memory of the slab's chunks that hold no live node (see
+    /// `slab.rs`), unless a cell is on the free list; returns how many chunks it trimmed.
+    /// For a caller that holds every id it does not link (see [`take`](Self::take)): the
+    /// ids stay valid, and a trimmed chunk comes back when one of them is linked.
+    pub(crate) fn trim(&mut self) -> usize {
+        if self.free == 0 {
+            self.entries.trim()
+        } else {
+            0
+        }
+    }
+
+    /// Slab cells in memory: live, free or held.
+    pub(crate) fn cells(&self) -> usize {
+        self.entries.cells()
+    }
+
     /// Ids on the free list.
     #[cfg(test)]
     pub(crate) fn free_len(&self) -> usize {
@@ -297,7 +317,7 @@ impl<T> Wheel<T> {
         let cell = Cell::Free {
             next_free: self.free_head,
         };
-        match mem::replace(self.entries.cell_mut(id), cell) {
+        match self.entries.replace(id, cell) {
             Cell::Live(node) => {
                 self.free_head = id;
                 self.free += 1;
@@ -320,7 +340,7 @@ impl<T> Wheel<T> {
         let cell = Cell::Free {
             next_free: RESERVED,
         };
-        match mem::replace(self.entries.cell_mut(id), cell) {
+        match self.entries.replace(id, cell) {
             Cell::Live(node) => {
                 self.len -= 1;
                 node.item

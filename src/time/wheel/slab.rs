@@ -1,8 +1,12 @@
 //! The wheel's storage: a slab of cells in fixed-size chunks, each a live [`Node`] or a free
 //! cell, and the markers the wheel's intrusive lists use.
 //!
-//! Invariants: a cell never moves once allocated (the slab grows by whole chunks and never
-//! shrinks), so node ids stay valid; only the last chunk has room to spare.
+//! Invariants: a cell never moves while it is in memory (the slab grows by whole chunks), so
+//! node ids stay valid; only the last chunk has room to spare. A chunk other than the last
+//! whose every cell is held by the caller (no live node, nothing on the free list) may be
+//! *trimmed*: its memory goes back, and it comes back, all its cells still held, when one
+//! of them is next touched. So the slab's memory follows the nodes live now (in whole
+//! chunks), while its ids follow the most ever held at once.
 
 use std::num::NonZeroU64;
 
@@ -59,8 +63,9 @@ pub(super) enum Cell<T> {
 /// `next_free` of a cell whose id the caller holds (see [`Wheel::link`](super::Wheel::link)).
 pub(super) const RESERVED: u32 = UNLINKED;
 
-/// Cells per chunk of the slab: 2^12.
-pub(super) const CHUNK_BITS: u32 = 12;
+/// Cells per chunk of the slab: 2^12 (2^4 in ebb's own unit tests, so that their few
+/// nodes span many chunks and trimming is exercised).
+pub(super) const CHUNK_BITS: u32 = if cfg!(test) { 4 } else { 12 };
 pub(super) const CHUNK: usize = 1 << CHUNK_BITS;
 
 /// The slab: cells in chunks of [`CHUNK`], cell `id` at `chunks[id >> CHUNK_BITS]`.
@@ -68,9 +73,11 @@ pub(super) const CHUNK: usize = 1 << CHUNK_BITS;
 /// Only the last chunk has room to spare, so the slab never holds more than `CHUNK` unused
 /// cells (a `Vec` that doubles may hold as many unused cells as used ones), and growing never
 /// moves a cell. The first chunk grows like a `Vec` up to `CHUNK`, so a small wheel stays
-/// small.
+/// small. An empty chunk before the last is a trimmed one (see [`trim`](Slab::trim)).
 pub(super) struct Slab<T> {
     pub(super) chunks: Vec<Vec<Cell<T>>>,
+    /// Live cells per chunk: the books [`trim`](Slab::trim) reads.
+    live: Vec<u32>,
     len: usize,
 }
 
@@ -78,14 +85,20 @@ impl<T> Slab<T> {
     pub(super) const fn new() -> Self {
         Slab {
             chunks: Vec::new(),
+            live: Vec::new(),
             len: 0,
         }
     }
 
-    /// Cells: live, free or reserved.
+    /// Cells: live, free or reserved, trimmed ones included.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Cells in memory.
+    pub(super) fn cells(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
     }
 
     /// Adds reserved cells until there are `len`.
@@ -99,36 +112,108 @@ impl<T> Slab<T> {
 
     /// Appends a cell; its id is the old `len`.
     pub(super) fn push(&mut self, cell: Cell<T>) {
+        let live = u32::from(matches!(cell, Cell::Live(_)));
         match self.chunks.last_mut() {
             Some(chunk) if chunk.len() < CHUNK => chunk.push(cell),
             _ => {
                 let mut chunk = Vec::with_capacity(if self.chunks.is_empty() { 0 } else { CHUNK });
                 chunk.push(cell);
                 self.chunks.push(chunk);
+                self.live.push(0);
             }
         }
+        *self.live.last_mut().expect("a chunk was pushed") += live;
         self.len += 1;
     }
 
+    /// The cell `id`, if it exists and is in memory (a trimmed chunk holds no live node).
     pub(super) fn get(&self, id: u32) -> Option<&Cell<T>> {
         self.chunks
             .get((id >> CHUNK_BITS) as usize)?
             .get(id as usize & (CHUNK - 1))
     }
 
+    /// As [`get`](Self::get). Changing a cell from or to [`Cell::Live`] goes through
+    /// [`replace`](Self::replace), which keeps the books.
     pub(super) fn get_mut(&mut self, id: u32) -> Option<&mut Cell<T>> {
         self.chunks
             .get_mut((id >> CHUNK_BITS) as usize)?
             .get_mut(id as usize & (CHUNK - 1))
     }
 
-    /// The cell `id`, which exists.
+    /// The cell `id`, which exists, brought back into memory if its chunk was trimmed. Not
+    /// to change a cell from or to [`Cell::Live`] (see [`replace`](Self::replace)).
     pub(super) fn cell_mut(&mut self, id: u32) -> &mut Cell<T> {
+        let c = (id >> CHUNK_BITS) as usize;
+        let last = self.chunks.len().saturating_sub(1);
+        match self.chunks.get_mut(c) {
+            Some(chunk) if chunk.is_empty() && c < last => {
+                // Trimmed, so every cell is held by the caller, as it was.
+                chunk.reserve_exact(CHUNK);
+                chunk.resize_with(CHUNK, || Cell::Free {
+                    next_free: RESERVED,
+                });
+            }
+            _ => {}
+        }
         self.get_mut(id).expect("wheel: cell id out of range")
     }
 
+    /// Puts `cell` in cell `id` (which exists), returning the one it held, and keeps the
+    /// count of live cells.
+    pub(super) fn replace(&mut self, id: u32, cell: Cell<T>) -> Cell<T> {
+        let now = u32::from(matches!(cell, Cell::Live(_)));
+        let old = std::mem::replace(self.cell_mut(id), cell);
+        let live = &mut self.live[(id >> CHUNK_BITS) as usize];
+        *live = *live + now - u32::from(matches!(old, Cell::Live(_)));
+        old
+    }
+
+    /// Gives back the memory of every chunk but the last with no live cell; returns how
+    /// many chunks it trimmed. The caller must hold every cell that is not live: with a
+    /// cell on the free list, a trim would lose the list.
+    pub(super) fn trim(&mut self) -> usize {
+        let last = self.chunks.len().saturating_sub(1);
+        let mut trimmed = 0;
+        for (chunk, &live) in self.chunks[..last].iter_mut().zip(&self.live) {
+            if live == 0 && !chunk.is_empty() {
+                debug_assert!(chunk.iter().all(|cell| matches!(
+                    cell,
+                    Cell::Free {
+                        next_free: RESERVED
+                    }
+                )));
+                *chunk = Vec::new();
+                trimmed += 1;
+            }
+        }
+        trimmed
+    }
+
+    /// Every cell, a trimmed one as `None` (it is held by the caller).
     #[cfg(test)]
-    pub(super) fn iter(&self) -> impl Iterator<Item = &Cell<T>> {
-        self.chunks.iter().flatten()
+    pub(super) fn iter(&self) -> impl Iterator<Item = Option<&Cell<T>>> {
+        let last = self.chunks.len().saturating_sub(1);
+        self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
+            let trimmed = if chunk.is_empty() && c < last {
+                CHUNK
+            } else {
+                0
+            };
+            chunk
+                .iter()
+                .map(Some)
+                .chain(std::iter::repeat_n(None, trimmed))
+        })
+    }
+
+    /// The count of live cells per chunk matches the cells.
+    #[cfg(test)]
+    pub(super) fn check(&self) {
+        assert_eq!(self.chunks.len(), self.live.len());
+        for (chunk, &live) in self.chunks.iter().zip(&self.live) {
+            let counted = chunk.iter().filter(|c| matches!(c, Cell::Live(_))).count();
+            assert_eq!(counted, live as usize, "live cells of a chunk miscounted");
+        }
     }
 }

@@ -286,6 +286,55 @@ fn slab_grows_by_chunks() {
 }
 
 #[test]
+fn chunks_with_no_live_node_are_trimmed_and_come_back_held() {
+    let mut wheel = Wheel::new();
+    let n = 4 * CHUNK as u32;
+    for id in 0..n {
+        wheel.link(id, u64::from(id) + 1, u64::from(id));
+    }
+    assert_eq!(wheel.cells(), 4 * CHUNK);
+    assert_eq!(wheel.trim(), 0, "every chunk holds live nodes");
+    // The caller takes back all but one node of the second chunk: the ids stay its own.
+    let kept = CHUNK as u32 + 3;
+    for id in (0..n).filter(|&id| id != kept) {
+        assert_eq!(wheel.take(id), u64::from(id));
+    }
+    wheel.check();
+    assert_eq!(
+        wheel.trim(),
+        2,
+        "the first and third chunks; never the last"
+    );
+    assert_eq!(wheel.cells(), 2 * CHUNK);
+    assert_eq!(wheel.trim(), 0);
+    wheel.check();
+    assert_eq!(wheel.take_free(), None, "trimmed cells stay held, not free");
+    assert_eq!(*wheel.get(kept), u64::from(kept));
+    // Linking a held id of a trimmed chunk brings it back, every other cell still held.
+    wheel.link(2, 7, 20);
+    wheel.link(CHUNK as u32 * 2 + 1, 9, 21);
+    assert_eq!(wheel.cells(), 4 * CHUNK);
+    wheel.check();
+    wheel.release(5);
+    assert_eq!(
+        wheel.trim(),
+        0,
+        "nothing is trimmed while a cell is on the free list"
+    );
+    assert_eq!(wheel.take_free(), Some(5));
+    let mut fired = drain(&mut wheel, n.into());
+    fired.sort_unstable();
+    assert_eq!(fired, vec![2, kept, CHUNK as u32 * 2 + 1]);
+    for id in fired {
+        wheel.take(id);
+    }
+    assert_eq!(wheel.trim(), 3);
+    assert_eq!(wheel.cells(), CHUNK);
+    assert!(wheel.is_empty());
+    wheel.check();
+}
+
+#[test]
 fn next_expiration_is_a_lower_bound_after_poll() {
     let mut wheel = Wheel::new();
     for (i, when) in [3, 64, 65, 4_095, 4_096, P[5] + 1, HORIZON * 3]
@@ -517,6 +566,8 @@ enum Op {
     LinkHeld(Index, u64),
     /// Give a held id back.
     ReleaseHeld(Index),
+    /// As the expiry task does: hold every id on the free list, then trim.
+    Trim,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -532,6 +583,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<bool>(), 0..5u8).prop_map(|(f, gap)| Op::Hold(f, gap)),
         2 => (any::<Index>(), offset()).prop_map(|(i, o)| Op::LinkHeld(i, o)),
         1 => any::<Index>().prop_map(Op::ReleaseHeld),
+        1 => Just(Op::Trim),
     ]
 }
 
@@ -658,6 +710,23 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     wheel.release(id);
                 }
             }
+            Op::Trim => {
+                held.extend(std::iter::from_fn(|| wheel.take_free()));
+                let before = wheel.cells();
+                let trimmed = wheel.trim();
+                prop_assert_eq!(wheel.cells(), before - trimmed * CHUNK);
+                // Every chunk but the last is in memory only if it holds a live node.
+                let chunks = &wheel.entries.chunks;
+                for (c, chunk) in chunks
+                    .iter()
+                    .enumerate()
+                    .take(chunks.len().saturating_sub(1))
+                {
+                    let ids = c * CHUNK..(c + 1) * CHUNK;
+                    let live = model.keys().any(|&id| ids.contains(&(id as usize)));
+                    prop_assert_eq!(!chunk.is_empty(), live, "chunk {} after a trim", c);
+                }
+            }
             Op::Advance(jump, mut seed) => {
                 seed |= 1;
                 let now = elapsed.saturating_add(jump);
@@ -771,18 +840,20 @@ impl<T> Wheel<T> {
         let mut live = 0;
         let mut fired = 0;
         let mut reserved = 0;
+        self.entries.check();
         for entry in self.entries.iter() {
             match entry {
-                Cell::Live(node) => {
+                None => reserved += 1,
+                Some(Cell::Live(node)) => {
                     live += 1;
                     if node.prev == UNLINKED {
                         fired += 1;
                     }
                 }
-                Cell::Free {
+                Some(Cell::Free {
                     next_free: RESERVED,
-                } => reserved += 1,
-                Cell::Free { .. } => {}
+                }) => reserved += 1,
+                Some(Cell::Free { .. }) => {}
             }
         }
         assert_eq!(live, self.len);
