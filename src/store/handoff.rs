@@ -36,10 +36,11 @@
 //!   stripe map became current, or the listed one).
 //!   A pool holds the ids the task gave it, those a writer moved there from the reserve,
 //!   and those of queued nodes whose entry was removed. A writer takes an id from its
-//!   stripe's pool, else from the shared reserve (moving a batch to its pool), where the
-//!   task puts every free id it did not pool, and only then a fresh one: so the ids ever handed
-//!   out stay within the most nodes held at once plus what the pools and the reserve hold,
-//!   however the write rate swings.
+//!   stripe's pool, else from the shared reserve (moving a batch of its lowest ids to its
+//!   pool), where the task puts every free id it did not pool, and only then a fresh one: so
+//!   the ids ever handed out stay within the most nodes held at once plus what the pools and
+//!   the reserve hold, however the write rate swings, and the nodes in use gather in the
+//!   wheel slab's first chunks, so that it can trim the others.
 //! - **No user code between two writes.** A writer's key `Clone`, `Hash` and `Eq` run here
 //!   before the stripe changes, never between two changes that must both happen.
 //! - **No lost wake-up.** The writer reads the task's published `next_wake` *inside* the stripe
@@ -70,6 +71,8 @@ use crate::sync::atomic::{
 use crate::sync::{lock, LazyStripes, Mutex, MutexGuard, Wake};
 use crate::time::clock::NEVER;
 use crate::time::wheel::NodeId;
+
+use super::free_ids::FreeIds;
 
 /// The `node` of an entry that holds no wheel node.
 pub(crate) const UNFILED: NodeId = u32::MAX;
@@ -356,8 +359,8 @@ pub(crate) struct Handoff<K, S> {
     count: usize,
     hasher: S,
     /// Free ids beyond what the stripes' pools hold, for a writer whose pool ran dry: the
-    /// task stocks it with every id it freed and did not pool.
-    reserve: Mutex<Vec<NodeId>>,
+    /// task stocks it with every id it freed and did not pool. Handed out lowest first.
+    reserve: Mutex<FreeIds>,
     /// How many ids the reserve holds, as of its last change (a hint read without its lock).
     reserved: AtomicUsize,
     /// The next id never handed out.
@@ -371,7 +374,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
             stripes: LazyStripes::new(|| Self::make(stripes, &hasher)),
             count: stripes,
             hasher,
-            reserve: Mutex::new(Vec::new()),
+            reserve: Mutex::new(FreeIds::new()),
             reserved: AtomicUsize::new(0),
             fresh: AtomicU32::new(0),
         }
@@ -526,8 +529,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         // while a cache only grows); it is written under that lock.
         if self.reserved.load(Ordering::Relaxed) != 0 {
             let mut reserve = lock(&self.reserve);
-            let from = reserve.len().saturating_sub(RESERVE_BATCH);
-            pool.extend(reserve.drain(from..));
+            reserve.take_lowest(RESERVE_BATCH, pool);
             self.reserved.store(reserve.len(), Ordering::Relaxed);
             drop(reserve);
             if let Some(id) = pool.pop() {
@@ -543,7 +545,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     pub(crate) fn stock(&self, ids: &mut Vec<NodeId>) {
         if !ids.is_empty() {
             let mut reserve = lock(&self.reserve);
-            reserve.append(ids);
+            ids.drain(..).for_each(|id| reserve.insert(id));
             self.reserved.store(reserve.len(), Ordering::Relaxed);
         }
     }
@@ -620,7 +622,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         {
             let mut reserve = lock(&self.reserve);
             self.reserved.store(0, Ordering::Relaxed);
-            drop(std::mem::take(&mut *reserve));
+            reserve.clear();
         }
         for padded in self.stripes().unwrap_or_default() {
             let mut stripe = lock(&padded.stripe);

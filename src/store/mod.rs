@@ -33,6 +33,7 @@
 pub(crate) mod capacity;
 pub(crate) mod entry;
 pub(crate) mod flight;
+mod free_ids;
 pub(crate) mod handoff;
 pub(crate) mod invalidate;
 pub(crate) mod refresh;

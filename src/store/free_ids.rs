@@ -1,0 +1,243 @@
+//! The hand-off's reserve of free wheel node ids: a set of ids, one bit each, handed out
+//! lowest first.
+//!
+//! A plain data structure: no locks, no clock. The hand-off keeps it under its reserve's
+//! mutex; the task adds the ids it freed, and a writer whose pool ran dry takes a batch.
+//!
+//! Why bits and lowest first: after a burst, almost every id handed out is free, and a list
+//! of them costs 4 bytes each, while a bit each costs 1/32 of that, for ids that are dense
+//! by construction (they come from a counter that advances only when no free id is in
+//! reach). And handing out the lowest free ids keeps the nodes in use in the wheel slab's
+//! first chunks, so that the others hold no live node and are trimmed (see
+//! `time/wheel/slab.rs`).
+//!
+//! Invariants:
+//! - `len` is the number of bits set in `words`.
+//! - Bit `w` of `summary` is set iff `words[w]` is not zero.
+//! - `words` ends with a non-zero word (or is empty), and `summary` is no longer than it
+//!   needs to be for `words`: the set holds memory for the highest id in it, and no more.
+//! - Every word of `summary` below `low` is zero.
+
+use crate::time::wheel::NodeId;
+
+/// Bits per word.
+const BITS: usize = u64::BITS as usize;
+
+#[derive(Debug, Default)]
+pub(crate) struct FreeIds {
+    /// Bit `id % 64` of `words[id / 64]` is set iff `id` is in the set.
+    words: Vec<u64>,
+    /// Bit `w % 64` of `summary[w / 64]` is set iff `words[w] != 0`.
+    summary: Vec<u64>,
+    /// The lowest word of `summary` that may be non-zero.
+    low: usize,
+    len: usize,
+}
+
+impl FreeIds {
+    pub(crate) const fn new() -> Self {
+        FreeIds {
+            words: Vec::new(),
+            summary: Vec::new(),
+            low: 0,
+            len: 0,
+        }
+    }
+
+    /// Ids in the set.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds `id`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is in the set already (an id freed twice is a bug of the caller's books).
+    pub(crate) fn insert(&mut self, id: NodeId) {
+        let w = id as usize / BITS;
+        if w >= self.words.len() {
+            self.words.resize(w + 1, 0);
+            self.summary.resize(w / BITS + 1, 0);
+        }
+        let bit = 1 << (id as usize % BITS);
+        assert!(self.words[w] & bit == 0, "ebb: node id {id} freed twice");
+        self.words[w] |= bit;
+        self.summary[w / BITS] |= 1 << (w % BITS);
+        self.low = self.low.min(w / BITS);
+        self.len += 1;
+    }
+
+    /// Moves up to `n` ids to `out`, lowest first.
+    pub(crate) fn take_lowest(&mut self, n: usize, out: &mut Vec<NodeId>) {
+        let mut left = n.min(self.len);
+        while left > 0 {
+            // `len > 0`: some word at or above `low` is set.
+            let s = self.low;
+            let Some(sw) = std::num::NonZeroU64::new(self.summary[s]) else {
+                self.low += 1;
+                continue;
+            };
+            let w = s * BITS + sw.trailing_zeros() as usize;
+            let word = &mut self.words[w];
+            while left > 0 && *word != 0 {
+                out.push((w * BITS) as NodeId + word.trailing_zeros());
+                *word &= *word - 1;
+                left -= 1;
+                self.len -= 1;
+            }
+            if *word == 0 {
+                self.summary[s] &= !(1 << (w % BITS));
+            }
+        }
+        self.shed();
+    }
+
+    /// Empties the set and gives back its memory.
+    pub(crate) fn clear(&mut self) {
+        *self = FreeIds::new();
+    }
+
+    /// Drops the zero words at the top, and memory well beyond what is left.
+    fn shed(&mut self) {
+        if self.words.last() != Some(&0) {
+            return;
+        }
+        while self.words.last() == Some(&0) {
+            self.words.pop();
+        }
+        self.summary.truncate(self.words.len().div_ceil(BITS));
+        if self.len == 0 {
+            self.low = 0;
+        }
+        if self.words.capacity() > 2 * self.words.len() + BITS {
+            self.words.shrink_to(self.words.len());
+            self.summary.shrink_to(self.summary.len());
+        }
+    }
+
+    /// The ids in the set, lowest first.
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            (0..BITS)
+                .filter(move |b| word >> b & 1 == 1)
+                .map(move |b| (w * BITS + b) as NodeId)
+        })
+    }
+
+    /// Every invariant of the module docs.
+    #[cfg(test)]
+    fn check(&self) {
+        let bits: usize = self.words.iter().map(|w| w.count_ones() as usize).sum();
+        assert_eq!(bits, self.len);
+        assert_ne!(self.words.last(), Some(&0));
+        assert_eq!(self.summary.len(), self.words.len().div_ceil(BITS));
+        for (w, &word) in self.words.iter().enumerate() {
+            assert_eq!(self.summary[w / BITS] >> (w % BITS) & 1 == 1, word != 0);
+        }
+        assert!(self.summary[..self.low.min(self.summary.len())]
+            .iter()
+            .all(|&s| s == 0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn hands_out_the_lowest_ids_first() {
+        let mut ids = FreeIds::new();
+        for id in [700, 3, 64, 5000, 65, 2] {
+            ids.insert(id);
+        }
+        ids.check();
+        let mut out = Vec::new();
+        ids.take_lowest(4, &mut out);
+        assert_eq!(out, vec![2, 3, 64, 65]);
+        ids.insert(1);
+        ids.check();
+        ids.take_lowest(10, &mut out);
+        assert_eq!(out, vec![2, 3, 64, 65, 1, 700, 5000]);
+        assert_eq!(ids.len(), 0);
+        ids.check();
+        assert_eq!(ids.words.capacity(), 0, "an empty set holds no memory");
+    }
+
+    #[test]
+    #[should_panic(expected = "node id 9 freed twice")]
+    fn an_id_freed_twice_panics() {
+        let mut ids = FreeIds::new();
+        ids.insert(9);
+        ids.insert(9);
+    }
+
+    #[test]
+    fn a_burst_of_a_million_ids_costs_a_bit_each() {
+        let mut ids = FreeIds::new();
+        (0..1_000_000).for_each(|id| ids.insert(id));
+        let bytes = 8 * (ids.words.capacity() + ids.summary.capacity());
+        // A bit each, doubled at most by the vector's growth: a list would take 4 MB.
+        assert!(bytes <= 2 * 1_000_000 / 8 + 4096, "{bytes} bytes");
+        let mut out = Vec::new();
+        ids.take_lowest(999_990, &mut out);
+        assert!(out.iter().copied().eq(0..999_990));
+        ids.check();
+        assert_eq!(
+            ids.iter().collect::<Vec<_>>(),
+            (999_990..1_000_000).collect::<Vec<_>>()
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u32),
+        Take(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..300u32).prop_map(Op::Insert),
+            1 => (1_000..5_000u32).prop_map(Op::Insert),
+            2 => (0..40usize).prop_map(Op::Take),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn matches_a_sorted_set(ops in prop::collection::vec(op(), 1..300)) {
+            let mut ids = FreeIds::new();
+            let mut model = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Insert(id) => {
+                        if model.insert(id) {
+                            ids.insert(id);
+                        }
+                    }
+                    Op::Take(n) => {
+                        let mut out = Vec::new();
+                        ids.take_lowest(n, &mut out);
+                        let want: Vec<u32> = model.iter().copied().take(n).collect();
+                        for id in &want {
+                            model.remove(id);
+                        }
+                        prop_assert_eq!(out, want);
+                    }
+                }
+                ids.check();
+                prop_assert_eq!(ids.len(), model.len());
+                prop_assert!(ids.iter().eq(model.iter().copied()));
+            }
+        }
+    }
+}
