@@ -505,9 +505,7 @@ where
             }
             // Every id the wheel does not link is held: by this task, or handed out.
             self.wheel.trim();
-            if self.free.is_empty() && self.free.capacity() > SPARE_CAPACITY {
-                self.free = Vec::new();
-            }
+            shed(&mut self.free, SPARE_CAPACITY);
             self.signals
                 .wheel_cells
                 .store(self.wheel.cells(), Ordering::Release);
@@ -632,6 +630,7 @@ where
             let id = left.pop().expect("longer than want");
             self.free.push(id);
         }
+        shed(&mut left, want);
         self.pools[stripe] = (left, taken);
     }
 
@@ -836,6 +835,15 @@ where
         if let Some(retired) = removed {
             report(store, retired);
         }
+    }
+}
+
+/// Give back the memory of a buffer of the task's that holds under a quarter of what it has
+/// room for (a burst's), down to room for its items or `keep`, whichever is more.
+fn shed<T>(buffer: &mut Vec<T>, keep: usize) {
+    let room = buffer.len().max(keep);
+    if buffer.capacity() > 4 * room {
+        buffer.shrink_to(room);
     }
 }
 
