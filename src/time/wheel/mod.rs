@@ -276,11 +276,13 @@ impl<T> Wheel<T> {
     }
 
     /// Gives back the memory of the slab's chunks that hold no live node (see
-    /// `slab.rs`), unless a cell is on the free list; returns how many chunks it trimmed.
-    /// For a caller that holds every id it does not link (see [`take`](Self::take)): the
-    /// ids stay valid, and a trimmed chunk comes back when one of them is linked.
+    /// `slab.rs`) once live nodes fill at most a quarter of the cells in memory, unless a
+    /// cell is on the free list; returns how many chunks it trimmed. For a caller that
+    /// holds every id it does not link (see [`take`](Self::take)): the ids stay valid, and a
+    /// trimmed chunk comes back when one of them is linked. The quarter spares a wheel that
+    /// churns at a steady size the cost of trimming chunks it brings back at once.
     pub(crate) fn trim(&mut self) -> usize {
-        if self.free == 0 {
+        if self.free == 0 && self.len <= self.entries.cells() / 4 {
             self.entries.trim()
         } else {
             0
