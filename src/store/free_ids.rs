@@ -54,6 +54,7 @@ impl FreeIds {
     /// # Panics
     ///
     /// If `id` is in the set already (an id freed twice is a bug of the caller's books).
+    #[inline]
     pub(crate) fn insert(&mut self, id: NodeId) {
         let w = id as usize / BITS;
         if w >= self.words.len() {
@@ -61,10 +62,13 @@ impl FreeIds {
             self.summary.resize(w / BITS + 1, 0);
         }
         let bit = 1 << (id as usize % BITS);
-        assert!(self.words[w] & bit == 0, "ebb: node id {id} freed twice");
-        self.words[w] |= bit;
-        self.summary[w / BITS] |= 1 << (w % BITS);
-        self.low = self.low.min(w / BITS);
+        let word = &mut self.words[w];
+        assert!(*word & bit == 0, "ebb: node id {id} freed twice");
+        if *word == 0 {
+            self.summary[w / BITS] |= 1 << (w % BITS);
+            self.low = self.low.min(w / BITS);
+        }
+        *word |= bit;
         self.len += 1;
     }
 

@@ -143,24 +143,29 @@ impl<T> Slab<T> {
 
     /// The cell `id`, which exists, brought back into memory if its chunk was trimmed. Not
     /// to change a cell from or to [`Cell::Live`] (see [`replace`](Self::replace)).
+    #[inline]
     pub(super) fn cell_mut(&mut self, id: u32) -> &mut Cell<T> {
         let c = (id >> CHUNK_BITS) as usize;
-        let last = self.chunks.len().saturating_sub(1);
-        match self.chunks.get_mut(c) {
-            Some(chunk) if chunk.is_empty() && c < last => {
-                // Trimmed, so every cell is held by the caller, as it was.
-                chunk.reserve_exact(CHUNK);
-                chunk.resize_with(CHUNK, || Cell::Free {
-                    next_free: RESERVED,
-                });
-            }
-            _ => {}
+        if self.chunks.get(c).is_some_and(Vec::is_empty) {
+            self.bring_back(c);
         }
         self.get_mut(id).expect("wheel: cell id out of range")
     }
 
+    /// Brings chunk `c` back into memory if it was trimmed: every cell held by the caller,
+    /// as it was. (The last chunk is never empty: it holds the slab's last cell.)
+    #[cold]
+    fn bring_back(&mut self, c: usize) {
+        let chunk = &mut self.chunks[c];
+        chunk.reserve_exact(CHUNK);
+        chunk.resize_with(CHUNK, || Cell::Free {
+            next_free: RESERVED,
+        });
+    }
+
     /// Puts `cell` in cell `id` (which exists), returning the one it held, and keeps the
     /// count of live cells.
+    #[inline]
     pub(super) fn replace(&mut self, id: u32, cell: Cell<T>) -> Cell<T> {
         let now = u32::from(matches!(cell, Cell::Live(_)));
         let old = std::mem::replace(self.cell_mut(id), cell);
