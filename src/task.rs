@@ -506,6 +506,7 @@ where
             // Every id the wheel does not link is held: by this task, or handed out.
             self.wheel.trim();
             shed(&mut self.free, SPARE_CAPACITY);
+            #[cfg(any(test, feature = "internals"))]
             self.signals
                 .wheel_cells
                 .store(self.wheel.cells(), Ordering::Release);

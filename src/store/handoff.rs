@@ -182,6 +182,7 @@ pub(crate) struct Signals {
     pub(crate) nodes: AtomicUsize,
     /// Wheel slab cells in memory, as of the task's last wake that fired or swept
     /// (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) wheel_cells: AtomicUsize,
 }
 

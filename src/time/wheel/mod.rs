@@ -290,6 +290,7 @@ impl<T> Wheel<T> {
     }
 
     /// Slab cells in memory: live, free or held.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn cells(&self) -> usize {
         self.entries.cells()
     }
