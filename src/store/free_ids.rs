@@ -17,6 +17,8 @@
 //! - `words` ends with a non-zero word (or is empty), and `summary` is no longer than it
 //!   needs to be for `words`: the set holds memory for the highest id in it, and no more.
 //! - Every word of `summary` below `low` is zero.
+//! - An empty set holds no memory: not even its bookkeeping, so that a cache that never
+//!   frees a node (one built per request) pays 8 bytes for it.
 
 use crate::time::wheel::NodeId;
 
@@ -25,28 +27,17 @@ const BITS: usize = u64::BITS as usize;
 
 #[derive(Debug, Default)]
 pub(crate) struct FreeIds {
-    /// Bit `id % 64` of `words[id / 64]` is set iff `id` is in the set.
-    words: Vec<u64>,
-    /// Bit `w % 64` of `summary[w / 64]` is set iff `words[w] != 0`.
-    summary: Vec<u64>,
-    /// The lowest word of `summary` that may be non-zero.
-    low: usize,
-    len: usize,
+    bits: Option<Box<Bits>>,
 }
 
 impl FreeIds {
     pub(crate) const fn new() -> Self {
-        FreeIds {
-            words: Vec::new(),
-            summary: Vec::new(),
-            low: 0,
-            len: 0,
-        }
+        FreeIds { bits: None }
     }
 
     /// Ids in the set.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.bits.as_ref().map_or(0, |bits| bits.len)
     }
 
     /// Adds `id`.
@@ -56,6 +47,66 @@ impl FreeIds {
     /// If `id` is in the set already (an id freed twice is a bug of the caller's books).
     #[inline]
     pub(crate) fn insert(&mut self, id: NodeId) {
+        self.bits.get_or_insert_with(Box::default).insert(id);
+    }
+
+    /// Moves up to `n` ids to `out`, lowest first.
+    pub(crate) fn take_lowest(&mut self, n: usize, out: &mut Vec<NodeId>) {
+        if let Some(bits) = &mut self.bits {
+            bits.take_lowest(n, out);
+            if bits.len == 0 {
+                self.bits = None;
+            }
+        }
+    }
+
+    /// Empties the set and gives back its memory.
+    pub(crate) fn clear(&mut self) {
+        self.bits = None;
+    }
+
+    /// The ids in the set, lowest first.
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.bits.iter().flat_map(|bits| bits.iter())
+    }
+
+    #[cfg(test)]
+    fn check(&self) {
+        if let Some(bits) = &self.bits {
+            assert_ne!(bits.len, 0, "an empty set holds memory");
+            bits.check();
+        }
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.bits.as_ref().map_or(0, |bits| {
+            8 * (bits.words.capacity() + bits.summary.capacity()) + size_of::<Bits>()
+        })
+    }
+}
+
+/// A non-empty set's bits.
+#[derive(Debug, Default)]
+struct Bits {
+    /// Bit `id % 64` of `words[id / 64]` is set iff `id` is in the set.
+    words: Vec<u64>,
+    /// Bit `w % 64` of `summary[w / 64]` is set iff `words[w] != 0`.
+    summary: Vec<u64>,
+    /// The lowest word of `summary` that may be non-zero.
+    low: usize,
+    len: usize,
+}
+
+impl Bits {
+    /// Adds `id`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is in the set already (an id freed twice is a bug of the caller's books).
+    #[inline]
+    fn insert(&mut self, id: NodeId) {
         let w = id as usize / BITS;
         if w >= self.words.len() {
             self.words.resize(w + 1, 0);
@@ -73,7 +124,7 @@ impl FreeIds {
     }
 
     /// Moves up to `n` ids to `out`, lowest first.
-    pub(crate) fn take_lowest(&mut self, n: usize, out: &mut Vec<NodeId>) {
+    fn take_lowest(&mut self, n: usize, out: &mut Vec<NodeId>) {
         let mut left = n.min(self.len);
         while left > 0 {
             // `len > 0`: some word at or above `low` is set.
@@ -97,11 +148,6 @@ impl FreeIds {
         self.shed();
     }
 
-    /// Empties the set and gives back its memory.
-    pub(crate) fn clear(&mut self) {
-        *self = FreeIds::new();
-    }
-
     /// Drops the zero words at the top, and memory well beyond what is left.
     fn shed(&mut self) {
         if self.words.last() != Some(&0) {
@@ -122,7 +168,7 @@ impl FreeIds {
 
     /// The ids in the set, lowest first.
     #[cfg(test)]
-    pub(crate) fn iter(&self) -> impl Iterator<Item = NodeId> + '_ {
+    fn iter(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.words.iter().enumerate().flat_map(|(w, &word)| {
             (0..BITS)
                 .filter(move |b| word >> b & 1 == 1)
@@ -168,7 +214,7 @@ mod tests {
         assert_eq!(out, vec![2, 3, 64, 65, 1, 700, 5000]);
         assert_eq!(ids.len(), 0);
         ids.check();
-        assert_eq!(ids.words.capacity(), 0, "an empty set holds no memory");
+        assert_eq!(ids.bytes(), 0, "an empty set holds no memory");
     }
 
     #[test]
@@ -183,7 +229,7 @@ mod tests {
     fn a_burst_of_a_million_ids_costs_a_bit_each() {
         let mut ids = FreeIds::new();
         (0..1_000_000).for_each(|id| ids.insert(id));
-        let bytes = 8 * (ids.words.capacity() + ids.summary.capacity());
+        let bytes = ids.bytes();
         // A bit each, doubled at most by the vector's growth: a list would take 4 MB.
         assert!(bytes <= 2 * 1_000_000 / 8 + 4096, "{bytes} bytes");
         let mut out = Vec::new();

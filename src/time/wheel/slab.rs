@@ -73,19 +73,23 @@ pub(super) const CHUNK: usize = 1 << CHUNK_BITS;
 /// Only the last chunk has room to spare, so the slab never holds more than `CHUNK` unused
 /// cells (a `Vec` that doubles may hold as many unused cells as used ones), and growing never
 /// moves a cell. The first chunk grows like a `Vec` up to `CHUNK`, so a small wheel stays
-/// small. An empty chunk before the last is a trimmed one (see [`trim`](Slab::trim)).
+/// small. An empty chunk is a trimmed one (see [`trim`](Slab::trim)): the last one always
+/// holds the slab's last cell.
 pub(super) struct Slab<T> {
-    pub(super) chunks: Vec<Vec<Cell<T>>>,
-    /// Live cells per chunk: the books [`trim`](Slab::trim) reads.
-    live: Vec<u32>,
+    pub(super) chunks: Vec<Chunk<T>>,
     len: usize,
+}
+
+/// A chunk's cells, and how many of them are live: the books [`Slab::trim`] reads.
+pub(super) struct Chunk<T> {
+    pub(super) cells: Vec<Cell<T>>,
+    live: u32,
 }
 
 impl<T> Slab<T> {
     pub(super) const fn new() -> Self {
         Slab {
             chunks: Vec::new(),
-            live: Vec::new(),
             len: 0,
         }
     }
@@ -98,7 +102,7 @@ impl<T> Slab<T> {
 
     /// Cells in memory.
     pub(super) fn cells(&self) -> usize {
-        self.chunks.iter().map(Vec::len).sum()
+        self.chunks.iter().map(|chunk| chunk.cells.len()).sum()
     }
 
     /// Adds reserved cells until there are `len`.
@@ -114,15 +118,16 @@ impl<T> Slab<T> {
     pub(super) fn push(&mut self, cell: Cell<T>) {
         let live = u32::from(matches!(cell, Cell::Live(_)));
         match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < CHUNK => chunk.push(cell),
+            Some(chunk) if chunk.cells.len() < CHUNK => {
+                chunk.cells.push(cell);
+                chunk.live += live;
+            }
             _ => {
-                let mut chunk = Vec::with_capacity(if self.chunks.is_empty() { 0 } else { CHUNK });
-                chunk.push(cell);
-                self.chunks.push(chunk);
-                self.live.push(0);
+                let mut cells = Vec::with_capacity(if self.chunks.is_empty() { 0 } else { CHUNK });
+                cells.push(cell);
+                self.chunks.push(Chunk { cells, live });
             }
         }
-        *self.live.last_mut().expect("a chunk was pushed") += live;
         self.len += 1;
     }
 
@@ -130,6 +135,7 @@ impl<T> Slab<T> {
     pub(super) fn get(&self, id: u32) -> Option<&Cell<T>> {
         self.chunks
             .get((id >> CHUNK_BITS) as usize)?
+            .cells
             .get(id as usize & (CHUNK - 1))
     }
 
@@ -138,6 +144,7 @@ impl<T> Slab<T> {
     pub(super) fn get_mut(&mut self, id: u32) -> Option<&mut Cell<T>> {
         self.chunks
             .get_mut((id >> CHUNK_BITS) as usize)?
+            .cells
             .get_mut(id as usize & (CHUNK - 1))
     }
 
@@ -146,19 +153,23 @@ impl<T> Slab<T> {
     #[inline]
     pub(super) fn cell_mut(&mut self, id: u32) -> &mut Cell<T> {
         let c = (id >> CHUNK_BITS) as usize;
-        if self.chunks.get(c).is_some_and(Vec::is_empty) {
+        if self
+            .chunks
+            .get(c)
+            .is_some_and(|chunk| chunk.cells.is_empty())
+        {
             self.bring_back(c);
         }
         self.get_mut(id).expect("wheel: cell id out of range")
     }
 
-    /// Brings chunk `c` back into memory if it was trimmed: every cell held by the caller,
-    /// as it was. (The last chunk is never empty: it holds the slab's last cell.)
+    /// Brings the trimmed chunk `c` back into memory, every cell held by the caller, as it
+    /// was.
     #[cold]
     fn bring_back(&mut self, c: usize) {
-        let chunk = &mut self.chunks[c];
-        chunk.reserve_exact(CHUNK);
-        chunk.resize_with(CHUNK, || Cell::Free {
+        let cells = &mut self.chunks[c].cells;
+        cells.reserve_exact(CHUNK);
+        cells.resize_with(CHUNK, || Cell::Free {
             next_free: RESERVED,
         });
     }
@@ -169,8 +180,8 @@ impl<T> Slab<T> {
     pub(super) fn replace(&mut self, id: u32, cell: Cell<T>) -> Cell<T> {
         let now = u32::from(matches!(cell, Cell::Live(_)));
         let old = std::mem::replace(self.cell_mut(id), cell);
-        let live = &mut self.live[(id >> CHUNK_BITS) as usize];
-        *live = *live + now - u32::from(matches!(old, Cell::Live(_)));
+        let chunk = &mut self.chunks[(id >> CHUNK_BITS) as usize];
+        chunk.live = chunk.live + now - u32::from(matches!(old, Cell::Live(_)));
         old
     }
 
@@ -180,15 +191,15 @@ impl<T> Slab<T> {
     pub(super) fn trim(&mut self) -> usize {
         let last = self.chunks.len().saturating_sub(1);
         let mut trimmed = 0;
-        for (chunk, &live) in self.chunks[..last].iter_mut().zip(&self.live) {
-            if live == 0 && !chunk.is_empty() {
-                debug_assert!(chunk.iter().all(|cell| matches!(
+        for chunk in &mut self.chunks[..last] {
+            if chunk.live == 0 && !chunk.cells.is_empty() {
+                debug_assert!(chunk.cells.iter().all(|cell| matches!(
                     cell,
                     Cell::Free {
                         next_free: RESERVED
                     }
                 )));
-                *chunk = Vec::new();
+                chunk.cells = Vec::new();
                 trimmed += 1;
             }
         }
@@ -198,27 +209,37 @@ impl<T> Slab<T> {
     /// Every cell, a trimmed one as `None` (it is held by the caller).
     #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = Option<&Cell<T>>> {
-        let last = self.chunks.len().saturating_sub(1);
-        self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
-            let trimmed = if chunk.is_empty() && c < last {
-                CHUNK
-            } else {
-                0
-            };
+        self.chunks.iter().flat_map(|chunk| {
+            let trimmed = if chunk.cells.is_empty() { CHUNK } else { 0 };
             chunk
+                .cells
                 .iter()
                 .map(Some)
                 .chain(std::iter::repeat_n(None, trimmed))
         })
     }
 
-    /// The count of live cells per chunk matches the cells.
+    /// The count of live cells per chunk matches the cells, and only the last chunk may be
+    /// neither full nor trimmed.
     #[cfg(test)]
     pub(super) fn check(&self) {
-        assert_eq!(self.chunks.len(), self.live.len());
-        for (chunk, &live) in self.chunks.iter().zip(&self.live) {
-            let counted = chunk.iter().filter(|c| matches!(c, Cell::Live(_))).count();
-            assert_eq!(counted, live as usize, "live cells of a chunk miscounted");
+        let last = self.chunks.len().saturating_sub(1);
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            let counted = chunk
+                .cells
+                .iter()
+                .filter(|c| matches!(c, Cell::Live(_)))
+                .count();
+            assert_eq!(
+                counted, chunk.live as usize,
+                "live cells of a chunk miscounted"
+            );
+            let len = chunk.cells.len();
+            assert!(
+                c == last || len == 0 || len == CHUNK,
+                "chunk {c} holds {len} cells"
+            );
         }
+        assert_ne!(self.chunks.last().map(|c| c.cells.len()), Some(0));
     }
 }

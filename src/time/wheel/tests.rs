@@ -272,7 +272,7 @@ fn slab_grows_by_chunks() {
     let chunks = &wheel.entries.chunks;
     assert_eq!(chunks.len(), 4);
     assert!(
-        chunks.iter().all(|c| c.capacity() == CHUNK),
+        chunks.iter().all(|c| c.cells.capacity() == CHUNK),
         "no spare beyond one chunk"
     );
     assert_eq!(wheel.entries.len(), n);
@@ -724,7 +724,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     for (c, chunk) in chunks.iter().enumerate().take(last) {
                         let ids = c * CHUNK..(c + 1) * CHUNK;
                         let live = model.keys().any(|&id| ids.contains(&(id as usize)));
-                        prop_assert_eq!(!chunk.is_empty(), live, "chunk {} after a trim", c);
+                        prop_assert_eq!(!chunk.cells.is_empty(), live, "chunk {} after a trim", c);
                     }
                 }
             }
