@@ -180,6 +180,17 @@ pub use loading::{
 pub use stats::CacheStats;
 pub use time::clock::{DEFAULT_TICK, MAX_TICK, MIN_TICK};
 
+/// The settings of ebb's model tests (property tests against a reference model): `cases`
+/// random cases, and no file of past failures (a failure prints its case).
+#[cfg(test)]
+fn model_test_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -235,7 +235,7 @@ mod tests {
     use std::collections::HashMap;
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+        #![proptest_config(crate::model_test_config(200))]
 
         /// Between agings, no estimate is below the key's true count (capped at MAX).
         #[test]

@@ -254,7 +254,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(crate::model_test_config(300))]
 
     #[test]
     fn same_decisions_as_the_reference(

@@ -257,11 +257,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: 256,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::model_test_config(256))]
 
         #[test]
         fn matches_a_sorted_set(ops in prop::collection::vec(op(), 1..300)) {

@@ -782,11 +782,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 256,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(crate::model_test_config(256))]
 
     #[test]
     fn matches_model(ops in prop::collection::vec(op(), 1..200)) {
