@@ -203,8 +203,8 @@ async fn ttl_churn_at_uneven_rates_hands_out_ids_in_proportion_to_live_entries()
     }
     assert_eq!(c.entry_count(), 0);
     let internals = c.__internals();
-    // Every node id handed out is a wheel slab cell kept for good: the ids must follow the
-    // live entries, not the number of writes.
+    // Node ids index the wheel's slab: they must follow the live entries, not the number of
+    // writes.
     assert!(
         u64::from(internals.node_ids) <= 2 * most_live,
         "{} ids handed out for at most {most_live} live entries ({key} writes): {internals:?}",
@@ -215,6 +215,8 @@ async fn ttl_churn_at_uneven_rates_hands_out_ids_in_proportion_to_live_entries()
         (0, 0),
         "{internals:?}"
     );
+    // With no live node, the slab keeps its last chunk (4,096 cells) only.
+    assert!(internals.wheel_cells <= 4096, "{internals:?}");
 }
 
 /// A key that counts its copies; equal and hashed by its number.
