@@ -1,22 +1,22 @@
 //! The hand-off's reserve of free wheel node ids: a set of ids, one bit each, handed out
-//! lowest first.
+//! highest first.
 //!
 //! A plain data structure: no locks, no clock. The hand-off keeps it under its reserve's
 //! mutex; the task adds the ids it freed, and a writer whose pool ran dry takes a batch.
 //!
-//! Why bits and lowest first: after a burst, almost every id handed out is free, and a list
-//! of them costs 4 bytes each, while a bit each costs 1/32 of that, for ids that are dense
-//! by construction (they come from a counter that advances only when no free id is in
-//! reach). And handing out the lowest free ids keeps the nodes in use in the wheel slab's
-//! first chunks, so that the others hold no live node and are trimmed (see
-//! `time/wheel/slab.rs`).
+//! Why bits: after a burst, almost every id handed out is free, and a list of them costs 4
+//! bytes each, while a bit each costs 1/32 of that, for ids that are dense by construction
+//! (they come from a counter that advances only when no free id is in reach). Why highest
+//! first: the nodes in use then gather in the wheel slab's last chunks, so that the others
+//! hold no live node and are trimmed (see `time/wheel/slab.rs`); and while a cache fills with
+//! one TTL, ids are freed in about the order they were handed out, so the highest free ids
+//! are the ones freed last, whose slab cells the task touched most recently.
 //!
 //! Invariants:
 //! - `len` is the number of bits set in `words`.
 //! - Bit `w` of `summary` is set iff `words[w]` is not zero.
-//! - `words` ends with a non-zero word (or is empty), and `summary` is no longer than it
-//!   needs to be for `words`: the set holds memory for the highest id in it, and no more.
-//! - Every word of `summary` below `low` is zero.
+//! - `words` ends with a non-zero word, and `summary` is no longer than it needs to be for
+//!   `words`: the set holds memory for its highest id, and no more.
 //! - An empty set holds no memory: not even its bookkeeping, so that a cache that never
 //!   frees a node (one built per request) pays 8 bytes for it.
 
@@ -50,10 +50,10 @@ impl FreeIds {
         self.bits.get_or_insert_with(Box::default).insert(id);
     }
 
-    /// Moves up to `n` ids to `out`, lowest first.
-    pub(crate) fn take_lowest(&mut self, n: usize, out: &mut Vec<NodeId>) {
+    /// Moves up to `n` ids to `out`, highest first.
+    pub(crate) fn take_highest(&mut self, n: usize, out: &mut Vec<NodeId>) {
         if let Some(bits) = &mut self.bits {
-            bits.take_lowest(n, out);
+            bits.take_highest(n, out);
             if bits.len == 0 {
                 self.bits = None;
             }
@@ -94,8 +94,6 @@ struct Bits {
     words: Vec<u64>,
     /// Bit `w % 64` of `summary[w / 64]` is set iff `words[w] != 0`.
     summary: Vec<u64>,
-    /// The lowest word of `summary` that may be non-zero.
-    low: usize,
     len: usize,
 }
 
@@ -117,53 +115,48 @@ impl Bits {
         assert!(*word & bit == 0, "ebb: node id {id} freed twice");
         if *word == 0 {
             self.summary[w / BITS] |= 1 << (w % BITS);
-            self.low = self.low.min(w / BITS);
         }
         *word |= bit;
         self.len += 1;
     }
 
-    /// Moves up to `n` ids to `out`, lowest first.
-    fn take_lowest(&mut self, n: usize, out: &mut Vec<NodeId>) {
+    /// Moves up to `n` ids to `out`, highest first.
+    fn take_highest(&mut self, n: usize, out: &mut Vec<NodeId>) {
         let mut left = n.min(self.len);
         while left > 0 {
-            // `len > 0`: some word at or above `low` is set.
-            let s = self.low;
-            let Some(sw) = std::num::NonZeroU64::new(self.summary[s]) else {
-                self.low += 1;
-                continue;
-            };
-            let w = s * BITS + sw.trailing_zeros() as usize;
+            // `len > 0`, so the last word is not zero.
+            let w = self.words.len() - 1;
             let word = &mut self.words[w];
             while left > 0 && *word != 0 {
-                out.push((w * BITS) as NodeId + word.trailing_zeros());
-                *word &= *word - 1;
+                let bit = BITS - 1 - word.leading_zeros() as usize;
+                out.push((w * BITS + bit) as NodeId);
+                *word &= !(1 << bit);
                 left -= 1;
                 self.len -= 1;
             }
             if *word == 0 {
-                self.summary[s] &= !(1 << (w % BITS));
+                self.summary[w / BITS] &= !(1 << (w % BITS));
+                self.drop_zero_top();
             }
-        }
-        self.shed();
-    }
-
-    /// Drops the zero words at the top, and memory well beyond what is left.
-    fn shed(&mut self) {
-        if self.words.last() != Some(&0) {
-            return;
-        }
-        while self.words.last() == Some(&0) {
-            self.words.pop();
-        }
-        self.summary.truncate(self.words.len().div_ceil(BITS));
-        if self.len == 0 {
-            self.low = 0;
         }
         if self.words.capacity() > 2 * self.words.len() + BITS {
             self.words.shrink_to(self.words.len());
             self.summary.shrink_to(self.summary.len());
         }
+    }
+
+    /// Drops the zero words at the top, found through the summary.
+    fn drop_zero_top(&mut self) {
+        while let Some(&top) = self.summary.last() {
+            if top != 0 {
+                let last =
+                    (self.summary.len() - 1) * BITS + (BITS - 1 - top.leading_zeros() as usize);
+                self.words.truncate(last + 1);
+                return;
+            }
+            self.summary.pop();
+        }
+        self.words.clear();
     }
 
     /// The ids in the set, lowest first.
@@ -186,9 +179,6 @@ impl Bits {
         for (w, &word) in self.words.iter().enumerate() {
             assert_eq!(self.summary[w / BITS] >> (w % BITS) & 1 == 1, word != 0);
         }
-        assert!(self.summary[..self.low.min(self.summary.len())]
-            .iter()
-            .all(|&s| s == 0));
     }
 }
 
@@ -199,19 +189,19 @@ mod tests {
     use std::collections::BTreeSet;
 
     #[test]
-    fn hands_out_the_lowest_ids_first() {
+    fn hands_out_the_highest_ids_first() {
         let mut ids = FreeIds::new();
         for id in [700, 3, 64, 5000, 65, 2] {
             ids.insert(id);
         }
         ids.check();
         let mut out = Vec::new();
-        ids.take_lowest(4, &mut out);
-        assert_eq!(out, vec![2, 3, 64, 65]);
-        ids.insert(1);
+        ids.take_highest(3, &mut out);
+        assert_eq!(out, vec![5000, 700, 65]);
+        ids.insert(9000);
         ids.check();
-        ids.take_lowest(10, &mut out);
-        assert_eq!(out, vec![2, 3, 64, 65, 1, 700, 5000]);
+        ids.take_highest(10, &mut out);
+        assert_eq!(out, vec![5000, 700, 65, 9000, 64, 3, 2]);
         assert_eq!(ids.len(), 0);
         ids.check();
         assert_eq!(ids.bytes(), 0, "an empty set holds no memory");
@@ -233,13 +223,11 @@ mod tests {
         // A bit each, doubled at most by the vector's growth: a list would take 4 MB.
         assert!(bytes <= 2 * 1_000_000 / 8 + 4096, "{bytes} bytes");
         let mut out = Vec::new();
-        ids.take_lowest(999_990, &mut out);
-        assert!(out.iter().copied().eq(0..999_990));
+        ids.take_highest(999_990, &mut out);
+        assert!(out.iter().copied().eq((10..1_000_000).rev()));
         ids.check();
-        assert_eq!(
-            ids.iter().collect::<Vec<_>>(),
-            (999_990..1_000_000).collect::<Vec<_>>()
-        );
+        assert_eq!(ids.iter().collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        assert!(ids.bytes() < 256, "the words above the ids left are gone");
     }
 
     #[derive(Debug, Clone)]
@@ -272,8 +260,8 @@ mod tests {
                     }
                     Op::Take(n) => {
                         let mut out = Vec::new();
-                        ids.take_lowest(n, &mut out);
-                        let want: Vec<u32> = model.iter().copied().take(n).collect();
+                        ids.take_highest(n, &mut out);
+                        let want: Vec<u32> = model.iter().rev().copied().take(n).collect();
                         for id in &want {
                             model.remove(id);
                         }

@@ -36,11 +36,11 @@
 //!   stripe map became current, or the listed one).
 //!   A pool holds the ids the task gave it, those a writer moved there from the reserve,
 //!   and those of queued nodes whose entry was removed. A writer takes an id from its
-//!   stripe's pool, else from the shared reserve (moving a batch of its lowest ids to its
+//!   stripe's pool, else from the shared reserve (moving a batch of its highest ids to its
 //!   pool), where the task puts every free id it did not pool, and only then a fresh one: so
 //!   the ids ever handed out stay within the most nodes held at once plus what the pools and
 //!   the reserve hold, however the write rate swings, and the nodes in use gather in the
-//!   wheel slab's first chunks, so that it can trim the others.
+//!   wheel slab's last chunks, so that it can trim the others.
 //! - **No user code between two writes.** A writer's key `Clone`, `Hash` and `Eq` run here
 //!   before the stripe changes, never between two changes that must both happen.
 //! - **No lost wake-up.** The writer reads the task's published `next_wake` *inside* the stripe
@@ -360,7 +360,7 @@ pub(crate) struct Handoff<K, S> {
     count: usize,
     hasher: S,
     /// Free ids beyond what the stripes' pools hold, for a writer whose pool ran dry: the
-    /// task stocks it with every id it freed and did not pool. Handed out lowest first.
+    /// task stocks it with every id it freed and did not pool. Handed out highest first.
     reserve: Mutex<FreeIds>,
     /// How many ids the reserve holds, as of its last change (a hint read without its lock).
     reserved: AtomicUsize,
@@ -530,7 +530,7 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         // while a cache only grows); it is written under that lock.
         if self.reserved.load(Ordering::Relaxed) != 0 {
             let mut reserve = lock(&self.reserve);
-            reserve.take_lowest(RESERVE_BATCH, pool);
+            reserve.take_highest(RESERVE_BATCH, pool);
             self.reserved.store(reserve.len(), Ordering::Relaxed);
             drop(reserve);
             if let Some(id) = pool.pop() {
