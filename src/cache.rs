@@ -409,6 +409,7 @@ where
             map_shards: store.map.shard_count(),
             records: store.handoff.len(),
             listed: store.handoff.listed(),
+            handoff_room: store.handoff.room(),
             node_ids: store.handoff.ids(),
             loads: store.flights.len(),
             wakeups: store.signals.wakeups.load(Ordering::Acquire),
@@ -472,6 +473,8 @@ pub struct Internals {
     /// Of `records`, those queued in a stripe's list (a new key while its map was empty):
     /// a key has at most one record in a map and one in a list.
     pub listed: usize,
+    /// Room the hand-off's stripes hold now: records, list items and pooled ids.
+    pub handoff_room: usize,
     /// Wheel node ids handed out so far: a bound on the wheel's slab.
     pub node_ids: u32,
     /// Loads in flight now.

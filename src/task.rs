@@ -503,6 +503,22 @@ where
             if store.shrink_map() {
                 error!("a key's Hash panicked as the map's table shrank; the table keeps its room");
             }
+            // With no node left, nothing wakes this task before the next write, so it takes
+            // back now what the pools hold beyond what their writers took since the last
+            // drain (a burst sized them), and puts the ids just fired in the reserve (a bit
+            // each there, 4 bytes each in its list). While nodes are left, the next drain
+            // does both, and gives the pools their share first.
+            if self.wheel.len() == 0 {
+                for stripe in 0..store.handoff.stripe_count() {
+                    let (mut left, taken) = store.handoff.swap_pool(stripe, Vec::new());
+                    // With the ids held for the stripe's next pool: `keep_pool` replaces them.
+                    if let Some((held, _)) = self.pools.get_mut(stripe) {
+                        left.append(held);
+                    }
+                    self.keep_pool(stripe, left, taken);
+                }
+                self.stock_reserve(store);
+            }
             // Every id the wheel does not link is held: by this task, or handed out.
             self.wheel.trim();
             shed(&mut self.free, SPARE_CAPACITY);
@@ -551,6 +567,10 @@ where
                 taken,
             } = store.handoff.take(stripe, spare, pool);
             self.keep_pool(stripe, left, taken);
+            // A stripe that queued nothing since the last drain keeps the spares it was just
+            // given, and its own go: after two such drains it holds no room, so a cache that
+            // has gone quiet keeps none of a burst's.
+            let quiet = records.is_empty() && links.is_empty();
             // The new nodes in id order: writers take fresh ids in write order, so slot lists
             // then run through the slab in order, and walking them later does not miss the
             // cache at every node. Then the orphans: linked from earlier maps, or just now
@@ -565,7 +585,7 @@ where
                 }
                 quietly(key);
             }
-            if records.capacity() <= SPARE_CAPACITY {
+            if records.capacity() <= SPARE_CAPACITY && !quiet {
                 self.spare = Some(records);
             }
             links.sort_unstable_by_key(|(node, ..)| *node);
@@ -580,13 +600,14 @@ where
                 }
             }
             self.work.filed += done;
-            if links.capacity() <= SPARE_CAPACITY {
+            if links.capacity() <= SPARE_CAPACITY && !quiet {
                 self.links = links;
             }
             for orphan in orphans.drain(..) {
                 quietly(self.wheel.take(orphan - self.base));
                 self.free.push(orphan);
             }
+            shed(&mut orphans, SPARE_CAPACITY);
             self.orphans = orphans;
         }
         self.stock_reserve(store);

@@ -551,6 +551,16 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         }
     }
 
+    /// Swap stripe `i`'s pool for `pool`, leaving its records; returns the old pool and how
+    /// many ids its writers took from it.
+    pub(crate) fn swap_pool(&self, i: usize, pool: Vec<NodeId>) -> (Vec<NodeId>, usize) {
+        let mut stripe = self.lock(i);
+        (
+            std::mem::replace(&mut stripe.pool, pool),
+            std::mem::take(&mut stripe.taken),
+        )
+    }
+
     /// Swap stripe `i`'s records for `spare` (an empty map and an empty list) and its pool
     /// for `pool`.
     pub(crate) fn take(
@@ -604,6 +614,20 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
                 .map(|s| {
                     let stripe = lock(&s.stripe);
                     stripe.records.len() + stripe.fresh.len()
+                })
+                .sum()
+        })
+    }
+
+    /// Room the stripes hold, in records, list items and pooled ids (test-only visibility).
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn room(&self) -> usize {
+        self.stripes().map_or(0, |stripes| {
+            stripes
+                .iter()
+                .map(|s| {
+                    let stripe = lock(&s.stripe);
+                    stripe.records.capacity() + stripe.fresh.capacity() + stripe.pool.capacity()
                 })
                 .sum()
         })
