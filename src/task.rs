@@ -508,7 +508,7 @@ where
             // drain (a burst sized them), and puts the ids just fired in the reserve (a bit
             // each there, 4 bytes each in its list). While nodes are left, the next drain
             // does both, and gives the pools their share first.
-            if self.wheel.len() == 0 {
+            if self.wheel.is_empty() {
                 for stripe in 0..store.handoff.stripe_count() {
                     let (mut left, taken) = store.handoff.swap_pool(stripe, Vec::new());
                     // With the ids held for the stripe's next pool: `keep_pool` replaces them.

@@ -182,7 +182,6 @@ impl<T> Wheel<T> {
     }
 
     /// Whether no node is allocated.
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
