@@ -310,13 +310,7 @@ async fn a_burst_that_expires_gives_its_room_back() {
         assert_eq!(c.get(&k), Some(k));
     }
     // It grows again as before, reusing the burst's ids, and expires again.
-    for k in 0..100_000 {
-        c.insert(k, k);
-    }
-    assert_eq!(c.entry_count(), 100_000);
-    assert_eq!(c.get(&99_999), Some(99_999));
-    advance(SEC + 2 * MS).await;
-    expired_down_to(&c, 0).await;
+    burst_to_empty(&c, 100_000).await;
     let again = c.__internals();
     assert!(
         again.node_ids < after.node_ids + 4096,
@@ -327,16 +321,24 @@ async fn a_burst_that_expires_gives_its_room_back() {
     // (4 bytes an id there, a bit in the reserve), and lost none of them: a third burst
     // takes free ids again.
     assert!(again.handoff_room <= 1024, "{again:?}");
-    for k in 0..100_000 {
-        c.insert(k, k);
-    }
-    advance(SEC + 2 * MS).await;
-    expired_down_to(&c, 0).await;
+    burst_to_empty(&c, 100_000).await;
     let third = c.__internals();
     assert!(
         third.node_ids < after.node_ids + 4096,
         "the third burst took free ids, not fresh ones: {third:?}"
     );
+}
+
+/// Writes keys `0..n` into `c` (a cache with a one-second TTL), checks they are there, and
+/// lets them all expire.
+async fn burst_to_empty(c: &Cache<u64, u64>, n: u64) {
+    for k in 0..n {
+        c.insert(k, k);
+    }
+    assert_eq!(c.entry_count(), n);
+    assert_eq!(c.get(&(n - 1)), Some(n - 1));
+    advance(SEC + 2 * MS).await;
+    expired_down_to(c, 0).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -608,28 +608,23 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
     /// The number of queued records (test-only visibility).
     #[cfg(any(test, feature = "internals"))]
     pub(crate) fn len(&self) -> usize {
-        self.stripes().map_or(0, |stripes| {
-            stripes
-                .iter()
-                .map(|s| {
-                    let stripe = lock(&s.stripe);
-                    stripe.records.len() + stripe.fresh.len()
-                })
-                .sum()
-        })
+        self.sum_over_stripes(|stripe| stripe.records.len() + stripe.fresh.len())
     }
 
     /// Room the stripes hold, in records, list items and pooled ids (test-only visibility).
     #[cfg(any(test, feature = "internals"))]
     pub(crate) fn room(&self) -> usize {
+        self.sum_over_stripes(|stripe| {
+            stripe.records.capacity() + stripe.fresh.capacity() + stripe.pool.capacity()
+        })
+    }
+
+    /// `count` of each stripe, each under its lock, added up (0 before the task opens the
+    /// hand-off).
+    #[cfg(any(test, feature = "internals"))]
+    fn sum_over_stripes(&self, count: impl Fn(&Stripe<K, S>) -> usize) -> usize {
         self.stripes().map_or(0, |stripes| {
-            stripes
-                .iter()
-                .map(|s| {
-                    let stripe = lock(&s.stripe);
-                    stripe.records.capacity() + stripe.fresh.capacity() + stripe.pool.capacity()
-                })
-                .sum()
+            stripes.iter().map(|s| count(&lock(&s.stripe))).sum()
         })
     }
 
