@@ -503,14 +503,17 @@ where
             if store.shrink_map() {
                 error!("a key's Hash panicked as the map's table shrank; the table keeps its room");
             }
-            // With no node left, nothing wakes this task before the next write, so it takes
-            // back now what the pools hold beyond what their writers took since the last
-            // drain (a burst sized them), and puts the ids just fired in the reserve (a bit
-            // each there, 4 bytes each in its list). While nodes are left, the next drain
-            // does both, and gives the pools their share first.
+            // With no node left, nothing wakes this task before the next write, so it gives
+            // back now the room a burst left: the stripes' empty buffers and its spares, and
+            // what the pools hold beyond what their writers took since the last drain; and
+            // it puts the ids just fired in the reserve (a bit each there, 4 bytes each in its
+            // list). While nodes are left, the next drains do that, and give the pools their
+            // share first.
             if self.wheel.is_empty() {
+                self.spare = None;
+                self.links = Vec::new();
                 for stripe in 0..store.handoff.stripe_count() {
-                    let (mut left, taken) = store.handoff.swap_pool(stripe, Vec::new());
+                    let (mut left, taken) = store.handoff.rest(stripe, Vec::new());
                     // With the ids held for the stripe's next pool: `keep_pool` replaces them.
                     if let Some((held, _)) = self.pools.get_mut(stripe) {
                         left.append(held);

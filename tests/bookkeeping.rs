@@ -342,6 +342,25 @@ async fn burst_to_empty(c: &Cache<u64, u64>, n: u64) {
 }
 
 #[tokio::test(start_paused = true)]
+async fn stripes_that_go_quiet_give_back_their_buffers() {
+    // Bursts small enough that the task keeps its buffers for the next drain (at most 4,096
+    // records a stripe), then quiet: the stripes hold no room once the entries expired
+    // (1,024 list items in all, without the rule).
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
+    settle().await;
+    for round in 0..10u64 {
+        for k in 0..2000 {
+            c.insert(round * 2000 + k, k);
+        }
+        settle().await;
+    }
+    advance(SEC + 2 * MS).await;
+    expired_down_to(&c, 0).await;
+    let quiet = c.__internals();
+    assert_eq!(quiet.handoff_room, 0, "{quiet:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn bursts_that_empty_the_wheel_again_and_again_reuse_their_ids() {
     // Each burst empties the wheel, and the task then takes the writers' pools back: no id
     // may be lost on the way, or the ids (and the slab) would grow with the bursts.

@@ -551,10 +551,17 @@ impl<K: Hash + Eq, S: BuildHasher + Clone> Handoff<K, S> {
         }
     }
 
-    /// Swap stripe `i`'s pool for `pool`, leaving its records; returns the old pool and how
-    /// many ids its writers took from it.
-    pub(crate) fn swap_pool(&self, i: usize, pool: Vec<NodeId>) -> (Vec<NodeId>, usize) {
+    /// For a task about to rest (its wheel is empty): swap stripe `i`'s pool for `pool`, and
+    /// give back the room of its record map and list if they are empty, leaving any record
+    /// a writer queued meanwhile; returns the old pool and how many ids its writers took.
+    pub(crate) fn rest(&self, i: usize, pool: Vec<NodeId>) -> (Vec<NodeId>, usize) {
         let mut stripe = self.lock(i);
+        if stripe.records.is_empty() {
+            stripe.records = self.empty();
+        }
+        if stripe.fresh.is_empty() {
+            stripe.fresh = Vec::new();
+        }
         (
             std::mem::replace(&mut stripe.pool, pool),
             std::mem::take(&mut stripe.taken),
