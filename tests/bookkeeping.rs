@@ -337,8 +337,28 @@ async fn burst_to_empty(c: &Cache<u64, u64>, n: u64) {
     }
     assert_eq!(c.entry_count(), n);
     assert_eq!(c.get(&(n - 1)), Some(n - 1));
+    all_expire(c).await;
+}
+
+/// Lets a one-second TTL run out, and waits for the task to remove every entry.
+async fn all_expire(c: &Cache<u64, u64>) {
     advance(SEC + 2 * MS).await;
     expired_down_to(c, 0).await;
+}
+
+/// A cache with a one-second TTL and a 1 ms tick, its task started.
+async fn one_second_cache() -> Cache<u64, u64> {
+    let c = Cache::builder().time_to_live(SEC).tick(MS).build();
+    settle().await;
+    c
+}
+
+/// Writes `n` keys new to burst number `round`, and lets the task drain them.
+async fn drained_burst(c: &Cache<u64, u64>, round: u64, n: u64) {
+    for k in 0..n {
+        c.insert(round * n + k, k);
+    }
+    settle().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -346,33 +366,22 @@ async fn stripes_that_go_quiet_give_back_their_buffers() {
     // Bursts small enough that the task keeps its buffers for the next drain (at most 4,096
     // records a stripe), then quiet: the stripes hold no room once the entries expired
     // (1,024 list items in all, without the rule).
-    let c: Cache<u64, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
-    settle().await;
-    for round in 0..10u64 {
-        for k in 0..2000 {
-            c.insert(round * 2000 + k, k);
-        }
-        settle().await;
+    let c = one_second_cache().await;
+    for round in 0..10 {
+        drained_burst(&c, round, 2000).await;
     }
-    advance(SEC + 2 * MS).await;
-    expired_down_to(&c, 0).await;
-    let quiet = c.__internals();
-    assert_eq!(quiet.handoff_room, 0, "{quiet:?}");
+    all_expire(&c).await;
+    assert_eq!(c.__internals().handoff_room, 0, "{:?}", c.__internals());
 }
 
 #[tokio::test(start_paused = true)]
 async fn bursts_that_empty_the_wheel_again_and_again_reuse_their_ids() {
     // Each burst empties the wheel, and the task then takes the writers' pools back: no id
     // may be lost on the way, or the ids (and the slab) would grow with the bursts.
-    let c: Cache<u64, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
-    settle().await;
-    for round in 0..200u64 {
-        for k in 0..1000 {
-            c.insert(round * 1000 + k, k);
-        }
-        settle().await;
-        advance(SEC + 2 * MS).await;
-        expired_down_to(&c, 0).await;
+    let c = one_second_cache().await;
+    for round in 0..200 {
+        drained_burst(&c, round, 1000).await;
+        all_expire(&c).await;
     }
     let internals = c.__internals();
     assert!(
