@@ -52,6 +52,11 @@ pub(crate) struct Entry<V> {
     pub(crate) value: V,
 }
 
+/// The most fired nodes [`Map::remove_grouped`] handles under one hold of a shard's lock
+/// (a few in unit tests, so that they take many turns): enough for their cache misses to
+/// overlap, few enough that a writer who finds the lock taken spins through the wait.
+const HOLD: usize = if cfg!(test) { 4 } else { 32 };
+
 /// Generations wrap at 2^28: the bits of `meta` above the stale bit and the policy's.
 pub(crate) const GENERATION_MASK: u32 = u32::MAX >> GENERATION_SHIFT;
 const GENERATION_SHIFT: u32 = 4;
@@ -615,9 +620,12 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
     /// holds the node and goes as it is; else, if an entry holds the node, `f(i, key, entry,
     /// stamp)`, which may change it, and the entry removed if `f` says so. What left goes
     /// into `removed`, with its index. An entry is found by its node alone (a node id is held
-    /// by one entry at most): no key's `Hash` or `Eq` runs. The nodes of one shard go under
-    /// one lock: the cache misses of consecutive entries then overlap, where one lock per key
-    /// makes each wait for the previous release. A panic in `f` costs that node only (its
+    /// by one entry at most): no key's `Hash` or `Eq` runs. Up to [`HOLD`] nodes of one shard
+    /// go under one hold of its lock: their cache misses then overlap, where one lock per key
+    /// makes each wait for the previous release. The shards take turns, so that a writer or
+    /// reader who finds a shard locked waits for a few removals (spinning), never for a whole
+    /// batch: the shard lock parks a thread that spins that long, and the task would then
+    /// retake the lock before the parked thread woke. A panic in `f` costs that node only (its
     /// index goes to `panicked`); `f` must change an entry only when it keeps it, so that a
     /// panic leaves a removed one as it was.
     pub(crate) fn remove_grouped(
@@ -647,53 +655,62 @@ impl<K: Hash + Eq, V, S: BuildHasher + Clone> Map<K, V, S> {
                 order[next[s]] = i;
                 next[s] += 1;
             }
-            for (s, shard) in shards.iter().enumerate() {
-                let group = &order[starts[s]..starts[s + 1]];
-                if group.is_empty() {
-                    continue;
-                }
-                let mut table = shard.write();
-                // A first pass finds each entry: the probes are independent, so their cache
-                // misses overlap, and the pass below finds its lines in cache. It reads the
-                // deadline as well as the node: a bucket may straddle two cache lines (the
-                // table is only 16-byte aligned), and the step below reads both.
-                let found = group
-                    .iter()
-                    .filter(|&&i| {
+            // In turns: each shard's next `HOLD` nodes, shard after shard.
+            let mut from = starts[..shards.len()].to_vec();
+            while (0..shards.len()).any(|s| from[s] < starts[s + 1]) {
+                for (s, shard) in shards.iter().enumerate() {
+                    let to = starts[s + 1].min(from[s] + HOLD);
+                    let group = &order[from[s]..to];
+                    from[s] = to;
+                    if group.is_empty() {
+                        continue;
+                    }
+                    let mut table = shard.write();
+                    // A first pass finds each entry: the probes are independent, so their cache
+                    // misses overlap, and the pass below finds its lines in cache. It reads the
+                    // deadline as well as the node: a bucket may straddle two cache lines (the
+                    // table is only 16-byte aligned), and the step below reads both.
+                    let found = group
+                        .iter()
+                        .filter(|&&i| {
+                            let (hash, node) = items[i];
+                            table
+                                .get(hash, |(_, e)| {
+                                    let entry = e.get().entry();
+                                    entry.node == node && entry.deadline() != NEVER
+                                })
+                                .is_some()
+                        })
+                        .count();
+                    std::hint::black_box(found);
+                    for &i in group {
                         let (hash, node) = items[i];
-                        table
-                            .get(hash, |(_, e)| {
-                                let entry = e.get().entry();
-                                entry.node == node && entry.deadline() != NEVER
-                            })
-                            .is_some()
-                    })
-                    .count();
-                std::hint::black_box(found);
-                for &i in group {
-                    let (hash, node) = items[i];
-                    let step = catch_unwind(AssertUnwindSafe(|| {
-                        // Most fired entries leave as they are: taken out in one probe.
-                        let gone = table.remove_entry(hash, |(_, e)| leaves(i, e.get().entry()));
-                        if gone.is_some() {
-                            return gone;
+                        let step = catch_unwind(AssertUnwindSafe(|| {
+                            // Most fired entries leave as they are: taken out in one probe.
+                            let gone =
+                                table.remove_entry(hash, |(_, e)| leaves(i, e.get().entry()));
+                            if gone.is_some() {
+                                return gone;
+                            }
+                            let remove = table.get_mut(hash, holds::<K, V, _>(node)).is_some_and(
+                                |(key, value)| {
+                                    let (entry, stamp) = value.get_mut().split_mut();
+                                    f(i, key, entry, stamp)
+                                },
+                            );
+                            if remove {
+                                table.remove_entry(hash, holds::<K, V, _>(node))
+                            } else {
+                                None
+                            }
+                        }));
+                        match step {
+                            Ok(Some((k, value))) => {
+                                removed.push((i, k, value.into_inner().into_entry()))
+                            }
+                            Ok(None) => {}
+                            Err(_) => panicked.push(i),
                         }
-                        let remove = table.get_mut(hash, holds::<K, V, _>(node)).is_some_and(
-                            |(key, value)| {
-                                let (entry, stamp) = value.get_mut().split_mut();
-                                f(i, key, entry, stamp)
-                            },
-                        );
-                        if remove {
-                            table.remove_entry(hash, holds::<K, V, _>(node))
-                        } else {
-                            None
-                        }
-                    }));
-                    match step {
-                        Ok(Some((k, value))) => removed.push((i, k, value.into_inner().into_entry())),
-                        Ok(None) => {}
-                        Err(_) => panicked.push(i),
                     }
                 }
             }

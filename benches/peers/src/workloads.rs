@@ -257,6 +257,18 @@ fn cpu_sched() -> Duration {
     Duration::from_nanos(ns)
 }
 
+/// How often the calling thread has gone to sleep (its voluntary context switches, from
+/// /proc/thread-self/status): during a fill, each is a wait for a lock some other thread
+/// held too long to spin through.
+fn thread_sleeps() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Wait up to 2 s for the runtime's alive task count to reach `target`; return the last
 /// count seen.
 fn settle_tasks(rt: &Runtime, target: usize) -> usize {
@@ -1422,7 +1434,7 @@ fn expiry(name: &str, fill_only: bool) -> Value {
     let drain = |name: &str,
                  rt: &Runtime,
                  c: &dyn Expiring,
-                 cpu0: (Duration, Duration),
+                 cpu0: (Duration, Duration, u64),
                  t0: Instant| {
         if fill_only {
             let cpu1 = cpu_sched();
@@ -1438,7 +1450,7 @@ fn expiry(name: &str, fill_only: bool) -> Value {
     };
     let rt = runtime();
     rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
-    let cpu0 = (cpu_stat(), cpu_sched());
+    let cpu0 = (cpu_stat(), cpu_sched(), thread_sleeps());
     let t0 = Instant::now();
     match name {
         EBB => {
@@ -1481,16 +1493,19 @@ fn expiry(name: &str, fill_only: bool) -> Value {
 }
 
 /// From the end of filling: every tick, give the cache its maintenance call; check its
-/// count every 10 ms (a plain read) until it reports 0, or `EXPIRY_CAP` passes.
+/// count every 10 ms (a plain read) until it reports 0, or `EXPIRY_CAP` passes. `cpu0`: the
+/// process's CPU (`cpu_stat`, `cpu_sched`) and the filling thread's sleeps (`thread_sleeps`)
+/// when the fill began.
 fn drain(
     name: &str,
     rt: &Runtime,
     cache: &dyn Expiring,
-    cpu0: (Duration, Duration),
+    cpu0: (Duration, Duration, u64),
     t0: Instant,
 ) -> Value {
     let fill = t0.elapsed();
     let cpu1 = (cpu_stat(), cpu_sched());
+    let fill_thread_sleeps = thread_sleeps().saturating_sub(cpu0.2);
     let count_at_fill_end = cache.count();
     let start = Instant::now();
     let mut next_tick = start + TICK;
@@ -1521,6 +1536,7 @@ fn drain(
         "count_at_end": cache.count(),
         "fill_ms": fill.as_secs_f64() * 1e3,
         "fill_cpu_ns_per_entry": per_entry(cpu1.1 - cpu0.1),
+        "fill_thread_sleeps": fill_thread_sleeps,
         "wall_ms": wall.as_secs_f64() * 1e3,
         "maintenance_calls": maintenance_calls,
         "cpu_ns_per_entry": per_entry(cpu2.1 - cpu1.1),
@@ -1545,17 +1561,19 @@ fn expiry_table(rows: &[Value]) -> String {
     let mut s = format!(
         "### expiry ({EXPIRY_ENTRIES} entries, TTL 200 ms; ebb tick 100 ms; peers' maintenance \
          call once per 100 ms)\n\n\
-         | implementation | fill | left at fill end | wall, fill end → 0 entries | maintenance \
-         calls | CPU ns per entry left, fill end → 0 | CPU ns/entry, fill + drain | ÷ moka \
-         future | same fill, no expiry | expiry CPU ns/entry | ÷ moka future |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         | implementation | fill | filling thread slept | left at fill end | wall, fill end → \
+         0 entries | maintenance calls | CPU ns per entry left, fill end → 0 | CPU ns/entry, \
+         fill + drain | ÷ moka future | same fill, no expiry | expiry CPU ns/entry | ÷ moka \
+         future |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in rows {
         let zero = r["reached_zero"].as_bool() == Some(true);
         s.push_str(&format!(
-            "| {} | {:.0} ms | {} | {} | {} | {:.0} | {:.0} | {} | {:.0} | {} | {} |\n",
+            "| {} | {:.0} ms | {} | {} | {} | {} | {:.0} | {:.0} | {} | {:.0} | {} | {} |\n",
             r["impl"].as_str().unwrap_or("?"),
             f(r, "fill_ms"),
+            r["fill_thread_sleeps"],
             r["count_at_fill_end"],
             if zero {
                 format!("{:.0} ms", f(r, "wall_ms"))
@@ -1603,7 +1621,9 @@ fn expiry_table(rows: &[Value]) -> String {
     }
     s.push_str(
         "\nCPU is the sum of every live thread's on-CPU time (/proc/self/task/*/schedstat, ns), \
-         from just before the cache is built. A peer's inserts also run its housekeeping, so \
+         from just before the cache is built. \"Filling thread slept\": its voluntary context \
+         switches during the fill (/proc/thread-self/status), each a wait for a lock another \
+         thread held too long to spin through. A peer's inserts also run its housekeeping, so \
          much of its expiry happens during the fill: compare the fill + drain columns.\n\n",
     );
     s
