@@ -873,4 +873,73 @@ mod tests {
         // Refresh state only in a cache that refreshes.
         assert_eq!(std::mem::size_of::<(u64, Refreshing<u64>)>(), 56);
     }
+
+    /// Fired nodes spread over every shard, many per shard (so that the shards take several
+    /// turns): each is handled exactly once, by the rule its entry meets, and a panic in `f`
+    /// costs its own node only.
+    #[test]
+    fn grouped_removal_handles_each_node_once_in_turns() {
+        let map: Map<u64, u64, std::hash::RandomState> =
+            Map::new(false, false, 0, Default::default(), 8);
+        let Map::Plain(m) = &map else { unreachable!() };
+        let keys = 300u64;
+        for k in 0..keys {
+            m.insert(k, Entry::new(k, 10, 1_000 + k as NodeId, 0, 0));
+        }
+        // One item per key for its node, and twenty for nodes no entry holds.
+        let items: Vec<(u64, NodeId)> = (0..keys)
+            .map(|k| (map.hash(&k), 1_000 + k as NodeId))
+            .chain((0..20).map(|k| (map.hash(&k), 5_000 + k as NodeId)))
+            .collect();
+        let key_of = |i: usize| i as u64;
+        let (mut removed, mut panicked) = (Vec::new(), Vec::new());
+        let mut asked = vec![0; items.len()];
+        map.remove_grouped(
+            &items,
+            |i, e| e.node == items[i].1 && key_of(i) % 2 == 0,
+            |i, key, entry, _| {
+                asked[i] += 1;
+                assert_eq!(*key, key_of(i), "f sees the entry that holds the node");
+                if key % 7 == 1 {
+                    panic!("a test panic for key {key}");
+                }
+                if key % 3 == 0 {
+                    return true;
+                }
+                entry.deadline.store(99, Ordering::Relaxed);
+                false
+            },
+            &mut removed,
+            &mut panicked,
+        );
+        let odd = |k: u64| k % 2 == 1;
+        let mut gone: Vec<u64> = removed
+            .iter()
+            .map(|(i, k, _)| {
+                assert_eq!(*k, key_of(*i));
+                *k
+            })
+            .collect();
+        gone.sort_unstable();
+        let expected: Vec<u64> = (0..keys)
+            .filter(|&k| !odd(k) || (k % 7 != 1 && k % 3 == 0))
+            .collect();
+        assert_eq!(gone, expected, "each removed once, by `leaves` or by `f`");
+        panicked.sort_unstable();
+        let expected: Vec<usize> = (0..keys)
+            .filter(|&k| odd(k) && k % 7 == 1)
+            .map(|k| k as usize)
+            .collect();
+        assert_eq!(panicked, expected);
+        for (i, &n) in asked.iter().enumerate() {
+            let k = key_of(i);
+            let once = i < keys as usize && odd(k);
+            assert_eq!(n, usize::from(once), "f asked {n} times for item {i}");
+        }
+        for k in (0..keys).filter(|&k| odd(k) && !(k % 7 != 1 && k % 3 == 0)) {
+            let deadline = m.get(&k).expect("kept").deadline();
+            assert_eq!(deadline, if k % 7 == 1 { 10 } else { 99 }, "key {k}");
+        }
+        assert_eq!(map.len(), keys as usize - gone.len());
+    }
 }
