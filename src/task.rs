@@ -30,7 +30,8 @@
 //!   `MissedTickBehavior::Delay`: after a stall the task runs once, not in a burst. The one
 //!   exception is what the user asked for ([`Reports`]): a `stats_interval` line and, with
 //!   the `metrics` feature, `publish_metrics(interval)`, each waking the task once a period.
-//! - **Bounded batches**: it yields after every [`BATCH`] records, nodes or removals.
+//! - **Bounded batches**: it yields after every [`BATCH`] records, nodes or removals (a
+//!   drain counts them across the hand-off's stripes).
 //! - **Closed once stopped**: however it stops (cancelled, runtime shut down), the hand-off is
 //!   closed so that writers stop queueing records no one will read.
 
@@ -557,6 +558,9 @@ where
     /// Link every queued node in the wheel and free every orphan, stripe by stripe, handing
     /// each stripe a pool of free ids for its writers.
     async fn drain(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
+        // Records, nodes and orphans handled since the last yield, across stripes: a drain of
+        // many small stripes yields as often as one of a large stripe.
+        let mut since = 0;
         for stripe in 0..store.handoff.stripe_count() {
             let spare = (
                 self.spare.take().unwrap_or_else(|| store.handoff.empty()),
@@ -579,6 +583,7 @@ where
             // cache at every node. Then the orphans: linked from earlier maps, or just now
             // (a queued node whose entry went before this drain).
             let mut orphans = std::mem::take(&mut self.orphans);
+            since += records.len();
             for (key, record) in records.drain() {
                 // An orphan from before `base` was handed out for a task that is gone: this
                 // wheel never linked it.
@@ -592,26 +597,33 @@ where
                 self.spare = Some(records);
             }
             links.sort_unstable_by_key(|(node, ..)| *node);
-            let mut done = 0;
+            self.work.filed += links.len();
             for (node, tick, hash) in links.drain(..) {
                 self.wheel.link(node - self.base, tick, hash);
-                done += 1;
-                if done % BATCH == 0 {
+                since += 1;
+                if since >= BATCH {
+                    since = 0;
                     if let Flow::Stop = self.pause(store).await {
                         return Flow::Stop;
                     }
                 }
             }
-            self.work.filed += done;
             if links.capacity() <= SPARE_CAPACITY && !quiet {
                 self.links = links;
             }
+            since += orphans.len();
             for orphan in orphans.drain(..) {
                 quietly(self.wheel.take(orphan - self.base));
                 self.free.push(orphan);
             }
             shed(&mut orphans, SPARE_CAPACITY);
             self.orphans = orphans;
+            if since >= BATCH {
+                since = 0;
+                if let Flow::Stop = self.pause(store).await {
+                    return Flow::Stop;
+                }
+            }
         }
         self.stock_reserve(store);
         Flow::Continue

@@ -183,6 +183,41 @@ async fn a_million_expiring_at_once_do_not_starve_other_tasks() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn filing_yields_every_batch_however_the_keys_spread_over_stripes() {
+    // 3,800 new keys: with two cores or more there are four stripes or more, each queueing
+    // under 1,024 of them, and the task files them all in one drain. It yields every 1,024
+    // nodes all the same (three times here), not only within a stripe.
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(60 * SEC).build();
+    settle().await;
+    let polls = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&polls);
+    let other = tokio::spawn(async move {
+        loop {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    });
+    settle().await;
+    for k in 0..3_800 {
+        c.insert(k, k);
+    }
+    let start = polls.load(Ordering::Relaxed);
+    for _ in 0..1_000 {
+        if c.__internals().nodes == 3_800 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let other_polls = polls.load(Ordering::Relaxed) - start;
+    other.abort();
+    assert_eq!(c.__internals().nodes, 3_800, "{:?}", c.__internals());
+    assert!(
+        other_polls >= 3,
+        "the other task ran {other_polls} times while 3,800 nodes were filed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn ttl_churn_at_uneven_rates_hands_out_ids_in_proportion_to_live_entries() {
     // Distinct keys, a 50 ms TTL, a 1 ms tick; the write rate swings from ms to ms (a busy
     // period after a quiet one is what outran the writers' pools of free node ids).
