@@ -145,12 +145,8 @@ async fn churn_over_distinct_keys_keeps_the_hand_off_bounded() {
     assert!(c.__internals().nodes <= 64 * 1024, "{:?}", c.__internals());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_million_expiring_at_once_do_not_starve_other_tasks() {
-    let c: Cache<u64, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
-    for k in 0..1_000_000 {
-        c.insert(k, k);
-    }
+/// Another task on the runtime, counting how many times it is polled (it yields at once).
+fn spawn_counting_task() -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let polls = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&polls);
     let other = tokio::spawn(async move {
@@ -159,6 +155,16 @@ async fn a_million_expiring_at_once_do_not_starve_other_tasks() {
             tokio::task::yield_now().await;
         }
     });
+    (polls, other)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_million_expiring_at_once_do_not_starve_other_tasks() {
+    let c: Cache<u64, u64> = Cache::builder().time_to_live(SEC).tick(MS).build();
+    for k in 0..1_000_000 {
+        c.insert(k, k);
+    }
+    let (polls, other) = spawn_counting_task();
     tokio::time::advance(SEC + MS).await;
     // Watch the removal from another task on the same (only) thread.
     let mut seen_partial = 0;
@@ -189,14 +195,7 @@ async fn filing_yields_every_batch_however_the_keys_spread_over_stripes() {
     // nodes all the same (three times here), not only within a stripe.
     let c: Cache<u64, u64> = Cache::builder().time_to_live(60 * SEC).build();
     settle().await;
-    let polls = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&polls);
-    let other = tokio::spawn(async move {
-        loop {
-            counter.fetch_add(1, Ordering::Relaxed);
-            tokio::task::yield_now().await;
-        }
-    });
+    let (polls, other) = spawn_counting_task();
     settle().await;
     for k in 0..3_800 {
         c.insert(k, k);
