@@ -10,6 +10,9 @@
 //! - `ebb-peers per-request-rounds [ROUNDS]`: `per-request` for ebb, floor and moka future
 //!   in fresh processes, order rotating round after round, with ebb's and floor's pinned
 //!   bytes and no-task probes; paired ratios (see `workloads.rs`).
+//! - `ebb-peers expiry-rounds [ROUNDS]`: `expiry` for ebb, floor and moka future in fresh
+//!   processes, order rotating round after round; the ratios within each round, their
+//!   medians, and the rounds at or under the target (see `workloads.rs`).
 //! - `ebb-peers hit-ratio`: hit ratios on seeded traces (see `hit_ratio.rs`).
 //! - `ebb-peers read-heavy [ROUNDS]`: the `read_heavy` workload, every implementation in
 //!   turn, round after round (see `read_heavy.rs`).
@@ -55,6 +58,7 @@ const USAGE: &str =
        ebb-peers per-request|memory|idle|expiry|all [IMPL [N]]
        ebb-peers per-request IMPL pinned|no-task   (one probe, ebb or floor)
        ebb-peers per-request-rounds [ROUNDS]
+       ebb-peers expiry-rounds [ROUNDS]
        ebb-peers hit-ratio
        ebb-peers read-heavy [ROUNDS]
        ebb-peers clock-scan [ROUNDS]
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             chart::chart(&PathBuf::from(dir))
         }
         Some("per-request-rounds") => workloads::per_request_rounds(&args[1..]),
+        Some("expiry-rounds") => workloads::expiry_rounds(&args[1..]),
         Some("hit-ratio") => hit_ratio::run(),
         Some("read-heavy") => read_heavy::run(&args[1..]),
         Some("clock-scan") => clock_scan::run(&args[1..]),

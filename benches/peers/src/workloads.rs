@@ -629,6 +629,89 @@ fn per_request_table(rows: &[Value]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// expiry-rounds
+
+/// The expiry target: ebb's total CPU per entry at most this share of moka future's.
+const EXPIRY_TARGET: f64 = 0.2;
+
+/// `ebb-peers expiry-rounds [ROUNDS]` (default 30): per round, `expiry IMPL` for ebb, floor
+/// and moka future, each in a fresh child process, the order rotating from round to round.
+/// Prints each round's total CPU per entry (fill and drain, every thread) and the ratios
+/// within the round, then the medians over rounds of those ratios with their range, and how
+/// many rounds put ebb and the floor at or under [`EXPIRY_TARGET`] of moka future's.
+pub fn expiry_rounds(args: &[String]) -> Result<String, String> {
+    let rounds = crate::rounds(args, 30)?;
+    let mut rows = Vec::new();
+    for round in 0..rounds {
+        let mut order = ROUND_IMPLS.to_vec();
+        order.rotate_left(round % ROUND_IMPLS.len());
+        let mut row = json!({ "round": round + 1, "order": order });
+        for name in &order {
+            row[*name] = child("expiry", name, None)?;
+        }
+        rows.push(row);
+    }
+    save("expiry-rounds", &rows)?;
+    Ok(expiry_rounds_table(&rows))
+}
+
+fn expiry_rounds_table(rows: &[Value]) -> String {
+    let cpu = |r: &Value, name: &str| {
+        r[name]["total_cpu_ns_per_entry"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let mut s = format!(
+        "### expiry, alternating: ebb, floor, moka future ({} rounds of {EXPIRY_ENTRIES} entries, \
+         TTL {} ms, each implementation in a fresh process, order rotating)\n\n\
+         Total CPU per entry, ns (fill and drain, every thread).\n\n\
+         | round | order | ebb | floor | moka future | ebb ÷ moka future | floor ÷ moka future \
+         | ebb ÷ floor |\n|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        rows.len(),
+        EXPIRY_TTL.as_millis(),
+    );
+    for r in rows {
+        let order: Vec<&str> = r["order"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let (e, f, m) = (cpu(r, EBB), cpu(r, FLOOR), cpu(r, MOKA_FUTURE));
+        s.push_str(&format!(
+            "| {} | {} | {e:.0} | {f:.0} | {m:.0} | {:.3} | {:.3} | {:.3} |\n",
+            r["round"],
+            order.join(", "),
+            e / m,
+            f / m,
+            e / f,
+        ));
+    }
+    let ratio =
+        |a: &str, b: &str| -> Vec<f64> { rows.iter().map(|r| cpu(r, a) / cpu(r, b)).collect() };
+    let within = |v: &[f64]| v.iter().filter(|&&x| x <= EXPIRY_TARGET).count();
+    let (em, fm, ef) = (
+        ratio(EBB, MOKA_FUTURE),
+        ratio(FLOOR, MOKA_FUTURE),
+        ratio(EBB, FLOOR),
+    );
+    let cell = |v: &[f64]| {
+        let (m, lo, hi) = spread(v);
+        format!("{m:.3} [{lo:.3}, {hi:.3}]")
+    };
+    s.push_str(&format!(
+        "\nMedian over rounds [least, greatest]: ebb ÷ moka future {} ({} of {} rounds at or \
+         under {EXPIRY_TARGET}); floor ÷ moka future {} ({} of {}); ebb ÷ floor {}.\n",
+        cell(&em),
+        within(&em),
+        rows.len(),
+        cell(&fm),
+        within(&fm),
+        rows.len(),
+        cell(&ef),
+    ));
+    s
+}
+
+// ---------------------------------------------------------------------------------------
 // per-request-rounds
 
 /// The implementations `per-request-rounds` alternates, in the first round's order.
