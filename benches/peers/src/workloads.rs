@@ -643,13 +643,7 @@ pub fn expiry_rounds(args: &[String]) -> Result<String, String> {
     let rounds = crate::rounds(args, 30)?;
     let mut rows = Vec::new();
     for round in 0..rounds {
-        let mut order = ROUND_IMPLS.to_vec();
-        order.rotate_left(round % ROUND_IMPLS.len());
-        let mut row = json!({ "round": round + 1, "order": order });
-        for name in &order {
-            row[*name] = child("expiry", name, None)?;
-        }
-        rows.push(row);
+        rows.push(rotating_round("expiry", round)?);
     }
     save("expiry-rounds", &rows)?;
     Ok(expiry_rounds_table(&rows))
@@ -727,12 +721,7 @@ pub fn per_request_rounds(args: &[String]) -> Result<String, String> {
     let rounds = crate::rounds(args, 7)?;
     let mut rows = Vec::new();
     for round in 0..rounds {
-        let mut order = ROUND_IMPLS.to_vec();
-        order.rotate_left(round % ROUND_IMPLS.len());
-        let mut row = json!({ "round": round + 1, "order": order });
-        for name in &order {
-            row[*name] = child("per-request", name, None)?;
-        }
+        let mut row = rotating_round("per-request", round)?;
         let mut probes = vec![
             (EBB, "pinned"),
             (FLOOR, "pinned"),
@@ -750,6 +739,18 @@ pub fn per_request_rounds(args: &[String]) -> Result<String, String> {
     }
     save("per-request-rounds", &rows)?;
     Ok(rounds_table(&rows))
+}
+
+/// Round `round` (from 0) of `workload` for each of [`ROUND_IMPLS`], each in a fresh child
+/// process, the order rotated by one from round to round: `{round, order, <impl>: <its JSON>}`.
+fn rotating_round(workload: &str, round: usize) -> Result<Value, String> {
+    let mut order = ROUND_IMPLS.to_vec();
+    order.rotate_left(round % ROUND_IMPLS.len());
+    let mut row = json!({ "round": round + 1, "order": order });
+    for name in &order {
+        row[*name] = child(workload, name, None)?;
+    }
+    Ok(row)
 }
 
 /// `values`' median (mean of the middle two for an even count), least and greatest.
