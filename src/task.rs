@@ -555,6 +555,16 @@ where
         }
     }
 
+    /// [`pause`](Self::pause) once `since` (work done since the last yield) reaches
+    /// [`BATCH`], and count afresh.
+    async fn pause_after_batch(&self, store: &Arc<Store<K, V, S>>, since: &mut usize) -> Flow {
+        if *since < BATCH {
+            return Flow::Continue;
+        }
+        *since = 0;
+        self.pause(store).await
+    }
+
     /// Link every queued node in the wheel and free every orphan, stripe by stripe, handing
     /// each stripe a pool of free ids for its writers.
     async fn drain(&mut self, store: &Arc<Store<K, V, S>>) -> Flow {
@@ -601,11 +611,8 @@ where
             for (node, tick, hash) in links.drain(..) {
                 self.wheel.link(node - self.base, tick, hash);
                 since += 1;
-                if since >= BATCH {
-                    since = 0;
-                    if let Flow::Stop = self.pause(store).await {
-                        return Flow::Stop;
-                    }
+                if let Flow::Stop = self.pause_after_batch(store, &mut since).await {
+                    return Flow::Stop;
                 }
             }
             if links.capacity() <= SPARE_CAPACITY && !quiet {
@@ -618,11 +625,8 @@ where
             }
             shed(&mut orphans, SPARE_CAPACITY);
             self.orphans = orphans;
-            if since >= BATCH {
-                since = 0;
-                if let Flow::Stop = self.pause(store).await {
-                    return Flow::Stop;
-                }
+            if let Flow::Stop = self.pause_after_batch(store, &mut since).await {
+                return Flow::Stop;
             }
         }
         self.stock_reserve(store);
